@@ -1,0 +1,1 @@
+"""PruneScope's engine: pure computation (torch, numpy, captum). Never imports Qt."""

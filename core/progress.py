@@ -1,0 +1,56 @@
+"""Long computations are generators that yield Progress and return their result.
+
+A caller stops one by no longer iterating it (the GUI worker quits at the next yield).
+"""
+import sys
+from dataclasses import dataclass
+from typing import Generator, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: float  # 0..1 of this computation
+    message: str = ""
+
+
+Job = Generator[Progress, None, T]
+
+
+def run(job: "Job[T]", on_progress=None) -> T:
+    """Drive a job to its end and return its result."""
+    while True:
+        try:
+            step = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(step)
+
+
+def scaled(job: "Job[T]", start: float, end: float) -> "Job[T]":
+    """Map a sub-job's 0..1 progress into [start, end] of the caller's."""
+    while True:
+        try:
+            step = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(start + (end - start) * step.done, step.message)
+
+
+class StderrBar:
+    """A one-line progress bar on stderr that stays silent for jobs under ~2 s."""
+
+    def __init__(self, label: str, quiet: bool = False, delay: float = 2.0):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, desc=label, disable=quiet, delay=delay, file=sys.stderr,
+                         leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def __call__(self, step: Progress) -> None:
+        self._bar.n = int(1000 * min(max(step.done, 0.0), 1.0))
+        self._bar.set_postfix_str(step.message, refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()

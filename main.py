@@ -1,0 +1,46 @@
+"""PruneScope: `python main.py` opens the app; subcommands run the engine headless."""
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.cli import register_all
+
+    parser = argparse.ArgumentParser(
+        prog="prunescope",
+        description="Explain image classifiers by pruning them for one input.")
+    parser.add_argument("--self-test", action="store_true",
+                        help="run the engine and render the window once, then exit (for bundles)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    gui = commands.add_parser("gui", help="open the desktop app (the default)")
+    gui.add_argument("images", nargs="*", help="images to open")
+    gui.add_argument("--screenshot", metavar="FILE.png",
+                     help="save a PNG of the window once the first analysis is shown, then exit")
+    gui.set_defaults(run=_run_gui)
+    register_all(commands)
+    return parser
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    from gui.app import run_app  # Qt is imported only when the window is wanted
+
+    return run_app(args.images, screenshot=args.screenshot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.self_test:
+        from gui.selftest import self_test
+
+        return self_test()
+    if args.command is None:
+        args = parser.parse_args(["gui", *argv])
+    from core.cli import dispatch
+
+    return dispatch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
