@@ -1,0 +1,83 @@
+"""Reading photos from disk as HxWx3 uint8 RGB, with one clear ImageError for anything bad."""
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from core.errors import ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Pillow's own default (about 89.5 megapixels): warns above it, refuses at twice it. Both are errors here.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def load_image(path) -> np.ndarray:
+    """The image at `path` as an HxWx3 uint8 RGB array, upright per its EXIF orientation;
+    transparency is composited on white and 16-bit/float data scaled to 8 bits."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {img.width}x{img.height} is too large "
+                                     f"(over {MAX_PIXELS / 1e6:.0f} megapixels)")
+                img.load()  # decode fully now, so a truncated file fails here and not later
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError(f"{path}: unreadable or truncated image ({err})") from None
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(f"{path}: image has no pixels")
+    return rgb
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in _HIGH_DEPTH_MODES:
+        gray = _to_8bit(np.asarray(img), img.mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def _to_8bit(data: np.ndarray, mode: str) -> np.ndarray:
+    """One channel of 16-bit, 32-bit or float data to uint8. Pillow's own convert("L") clips
+    16-bit values at 255 instead of scaling them, hence this."""
+    data = data.astype(np.float64)
+    lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535 and mode == "I"):
+        data = data / 257  # the 16-bit range onto the 8-bit one: 65535 -> 255
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        data = data * 255
+    elif lo < 0 or hi > 255:
+        data = (data - lo) / max(hi - lo, 1e-12) * 255  # no known range: stretch what is there
+    return np.clip(np.round(data), 0, 255).astype(np.uint8)
+
+
+def list_images(folder) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
