@@ -1,0 +1,165 @@
+"""Deletion / insertion curves and the output-change measure, batched on the model's device.
+
+Pixels are ranked by the attribution map *as given*, highest value first (ties: lower flat
+index first, a stable sort, so results are deterministic). The map is not made absolute here:
+PruneScope passes |map| (relevance magnitude, the same quantity the sanity checks compare);
+pass a signed map to put positive evidence first.
+
+Deletion starts from the input and replaces the top-ranked pixels with a baseline, a fraction
+at a time; insertion starts from the baseline and reveals them. Each point is the softmax
+probability of the target class. Every perturbed input is a per-pixel choice between the
+input and the baseline image, built from one rank image (rank < k) for all steps at once.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from core.errors import PruneScopeError
+from core.progress import Job, Progress, run
+
+BASELINES = ("mean", "blur", "black")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BLUR_SIGMA = 0.05  # of the image side
+OUTPUT_CHANGE_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 11))
+ORDERS = ("lerf", "morf")  # least / most relevant first
+
+
+@dataclass
+class Curves:
+    fractions: np.ndarray  # (S+1,) fraction of pixels removed (deletion) / revealed (insertion)
+    deletion: np.ndarray   # (S+1,) target probability
+    insertion: np.ndarray  # (S+1,)
+    deletion_auc: float    # trapezoid over fractions in [0, 1]; lower is better
+    insertion_auc: float   # higher is better
+    steps: int
+    baseline: str
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key in ("fractions", "deletion", "insertion"):
+            out[key] = [float(v) for v in out[key]]
+        return out
+
+
+def baseline_image(x: torch.Tensor, baseline: str = "mean", mean=IMAGENET_MEAN,
+                   std=IMAGENET_STD) -> torch.Tensor:
+    """What removed pixels become, in the model's normalised input space (same shape as x)."""
+    if baseline == "mean":
+        return torch.zeros_like(x)  # the dataset mean normalises to 0
+    if baseline == "black":
+        mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return ((0.0 - mean_t) / std_t).expand_as(x).clone()
+    if baseline == "blur":
+        side = min(x.shape[-2:])
+        sigma = max(BLUR_SIGMA * side, 0.5)
+        # odd kernel of ~3 sigma each side, kept small enough for the reflect padding
+        kernel = min(2 * int(np.ceil(3 * sigma)) + 1, 2 * (side - 1) + 1)
+        return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+    raise PruneScopeError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
+
+
+def rank_image(attr_map, shape: tuple[int, int], descending: bool = True,
+               device=None) -> torch.Tensor:
+    """HxW int64: 0 for the first pixel to remove, ties broken by flat index (stable)."""
+    if torch.is_tensor(attr_map):
+        values = attr_map.detach().double().cpu()
+    else:
+        values = torch.as_tensor(np.asarray(attr_map, dtype=np.float64))
+    if values.ndim != 2 or tuple(values.shape) != tuple(shape):
+        raise PruneScopeError(f"attribution map has shape {tuple(values.shape)}, "
+                              f"the input is {tuple(shape)}")
+    if not torch.isfinite(values).all():
+        raise PruneScopeError("attribution map contains NaN or infinite values")
+    flat = values.flatten()
+    order = torch.sort(-flat if descending else flat, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel())
+    return ranks.view(shape).to(device)
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise PruneScopeError(f"expected one image as a 1xCxHxW tensor, got shape {tuple(x.shape)}")
+
+
+def _device_of(module: torch.nn.Module, x: torch.Tensor) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else x.device
+
+
+def _default_batch(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 32
+
+
+def _target_probs(module, inputs: torch.Tensor, target: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(module(inputs).float(), dim=1)[:, target]
+
+
+def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int, steps: int = 20,
+                baseline: str = "mean", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                batch_size: int | None = None) -> "Job[Curves]":
+    """Deletion and insertion curves for one image; yields Progress per batch."""
+    _check_input(x)
+    if steps < 1:
+        raise PruneScopeError(f"steps must be at least 1, got {steps}")
+    device = _device_of(module, x)
+    x = x.to(device)
+    height, width = x.shape[-2:]
+    ranks = rank_image(attr_map, (height, width), device=device)
+    base = baseline_image(x, baseline, mean, std)
+    total = height * width
+    counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * total / steps).long()
+    # one bool mask per step: True where the pixel is among the top-ranked counts[i]
+    top = ranks.unsqueeze(0) < counts.to(device).view(-1, 1, 1)
+    # deletion puts the baseline on the top pixels; insertion puts the input there
+    keep_input = torch.cat([~top, top]).unsqueeze(1)  # (2(S+1), 1, H, W)
+    batch = batch_size or _default_batch(device)
+    probs = []
+    n_inputs = keep_input.shape[0]
+    for start in range(0, n_inputs, batch):
+        chunk = keep_input[start:start + batch]
+        probs.append(_target_probs(module, torch.where(chunk, x, base), target))
+        done = min(start + batch, n_inputs)
+        yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
+    probs = torch.cat(probs).cpu().numpy().astype(np.float64)
+    fractions = (counts.double() / total).numpy()
+    deletion, insertion = probs[:steps + 1], probs[steps + 1:]
+    return Curves(fractions=fractions, deletion=deletion, insertion=insertion,
+                  deletion_auc=float(np.trapezoid(deletion, fractions)),
+                  insertion_auc=float(np.trapezoid(insertion, fractions)),
+                  steps=steps, baseline=baseline)
+
+
+def curves(module, x, attr_map, target, steps=20, baseline="mean", mean=IMAGENET_MEAN,
+           std=IMAGENET_STD, batch_size=None, on_progress=None) -> Curves:
+    return run(iter_curves(module, x, attr_map, target, steps, baseline, mean, std, batch_size),
+               on_progress)
+
+
+def output_change(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
+                  fractions=OUTPUT_CHANGE_FRACTIONS, order: str = "lerf", baseline: str = "mean",
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """|p - p'| / p per fraction, p' after removing that fraction of the least (LeRF) or most
+    (MoRF) relevant pixels (NeuronMCT's measure); the input and all fractions run in one batch."""
+    _check_input(x)
+    if order not in ORDERS:
+        raise PruneScopeError(f"unknown order '{order}': choose one of {', '.join(ORDERS)}")
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.ndim != 1 or np.any((fractions < 0) | (fractions > 1)):
+        raise PruneScopeError("fractions must be a list of numbers in [0, 1]")
+    device = _device_of(module, x)
+    x = x.to(device)
+    height, width = x.shape[-2:]
+    ranks = rank_image(attr_map, (height, width), descending=order == "morf", device=device)
+    base = baseline_image(x, baseline, mean, std)
+    counts = torch.as_tensor(np.round(fractions * height * width).astype(np.int64), device=device)
+    removed = ranks.unsqueeze(0) < counts.view(-1, 1, 1)
+    inputs = torch.cat([x, torch.where(removed.unsqueeze(1), base, x)])
+    probs = _target_probs(module, inputs, target).cpu().numpy().astype(np.float64)
+    p, perturbed = probs[0], probs[1:]
+    return np.abs(p - perturbed) / max(p, np.finfo(np.float64).tiny)
