@@ -1,0 +1,189 @@
+"""Neurons: every element of every activation output in a forward pass.
+
+Activations are found with a TorchFunctionMode instead of module hooks. One mechanism then
+sees modules called several times per forward (torchvision's ResNet reuses one ReLU per
+block), in-place activations, and functional calls (DenseNet's final F.relu), and nothing
+is left registered on the model afterwards. The n-th activation call of a forward is layer n;
+the models we explain have a fixed call order.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from core.progress import Progress
+
+# Element-wise non-linearities whose outputs are neurons. Gates (sigmoid, hardsigmoid,
+# softmax) are left out: they scale other neurons rather than carry features.
+ACTIVATIONS = {
+    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu",
+    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
+    F.relu6: "relu6", F.hardtanh: "relu6",
+    F.gelu: "gelu", torch._C._nn.gelu: "gelu",
+    F.silu: "silu", F.hardswish: "hardswish", F.mish: "mish",
+    F.elu: "elu", F.selu: "selu", F.celu: "celu", F.leaky_relu: "leaky_relu",
+}
+
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
+                      nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU)
+
+Transform = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str          # module path, with "#k" for the k-th call of a reused module
+    kind: str          # relu, relu6, gelu, ...
+    shape: tuple       # one sample's activation shape, e.g. (C, H, W) or (tokens, features)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class _Intercept(TorchFunctionMode):
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.transform = transform
+        self.count = 0
+        self.kinds: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in ACTIVATIONS and isinstance(out, torch.Tensor):
+            index = self.count
+            self.count += 1
+            self.kinds.append(ACTIVATIONS[func])
+            out = self.transform(index, out)
+        return out
+
+
+@contextmanager
+def intercept(transform: Transform) -> Iterator[_Intercept]:
+    """Within the block, every activation output `out` of layer n becomes transform(n, out).
+
+    The count restarts at each `with`; run one forward per block (a batch is one forward).
+    """
+    with _Intercept(transform) as mode:
+        yield mode
+
+
+def discover_layers(module: nn.Module, x: torch.Tensor) -> list[Layer]:
+    """Run one forward and name every activation layer by the module that produced it."""
+    stack: list[nn.Module] = []
+    names = {m: name for name, m in module.named_modules()}
+    found: list[tuple[str, tuple]] = []
+
+    def push(m, _inputs):
+        stack.append(m)
+
+    def pop(m, _inputs, _output):
+        stack.pop()
+
+    def record(index: int, out: torch.Tensor) -> torch.Tensor:
+        inner = stack[-1] if stack else module
+        # A functional activation inside a bigger module gets the function's kind appended.
+        suffix = "" if isinstance(inner, ACTIVATION_MODULES) else "*"
+        found.append((names[inner] + suffix, out.shape[1:]))
+        return out
+
+    handles = []
+    try:
+        for m in names:
+            handles.append(m.register_forward_pre_hook(push))
+            handles.append(m.register_forward_hook(pop, always_call=True))
+        with torch.no_grad(), intercept(record) as mode:
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return _name_layers(found, mode.kinds)
+
+
+def _name_layers(found, kinds) -> list[Layer]:
+    seen: dict[str, int] = {}
+    layers = []
+    for (where, shape), kind in zip(found, kinds):
+        base = where
+        if where.endswith("*"):
+            base = f"{where[:-1]}.{kind}" if where != "*" else kind
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        layers.append(Layer(name, kind, tuple(shape)))
+    return layers
+
+
+class _Tap(torch.autograd.Function):
+    """Identity that records the gradient reaching this activation output.
+
+    A custom Function rather than a tensor hook: it sees the gradient of exactly this output
+    even if the model later modifies the tensor in place, and it cannot be left behind.
+    """
+
+    @staticmethod
+    def forward(ctx, a, slot):
+        ctx.slot = slot
+        return a.clone()  # a fresh tensor: in-place ops downstream must not touch `a`
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.slot.append(grad)
+        return grad, None
+
+
+def _input_with_grad(x: torch.Tensor) -> torch.Tensor:
+    # Parameters are frozen, so the input is what makes every activation part of the graph.
+    return x.detach().requires_grad_(True)
+
+
+def taylor_scores(module: nn.Module, x: torch.Tensor, target: int) -> list[torch.Tensor]:
+    """s = |a * dy_c/da| for every neuron of every layer, from one forward and backward."""
+    acts: list[torch.Tensor] = []
+    grads: list[list] = []
+
+    def tap(index: int, out: torch.Tensor) -> torch.Tensor:
+        acts.append(out.detach())
+        grads.append([])
+        return _Tap.apply(out, grads[-1])
+
+    x = _input_with_grad(x)
+    with torch.enable_grad(), intercept(tap):
+        logits = module(x)
+    torch.autograd.grad(logits[:, target].sum(), x)
+    return [(a * g[0]).abs()[0] if g else torch.zeros_like(a[0]) for a, g in zip(acts, grads)]
+
+
+def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: int,
+                   steps: int = 10):
+    """Job: s = |a * mean_alpha dy_c/d(alpha a)|, each layer scaled alone, alpha in (0, 1].
+
+    Returns the list of score tensors. The `steps` values of alpha go through the network as
+    one batch, so the cost is one batched forward and backward per layer.
+    """
+    alphas = torch.linspace(1.0 / steps, 1.0, steps, device=x.device)
+    xs = _input_with_grad(x.expand(steps, *x.shape[1:]))
+    scores = []
+    for layer in range(n_layers):
+        acts: list[torch.Tensor] = []
+        slot: list = []
+
+        def scale(index: int, out: torch.Tensor) -> torch.Tensor:
+            if index != layer:
+                return out
+            acts.append(out[:1].detach())
+            shaped = alphas.view(-1, *([1] * (out.dim() - 1)))
+            return _Tap.apply(out * shaped, slot)
+
+        with torch.enable_grad(), intercept(scale):
+            logits = module(xs)
+        torch.autograd.grad(logits[:, target].sum(), xs)
+        scores.append((acts[0] * slot[0].mean(0, keepdim=True)).abs()[0])
+        yield Progress((layer + 1) / n_layers, f"IntGrad scores: layer {layer + 1}/{n_layers}")
+    return scores
