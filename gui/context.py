@@ -1,0 +1,299 @@
+"""AppContext: the app's shared state (model, image, target, engine) and its one background worker.
+
+Tabs and views get the context and
+
+- listen to `image_changed`, `model_changed`, `target_changed`, `engine_changed`;
+- call `current_model()`, `current_engine()`, `current_image_path()`, `current_target()`;
+- run every computation with `run_job(job_factory, on_result, ...)`.
+
+The model and engine are replaced only on the worker thread, between jobs, so a job factory (which
+runs on the worker) always sees the model and engine that the jobs queued before it produced.
+On the GUI thread they are the last ones announced by `model_changed` / `engine_changed`.
+Nothing here imports torch: the engine is imported inside jobs, on the worker.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Qt, Signal
+
+from core.progress import Progress
+from gui.worker import (PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_ENGINE, PRIORITY_LIVE,
+                        PRIORITY_VIEW, JobRunner)
+
+__all__ = ["AppContext", "ModelChoice", "PRIORITY_BACKGROUND", "PRIORITY_CURVES",
+           "PRIORITY_ENGINE", "PRIORITY_LIVE", "PRIORITY_VIEW"]
+
+MODEL_CACHE_SIZE = 2  # loaded models kept, so switching back and forth is instant
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the user asked for: a model name, an optional weights file, a device name."""
+    name: str
+    weights: str | None = None
+    device: str = "auto"
+
+    def label(self) -> str:
+        return f"{self.name} ({Path(self.weights).name})" if self.weights else self.name
+
+
+@dataclass
+class _Request:
+    key: str
+    on_result: Callable[[Any], None]
+    on_progress: Callable[[Progress], None] | None
+    on_error: Callable[[Exception], None] | None
+
+
+class AppContext(QObject):
+    """Shared state and the single background worker. Create once per window; call shutdown()."""
+
+    image_changed = Signal(object)  # Path of the image now analysed
+    model_changed = Signal(object)  # core.models.LoadedModel now in use
+    target_changed = Signal(object)  # int class id now explained (None: the predicted class)
+    engine_changed = Signal(object)  # core.engine.Engine for (model, image, target)
+    job_error = Signal(str, object)  # message, exception: a job failed and had no on_error
+    progress = Signal(str, object)  # job key, Progress: for a progress bar
+    busy_changed = Signal(bool)  # the worker started / ran out of work
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._model = None
+        self._model_choice: ModelChoice | None = None
+        self._models: dict[ModelChoice, Any] = {}
+        self._engine = None
+        self._image_path: Path | None = None
+        self._target: int | None = None
+        self._requests: dict[int, _Request] = {}
+        self._latest: dict[str, int] = {}
+        self._busy = False
+        self._runner = JobRunner(self)
+        # Queued even when emitted on the GUI thread (a cancel inside submit), so that callbacks
+        # never run inside the runner's lock and always arrive in emission order.
+        queued = Qt.ConnectionType.QueuedConnection
+        self._runner.progressed.connect(self._on_progressed, queued)
+        self._runner.returned.connect(self._on_returned, queued)
+        self._runner.failed.connect(self._on_failed, queued)
+        self._runner.ended.connect(self._on_ended, queued)
+        self._runner.started_job.connect(self._on_started, queued)
+        self._runner.start()
+
+    # -- state ---------------------------------------------------------------------------------
+    def current_model(self):
+        """The LoadedModel in use, or None before the first model has loaded."""
+        return self._model
+
+    def current_model_choice(self) -> ModelChoice | None:
+        return self._model_choice
+
+    def current_engine(self):
+        """The Engine for the current (model, image, target), or None before an image is analysed."""
+        return self._engine
+
+    def current_image_path(self) -> Path | None:
+        """The image file the current engine was built from."""
+        return self._image_path
+
+    def current_target(self) -> int | None:
+        """The class explained: None means the model's top prediction."""
+        return self._target
+
+    def is_idle(self) -> bool:
+        return self._runner.is_idle()
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def run_job(self, job_factory: Callable[[], Any], on_result: Callable[[Any], None],
+                on_progress: Callable[[Progress], None] | None = None,
+                on_error: Callable[[Exception], None] | None = None, key: str = "default",
+                priority: int = PRIORITY_BACKGROUND, preemptible: bool = False) -> int:
+        """Run a job on the single background worker; returns its request id.
+
+        job_factory: called on the worker with no arguments; returns a generator that yields
+            core.progress.Progress and returns the result (a plain return value is accepted too).
+        on_result(result), on_progress(Progress), on_error(exception): called on the GUI thread,
+            and only while this is the latest request with this key: a newer run_job with the
+            same key cancels this one at its next step and its result is never delivered.
+            Without on_error the error goes to `job_error` (the window shows it).
+        priority: lower runs first (PRIORITY_ENGINE < LIVE < VIEW < CURVES < BACKGROUND).
+        preemptible: a job that may be stopped and restarted from scratch (factory called
+            again) when a more urgent one arrives; leave False for long jobs such as benchmarks.
+        """
+        job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible)
+        self._requests[job_id] = _Request(key, on_result, on_progress, on_error)
+        self._latest[key] = job_id
+        return job_id
+
+    def cancel(self, key: str | None = None) -> None:
+        """Cancel the jobs with this key (every job when None); their results are dropped."""
+        if key is None:
+            self._latest.clear()
+        else:
+            self._latest.pop(key, None)
+        self._runner.cancel(key)
+
+    def cancel_running(self) -> None:
+        """The Cancel button: stop whatever step-wise job runs now."""
+        key = self._runner.running_key()
+        if key is not None:
+            self.cancel(key)
+
+    def shutdown(self, timeout_ms: int = 1500) -> bool:
+        """Cancel all jobs and end the worker; False if a step was still running at the timeout."""
+        self._latest.clear()
+        return self._runner.stop(timeout_ms)
+
+    # -- model, image, target ------------------------------------------------------------------
+    def load_model(self, choice: ModelChoice, on_loaded=None, on_error=None) -> int:
+        """Load (or reuse) a model on the worker; then rebuild the engine for the current image.
+        On failure the previous model stays in use."""
+
+        def job():
+            yield Progress(0.0, f"loading model {choice.label()}")
+            from core.models import load_model
+
+            model = self._models.get(choice)
+            if model is None:
+                model = load_model(choice.name, weights=choice.weights, device=choice.device)
+                while len(self._models) >= MODEL_CACHE_SIZE:
+                    self._models.pop(next(iter(self._models)))
+                self._models[choice] = model
+            engine = None
+            if self._image_path is not None:
+                yield Progress(0.6, "predicting")
+                engine = self._build_engine(model, self._image_path, None)
+            self._model, self._model_choice = model, choice
+            if engine is not None:
+                self._engine, self._target = engine, None
+            return model, engine
+
+        def done(result):
+            model, engine = result
+            self.model_changed.emit(model)
+            if engine is not None:
+                self.target_changed.emit(None)
+                self.engine_changed.emit(engine)
+            if on_loaded is not None:
+                on_loaded(model)
+
+        return self.run_job(job, done, on_error=on_error, key="model", priority=PRIORITY_ENGINE)
+
+    def open_image(self, path, on_error=None) -> int:
+        """Analyse an image file with the current model (the predicted class). A bad file
+        leaves the previous image and results in place."""
+        path = Path(path)
+
+        def job():
+            yield Progress(0.0, f"opening {path.name}")
+            model = self._model
+            if model is None:
+                from core.errors import ModelError
+
+                raise ModelError("no model is loaded: choose a model first")
+            engine = self._build_engine(model, path, None)
+            self._engine, self._image_path, self._target = engine, path, None
+            return engine
+
+        def done(engine):
+            self.image_changed.emit(path)
+            self.target_changed.emit(None)
+            self.engine_changed.emit(engine)
+
+        return self.run_job(job, done, on_error=on_error, key="engine", priority=PRIORITY_ENGINE)
+
+    def set_target(self, target: int | None, on_error=None) -> int | None:
+        """Explain another class of the current image (None: the predicted class)."""
+        if self._image_path is None:
+            return None
+        path = self._image_path
+
+        def job():
+            yield Progress(0.0, "switching class")
+            engine = self._build_engine(self._model, path, target)
+            self._engine, self._target = engine, target
+            return engine
+
+        def done(engine):
+            self.target_changed.emit(target)
+            self.engine_changed.emit(engine)
+
+        return self.run_job(job, done, on_error=on_error, key="engine", priority=PRIORITY_ENGINE)
+
+    @staticmethod
+    def _build_engine(model, path: Path, target):
+        from core.engine import Engine
+        from core.images import load_image
+
+        return Engine(model, load_image(path), target)
+
+    # -- worker signals (GUI thread) -----------------------------------------------------------
+    def _current(self, job_id: int) -> _Request | None:
+        request = self._requests.get(job_id)
+        if request is None or self._latest.get(request.key) != job_id:
+            return None  # stale: a newer request with this key exists, or it was cancelled
+        return request
+
+    def _on_progressed(self, job_id: int, step) -> None:
+        request = self._current(job_id)
+        if request is None or not isinstance(step, Progress):
+            return
+        self.progress.emit(request.key, step)
+        if request.on_progress is not None:
+            request.on_progress(step)
+
+    def _on_returned(self, job_id: int, result) -> None:
+        request = self._current(job_id)
+        if request is not None:
+            request.on_result(result)
+
+    def _on_failed(self, job_id: int, error: Exception) -> None:
+        request = self._current(job_id)
+        if request is None:
+            return
+        if request.on_error is not None:
+            request.on_error(error)
+        else:
+            self.job_error.emit(error_message(error), error)
+
+    def _on_started(self, _job_id: int) -> None:
+        self._set_busy(True)
+
+    def _on_ended(self, job_id: int) -> None:
+        request = self._requests.pop(job_id, None)
+        if request is not None and self._latest.get(request.key) == job_id:
+            del self._latest[request.key]
+        self._set_busy(not self._runner.is_idle())
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+
+def _as_job(factory):
+    """Let a factory return a plain value as well as a Progress generator."""
+
+    def job():
+        made = factory()
+        if hasattr(made, "send") and hasattr(made, "throw"):
+            return (yield from made)
+        return made
+
+    return job
+
+
+def error_message(error: BaseException) -> str:
+    """One line for the status bar: our own errors say it all; others get their type."""
+    from core.errors import PruneScopeError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, PruneScopeError):
+        return text
+    if is_out_of_memory(error):
+        return "out of GPU memory: " + text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    # Checked by name so the GUI thread need not import torch.
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()

@@ -1,0 +1,139 @@
+"""The GUI's single background worker: latest request wins, stale results are dropped, errors are
+reported, urgent jobs pre-empt restartable ones, shutdown ends the thread. No torch needed."""
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from core.progress import Progress  # noqa: E402
+from gui.context import AppContext  # noqa: E402
+from gui.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE  # noqa: E402
+
+
+@pytest.fixture
+def context(qtbot):
+    ctx = AppContext()
+    yield ctx
+    assert ctx.shutdown(3000)
+
+
+def counting(value, steps=3, delay=0.0, threads=None):
+    def factory():
+        if threads is not None:
+            threads.add(threading.get_ident())
+        for i in range(steps):
+            time.sleep(delay)
+            yield Progress(i / steps, f"step {i}")
+        return value
+    return factory
+
+
+def test_latest_request_of_a_key_wins(qtbot, context):
+    results, threads = [], set()
+    for value in range(20):
+        context.run_job(counting(value, delay=0.01, threads=threads), results.append, key="k")
+    qtbot.waitUntil(context.is_idle, timeout=5000)
+    qtbot.wait(50)
+    assert results == [19]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_jobs_of_different_keys_all_deliver_in_priority_order(qtbot, context):
+    order = []
+    gate, running = threading.Event(), threading.Event()
+
+    def blocker():
+        running.set()
+        gate.wait(5)
+        yield Progress(1.0)
+        return "blocker"
+
+    context.run_job(blocker, order.append, key="first")
+    assert running.wait(5)
+    context.run_job(counting("background"), order.append, key="b", priority=PRIORITY_BACKGROUND)
+    context.run_job(counting("live"), order.append, key="a", priority=PRIORITY_LIVE)
+    gate.set()
+    qtbot.waitUntil(lambda: len(order) == 3, timeout=5000)
+    assert order == ["blocker", "live", "background"]
+
+
+def test_error_goes_to_on_error_and_worker_keeps_going(qtbot, context):
+    errors, results = [], []
+
+    def broken():
+        yield Progress(0.0)
+        raise ValueError("bad input")
+
+    context.run_job(broken, results.append, on_error=errors.append, key="x")
+    context.run_job(counting(7), results.append, key="y")
+    qtbot.waitUntil(lambda: results == [7], timeout=5000)
+    assert len(errors) == 1 and str(errors[0]) == "bad input"
+
+
+def test_error_without_handler_is_signalled(qtbot, context):
+    def broken():
+        raise RuntimeError("boom")
+
+    with qtbot.waitSignal(context.job_error, timeout=5000) as blocker:
+        context.run_job(broken, lambda r: None)
+    assert blocker.args[0] == "RuntimeError: boom"
+
+
+def test_urgent_job_preempts_and_restarts_a_preemptible_one(qtbot, context):
+    starts, results = [], []
+
+    def long_job():
+        starts.append(time.monotonic())
+        for i in range(40):
+            time.sleep(0.01)
+            yield Progress(i / 40)
+        return "long"
+
+    context.run_job(long_job, results.append, key="curves", priority=PRIORITY_BACKGROUND,
+                    preemptible=True)
+    qtbot.waitUntil(lambda: len(starts) == 1, timeout=5000)
+    context.run_job(counting("live"), results.append, key="live", priority=PRIORITY_LIVE)
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=5000)
+    assert results == ["live", "long"]
+    assert len(starts) == 2  # the long job was stopped and started again after the live one
+
+
+def test_cancel_stops_a_job_at_its_next_step(qtbot, context):
+    steps, results = [], []
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                time.sleep(0.01)
+                steps.append(1)
+                yield Progress(0.5)
+        finally:
+            closed.set()
+
+    context.run_job(endless, results.append, key="k")
+    qtbot.waitUntil(lambda: len(steps) > 3, timeout=5000)
+    context.cancel_running()
+    assert closed.wait(2)
+    qtbot.waitUntil(context.is_idle, timeout=2000)
+    assert results == []
+
+
+def test_shutdown_ends_a_running_job(qtbot):
+    ctx = AppContext()
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                time.sleep(0.01)
+                yield Progress(0.5)
+        finally:
+            closed.set()
+
+    ctx.run_job(endless, lambda r: None)
+    qtbot.wait(50)
+    assert ctx.shutdown(2000)
+    assert closed.is_set()
