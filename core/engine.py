@@ -15,7 +15,7 @@ from captum.attr import IntegratedGradients
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod
 from core.neurons import Layer, discover_layers, intercept, intgrad_scores, taylor_scores
-from core.perturbation import Curves, iter_curves
+from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
 PATHWAY_METHODS = {
@@ -57,6 +57,8 @@ class MethodResult:
     seconds: float
     curves: Curves | None = None
     pathway: PathwayResult | None = None
+    lerf: np.ndarray | None = None   # output change after removing the least relevant 1..10 %
+    morf: np.ndarray | None = None   # ... and the most relevant
 
 
 @dataclass
@@ -239,12 +241,22 @@ class Engine:
         key = (method, steps, baseline)
         if key in self._curves:
             return self._curves[key]
-        ranking = np.abs(attr_map) if method in MAGNITUDE_RANKED else attr_map
-        curves = yield from iter_curves(self.model.module, self.x, ranking, self.target, steps=steps,
+        curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map), self.target, steps=steps,
                                         baseline=baseline, mean=self.model.mean, std=self.model.std)
         if method not in PATHWAY_METHODS:
             self._curves[key] = curves
         return curves
+
+    def output_change_measure(self, method: str, attr_map: np.ndarray, baseline: str = "mean"):
+        """NeuronMCT's measure: output change after removing 1..10 % least / most relevant pixels."""
+        ranking = self._ranking(method, attr_map)
+        return tuple(output_change(self.model.module, self.x, ranking, self.target, order=order,
+                                   baseline=baseline, mean=self.model.mean, std=self.model.std)
+                     for order in ("lerf", "morf"))
+
+    @staticmethod
+    def _ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
+        return np.abs(attr_map) if method in MAGNITUDE_RANKED else attr_map
 
     def iter_analysis(self, methods, sparsity: float = 70.0, mode: str = "global",
                       selector: str = "taylor", steps: int = 20, baseline: str = "mean",
@@ -269,6 +281,7 @@ class Engine:
             if with_curves:
                 result.curves = yield from scaled(
                     self.iter_curves(method, result.map, steps, baseline), (i + 0.5) / n, (i + 1) / n)
+                result.lerf, result.morf = self.output_change_measure(method, result.map, baseline)
             results[method] = result
         yield Progress(1.0, "done")
         return Analysis(self.prediction, results, skipped)

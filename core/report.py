@@ -1,0 +1,115 @@
+"""Writing results to disk, in the one format the CLI and the GUI's export share.
+
+DIR/input.npy      the exact 1x3xHxW float32 tensor fed to the model
+DIR/<method>.npy   the HxW float32 map, signed, before any display normalisation
+DIR/<method>.png   the map over the image the model saw
+DIR/curves.csv     method, curve, step, fraction, probability
+DIR/report.json    prediction, settings and per-method figures
+DIR/comparison.png all maps side by side
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from core import display
+
+
+def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
+                  cmap: str = display.DEFAULT_COLORMAP, alpha: float = 0.6) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "input.npy"]
+    np.save(written[0], engine.x.detach().float().cpu().numpy())
+    for method, result in analysis.results.items():
+        np.save(out / f"{method}.npy", result.map.astype(np.float32))
+        written.append(out / f"{method}.npy")
+        written.append(display.save_png(out / f"{method}.png", overlay_image(engine.view, result.map, cmap, alpha)))
+    written.append(write_curves_csv(out / "curves.csv", analysis))
+    written.append(out / "report.json")
+    written[-1].write_text(json.dumps(report_dict(engine, analysis, settings, image_path), indent=2))
+    written.append(composite_figure(out / "comparison.png", engine.view, analysis, cmap))
+    return written
+
+
+def overlay_image(view: np.ndarray, attr_map: np.ndarray, cmap: str, alpha: float,
+                  sign: str = "absolute", scale: float | None = None) -> np.ndarray:
+    norm = display.normalize(attr_map, sign, scale)
+    heat = display.colorize(norm, cmap, signed=sign == "signed")
+    return display.overlay(view, heat, alpha, weight=np.abs(norm))
+
+
+def write_curves_csv(path, analysis) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "curve", "step", "fraction", "probability"])
+        for method, result in analysis.results.items():
+            if result.curves is None:
+                continue
+            c = result.curves
+            for curve, values in (("deletion", c.deletion), ("insertion", c.insertion)):
+                for step, (fraction, prob) in enumerate(zip(c.fractions, values)):
+                    writer.writerow([method, curve, step, f"{fraction:.6f}", f"{prob:.6f}"])
+    return path
+
+
+def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
+    pred = analysis.prediction
+    methods = {}
+    for method, r in analysis.results.items():
+        entry = {"seconds": round(r.seconds, 4)}
+        if r.curves is not None:
+            entry.update(deletion_auc=r.curves.deletion_auc, insertion_auc=r.curves.insertion_auc)
+        if r.lerf is not None:
+            entry.update(output_change_lerf=[float(v) for v in r.lerf],
+                         output_change_morf=[float(v) for v in r.morf])
+        if r.pathway is not None:
+            entry["pathway"] = {
+                "sparsity": r.pathway.sparsity,
+                "output_change": r.pathway.output_change,
+                "pruned_probability": r.pathway.prob,
+                "neurons_kept": [{"layer": name, "kept": kept, "total": total}
+                                 for name, kept, total in r.pathway.kept],
+            }
+        methods[method] = entry
+    return {
+        "image": str(image_path) if image_path else None,
+        "model": engine.model.name,
+        "device": str(engine.model.device),
+        "target": {"id": pred.target, "name": pred.name, "probability": pred.prob},
+        "top5": [{"id": i, "name": n, "probability": p} for i, n, p in pred.top5],
+        "settings": settings,
+        "methods": methods,
+        "skipped": analysis.skipped,
+    }
+
+
+def composite_figure(path, view: np.ndarray, analysis, cmap: str = display.DEFAULT_COLORMAP) -> Path:
+    """The image and every map in one labelled row-wrapped grid, on one shared scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    items = list(analysis.results.items())
+    cols = min(4, len(items) + 1)
+    rows = -(-(len(items) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(view)
+    axes.flat[0].set_title(f"{analysis.prediction.name} ({analysis.prediction.prob:.2f})", fontsize=9)
+    for ax, (method, result) in zip(axes.flat[1:], items):
+        ax.imshow(overlay_image(view, result.map, cmap, 0.6))
+        title = method
+        if result.pathway is not None:
+            title += f"\nsparsity {result.pathway.sparsity:.1f} %"
+        if result.curves is not None:
+            title += f"\ndel {result.curves.deletion_auc:.3f} / ins {result.curves.insertion_auc:.3f}"
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
