@@ -1,0 +1,236 @@
+"""The pathway engine: neurons, scores, masks and maps, against known answers and invariants."""
+import gc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from captum.attr import IntegratedGradients
+from torch import nn
+
+from core.attribution import collapse_channels
+from core.engine import Engine, compute_map
+from core.errors import PruneScopeError
+from core.images import load_image
+from core.models import LoadedModel
+from core.neurons import discover_layers, intercept, taylor_scores
+from core.progress import run
+
+
+def wrap(module: nn.Module, name: str = "test-net") -> LoadedModel:
+    module.eval().requires_grad_(False)
+    return LoadedModel(name, module, torch.device("cpu"), [], 8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
+
+
+def tiny_pathway_net() -> nn.Module:
+    """12 inputs -> 4 hidden ReLU neurons -> 2 classes, with a known critical pathway.
+
+    Hidden neuron i copies input pixel i (value 1). Class 0 reads hidden neurons 0 and 1 with
+    weights 3 and 2, and neurons 2 and 3 with weights 0.01 and 0.02: the scores |a * dy/da| are
+    3, 2, 0.01, 0.02, so at 50 % sparsity the pathway is {0, 1}.
+    """
+    first = nn.Linear(12, 4, bias=False)
+    first.weight.data.zero_()
+    for i in range(4):
+        first.weight.data[i, i] = 1.0
+    last = nn.Linear(4, 2, bias=False)
+    last.weight.data = torch.tensor([[3.0, 2.0, 0.01, 0.02], [1.0, 1.0, 1.0, 1.0]])
+    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), last)
+
+
+def test_tiny_net_gives_the_known_pathway():
+    model = wrap(tiny_pathway_net())
+    x = torch.ones(1, 3, 2, 2)
+    engine = Engine.from_tensor(model, x, target=0)
+    np.testing.assert_allclose(engine.scores()[0].numpy(), [3.0, 2.0, 0.01, 0.02], rtol=1e-6)
+    (mask,) = engine.masks(50.0)
+    assert mask.tolist() == [True, True, False, False]
+    # Through neurons 0 and 1 only, dy0/dx is 3 on input 0, 2 on input 1 and 0 elsewhere.
+    expected = torch.zeros(1, 12)
+    expected[0, 0], expected[0, 1] = 3.0, 2.0
+    np.testing.assert_array_equal(engine.pathway(50.0).map, collapse_channels(expected.view(1, 3, 2, 2)))
+    # The plain gradient also carries the weak neurons.
+    assert engine.pathway(0.0).map[1, 0] == pytest.approx(0.01)
+
+
+def test_intgrad_selector_equals_taylor_when_the_rest_is_linear():
+    # After the ReLU the net is linear, so dy/d(alpha a) does not depend on alpha.
+    model = wrap(tiny_pathway_net())
+    engine = Engine.from_tensor(model, torch.rand(1, 3, 2, 2), target=0)
+    taylor = engine.scores("taylor")[0]
+    intgrad = run(engine.iter_scores("intgrad")).per_layer[0]
+    torch.testing.assert_close(intgrad, taylor)
+
+
+def test_intgrad_selector_differs_on_a_nonlinear_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    engine = Engine.from_tensor(wrap(net), torch.randn(1, 3, 8, 8), target=1)
+    first_t, first_i = engine.scores("taylor")[0], run(engine.iter_scores("intgrad")).per_layer[0]
+    assert first_t.shape == first_i.shape == (8, 6, 6)
+    assert not torch.allclose(first_t, first_i)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return wrap(torchvision.models.resnet18(weights=None, num_classes=10), "resnet18")
+
+
+@pytest.fixture(scope="module")
+def resnet_engine(resnet):
+    torch.manual_seed(1)
+    return Engine.from_tensor(resnet, torch.randn(1, 3, 64, 64))
+
+
+def test_sparsity_zero_is_exactly_the_plain_gradient(resnet_engine):
+    x = resnet_engine.x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(resnet_engine.model.module(x)[0, resnet_engine.target], x)
+    result = resnet_engine.pathway(0.0)
+    np.testing.assert_array_equal(result.map, collapse_channels(grad))
+    assert result.output_change == 0.0
+    assert all(kept == total for _, kept, total in result.kept)
+
+
+def test_sparsity_zero_is_exactly_the_plain_gradient_on_the_embedded_model(lite0, photo):
+    engine = Engine(lite0, load_image(photo("coffee.png")))
+    x = engine.x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(lite0.module(x)[0, engine.target], x)
+    np.testing.assert_array_equal(engine.pathway(0.0).map, collapse_channels(grad))
+    assert engine.prediction.name == "espresso"
+
+
+@pytest.mark.parametrize("mode", ["global", "per-layer"])
+@pytest.mark.parametrize("sparsity", [10.0, 50.0, 90.0, 99.0])
+def test_masks_keep_the_requested_fraction_up_to_ties(resnet_engine, mode, sparsity):
+    scores = resnet_engine.scores()
+    masks = resnet_engine.masks(sparsity, mode)
+    groups = [torch.cat([s.flatten() for s in scores])] if mode == "global" else [s.flatten() for s in scores]
+    kept_groups = [torch.cat([m.flatten() for m in masks])] if mode == "global" else [m.flatten() for m in masks]
+    for values, kept in zip(groups, kept_groups):
+        n = values.numel()
+        pruned = n - int(kept.sum())
+        wanted = int(sparsity / 100 * n)
+        threshold = values.sort().values[wanted - 1]
+        ties = int((values == threshold).sum())
+        assert wanted <= pruned <= wanted + ties
+        assert bool((values[kept] > threshold).all())
+
+
+def test_pathway_map_changes_with_sparsity_and_keeps_the_kept_counts(resnet_engine):
+    half, most = resnet_engine.pathway(50.0), resnet_engine.pathway(90.0)
+    assert not np.array_equal(half.map, most.map)
+    assert sum(k for _, k, _ in most.kept) < sum(k for _, k, _ in half.kept)
+    for (name, kept, total), mask, layer in zip(most.kept, most.masks, resnet_engine.layers):
+        assert name == layer.name and kept == int(mask.sum()) and total == layer.numel
+
+
+def test_pathway_integrated_gradients_at_zero_sparsity_is_captum_ig(resnet_engine):
+    ours = resnet_engine.pathway(0.0, method="integrated-gradients").map
+    ig = IntegratedGradients(resnet_engine.model.module).attribute(
+        resnet_engine.x, target=resnet_engine.target, n_steps=50, internal_batch_size=10)
+    np.testing.assert_allclose(ours, collapse_channels(ig), rtol=1e-4, atol=1e-6)
+
+
+def test_pathway_input_x_gradient_is_input_times_pathway_gradient(resnet_engine):
+    x = resnet_engine.x
+    masks = resnet_engine.masks(60.0)
+    forward = resnet_engine.masked_forward(masks)
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(forward(xg)[0, resnet_engine.target], xg)
+    np.testing.assert_allclose(resnet_engine.pathway(60.0, method="input-x-gradient").map,
+                               collapse_channels(grad * x), rtol=1e-6)
+
+
+def test_auto_sparsity_stays_within_the_tolerance(resnet_engine):
+    sparsity = run(resnet_engine.iter_auto_sparsity(tolerance=0.10))
+    assert 0.0 <= sparsity <= 99.9
+    assert resnet_engine.output_change(sparsity) <= 0.10
+
+
+def test_another_target_reuses_the_forward_and_gives_another_map(resnet_engine):
+    other_target = (resnet_engine.target + 1) % 10
+    other = resnet_engine.with_target(other_target)
+    assert other.probs is resnet_engine.probs and other.target == other_target
+    assert not np.array_equal(other.pathway(50.0).map, resnet_engine.pathway(50.0).map)
+
+
+def test_bad_requests_raise_clear_errors(resnet_engine):
+    with pytest.raises(PruneScopeError, match="sparsity"):
+        resnet_engine.masks(100.0)
+    with pytest.raises(PruneScopeError, match="mode"):
+        resnet_engine.masks(10.0, mode="sideways")
+    with pytest.raises(PruneScopeError, match="selector"):
+        resnet_engine.masks(10.0, selector="magic")
+    with pytest.raises(PruneScopeError, match="method"):
+        resnet_engine.attribution("astrology")
+    with pytest.raises(PruneScopeError, match="target"):
+        resnet_engine.with_target(10)
+
+
+@pytest.mark.parametrize("name, calls", [
+    ("resnet18", 17),            # one ReLU module called twice per block
+    ("vgg16", 15),               # in-place ReLUs
+    ("densenet121", 121),        # 120 modules plus the functional F.relu before pooling
+    ("mobilenet_v3_large", 40),  # Hardswish and ReLU modules
+    ("vit_b_16", 12),            # GELU over (token, feature)
+])
+def test_every_activation_call_is_a_layer(name, calls):
+    module = getattr(torchvision.models, name)(weights=None).eval()
+    size = 224 if name == "vit_b_16" else 64
+    layers = discover_layers(module, torch.randn(1, 3, size, size))
+    assert len(layers) == calls
+    assert len({layer.name for layer in layers}) == calls
+    if name == "resnet18":
+        assert [layer.name for layer in layers[1:3]] == ["layer1.0.relu", "layer1.0.relu#2"]
+    if name == "densenet121":
+        assert layers[-1].name == "relu" and layers[-1].shape == (1024, 2, 2)
+    if name == "vit_b_16":
+        assert layers[0].shape == (197, 3072)
+
+
+def test_in_place_activations_are_scored_from_their_own_output():
+    # VGG's in-place ReLU overwrites its input; the score must use the ReLU's output.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    x = torch.randn(1, 3, 8, 8)
+    (scores,) = taylor_scores(net.requires_grad_(False), x, 0)
+    act = torch.relu(net[0](x))
+    grad = net[3].weight[0].view(4, 6, 6) * (act[0] > 0)
+    torch.testing.assert_close(scores, (act[0] * grad).abs())
+
+
+def _hook_count(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in module.modules())
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() touches deprecated torch.distributed aliases
+        warnings.simplefilter("ignore")
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
+def test_no_hooks_or_tensors_are_left_behind(resnet):
+    x = torch.randn(1, 3, 32, 32)
+    compute_map(resnet, x, 0, "pathway-gradient", sparsity=50.0)  # warm-up: lazy imports, caches
+    before = _live_tensors()
+    for i in range(100):
+        compute_map(resnet, x, i % 10, "pathway-gradient", sparsity=float(i % 95))
+    assert _hook_count(resnet.module) == 0
+    assert not torch._C._is_torch_function_mode_enabled()
+    assert _live_tensors() <= before + 5
+
+
+def test_intercept_restores_the_plain_forward():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    x = torch.randn(2, 3)
+    with intercept(lambda i, out: out * 0):
+        assert net(x).abs().sum() == 0
+    assert net(x).abs().sum() > 0
