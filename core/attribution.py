@@ -1,0 +1,298 @@
+"""Classic attribution maps for one input and one target class, through Captum and zennit.
+
+Every method returns a raw, signed HxW float32 map at the input's resolution; display scaling is
+core.display's job. Hooks that any method installs are removed before it returns, also on errors.
+"""
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import VGG, DenseNet, MobileNetV3, ResNet, VisionTransformer
+from zennit.attribution import Gradient
+from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
+from zennit.composites import EpsilonGammaBox
+from zennit.layer import Sum
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
+from core.errors import ModelError, UnsupportedMethod
+from core.neurons import intercept
+
+# Captum is imported inside the functions: it takes about a second to import.
+
+# Methods whose result is a gradient-like 1x3xHxW tensor, collapsed to HxW by collapse_channels.
+GRADIENT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop")
+CLASSIC_METHODS = GRADIENT_METHODS + ("grad-cam", "lrp")
+
+IG_STEPS = 50
+SMOOTHGRAD_SAMPLES = 25
+SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
+CPU_MEMORY_BUDGET = 1 << 30  # bytes one batched forward+backward may use on the CPU
+
+
+def attribute(method: str, model, x: torch.Tensor, target: int, **opts) -> np.ndarray:
+    """The `method` map of class `target` for input x (1x3xHxW): HxW float32, raw and signed.
+
+    opts: steps (integrated-gradients), samples / noise / seed (smoothgrad)."""
+    if method in GRADIENT_METHODS:
+        return collapse_channels(input_attribution(method, model, x, target, **opts))
+    x, target = _prepared(method, model, x, target)
+    with torch.enable_grad():
+        if method == "grad-cam":
+            return _grad_cam(model, x, target)
+        return _lrp(model, x, target)
+
+
+def supports(method: str, model) -> tuple[bool, str]:
+    """Whether `method` can run on this model; if not, one line saying why."""
+    if method not in CLASSIC_METHODS:
+        return False, f"unknown method '{method}': choose one of {', '.join(CLASSIC_METHODS)}"
+    if method == "grad-cam":
+        try:
+            model.module.get_submodule(model.gradcam_layer)
+        except AttributeError:
+            return False, f"Grad-CAM layer '{model.gradcam_layer}' does not exist in {model.name}"
+    if method == "lrp":
+        reason = _lrp_unsupported_reason(model.module)
+        if reason:
+            return False, f"LRP does not support {model.name}: {reason}"
+    return True, ""
+
+
+def collapse_channels(grad: torch.Tensor) -> np.ndarray:
+    """1xCxHxW -> HxW: per pixel the channel value of largest magnitude, sign kept."""
+    grad = grad.detach()[0]
+    strongest = grad.abs().argmax(dim=0, keepdim=True)
+    return grad.gather(0, strongest)[0].float().cpu().numpy()
+
+
+def input_attribution(method: str, model, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
+    """The 1x3xHxW attribution of a gradient-type method, before the channels are collapsed."""
+    if method not in GRADIENT_METHODS:
+        raise UnsupportedMethod(
+            f"'{method}' is not a gradient-type method: choose one of {', '.join(GRADIENT_METHODS)}")
+    x, target = _prepared(method, model, x, target)
+    with torch.enable_grad():
+        return _input_attribution(method, model, x, target, **opts)
+
+
+def _input_attribution(method: str, model, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
+    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+
+    forward = model.module
+    x = x.requires_grad_(True)  # as Captum wants it (x is already a private copy)
+    if method == "gradient":
+        return Saliency(forward).attribute(x, target=target, abs=False).detach()
+    if method == "input-x-gradient":
+        return InputXGradient(forward).attribute(x, target=target).detach()
+    if method == "integrated-gradients":
+        steps = opts.get("steps", IG_STEPS)
+        # The zero baseline in normalised space is the dataset-mean image.
+        return IntegratedGradients(forward).attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
+            internal_batch_size=_batch_size(model.module, x, steps)).detach()
+    if method == "smoothgrad":
+        samples = opts.get("samples", SMOOTHGRAD_SAMPLES)
+        noise = opts.get("noise", SMOOTHGRAD_NOISE) * float(x.detach().max() - x.detach().min())
+        cuda = [x.device] if x.device.type == "cuda" else []
+        # A fixed seed makes the map repeatable (caches, tests) without touching the caller's RNG.
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(opts.get("seed", 0))
+            return NoiseTunnel(Saliency(forward)).attribute(
+                x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
+                nt_samples_batch_size=_batch_size(model.module, x, samples)).detach()
+    return _guided_backprop(model, x, target)
+
+
+def _prepared(method: str, model, x: torch.Tensor, target: int) -> tuple[torch.Tensor, int]:
+    """Checks method, input and target; puts the model in eval mode; returns a private copy of x
+    on the model's device, and the target as an int."""
+    ok, reason = supports(method, model)
+    if not ok:
+        raise UnsupportedMethod(reason)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != 1:
+        raise ModelError(f"expected one image as a 1x3xHxW tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    classes = len(model.class_names)
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < classes:
+        raise ModelError(f"target class {target!r} is not one of {model.name}'s {classes} classes (0 to {classes - 1})")
+    model.module.eval()
+    return x.detach().to(model.device).clone(), int(target)
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+def _batch_size(module: nn.Module, x: torch.Tensor, wanted: int) -> int:
+    """How many copies of x one forward+backward may take at once within the memory budget."""
+    per_sample = _activation_bytes(module, x)
+    if x.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(x.device)[0] // 2
+    else:
+        budget = CPU_MEMORY_BUDGET
+    # The backward keeps roughly the activations and their gradients, plus temporaries.
+    return int(max(1, min(wanted, budget // max(1, 3 * per_sample))))
+
+
+def _activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of all leaf-module outputs for one forward of x (a measure of what autograd keeps)."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in module.modules() if not any(True for _ in m.children())]
+    handles = [leaf.register_forward_hook(count) for leaf in leaves]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# --- guided backprop ------------------------------------------------------------------------------
+
+class _PositiveGradient(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradient through. Wrapped around every
+    activation output, the activation's own derivative then gates it: guided backpropagation."""
+
+    @staticmethod
+    def forward(ctx, out):
+        # A clone, not a view: later in-place ops on the activation must stay legal.
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+def _guided_backprop(model, x: torch.Tensor, target: int) -> torch.Tensor:
+    # Captum's GuidedBackprop only overrides nn.ReLU modules, so ReLU6, GELU and functional
+    # activations would silently give the plain gradient; core.neurons.intercept sees them all.
+    from captum.attr import Saliency
+
+    with intercept(lambda _index, out: _PositiveGradient.apply(out)):
+        return Saliency(model.module).attribute(x, target=target, abs=False).detach()
+
+
+# --- Grad-CAM -------------------------------------------------------------------------------------
+
+def _grad_cam(model, x: torch.Tensor, target: int) -> np.ndarray:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    layer = model.module.get_submodule(model.gradcam_layer)
+    x = x.requires_grad_(True)  # parameters are frozen: the input is what puts the layer in the graph
+    if isinstance(model.module, VisionTransformer):
+        cam = _token_grad_cam(model.module, layer, x, target)
+    else:
+        cam = LayerGradCam(model.module, layer).attribute(x, target=target, relu_attributions=True)
+        if cam.ndim != 4:
+            raise UnsupportedMethod(
+                f"Grad-CAM needs a spatial layer; '{model.gradcam_layer}' of {model.name} "
+                f"outputs shape {tuple(cam.shape)}")
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return cam[0, 0].float().cpu().numpy()
+
+
+def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """Grad-CAM on a ViT's patch tokens, laid back onto their grid. Hand-written because Captum's
+    LayerGradCam assumes channel-first maps (it would average over the embedding, not the patches)."""
+    captured = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        score = module(x)[0, target]
+    finally:
+        handle.remove()
+    tokens = captured[-1]
+    grads, = torch.autograd.grad(score, tokens)
+    side = int(round((tokens.shape[1] - 1) ** 0.5))
+    if tokens.ndim != 3 or side * side != tokens.shape[1] - 1:
+        raise UnsupportedMethod(f"Grad-CAM cannot lay tokens of shape {tuple(tokens.shape)} on a square grid")
+    patches, patch_grads = tokens[:, 1:], grads[:, 1:]  # drop the class token
+    weights = patch_grads.mean(dim=1, keepdim=True)
+    cam = torch.relu((patches * weights).sum(dim=-1))
+    return cam.reshape(1, 1, side, side).detach()
+
+
+# --- LRP ------------------------------------------------------------------------------------------
+
+def _lrp_unsupported_reason(module: nn.Module) -> str:
+    if isinstance(module, (ResNet, VGG, EfficientNetLite0)):
+        return ""
+    if isinstance(module, DenseNet):
+        return "batch norms before convolutions and concatenated features have no zennit canonizer"
+    if isinstance(module, MobileNetV3):
+        return "Hardswish and squeeze-excitation gating are not piecewise linear, so no LRP rule applies"
+    if isinstance(module, VisionTransformer):
+        return "attention and layer norm need transformer-specific rules that zennit does not provide"
+    return f"no LRP canonizer is known for {type(module).__name__}"
+
+
+def _lrp_canonizers(module: nn.Module) -> list:
+    if isinstance(module, ResNet):
+        return [ResNetCanonizer()]
+    if isinstance(module, VGG):
+        return [VGGCanonizer()]
+    # EfficientNet-Lite0: every conv is followed directly by its batch norm in module order.
+    return [ExactMergeBatchNorm(), MBConvResidualCanonizer()]
+
+
+def _lrp(model, x: torch.Tensor, target: int) -> np.ndarray:
+    """Relevance by LRP (zennit's EpsilonGammaBox: z-box at the input, gamma for convolutions,
+    epsilon for dense layers), starting from the target logit; summed over the colour channels
+    because relevance is additive (the map's sum approximates the logit)."""
+    # zennit's canonizers rewrite weights in place while active; a private copy keeps the shared
+    # model correct for anything else running on it meanwhile.
+    module = copy.deepcopy(model.module).eval()
+    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
+    low = ((0 - mean) / std).expand_as(x)
+    high = ((1 - mean) / std).expand_as(x)
+    composite = EpsilonGammaBox(low=low, high=high, canonizers=_lrp_canonizers(module))
+    one_hot = torch.zeros(1, len(model.class_names), device=x.device)
+    one_hot[0, target] = 1
+    with Gradient(module, composite) as attributor:
+        _, relevance = attributor(x.clone().requires_grad_(True), lambda out: (out * one_hot).detach())
+    return relevance[0].sum(dim=0).float().cpu().numpy()
+
+
+class ExactMergeBatchNorm(SequentialMergeBatchNorm):
+    """zennit leaves a merged batch norm computing x / sqrt(1 + eps); with EfficientNet's eps = 1e-3
+    over 49 layers that moves the logits by about 0.2%. A running variance of 1 - eps makes it the
+    identity, so the canonized model computes exactly what the model does."""
+
+    @staticmethod
+    def merge_batch_norm(modules, batch_norm):
+        SequentialMergeBatchNorm.merge_batch_norm(modules, batch_norm)
+        batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 1 - batch_norm.eps)
+
+
+class MBConvResidualCanonizer(AttributeCanonizer):
+    """Sends EfficientNet-Lite's residual addition through a zennit Sum module so that LRP splits
+    relevance between both branches rather than copying it into each (zennit ships this only for
+    torchvision ResNets)."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    def copy(self):
+        return MBConvResidualCanonizer()
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if isinstance(module, MBConvBlock) and module.has_residual:
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        # MBConvBlock.forward with `out + x` as a stacked Sum; a test checks that they agree.
+        out = x
+        if self.has_expand:
+            out = self._relu0(self._bn0(self._expand_conv(out)))
+        out = self._relu1(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return self.canonizer_sum(torch.stack([out, x], dim=-1))
