@@ -26,3 +26,9 @@ def _guard_bool_refcounts() -> None:
 
 
 _guard_bool_refcounts()
+
+import pyqtgraph as pg  # noqa: E402
+
+# Once, before any image item exists: arrays are (row, column) as numpy and core.display have them.
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="#fbfbfb",
+                    foreground="#222222")

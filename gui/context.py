@@ -24,6 +24,7 @@ from gui.worker import (PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_ENGINE, P
 __all__ = ["AppContext", "ModelChoice", "PRIORITY_BACKGROUND", "PRIORITY_CURVES",
            "PRIORITY_ENGINE", "PRIORITY_LIVE", "PRIORITY_VIEW"]
 
+_DETACHED: list = []  # runners still finishing a step after their window closed
 MODEL_CACHE_SIZE = 2  # loaded models kept, so switching back and forth is instant
 
 
@@ -63,6 +64,7 @@ class AppContext(QObject):
         self._model_choice: ModelChoice | None = None
         self._models: dict[ModelChoice, Any] = {}
         self._engine = None
+        self._prediction = None
         self._image_path: Path | None = None
         self._target: int | None = None
         self._requests: dict[int, _Request] = {}
@@ -90,6 +92,10 @@ class AppContext(QObject):
     def current_engine(self):
         """The Engine for the current (model, image, target), or None before an image is analysed."""
         return self._engine
+
+    def current_prediction(self):
+        """core.engine.Prediction of the current engine (its target, name, prob, top-5)."""
+        return self._prediction
 
     def current_image_path(self) -> Path | None:
         """The image file the current engine was built from."""
@@ -139,9 +145,15 @@ class AppContext(QObject):
             self.cancel(key)
 
     def shutdown(self, timeout_ms: int = 1500) -> bool:
-        """Cancel all jobs and end the worker; False if a step was still running at the timeout."""
+        """Cancel all jobs and end the worker; False if a step was still running at the timeout.
+        A worker still inside one long step (one torch call cannot be interrupted) is detached
+        and kept alive, so that destroying the window does not destroy a running thread."""
         self._latest.clear()
-        return self._runner.stop(timeout_ms)
+        stopped = self._runner.stop(timeout_ms)
+        if not stopped:
+            self._runner.setParent(None)
+            _DETACHED.append(self._runner)
+        return stopped
 
     # -- model, image, target ------------------------------------------------------------------
     def load_model(self, choice: ModelChoice, on_loaded=None, on_error=None) -> int:
@@ -164,7 +176,7 @@ class AppContext(QObject):
                 engine = self._build_engine(model, self._image_path, None)
             self._model, self._model_choice = model, choice
             if engine is not None:
-                self._engine, self._target = engine, None
+                self._set_engine(engine, self._image_path, None)
             return model, engine
 
         def done(result):
@@ -191,7 +203,7 @@ class AppContext(QObject):
 
                 raise ModelError("no model is loaded: choose a model first")
             engine = self._build_engine(model, path, None)
-            self._engine, self._image_path, self._target = engine, path, None
+            self._set_engine(engine, path, None)
             return engine
 
         def done(engine):
@@ -203,14 +215,14 @@ class AppContext(QObject):
 
     def set_target(self, target: int | None, on_error=None) -> int | None:
         """Explain another class of the current image (None: the predicted class)."""
-        if self._image_path is None:
+        if self._engine is None:
             return None
-        path = self._image_path
 
         def job():
             yield Progress(0.0, "switching class")
-            engine = self._build_engine(self._model, path, target)
-            self._engine, self._target = engine, target
+            engine = self._engine
+            engine = engine.with_target(engine.prediction.top5[0][0] if target is None else target)
+            self._set_engine(engine, self._image_path, target)
             return engine
 
         def done(engine):
@@ -218,6 +230,11 @@ class AppContext(QObject):
             self.engine_changed.emit(engine)
 
         return self.run_job(job, done, on_error=on_error, key="engine", priority=PRIORITY_ENGINE)
+
+    def _set_engine(self, engine, path: Path, target) -> None:
+        """On the worker: the prediction is read here so that the GUI thread never runs torch."""
+        self._prediction = engine.prediction
+        self._engine, self._image_path, self._target = engine, path, target
 
     @staticmethod
     def _build_engine(model, path: Path, target):

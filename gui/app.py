@@ -1,0 +1,71 @@
+"""Starting the desktop app: the window first, torch later on the worker."""
+import os
+import sys
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from core.resources import resource_path, sample_images
+
+SCREENSHOT_TIMEOUT_S = 900  # a --screenshot run that never completes gives up with an error
+
+
+def make_app() -> QApplication:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("PruneScope")
+    app.setOrganizationName("PruneScope")
+    app.setDesktopFileName("prunescope")
+    app.setWindowIcon(QIcon(str(resource_path("icons", "prunescope.png"))))
+    return app
+
+
+def run_app(images=(), screenshot: str | None = None) -> int:
+    """Open the window on `images`; with `screenshot`, save a PNG of the window once the first
+    full analysis is on screen and exit (0, or 1 if it could not be made)."""
+    started = time.perf_counter()
+    app = make_app()
+    from gui.window import MainWindow
+
+    images = list(images)
+    if screenshot and not images:
+        images = [next(p for p in sample_images() if p.name == "coffee.png")]
+    window = MainWindow(images)
+    window.show()
+    if os.environ.get("PRUNESCOPE_TIMING"):
+        print(f"window shown after {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    status = {"code": 0}
+    if screenshot:
+        _arm_screenshot(app, window, Path(screenshot), status, started)
+    code = app.exec() or status["code"]
+    if not window.worker_stopped:
+        # One torch call was still running: nothing is left to save, and a thread inside torch
+        # cannot be stopped from Python, so leave without waiting for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _arm_screenshot(app, window, path: Path, status: dict, started: float) -> None:
+    def save() -> None:
+        if os.environ.get("PRUNESCOPE_TIMING"):
+            print(f"first full analysis after {time.perf_counter() - started:.2f} s", file=sys.stderr)
+        if not window.grab().save(str(path)):
+            print(f"prunescope: error: cannot write {path}", file=sys.stderr)
+            status["code"] = 1
+        window.close()
+
+    def failed(message: str) -> None:
+        print(f"prunescope: error: {message}", file=sys.stderr)
+        status["code"] = 1
+        window.close()
+
+    # Let the last results paint before grabbing.
+    window.explain.analysis_shown.connect(lambda: QTimer.singleShot(300, save))
+    window.context.job_error.connect(lambda message, _error: failed(message))
+    window.load_failed.connect(failed)
+    QTimer.singleShot(SCREENSHOT_TIMEOUT_S * 1000,
+                      lambda: failed(f"no complete analysis within {SCREENSHOT_TIMEOUT_S} s"))

@@ -1,0 +1,101 @@
+"""Perturbation curves: deletion and insertion, one curve per method with its AUC in the legend,
+and the sparsity sweep (output change and deletion AUC against sparsity) with a marker at the
+slider. Curves are created once per method and updated with setData."""
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QGridLayout, QWidget
+
+PATHWAY_COLOR = "#d62728"
+PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22")
+
+
+def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
+    plot = pg.PlotWidget()
+    plot.setTitle(title, size="10pt")
+    plot.setLabel("bottom", x_label)
+    plot.setLabel("left", y_label)
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    plot.setMenuEnabled(False)
+    plot.setMinimumSize(200, 160)
+    return plot
+
+
+class CurvesView(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.deletion = _plot("Deletion (lower AUC is better)", "fraction of pixels removed",
+                              "p(target)")
+        self.insertion = _plot("Insertion (higher AUC is better)", "fraction of pixels revealed",
+                               "p(target)")
+        self.sweep = _plot("Sparsity sweep", "sparsity (%)", "")
+        for plot in (self.deletion, self.insertion):
+            plot.setXRange(0, 1, padding=0.02)
+            plot.setYRange(0, 1, padding=0.02)
+        self._legends = {plot: plot.addLegend(offset=(-4, 4), labelTextSize="8pt", verSpacing=-6)
+                         for plot in (self.deletion, self.insertion, self.sweep)}
+        self._lines: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self.sweep.setXRange(0, 100, padding=0.02)
+        self.sweep_change = self.sweep.plot([], [], pen=pg.mkPen("#d62728", width=2), symbol="o",
+                                            symbolSize=5, symbolBrush="#d62728",
+                                            name="output change")
+        self.sweep_auc = self.sweep.plot([], [], pen=pg.mkPen("#1f77b4", width=2), symbol="s",
+                                         symbolSize=5, symbolBrush="#1f77b4",
+                                         name="deletion AUC (pathway)")
+        self.marker = pg.InfiniteLine(pos=70, angle=90, pen=pg.mkPen("#555", width=1, style=Qt.PenStyle.DashLine))
+        self.sweep.addItem(self.marker)
+        layout = QGridLayout(self)  # deletion and insertion side by side, the sweep below
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addWidget(self.deletion, 0, 0)
+        layout.addWidget(self.insertion, 0, 1)
+        layout.addWidget(self.sweep, 1, 0, 1, 2)
+        self._curves: dict = {}
+        self._has_sweep = False
+
+    def set_curves(self, curves: dict, methods_order: list[str]) -> None:
+        """curves: method -> core.perturbation.Curves. Methods no longer chosen are removed."""
+        self._curves = dict(curves)
+        for (plot_name, method), line in list(self._lines.items()):
+            if method not in curves:
+                plot = self.deletion if plot_name == "deletion" else self.insertion
+                plot.removeItem(line)
+                self._legends[plot].removeItem(line)
+                del self._lines[(plot_name, method)]
+        for i, method in enumerate(m for m in methods_order if m in curves):
+            c = curves[method]
+            color = PATHWAY_COLOR if method.startswith("pathway") else PALETTE[i % len(PALETTE)]
+            width = 3 if method.startswith("pathway") else 1.6
+            for plot_name, plot, values, auc in (
+                    ("deletion", self.deletion, c.deletion, c.deletion_auc),
+                    ("insertion", self.insertion, c.insertion, c.insertion_auc)):
+                label = f"{method}  {auc:.3f}"
+                line = self._lines.get((plot_name, method))
+                if line is None:
+                    line = plot.plot(pen=pg.mkPen(color, width=width), name=label)
+                    self._lines[(plot_name, method)] = line
+                else:
+                    self._legends[plot].getLabel(line).setText(label)
+                line.setData(np.asarray(c.fractions), np.asarray(values))
+
+    def clear(self) -> None:
+        self.set_curves({}, [])
+        self.sweep_change.setData([], [])
+        self.sweep_auc.setData([], [])
+        self._has_sweep = False
+
+    def set_sweep(self, sweep) -> None:
+        """core.engine.Sweep."""
+        self.sweep_change.setData(sweep.sparsities, sweep.output_change)
+        self.sweep_auc.setData(sweep.sparsities, sweep.deletion_auc)
+        self._has_sweep = True
+
+    def set_marker(self, sparsity: float) -> None:
+        self.marker.setValue(sparsity)
+
+    def curves(self) -> dict:
+        return self._curves
+
+    def ready(self, methods: list[str]) -> bool:
+        return self._has_sweep and all(m in self._curves for m in methods)

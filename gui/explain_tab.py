@@ -1,0 +1,340 @@
+"""The Explain tab: controls on the left; heatmaps and curves above, neuron masks below.
+
+It turns user actions into jobs (gui.jobs) on the context's worker and draws their results:
+the slider's live preview is throttled, the curves wait until the slider settles (debounced),
+and every result that no longer matches the engine on screen is dropped.
+"""
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
+from superqt.utils import qdebounced, qthrottled
+
+from gui import jobs
+from gui.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_VIEW
+from gui.controls import DEFAULT_METHODS, ControlPanel, select_data
+from gui.curves import CurvesView
+from gui.heatmaps import HeatmapGrid
+from gui.masks import MaskView, default_layer
+
+CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
+LIVE_INTERVAL_MS = 80  # at most one live pathway request per interval while the slider drags
+SETTLE_MS = 350  # the slider counts as settled after this long without a move
+
+
+class ExplainTab(QWidget):
+    analysis_shown = Signal()  # heatmaps, masks, curves and sweep of the current engine are all drawn
+    status = Signal(str)  # a line for the status bar
+
+    def __init__(self, context, parent=None):
+        super().__init__(parent)
+        self.context = context
+        self.controls = ControlPanel()
+        self.heatmaps = HeatmapGrid()
+        self.curves = CurvesView()
+        self.masks = MaskView()
+        self._engine = None
+        self._luts: dict = {}
+        self._maps: dict = {}
+        self._skipped: dict = {}
+        self._live = None  # the latest jobs.LiveResult drawn
+        self._memo = jobs.LiveMemo()  # used on the worker only
+        self._announced = False
+
+        scroll = QScrollArea()
+        scroll.setWidget(self.controls)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(self.controls.minimumSizeHint().width() + 18)
+        self.upper = QSplitter(Qt.Orientation.Horizontal)
+        self.upper.addWidget(self.heatmaps)
+        self.upper.addWidget(self.curves)
+        self.upper.setStretchFactor(0, 3)
+        self.upper.setStretchFactor(1, 2)
+        self.right = QSplitter(Qt.Orientation.Vertical)
+        self.right.addWidget(self.upper)
+        self.right.addWidget(self.masks)
+        self.right.setSizes([450, 270])
+        self.outer = QSplitter(Qt.Orientation.Horizontal)
+        self.outer.addWidget(scroll)
+        self.outer.addWidget(self.right)
+        self.outer.setStretchFactor(1, 1)
+        self.outer.setSizes([300, 1100])
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.outer)
+        self.curves.setMinimumWidth(420)
+
+        c = self.controls
+        c.sparsity_changed.connect(self._on_sparsity)
+        c.pruning_changed.connect(self._on_pruning)
+        c.methods_changed.connect(self._on_methods)
+        c.display_changed.connect(self._redraw)
+        c.auto_requested.connect(self._auto)
+        c.target_clicked.connect(self._explain_class)
+        self.masks.layer_selected.connect(self._request_layer)
+        context.engine_changed.connect(self._on_engine)
+
+    # -- state ---------------------------------------------------------------------------------
+    def params(self) -> jobs.Params:
+        c = self.controls
+        return jobs.Params(round(c.sparsity.value(), 2), c.mode.currentData(),
+                           c.selector.currentData(), c.variant.currentData())
+
+    def methods(self) -> list[str]:
+        return self.controls.chosen_methods()
+
+    def apply_startup(self, info: jobs.StartupInfo, checked_methods) -> None:
+        self._luts = info.luts
+        wanted = DEFAULT_METHODS if checked_methods is None else checked_methods
+        self.controls.set_methods(info.classic_methods, [m for m in wanted if m in info.classic_methods])
+        self.heatmaps.set_methods(self._panel_names())
+        self._redraw()
+
+    def _panel_names(self) -> list[str]:
+        return [self.params().method_name, *self.methods()]
+
+    def is_complete(self) -> bool:
+        """Everything of the current engine is on screen."""
+        if self._engine is None or self._live is None:
+            return False
+        shown = [self.params().method_name, *[m for m in self.methods() if m in self._maps]]
+        return (self.heatmaps.ready() or self._all_skipped()) and self.masks.has_layer() \
+            and self.curves.ready(shown)
+
+    def _all_skipped(self) -> bool:
+        return all(self.heatmaps.shown_maps().get(m) is not None or m in self._skipped
+                   for m in self._panel_names())
+
+    def _check_complete(self) -> None:
+        if not self._announced and self.is_complete():
+            self._announced = True
+            self.analysis_shown.emit()
+
+    # -- a new engine: new image, model or class -----------------------------------------------
+    def _on_engine(self, engine) -> None:
+        self._engine = engine
+        self._maps, self._skipped, self._live = {}, {}, None
+        self._announced = False
+        prediction = self.context.current_prediction()
+        predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
+        self.controls.set_prediction(prediction, predicted)
+        self.heatmaps.set_image(engine.view, f"<b>{prediction.name}</b>",
+                                f"p = {prediction.prob:.3f} · {engine.model.name}")
+        self.masks.set_image(engine.view)
+        self.masks.clear()
+        self.curves.clear()
+        self.heatmaps.set_methods(self._panel_names())
+        for method in self._panel_names():
+            self.heatmaps.set_note(method, "computing…")
+        self._request_live()
+        self._request_maps()
+        self._request_curves()
+        self._request_sweep()
+
+    def _explain_class(self, class_id: int) -> None:
+        prediction = self.context.current_prediction()
+        if prediction is None or class_id == prediction.target:
+            return
+        self.context.set_target(None if class_id == prediction.top5[0][0] else class_id)
+
+    # -- requests ------------------------------------------------------------------------------
+    def _on_sparsity(self, value: float) -> None:
+        self.curves.set_marker(value)
+        self.context.cancel("curves")  # curves of a sparsity being left behind are not wanted
+        self._throttled_live()
+        self._settled()
+
+    @qthrottled(timeout=LIVE_INTERVAL_MS, leading=True)
+    def _throttled_live(self) -> None:
+        self._request_live()
+
+    @qdebounced(timeout=SETTLE_MS)
+    def _settled(self) -> None:
+        self._request_curves()
+
+    def _on_pruning(self) -> None:
+        self.heatmaps.set_methods(self._panel_names())
+        self._request_live()
+        self._request_curves()
+        self._request_sweep()
+
+    def _on_methods(self) -> None:
+        self.heatmaps.set_methods(self._panel_names())
+        self._draw_maps()
+        self._request_maps()
+        self._request_curves()
+
+    def _request_live(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
+        if layer is None:
+            layer = default_layer(len(engine.layers))
+        self.context.run_job(lambda: jobs.live(engine, params, layer, memo), self._show_live,
+                             key="live", priority=PRIORITY_LIVE)
+
+    def _request_layer(self, index: int) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        params = self.params()
+        self.context.run_job(lambda: jobs.layer_at(engine, params, index), self._show_layer,
+                             key="layer", priority=PRIORITY_LIVE)
+
+    def _request_maps(self) -> None:
+        engine, methods = self._engine, self.methods()
+        if engine is None or not methods:
+            return
+        self.context.run_job(lambda: jobs.maps(engine, methods), self._show_maps, key="maps",
+                             priority=PRIORITY_VIEW, preemptible=True)
+
+    def _request_curves(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        methods, params, memo = self.methods(), self.params(), self._memo
+        self.context.run_job(lambda: jobs.curves(engine, methods, params, memo, CURVE_STEPS),
+                             self._show_curves, key="curves", priority=PRIORITY_CURVES,
+                             preemptible=True)
+
+    def _request_sweep(self) -> None:
+        engine, params = self._engine, self.params()
+        if engine is None:
+            return
+        self.context.run_job(lambda: jobs.sweep(engine, params), self._show_sweep, key="sweep",
+                             priority=PRIORITY_BACKGROUND, preemptible=True)
+
+    def _auto(self, tolerance: float) -> None:
+        engine, params = self._engine, self.params()
+        if engine is None:
+            return
+        self.status.emit(f"searching the largest sparsity within output change {tolerance:.2f}…")
+        self.context.run_job(lambda: jobs.auto_sparsity(engine, params, tolerance),
+                             self._show_auto, key="auto", priority=PRIORITY_VIEW)
+
+    # -- results -------------------------------------------------------------------------------
+    def _show_live(self, result: jobs.LiveResult) -> None:
+        if result.engine is not self._engine:
+            return
+        self._live = result
+        p = result.params
+        kept = sum(k for _, k, _ in result.kept)
+        total = sum(t for _, _, t in result.kept)
+        self.controls.set_pruned_status(result.output_change, result.prob, kept, total)
+        self.heatmaps.set_map(p.method_name, result.map,
+                              f"{p.sparsity:.1f} % pruned · output change "
+                              f"{100 * result.output_change:.1f} %")
+        self.masks.set_kept(result.kept)
+        if result.layer is not None:
+            self.masks.set_layer(result.layer)
+        self._check_complete()
+
+    def _show_layer(self, result) -> None:
+        engine, _params, layer = result
+        if engine is self._engine:
+            self.masks.set_layer(layer)
+
+    def _show_maps(self, result) -> None:
+        engine, maps, skipped = result
+        if engine is not self._engine:
+            return
+        self._maps.update(maps)
+        self._skipped.update(skipped)
+        self._draw_maps()
+        for method, why in skipped.items():
+            self.status.emit(f"{method} skipped: {why}")
+        self._check_complete()
+
+    def _draw_maps(self) -> None:
+        for method in self.methods():
+            if method in self._maps:
+                self.heatmaps.set_map(method, self._maps[method], "")
+            elif method in self._skipped:
+                self.heatmaps.set_note(method, "not available for this model")
+
+    def _show_curves(self, result) -> None:
+        engine, _params, curves = result
+        if engine is not self._engine:
+            return
+        self.curves.set_curves(curves, self._panel_names())
+        self._check_complete()
+
+    def _show_sweep(self, result) -> None:
+        engine, params, sweep = result
+        if engine is not self._engine:
+            return
+        self.curves.sweep.setTitle(f"Sparsity sweep · pathway-gradient · {params.mode}, "
+                                   f"{params.selector}", size="10pt")
+        self.curves.set_sweep(sweep)
+        self._check_complete()
+
+    def _show_auto(self, result) -> None:
+        engine, value = result
+        if engine is self._engine:
+            self.controls.sparsity.setValue(value)
+            self.status.emit(f"auto sparsity: {value:.1f} %")
+
+    # -- display -------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        """Colour map, opacity or normalisation changed: redraw, compute nothing."""
+        c = self.controls
+        lut = self._luts.get(c.lut_name())
+        if lut is None:
+            return
+        self.heatmaps.set_display(lut, c.opacity.value(), c.sign.currentText(),
+                                  c.scale.currentData())
+        self.masks.set_colors(lut)
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, out_dir: Path, on_done, on_error) -> None:
+        engine = self._engine
+        if engine is None:
+            on_error(RuntimeError("nothing to export: open an image first"))
+            return
+        c = self.controls
+        methods, params = self.methods(), self.params()
+        image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
+        extra = {"tolerance": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
+                 "values": c.sign.currentText(), "shared_scale": c.scale.currentData()}
+        self.context.run_job(
+            lambda: jobs.export(engine, methods, params, CURVE_STEPS, out_dir, image_path, cmap,
+                                alpha, extra),
+            on_done, on_error=on_error, key="export", priority=PRIORITY_VIEW)
+
+    # -- settings ------------------------------------------------------------------------------
+    def save_settings(self, settings) -> None:
+        c = self.controls
+        settings.setValue("explain/methods", self.methods())
+        settings.setValue("explain/sparsity", c.sparsity.value())
+        settings.setValue("explain/mode", c.mode.currentData())
+        settings.setValue("explain/selector", c.selector.currentData())
+        settings.setValue("explain/variant", c.variant.currentData())
+        settings.setValue("explain/tolerance", c.tolerance.value())
+        settings.setValue("display/colormap", c.lut_name())
+        settings.setValue("display/opacity", c.opacity.value())
+        settings.setValue("display/sign", c.sign.currentText())
+        settings.setValue("display/shared", "1" if c.scale.currentData() else "0")
+        for name in ("outer", "right", "upper"):
+            settings.setValue(f"layout/{name}", getattr(self, name).saveState())
+        settings.setValue("layout/masks", self.masks.splitter.saveState())
+
+    def restore_settings(self, settings) -> None:
+        c = self.controls
+        c.sparsity.setValue(float(settings.value("explain/sparsity", 70.0)))
+        select_data(c.mode, settings.value("explain/mode", "global"))
+        select_data(c.selector, settings.value("explain/selector", "taylor"))
+        select_data(c.variant, settings.value("explain/variant", "gradient"))
+        c.tolerance.setValue(float(settings.value("explain/tolerance", 0.15)))
+        c.colormap.setCurrentText(str(settings.value("display/colormap", c.lut_name())))
+        c.opacity.setValue(float(settings.value("display/opacity", c.opacity.value())))
+        c.sign.setCurrentText(str(settings.value("display/sign", "absolute")))
+        select_data(c.scale, settings.value("display/shared", "0") == "1")
+        for name in ("outer", "right", "upper"):
+            state = settings.value(f"layout/{name}")
+            if state is not None:
+                getattr(self, name).restoreState(state)
+        state = settings.value("layout/masks")
+        if state is not None:
+            self.masks.splitter.restoreState(state)

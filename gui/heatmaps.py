@@ -1,0 +1,232 @@
+"""The side-by-side heatmaps: the image, the pathway map and each chosen classic map, in a grid of
+linked views with one shared colour bar. Hovering shows the raw value under the cursor in every
+panel. Changing colours, opacity or normalisation redraws; it never recomputes a map."""
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from core import display
+
+IMAGE_PANEL = "image"
+COLORBAR_WIDTH = 84
+
+
+class Panel(QWidget):
+    """A two-line title over a view box with the photo and the map drawn over it through an
+    RGBA colour table."""
+
+    def __init__(self, name: str, on_hover):
+        super().__init__()
+        self.name = name
+        self.title = QLabel(f"<b>{name}</b>")
+        self.detail = QLabel("")
+        for label in (self.title, self.detail):
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            label.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+        self.detail.setStyleSheet("color: #555; font-size: 8pt")
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.canvas.ci.setContentsMargins(0, 0, 0, 0)
+        self.view = self.canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.view.setBorder(pg.mkPen("#c8c8c8"))
+        self.photo = pg.ImageItem()
+        self.heat = pg.ImageItem()
+        self.view.addItem(self.photo)
+        self.view.addItem(self.heat)
+        self.canvas.scene().sigMouseMoved.connect(lambda pos: on_hover(self, pos))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.detail)
+        layout.addWidget(self.canvas, 1)
+        self.raw: np.ndarray | None = None
+        self.note = ""
+
+    def set_text(self, note: str) -> None:
+        self.note = note
+        self.detail.setText(note)
+
+    def leaveEvent(self, event) -> None:
+        self.detail.setText(self.note)
+        super().leaveEvent(event)
+
+
+class HeatmapGrid(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(2, 2, 2, 2)
+        self._grid.setSpacing(4)
+        self._panels: dict[str, Panel] = {}
+        self._order: list[str] = []
+        self._view_rgb: np.ndarray | None = None
+        self._lut_rgb = None
+        self._opacity = 0.6
+        self._sign = "absolute"
+        self._shared = True
+        self._columns = 0
+        self.colorbar_canvas = pg.GraphicsLayoutWidget()
+        self.colorbar_canvas.setFixedWidth(COLORBAR_WIDTH)
+        self.colorbar = pg.ColorBarItem(values=(0, 1), width=14, interactive=False,
+                                        colorMapMenu=False)
+        self.colorbar_canvas.addItem(self.colorbar)
+        self._add_panel(IMAGE_PANEL)
+        self._order = [IMAGE_PANEL]
+        self._relayout(force=True)
+
+    def _add_panel(self, name: str) -> Panel:
+        panel = Panel(name, self._hover)
+        if self._panels:
+            lead = self._panels[IMAGE_PANEL].view
+            panel.view.setXLink(lead)  # zooming or panning one panel moves them all
+            panel.view.setYLink(lead)
+        if self._view_rgb is not None:
+            panel.photo.setImage(self._view_rgb, autoLevels=False, levels=(0, 255))
+        self._panels[name] = panel
+        return panel
+
+    # -- content -------------------------------------------------------------------------------
+    def set_image(self, rgb: np.ndarray, title: str, note: str) -> None:
+        """The picture the model saw; maps of the previous image are cleared."""
+        self._view_rgb = rgb
+        for panel in self._panels.values():
+            panel.raw = None
+            panel.heat.clear()
+            panel.photo.setImage(rgb, autoLevels=False, levels=(0, 255))
+        image = self._panels[IMAGE_PANEL]
+        image.title.setText(title)
+        image.set_text(note)
+        self.reset_zoom()
+
+    def set_methods(self, names: list[str]) -> None:
+        """Which map panels are shown, in order, after the image."""
+        wanted = [IMAGE_PANEL, *names]
+        if wanted == self._order:
+            return
+        for name in names:
+            if name not in self._panels:
+                self._add_panel(name)
+        self._order = wanted
+        self._relayout(force=True)
+        self.render()
+
+    def set_map(self, name: str, raw: np.ndarray, note: str = "") -> None:
+        panel = self._panels.get(name)
+        if panel is None:
+            return
+        panel.raw = raw
+        panel.set_text(note)
+        self.render()
+
+    def set_note(self, name: str, note: str) -> None:
+        """A panel without a map: say why (computing, not for this model)."""
+        panel = self._panels.get(name)
+        if panel is not None:
+            panel.raw = None
+            panel.heat.clear()
+            panel.set_text(note)
+
+    def shown_maps(self) -> dict[str, np.ndarray]:
+        return {name: self._panels[name].raw for name in self._order
+                if name != IMAGE_PANEL and self._panels[name].raw is not None}
+
+    def ready(self) -> bool:
+        return self._view_rgb is not None and all(
+            self._panels[name].raw is not None for name in self._order if name != IMAGE_PANEL)
+
+    def panel(self, name: str) -> Panel:
+        return self._panels[name]
+
+    # -- display -------------------------------------------------------------------------------
+    def set_display(self, lut_rgb: np.ndarray, opacity: float, sign: str, shared: bool) -> None:
+        self._lut_rgb = lut_rgb
+        self._opacity, self._sign, self._shared = opacity, sign, shared
+        self.render()
+
+    def render(self) -> None:
+        """Normalise (core.display, as the exported PNGs are) and draw every map."""
+        if self._lut_rgb is None:
+            return
+        maps = self.shown_maps()
+        scale = display.shared_scale(list(maps.values()), self._sign) if self._shared and maps else None
+        signed = self._sign == "signed"
+        levels = (-1.0, 1.0) if signed else (0.0, 1.0)
+        lut = self._rgba_lut(signed)
+        for name, raw in maps.items():
+            norm = display.normalize(raw, self._sign, scale)
+            self._panels[name].heat.setImage(norm, autoLevels=False, levels=levels, lut=lut)
+        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(self._lut_rgb)), self._lut_rgb))
+        if scale:
+            self.colorbar.setLevels((-scale, scale) if signed else (0, scale))
+            self.colorbar.axis.setLabel(f"{self._sign} value (shared scale)")
+        else:
+            self.colorbar.setLevels(levels)
+            self.colorbar.axis.setLabel(f"{self._sign}, each map to its own scale")
+
+    def _rgba_lut(self, signed: bool) -> np.ndarray:
+        """The colour table with alpha rising with |value|: weak evidence lets the photo show
+        through, as core.display.overlay does with weight=|norm|."""
+        n = len(self._lut_rgb)
+        t = np.linspace(-1, 1, n) if signed else np.linspace(0, 1, n)
+        alpha = np.clip(np.abs(t) * self._opacity * 255, 0, 255)
+        return np.column_stack([self._lut_rgb, alpha]).astype(np.uint8)
+
+    # -- layout and hover -----------------------------------------------------------------------
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._relayout()
+
+    def _best_columns(self) -> int:
+        """The column count that makes the (square) panels largest in this widget."""
+        n = len(self._order)
+        width = max(self.width() - COLORBAR_WIDTH, 1)
+        height = max(self.height(), 1)
+        return max(range(1, n + 1), key=lambda c: (min(width / c, height / math.ceil(n / c) - 36), -c))
+
+    def _relayout(self, force: bool = False) -> None:
+        columns = self._best_columns()
+        if columns == self._columns and not force:
+            return
+        self._columns = columns
+        for panel in self._panels.values():
+            self._grid.removeWidget(panel)
+            panel.hide()
+        self._grid.removeWidget(self.colorbar_canvas)
+        for i in range(self._grid.columnCount()):
+            self._grid.setColumnStretch(i, 0)
+        for i in range(self._grid.rowCount()):
+            self._grid.setRowStretch(i, 0)
+        rows = math.ceil(len(self._order) / columns)
+        for i, name in enumerate(self._order):
+            self._grid.addWidget(self._panels[name], i // columns, i % columns)
+            self._panels[name].show()
+        for c in range(columns):
+            self._grid.setColumnStretch(c, 1)
+        for r in range(rows):
+            self._grid.setRowStretch(r, 1)
+        self._grid.addWidget(self.colorbar_canvas, 0, columns, rows, 1)
+
+    def reset_zoom(self) -> None:
+        """The whole image again, in every (linked) panel."""
+        self._panels[IMAGE_PANEL].view.autoRange(padding=0)
+
+    def _hover(self, panel: Panel, scene_pos: QPointF) -> None:
+        point = panel.view.mapSceneToView(scene_pos)
+        self.show_value_at(int(math.floor(point.x())), int(math.floor(point.y())))
+
+    def show_value_at(self, x: int, y: int) -> None:
+        """Every panel's value at pixel (x, y) of the model's input, under its title."""
+        rgb = self._view_rgb
+        inside = rgb is not None and 0 <= x < rgb.shape[1] and 0 <= y < rgb.shape[0]
+        for name in self._order:
+            panel = self._panels[name]
+            if not inside:
+                panel.detail.setText(panel.note)
+            elif name == IMAGE_PANEL:
+                r, g, b = (int(v) for v in rgb[y, x])
+                panel.detail.setText(f"({x}, {y})  rgb {r} {g} {b}")
+            elif panel.raw is not None and panel.raw.shape == rgb.shape[:2]:
+                panel.detail.setText(f"({x}, {y})  value {panel.raw[y, x]:+.4g}")

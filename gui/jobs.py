@@ -1,0 +1,191 @@
+"""What the Explain tab asks of the engine, as jobs for the background worker.
+
+Everything here runs on the worker thread: it calls core.engine and turns its torch results into
+plain numpy arrays and small dataclasses that the views draw. It never touches a widget.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.progress import Progress, scaled
+
+SWEEP_STEPS = 10  # curve steps per sweep point: the sweep is an overview, 12 points of it
+
+
+@dataclass(frozen=True)
+class Params:
+    """The pruning settings one pathway map is computed for."""
+    sparsity: float
+    mode: str = "global"
+    selector: str = "taylor"
+    method: str = "gradient"  # the pathway variant: gradient, input-x-gradient, integrated-gradients
+
+    @property
+    def method_name(self) -> str:
+        return f"pathway-{self.method}"
+
+
+@dataclass
+class StartupInfo:
+    models: list  # [(name, description, usable offline)]
+    devices: dict  # name -> available
+    luts: dict  # colormap -> 256x3 uint8
+    classic_methods: tuple
+    image_suffixes: tuple
+
+
+@dataclass
+class LayerView:
+    """One activation layer's kept neurons, laid out as channels of 2-D maps."""
+    index: int
+    name: str
+    shape: tuple  # the layer's own shape
+    masks: np.ndarray  # C x H x W bool: kept neurons
+    scores: np.ndarray  # C x H x W float32: the selector's neuron scores
+    count: np.ndarray  # H x W: neurons kept over the channels at each position
+    kept: np.ndarray  # C: neurons kept in each channel
+    score_sum: np.ndarray  # C
+    order: np.ndarray  # channel ids, most kept first (ties: higher score sum first)
+
+
+@dataclass
+class LiveResult:
+    engine: object
+    params: Params
+    map: np.ndarray
+    output_change: float
+    prob: float
+    kept: list  # [(layer name, kept, total)]
+    layer: LayerView | None = field(default=None, repr=False)
+
+
+def startup():
+    """What the window needs from core before it can offer choices: models, devices, colours."""
+    yield Progress(0.0, "loading PyTorch")
+    from core import display
+    from core.attribution import CLASSIC_METHODS
+    from core.device import available_devices
+    from core.images import IMAGE_SUFFIXES
+    from core.models import list_models
+
+    models = [(info.name, info.description, info.offline) for info in list_models()]
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)
+    luts = {name: display.colorize(ramp, name) for name in display.COLORMAPS}
+    return StartupInfo(models, available_devices(), luts, tuple(CLASSIC_METHODS),
+                       tuple(IMAGE_SUFFIXES))
+
+
+class LiveMemo:
+    """The last pathway result, so that the curves after a slider stops reuse the map the
+    live preview just computed instead of running the same masked backward again."""
+
+    def __init__(self):
+        self._key = None
+        self._result = None
+
+    def pathway(self, engine, params: Params):
+        key = (id(engine), params)
+        if self._key != key:
+            self._result = engine.pathway(params.sparsity, params.mode, params.selector,
+                                          params.method)
+            self._key = key
+        return self._result
+
+
+def live(engine, params: Params, layer_index: int | None, memo: LiveMemo):
+    """The pathway map at params, and the selected layer's kept neurons."""
+    yield Progress(0.0, f"pruning {params.sparsity:.1f} %")
+    result = memo.pathway(engine, params)
+    layer = None
+    if layer_index is not None and 0 <= layer_index < len(engine.layers):
+        layer = layer_view(engine, result.masks, params.selector, layer_index)
+    return LiveResult(engine, params, result.map, result.output_change, result.prob,
+                      result.kept, layer)
+
+
+def layer_at(engine, params: Params, layer_index: int):
+    """One layer's view at the current threshold (masks from the cached scores, no backward)."""
+    yield Progress(0.0, "layer")
+    masks = engine.masks(params.sparsity, params.mode, params.selector)
+    return engine, params, layer_view(engine, masks, params.selector, layer_index)
+
+
+def layer_view(engine, masks, selector: str, index: int) -> LayerView:
+    mask = _as_channel_maps(masks[index].detach().cpu().numpy().astype(bool))
+    scores = _as_channel_maps(engine.scores(selector)[index].detach().float().cpu().numpy())
+    kept = mask.reshape(mask.shape[0], -1).sum(1)
+    score_sum = scores.reshape(scores.shape[0], -1).sum(1)
+    order = np.lexsort((-score_sum, -kept))
+    layer = engine.layers[index]
+    return LayerView(index, layer.name, tuple(layer.shape), mask, scores.astype(np.float32),
+                     mask.sum(0).astype(np.float32), kept, score_sum, order)
+
+
+def _as_channel_maps(values: np.ndarray) -> np.ndarray:
+    """C x H x W for any activation: conv maps as they are; transformer tokens (T x D, with a
+    class token when T - 1 is square) as D channels over the patch grid; vectors as 1x1 maps."""
+    if values.ndim == 4 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim == 3:
+        return values
+    if values.ndim == 2:
+        tokens, dims = values.shape
+        for skip in (1, 0):
+            side = int(round((tokens - skip) ** 0.5))
+            if side * side == tokens - skip and side > 1:
+                return values[skip:].T.reshape(dims, side, side)
+        return values.T.reshape(dims, 1, tokens)
+    return values.reshape(-1, 1, 1)
+
+
+def maps(engine, methods):
+    """The classic maps (cached by the engine); skipped: method -> why it cannot run here."""
+    analysis = yield from engine.iter_analysis(list(methods), with_curves=False)
+    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped
+
+
+def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
+    """Deletion/insertion curves of every classic map (cached by the engine) and of the pathway
+    map at params."""
+    from core.errors import UnsupportedMethod
+
+    out = {}
+    todo = list(methods) + [params.method_name]
+    for i, method in enumerate(todo):
+        start, end = i / len(todo), (i + 1) / len(todo)
+        yield Progress(start, f"curves: {method}")
+        if method == params.method_name:
+            attr = memo.pathway(engine, params).map
+        else:
+            try:
+                attr = engine.attribution(method)
+            except UnsupportedMethod:
+                continue
+        out[method] = yield from scaled(engine.iter_curves(method, attr, steps), start, end)
+    return engine, params, out
+
+
+def sweep(engine, params: Params):
+    result = yield from engine.iter_sweep(mode=params.mode, selector=params.selector,
+                                          steps=SWEEP_STEPS)
+    return engine, params, result
+
+
+def auto_sparsity(engine, params: Params, tolerance: float):
+    value = yield from engine.iter_auto_sparsity(tolerance, params.mode, params.selector)
+    return engine, value
+
+
+def export(engine, methods, params: Params, steps: int, out_dir, image_path, cmap: str,
+           alpha: float, extra_settings: dict):
+    """The same files as `prunescope explain` writes, for the current image and settings."""
+    from core.report import write_outputs
+
+    analysis = yield from scaled(
+        engine.iter_analysis([params.method_name, *methods], params.sparsity, params.mode,
+                             params.selector, steps), 0.0, 0.9)
+    yield Progress(0.9, "writing files")
+    settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
+                "steps": steps, "baseline": "mean", **extra_settings}
+    return write_outputs(out_dir, engine, analysis, settings, image_path=image_path, cmap=cmap,
+                         alpha=alpha)

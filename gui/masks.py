@@ -1,0 +1,315 @@
+"""Neuron masks per layer: the percent of neurons kept along depth, and for the selected layer the
+spatial count of kept neurons over the image and a paged grid of its channels (the heir of the
+Deep Visualization Toolbox's layer grid). Keys: Left/Right pick the layer, PgUp/PgDn the page."""
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy,
+                               QSplitter, QVBoxLayout, QWidget)
+
+PAGE_SIZE = 64  # channel tiles per page: an 8 x 8 grid stays readable at ~250 px
+TILE_GAP = 1
+GAP_COLOR = (90, 90, 90)
+MASK_COLORS = np.array([[20, 20, 20], [250, 250, 250]], np.uint8)  # pruned, kept
+BAR_COLOR = "#7aa6d6"
+SELECTED_COLOR = "#d9534f"
+
+
+class LayerBars(pg.PlotWidget):
+    """Percent of neurons kept in each activation layer, input on the left."""
+
+    layer_clicked = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMenuEnabled(False)
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
+        self.setTitle("Neurons kept per layer (click a bar, or ← →)", size="9pt")
+        self.setLabel("left", "kept (%)")
+        self.setLabel("bottom", "layer, input → output")
+        self.setYRange(0, 100, padding=0.02)
+        self.bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=BAR_COLOR)
+        self.addItem(self.bars)
+        self._kept: list = []
+        self.scene().sigMouseClicked.connect(self._clicked)
+        self.scene().sigMouseMoved.connect(self._hover)
+
+    def set_kept(self, kept: list, selected: int | None) -> None:
+        """kept: [(layer name, neurons kept, neurons)]."""
+        self._kept = kept
+        x = np.arange(len(kept))
+        percent = np.array([100.0 * k / max(t, 1) for _, k, t in kept])
+        brushes = [pg.mkBrush(SELECTED_COLOR if i == selected else BAR_COLOR) for i in x]
+        self.bars.setOpts(x=x, height=percent, width=0.8, brushes=brushes)
+        self.setXRange(-0.6, max(len(kept), 1) - 0.4, padding=0)
+
+    def _index_at(self, scene_pos: QPointF) -> int | None:
+        box = self.plotItem.vb
+        if not self._kept or not box.sceneBoundingRect().contains(scene_pos):
+            return None
+        index = int(round(box.mapSceneToView(scene_pos).x()))
+        return index if 0 <= index < len(self._kept) else None
+
+    def _clicked(self, event) -> None:
+        index = self._index_at(event.scenePos())
+        if index is not None:
+            self.layer_clicked.emit(index)
+
+    def _hover(self, scene_pos: QPointF) -> None:
+        index = self._index_at(scene_pos)
+        if index is None:
+            self.setToolTip("")
+            return
+        name, kept, total = self._kept[index]
+        self.setToolTip(f"{index}: {name}\n{kept:,} of {total:,} neurons kept "
+                        f"({100.0 * kept / max(total, 1):.1f} %)")
+
+
+class MaskView(QWidget):
+    """The bar chart; the selected layer's count map; its channel tiles."""
+
+    layer_selected = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.bars = LayerBars()
+        self.bars.layer_clicked.connect(self.select_layer)
+
+        self.count_canvas = pg.GraphicsLayoutWidget()
+        self.count_box = self.count_canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.count_photo = pg.ImageItem()
+        self.count_heat = pg.ImageItem()
+        self.count_heat.setOpacity(0.65)
+        self.count_box.addItem(self.count_photo)
+        self.count_box.addItem(self.count_heat)
+        self.count_title = _caption()
+        self.count_note = _caption("color: #555; font-size: 8pt")
+
+        self.tile_canvas = pg.GraphicsLayoutWidget()
+        self.tile_box = self.tile_canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.tiles = pg.ImageItem()
+        self.tile_box.addItem(self.tiles)
+        self.tile_canvas.scene().sigMouseMoved.connect(self._hover_tile)
+        self.tile_kind = QComboBox()
+        self.tile_kind.addItems(["kept mask", "neuron scores"])
+        self.tile_kind.setToolTip("Each tile: that channel's kept neurons, or its neuron scores")
+        self.tile_kind.currentIndexChanged.connect(lambda _i: self._draw_tiles())
+        self.prev_page = QPushButton("◀")
+        self.next_page = QPushButton("▶")
+        for button in (self.prev_page, self.next_page):
+            button.setFixedWidth(28)
+            button.setToolTip("Previous / next page of channels (PgUp / PgDn)")
+        self.prev_page.clicked.connect(lambda: self.turn_page(-1))
+        self.next_page.clicked.connect(lambda: self.turn_page(1))
+        self.page_label = _caption()
+        self.hover_label = _caption("color: #555; font-size: 8pt")
+        self.hover_label.setText("hover a tile: channel, neurons kept, score sum")
+
+        count_panel = QWidget()
+        count_layout = QVBoxLayout(count_panel)
+        count_layout.setContentsMargins(0, 0, 0, 0)
+        count_layout.setSpacing(0)
+        count_layout.addWidget(self.count_title)
+        count_layout.addWidget(self.count_note)
+        count_layout.addWidget(self.count_canvas, 1)
+        tile_panel = QWidget()
+        tile_layout = QVBoxLayout(tile_panel)
+        tile_layout.setContentsMargins(0, 0, 0, 0)
+        tile_layout.setSpacing(0)
+        row = QHBoxLayout()
+        row.addWidget(self.tile_kind)
+        row.addWidget(self.prev_page)
+        row.addWidget(self.next_page)
+        row.addWidget(self.page_label, 1)
+        tile_layout.addLayout(row)
+        tile_layout.addWidget(self.hover_label)
+        tile_layout.addWidget(self.tile_canvas, 1)
+        for panel in (count_panel, tile_panel):
+            panel.setMinimumWidth(200)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.bars)
+        self.splitter.addWidget(count_panel)
+        self.splitter.addWidget(tile_panel)
+        for i, stretch in enumerate((4, 3, 3)):
+            self.splitter.setStretchFactor(i, stretch)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.splitter)
+
+        self._kept: list = []
+        self._selected: int | None = None
+        self._layer = None
+        self._page = 0
+        self._grid = (0, 0, 0, 0)  # columns, tile height, tile width, channels on the page
+        self._view_rgb: np.ndarray | None = None
+        self._lut: np.ndarray | None = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def selected_layer(self) -> int | None:
+        return self._selected
+
+    def layer(self):
+        """The gui.jobs.LayerView drawn now, or None."""
+        return self._layer
+
+    def kept(self) -> list:
+        return self._kept
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        self._view_rgb = rgb
+        self.count_photo.setImage(rgb, autoLevels=False, levels=(0, 255))
+        self.count_box.autoRange(padding=0)
+
+    def set_colors(self, lut_rgb: np.ndarray) -> None:
+        self._lut = lut_rgb
+        self._draw_count()
+        self._draw_tiles()
+
+    def clear(self) -> None:
+        self._kept, self._layer = [], None
+        self.bars.set_kept([], None)
+        self.count_heat.clear()
+        self.tiles.clear()
+        self.count_title.setText("")
+        self.count_note.setText("computing…")
+
+    def set_kept(self, kept: list) -> None:
+        """kept: [(layer name, neurons kept, neurons)] at the current threshold."""
+        self._kept = kept
+        if self._selected is None or self._selected >= len(kept):
+            self._selected = default_layer(len(kept))
+        self.bars.set_kept(kept, self._selected)
+
+    def set_layer(self, layer) -> None:
+        """A gui.jobs.LayerView; ignored unless it is the selected layer."""
+        if layer.index != self._selected:
+            return
+        if self._layer is None or self._layer.index != layer.index:
+            self._page = 0
+        self._layer = layer
+        self._draw_count()
+        self._draw_tiles()
+
+    def select_layer(self, index: int) -> None:
+        if not self._kept:
+            return
+        index = max(0, min(index, len(self._kept) - 1))
+        if index == self._selected:
+            return
+        self._selected = index
+        self.bars.set_kept(self._kept, index)
+        self.layer_selected.emit(index)
+
+    def turn_page(self, step: int) -> None:
+        if self._layer is None:
+            return
+        pages = max(1, math.ceil(len(self._layer.order) / PAGE_SIZE))
+        self._page = max(0, min(self._page + step, pages - 1))
+        self._draw_tiles()
+
+    # -- drawing -------------------------------------------------------------------------------
+    def _draw_count(self) -> None:
+        layer = self._layer
+        if layer is None or self._view_rgb is None or self._lut is None:
+            return
+        height, width = self._view_rgb.shape[:2]
+        self.count_heat.setImage(layer.count, autoLevels=False, levels=(0, layer.masks.shape[0]),
+                                 lut=self._lut)
+        self.count_heat.setRect(0, 0, width, height)  # stretched over the photo it came from
+        kept, total = int(layer.kept.sum()), layer.masks.size
+        self.count_title.setText(f"<b>{layer.index}: {layer.name}</b>  {_shape(layer.shape)}")
+        self.count_note.setText(f"{kept:,} of {total:,} kept ({100 * kept / max(total, 1):.1f} %) · "
+                                f"colour: channels kept at each position")
+
+    def _draw_tiles(self) -> None:
+        layer = self._layer
+        if layer is None or self._lut is None:
+            return
+        channels, th, tw = layer.masks.shape
+        pages = max(1, math.ceil(channels / PAGE_SIZE))
+        first = self._page * PAGE_SIZE
+        ids = layer.order[first:first + PAGE_SIZE]
+        columns = max(1, math.ceil(math.sqrt(len(ids))))
+        rows = max(1, math.ceil(len(ids) / columns))
+        if self.tile_kind.currentIndex() == 0:
+            colors, index = MASK_COLORS, layer.masks[ids].astype(np.intp)
+        else:
+            top = float(np.abs(layer.scores).max()) or 1.0
+            colors = self._lut
+            index = np.rint(np.clip(layer.scores[ids] / top, 0, 1) * (len(colors) - 1)).astype(np.intp)
+        mosaic = np.empty((rows * (th + TILE_GAP) - TILE_GAP, columns * (tw + TILE_GAP) - TILE_GAP, 3),
+                          np.uint8)
+        mosaic[:] = GAP_COLOR
+        for i in range(len(ids)):
+            r, c = divmod(i, columns)
+            y, x = r * (th + TILE_GAP), c * (tw + TILE_GAP)
+            mosaic[y:y + th, x:x + tw] = colors[index[i]]
+        self._grid = (columns, th, tw, len(ids))
+        self.tiles.setImage(mosaic, autoLevels=False, levels=(0, 255))
+        self.tile_box.autoRange(padding=0.01)
+        shown = f"channels {first + 1}–{first + len(ids)} of {channels}" if pages > 1 \
+            else f"{channels} channels"
+        self.page_label.setText(f" {shown}, most kept first")
+        self.prev_page.setEnabled(self._page > 0)
+        self.next_page.setEnabled(self._page < pages - 1)
+
+    def _hover_tile(self, scene_pos: QPointF) -> None:
+        text = self.channel_at(scene_pos)
+        if text:
+            self.hover_label.setText(text)
+
+    def channel_at(self, scene_pos: QPointF) -> str:
+        """The hover text of the tile under a scene position ('' between tiles)."""
+        layer = self._layer
+        columns, th, tw, count = self._grid
+        if layer is None or not count or not self.tile_box.sceneBoundingRect().contains(scene_pos):
+            return ""
+        point = self.tile_box.mapSceneToView(scene_pos)
+        if point.x() < 0 or point.y() < 0:
+            return ""
+        c, r = int(point.x() // (tw + TILE_GAP)), int(point.y() // (th + TILE_GAP))
+        i = r * columns + c
+        if c >= columns or i >= count:
+            return ""
+        return channel_text(layer, int(layer.order[self._page * PAGE_SIZE + i]))
+
+    def keyPressEvent(self, event) -> None:
+        key = event.key()
+        if key in (Qt.Key.Key_Left, Qt.Key.Key_Up) and self._selected is not None:
+            self.select_layer(self._selected - 1)
+        elif key in (Qt.Key.Key_Right, Qt.Key.Key_Down) and self._selected is not None:
+            self.select_layer(self._selected + 1)
+        elif key == Qt.Key.Key_PageUp:
+            self.turn_page(-1)
+        elif key == Qt.Key.Key_PageDown:
+            self.turn_page(1)
+        else:
+            super().keyPressEvent(event)
+
+
+def _caption(style: str = "") -> QLabel:
+    label = QLabel("")
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setStyleSheet(style)
+    return label
+
+
+def channel_text(layer, channel: int) -> str:
+    size = layer.masks[channel].size
+    return (f"channel {channel}: {int(layer.kept[channel]):,} of {size:,} neurons kept · "
+            f"score sum {float(layer.score_sum[channel]):.4g}")
+
+
+def default_layer(n_layers: int) -> int | None:
+    """Start two thirds of the way in: deep enough to be about the class, with maps still
+    fine enough to be worth seeing."""
+    return (2 * n_layers) // 3 if n_layers else None
+
+
+def _shape(shape) -> str:
+    return "×".join(str(s) for s in shape)
