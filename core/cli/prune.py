@@ -1,0 +1,183 @@
+"""`prunescope prune` (prune one model, export it) and `prunescope prune-sweep` (accuracy, cost and
+explanation drift along a sparsity axis, one line per criterion)."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.cli.explain import add_model_options, method_list
+
+CRITERIA = ("magnitude", "l1", "taylor", "lrp", "pathway")  # core.model_pruning.CRITERIA, without torch
+SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
+SWEEP_METHODS = ("gradient", "grad-cam", "pathway-gradient")
+
+
+def percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
+    return value
+
+
+def percent_list(text: str) -> list[float]:
+    return [percent(t) for t in text.split(",") if t.strip()]
+
+
+def criterion_list(text: str) -> list[str]:
+    names = method_list(text)
+    unknown = [n for n in names if n not in CRITERIA]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown criterion {', '.join(unknown) or '(none)'}: "
+                                         f"choose from {', '.join(CRITERIA)}")
+    return names
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_model_options(p)
+    p.add_argument("--calib", metavar="DIR", help="calibration images: a folder, or an ImageFolder "
+                   "(one subfolder per class id or name) for accuracy; default: the bundled samples")
+    p.add_argument("--mode", choices=("global", "per-layer"), default="global",
+                   help="rank channels over all layers together, or remove the ratio from each layer")
+    p.add_argument("--protect", type=method_list, default=["first", "last"],
+                   help="layers kept whole: first, last, none, or module paths, comma-separated "
+                        "(default first,last)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune", help="prune a whole model by an explainability-aware criterion and export it",
+        description="Remove the least important channels (or weights, for magnitude) and write a "
+                    "model file that --weights and Load model... read back.")
+    p.add_argument("--criterion", choices=CRITERIA, required=True,
+                   help="magnitude (unstructured), l1, taylor, lrp or pathway (structured)")
+    p.add_argument("--sparsity", type=percent, required=True,
+                   help="percent of channels removed (of weights zeroed, for magnitude)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the pruned model file (.pt)")
+    _common(p)
+    p.add_argument("--finetune", metavar="DIR", help="fine-tune on this labelled ImageFolder afterwards")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--program", action="store_true",
+                   help="also write FILE.pt2, a torch.export program that runs without PruneScope")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.set_defaults(run=run_prune)
+
+    s = subparsers.add_parser(
+        "prune-sweep", help="prune at several sparsities by several criteria; plot accuracy, cost "
+                            "and explanation drift",
+        description="Writes DIR/sweep.json and DIR/headline.png, cost.png, drift.png, pathway.png.")
+    s.add_argument("--criteria", type=criterion_list, default=list(CRITERIA),
+                   help=f"comma-separated (default: {','.join(CRITERIA)})")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json and the plots")
+    s.add_argument("--sparsities", type=percent_list, default=list(SWEEP_SPARSITIES),
+                   help=f"comma-separated percents (default: {','.join(map(str, SWEEP_SPARSITIES))})")
+    s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
+                   help=f"maps compared before/after, comma-separated (default: {','.join(SWEEP_METHODS)})")
+    s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    _common(s)
+    s.set_defaults(run=run_sweep)
+
+
+def _stats_line(label: str, stats, zeroed: bool) -> str:
+    latency = "n/a" if stats.latency_ms != stats.latency_ms else f"{stats.latency_ms:.1f} ms"
+    nonzero = f" ({stats.nonzero:,} non-zero)" if zeroed else ""
+    return (f"{label:<9} params {stats.params:>12,}{nonzero}  MACs {stats.macs / 1e6:>9.1f} M  "
+            f"latency {latency}")
+
+
+def run_prune(args) -> int:
+    from core.model_pruning import calibrate, finetune, prune_model, save_pruned
+    from core.models import load_model
+    from core.progress import StderrBar, run
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        from core.cli import fail
+
+        return fail(f"{out.parent}: output folder does not exist")
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
+    try:
+        calib = run(calibrate(model, args.calib), bar)
+        report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect), bar)
+        if args.finetune:
+            report = run(finetune(report, args.finetune, calib, args.epochs, args.lr), bar)
+        sizes = save_pruned(report, out, program=args.program)
+    finally:
+        bar.close()
+    unit = report.surgery.unit
+    print(f"{model.name}: {args.criterion}, {args.sparsity:g} % of {unit} ({args.mode}), "
+          f"{len(calib.paths)} calibration images on {model.device}")
+    zeroed = unit == "weights"
+    print(_stats_line("original", report.before, zeroed))
+    print(_stats_line("pruned", report.after, zeroed))
+    print(f"top-1 agreement with the original: {report.agreement:.1%}")
+    if report.accuracy_after is not None:
+        print(f"accuracy: {report.accuracy_before:.1%} -> {report.accuracy_after:.1%}")
+    if report.finetune_epochs:
+        print(f"fine-tuned {report.finetune_epochs} epoch(s) on {args.finetune}")
+    for name, why in report.surgery.skipped.items():
+        print(f"kept whole: {name} ({why})")
+    for path, size in sizes.items():
+        print(f"wrote {path} ({size / 1e6:.2f} MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model.name, **report.summary(), "files": sizes},
+                                              indent=1, default=_nan_free))
+    return 0
+
+
+def _nan_free(value):
+    return None if value != value else value
+
+
+def run_sweep(args) -> int:
+    from core.cli import fail
+    from core.engine import ALL_METHODS
+    from core.model_pruning import calibrate
+    from core.model_pruning.sweep import plot_sweep, sweep
+    from core.models import load_model
+    from core.progress import StderrBar, run
+
+    unknown = [m for m in args.methods if m not in ALL_METHODS]
+    if unknown:
+        return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    bar = StderrBar("prune-sweep", quiet=args.quiet)
+    try:
+        calib = run(calibrate(model, args.calib), bar)
+        result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
+                           args.protect, timed=not args.no_latency), bar)
+    finally:
+        bar.close()
+    data = result.to_json()
+    (out / "sweep.json").write_text(json.dumps(data, indent=1))
+    plots = plot_sweep(result, out)
+    quality = result.quality
+    print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
+    print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'ms':>8} {quality:>9} "
+          f"{'spearman':>8} {'IoU':>5}")
+    from core.model_pruning.sweep import mean_spearman
+
+    for p in result.points:
+        print(f"{p.criterion:<10} {p.sparsity:>7g}% {p.nonzero / result.baseline['nonzero']:>7.1%} "
+              f"{p.macs / result.baseline['macs']:>7.1%} {p.latency_ms:>8.1f} "
+              f"{(p.accuracy if quality == 'accuracy' else p.agreement):>9.1%} "
+              f"{mean_spearman(p):>8.3f} {p.pathway_iou:>5.2f}")
+    for criterion, h in data["headline"].items():
+        print(f"{criterion}: {quality} below {data['drop_level']:.0%} from "
+              f"{_pct(h[f'{quality}_drops_at'])}, map similarity below it from {_pct(h['explanations_drift_at'])}")
+    for method, why in result.skipped_methods.items():
+        print(f"skipped {method}: {why}", file=sys.stderr)
+    for criterion, why in result.errors.items():
+        print(f"prunescope: error: {criterion}: {why}", file=sys.stderr)
+    print(f"wrote {out / 'sweep.json'} and {', '.join(p.name for p in plots)}")
+    return 2 if result.errors else 0
+
+
+def _pct(value) -> str:
+    return "never" if value is None else f"{value:g} %"

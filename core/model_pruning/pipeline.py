@@ -1,0 +1,321 @@
+"""Prune a loaded model end to end: calibration images, scores, surgery on a copy, the numbers
+that show what it changed (parameters, MACs, measured latency, agreement, accuracy), optional
+fine-tuning, and export."""
+import copy
+import dataclasses
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import ImageError, PruneScopeError
+from core.model_pruning import criteria, surgery
+from core.progress import Job, Progress, scaled
+
+DEFAULT_PROTECT = ("first", "last")
+LATENCY_RUNS = 30
+LATENCY_BUDGET_S = 3.0
+BATCH = 16  # images per no-grad forward when predicting
+
+
+# --- calibration images --------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    paths: list[Path]
+    x: torch.Tensor                  # N x 3 x S x S, preprocessed, on the model's device
+    labels: list[int] | None         # class ids when the folder is labelled (one subfolder per class)
+    targets: torch.Tensor = None     # the unpruned model's top-1 per image (CPU), filled by calibrate()
+
+
+def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, int]] | None:
+    """(image, class id) pairs when `folder` is an ImageFolder: one subfolder per class, named by
+    the class id or the class name (case and _/space ignored). None for a flat folder."""
+    from core.images import list_images
+
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        return None
+    lookup = {_key(n): i for i, n in enumerate(class_names)}
+    pairs = []
+    for sub in subdirs:
+        name = sub.name
+        label = int(name) if name.isdigit() and int(name) < len(class_names) else lookup.get(_key(name))
+        if label is None:
+            raise ImageError(f"{sub}: folder name '{name}' is neither a class id (0..{len(class_names) - 1}) "
+                             "nor a class name of this model")
+        pairs += [(p, label) for p in list_images(sub)]
+    return pairs
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", " ").strip()
+
+
+def calibration_files(model, folder=None) -> tuple[list[Path], list[int] | None]:
+    """The calibration images: a flat folder, a labelled ImageFolder, or the bundled samples."""
+    from core.images import list_images
+    from core.resources import sample_images
+
+    if folder is None:
+        return sample_images(), None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: calibration folder does not exist")
+    pairs = labelled_images(folder, model.class_names)
+    if pairs is not None:
+        paths, labels = [p for p, _ in pairs], [label for _, label in pairs]
+    else:
+        paths, labels = list_images(folder), None
+    if not paths:
+        raise ImageError(f"{folder}: no images to calibrate with")
+    return paths, labels
+
+
+def calibrate(model, folder=None) -> Job[Calibration]:
+    """Load and preprocess the calibration images; note what the unpruned model predicts."""
+    from core.images import load_image
+
+    paths, labels = calibration_files(model, folder)
+    xs = []
+    for i, path in enumerate(paths):
+        xs.append(model.preprocess(load_image(path))[0])
+        yield Progress((i + 1) / len(paths), f"loading {path.name}")
+    x = torch.cat(xs)
+    return Calibration(paths, x, labels, predict(model.module, x))
+
+
+def predict(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Top-1 class per image, on the CPU."""
+    tops = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], BATCH):
+            tops.append(module(x[start:start + BATCH]).argmax(1).cpu())
+    return torch.cat(tops)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+@dataclass
+class ModelStats:
+    params: int        # parameters the model holds
+    nonzero: int       # of which non-zero (differs after unstructured pruning)
+    macs: int          # multiply-accumulates of one forward (tp.utils.count_ops_and_params)
+    latency_ms: float  # median wall time of one batch-1 forward on the model's device
+
+
+def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) of one forward of x[:1], through Torch-Pruning's counter."""
+    import torch_pruning as tp
+    from torch_pruning.utils import op_counter
+
+    # The counter matches layer types exactly, so subclasses (EfficientNet's SameConv2d) would
+    # count as zero ops; map each subclass to its base type's counter.
+    for m in module.modules():
+        if type(m) not in op_counter.MODULES_MAPPING:
+            for base in type(m).__mro__[1:]:
+                if base in op_counter.MODULES_MAPPING:
+                    op_counter.CUSTOM_MODULES_MAPPING[type(m)] = op_counter.MODULES_MAPPING[base]
+                    break
+    macs, params = tp.utils.count_ops_and_params(module, x[:1])
+    return int(macs), int(params)
+
+
+def latency_ms(module: nn.Module, x: torch.Tensor, runs: int = LATENCY_RUNS,
+               budget_s: float = LATENCY_BUDGET_S) -> float:
+    """Median milliseconds of one forward of x[:1], after two warm-up runs; at most `runs`
+    runs, fewer (at least five) once `budget_s` seconds have passed."""
+    x = x[:1]
+    cuda = x.device.type == "cuda"
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            module(x)
+        began = time.perf_counter()
+        while len(times) < runs and (len(times) < 5 or time.perf_counter() - began < budget_s):
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
+            module(x)
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def measure(module: nn.Module, x: torch.Tensor, timed: bool = True) -> ModelStats:
+    macs, params = count_ops(module, x)
+    nonzero = sum(int(p.count_nonzero()) for p in module.parameters())
+    return ModelStats(params, nonzero, macs, latency_ms(module, x) if timed else float("nan"))
+
+
+def agreement(module: nn.Module, calib: Calibration) -> float:
+    """Fraction of calibration images whose top-1 the module shares with the unpruned model."""
+    return float((predict(module, calib.x) == calib.targets).float().mean())
+
+
+def accuracy(module: nn.Module, calib: Calibration) -> float | None:
+    if calib.labels is None:
+        return None
+    return float((predict(module, calib.x) == torch.tensor(calib.labels)).float().mean())
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+@dataclass
+class PruneReport:
+    model: object                    # core.models.LoadedModel holding the pruned module
+    criterion: str
+    sparsity: float
+    mode: str
+    protected: list[str]
+    surgery: surgery.Surgery
+    before: ModelStats
+    after: ModelStats
+    agreement: float                 # top-1 agreement with the unpruned model on the calibration images
+    accuracy_before: float | None    # where the calibration folder is labelled
+    accuracy_after: float | None
+    calibration: list[str] = field(default_factory=list)
+    finetune_epochs: int = 0
+
+    def summary(self) -> dict:
+        """Plain numbers, for JSON and the checkpoint's metadata."""
+        return {
+            "criterion": self.criterion, "sparsity": self.sparsity, "mode": self.mode,
+            "protected": self.protected, "unit": self.surgery.unit,
+            "before": dataclasses.asdict(self.before), "after": dataclasses.asdict(self.after),
+            "agreement": self.agreement, "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after, "finetune_epochs": self.finetune_epochs,
+            "calibration_images": self.calibration,
+            "layers": [list(row) for row in self.surgery.layers],
+            "kept_whole": dict(self.surgery.skipped),
+        }
+
+
+def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode: str = "global",
+               protect=DEFAULT_PROTECT, scores: criteria.Scores | None = None,
+               pathway_sparsity: float = criteria.PATHWAY_SPARSITY) -> Job[tuple[nn.Module, surgery.Surgery]]:
+    """A pruned copy of model.module; the original is untouched. Pass `scores` to reuse them."""
+    criteria.check_criterion(criterion)
+    surgery.check_sparsity(sparsity, mode)
+    protected = surgery.resolve_protected(model.module, calib.x, protect)
+    if criterion != "magnitude" and scores is None:
+        scores = yield from scaled(criteria.channel_scores(
+            criterion, model, calib.x, calib.targets, pathway_sparsity), 0.0, 0.8)
+    yield Progress(0.85, f"removing {sparsity:g} % by {criterion}")
+    module = copy.deepcopy(model.module).eval()
+    if criterion == "magnitude":
+        done = surgery.prune_unstructured(module, calib.x, sparsity, mode, protected)
+    else:
+        done = surgery.prune_structured(module, calib.x, scores, sparsity, mode, protected)
+    module.eval().requires_grad_(False)
+    return module, done
+
+
+def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode: str = "global",
+                protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY) -> Job[PruneReport]:
+    """Prune a copy of `model` and measure both: the job the CLI's and GUI's "prune" run."""
+    yield Progress(0.0, "measuring the original model")
+    before = measure(model.module, calib.x)
+    acc_before = accuracy(model.module, calib)
+    module, done = yield from scaled(prune_copy(model, calib, criterion, sparsity, mode, protect,
+                                                pathway_sparsity=pathway_sparsity), 0.05, 0.9)
+    yield Progress(0.92, "measuring the pruned model")
+    pruned = dataclasses.replace(model, module=module)
+    report = PruneReport(pruned, criterion, float(sparsity), mode, done.protected, done, before,
+        measure(module, calib.x), agreement(module, calib), acc_before, accuracy(module, calib),
+        [str(p) for p in calib.paths])
+    yield Progress(1.0, "pruned")
+    return report
+
+
+def finetune(report: PruneReport, folder, calib: Calibration, epochs: int = 1, lr: float = 1e-3,
+             batch: int = 8, seed: int = 0) -> Job[PruneReport]:
+    """Short fine-tuning of the pruned model on a labelled ImageFolder (class-id or class-name
+    subfolders), then its agreement and accuracy are measured again."""
+    from core.images import load_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: fine-tuning folder does not exist")
+    model = report.model
+    pairs = labelled_images(folder, model.class_names)
+    if not pairs:
+        raise ImageError(f"{folder}: fine-tuning needs labelled images, one subfolder per class")
+    if epochs < 1:
+        raise PruneScopeError(f"epochs must be at least 1, got {epochs}")
+    module = model.module
+    if report.surgery.unit == "weights":
+        raise PruneScopeError("fine-tuning would regrow the zeroed weights of unstructured pruning; "
+                              "fine-tune structured (channel) pruning only")
+    rng = random.Random(seed)
+    params = [p for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-5)
+    steps = epochs * ((len(pairs) + batch - 1) // batch)
+    step = 0
+    try:
+        for epoch in range(epochs):
+            rng.shuffle(pairs)
+            for start in range(0, len(pairs), batch):
+                chunk = pairs[start:start + batch]
+                x = torch.cat([model.preprocess(load_image(p))[0] for p, _ in chunk])
+                flip = torch.tensor([rng.random() < 0.5 for _ in chunk], device=x.device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                y = torch.tensor([label for _, label in chunk], device=x.device)
+                module.train()
+                # Batch-norm statistics stay frozen: a few small batches would only make them worse.
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+                with torch.enable_grad():
+                    loss = nn.functional.cross_entropy(module(x), y)
+                    optimiser.zero_grad()
+                    loss.backward()
+                optimiser.step()
+                step += 1
+                yield Progress(step / steps, f"fine-tuning epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
+    finally:
+        module.eval().requires_grad_(False)
+    report.finetune_epochs += epochs
+    report.agreement = agreement(module, calib)
+    report.accuracy_after = accuracy(module, calib)
+    return report
+
+
+def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, int]:
+    """Write the pruned model where PruneScope (--weights, Load model...) and plain
+    torch.load(weights_only=True) read it; with program=True also a torch.export program (.pt2)
+    that runs without PruneScope. Returns {file: bytes on disk}."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise PruneScopeError(f"{path.parent}: folder does not exist")
+    module = report.model.module
+    info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
+    torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), path)
+    sizes = {str(path): path.stat().st_size}
+    if program:
+        size = report.model.input_size
+        example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
+        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        program_path = path.with_suffix(".pt2")
+        torch.export.save(exported, program_path)
+        sizes[str(program_path)] = program_path.stat().st_size
+    return sizes
+
+
+def _plain(value):
+    """Metadata as plain lists and dicts; NaN (an unmeasured latency) becomes None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value

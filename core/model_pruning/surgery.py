@@ -1,0 +1,256 @@
+"""Removing channels for real (Torch-Pruning's dependency graph), zeroing weights
+(torch.nn.utils.prune), and saving / loading the smaller model.
+
+Sparsity here is the fraction of rankable output channels removed (structured) or of weights
+zeroed (unstructured). Coupled channels, those tied by residual additions, depthwise convs or
+batch norms, form one group in the dependency graph; a group is ranked by the mean score of its
+producers and removed together.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.errors import ModelError, PruneScopeError
+from core.model_pruning.criteria import Scores, forward_order, producers
+
+PRUNED_KEY = "prunescope_pruned"  # the checkpoint key core.models.load_model looks for
+FORMAT = 1
+MODES = ("global", "per-layer")
+
+
+@dataclass
+class Surgery:
+    """What one pruning did to a model."""
+    removed: dict[str, list[int]]          # producer -> output channels removed (original numbering)
+    layers: list[tuple[str, int, int]]     # (producer, kept, total) in forward order
+    unit: str                              # "channels" or "weights"
+    protected: list[str] = field(default_factory=list)     # producers kept whole on request
+    skipped: dict[str, str] = field(default_factory=dict)  # group root -> why it was kept whole
+
+
+def check_sparsity(sparsity: float, mode: str) -> None:
+    if not 0.0 <= float(sparsity) < 100.0:
+        raise PruneScopeError(f"sparsity must be in [0, 100) percent, got {sparsity}")
+    if mode not in MODES:
+        raise PruneScopeError(f"unknown pruning mode '{mode}': choose {' or '.join(MODES)}")
+
+
+def resolve_protected(module: nn.Module, x: torch.Tensor, tokens) -> set[str]:
+    """'first' / 'last' (in forward order) or producer module paths -> producer names."""
+    order = forward_order(module, x)
+    names = set(producers(module))
+    protected = set()
+    for token in tokens:
+        token = token.strip()
+        if token in ("", "none"):
+            continue
+        if token == "first":
+            protected.add(order[0])
+        elif token == "last":
+            protected.add(order[-1])
+        elif token in names:
+            protected.add(token)
+        else:
+            raise ModelError(f"cannot protect '{token}': not a conv or linear layer of this model "
+                             "(use first, last, none or a module path such as layer1.0.conv1)")
+    return protected
+
+
+def _dependency_graph(module: nn.Module, x: torch.Tensor):
+    import torch_pruning as tp
+
+    # The graph is traced through autograd, which frozen parameters would leave empty.
+    module.requires_grad_(True)
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(module, example_inputs=x[:1])
+
+
+def _group_scores(DG, group, scores: Scores, names: dict) -> torch.Tensor | None:
+    """The mean score of the group's producers per channel, or None if none has a score."""
+    total = torch.zeros(len(group[0].idxs))
+    count = torch.zeros(len(group[0].idxs))
+    for item in group:
+        dep, idxs = item.dep, item.idxs
+        name = names.get(dep.target.module)
+        if name not in scores or not DG.is_out_channel_pruning_fn(dep.handler):
+            continue
+        s = scores[name]
+        if len(idxs) != len(item.root_idxs) or max(idxs, default=-1) >= len(s):
+            continue
+        root = torch.as_tensor(item.root_idxs)
+        total.index_add_(0, root, s[torch.as_tensor(idxs)])
+        count.index_add_(0, root, torch.ones(len(idxs)))
+    if count.sum() == 0:
+        return None
+    return total / count.clamp(min=1)
+
+
+def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) -> list[list[int]]:
+    """Channels to remove per group: the lowest-scored ratio of each group (per-layer) or of all
+    groups together (global); every group keeps at least one channel."""
+    if mode == "per-layer":
+        chosen = []
+        for _, s in ranked:
+            n = min(int(len(s) * ratio), len(s) - 1)
+            chosen.append(sorted(torch.argsort(s, stable=True)[:n].tolist()))
+        return chosen
+    flat = torch.cat([s for _, s in ranked]) if ranked else torch.zeros(0)
+    owner = torch.cat([torch.full((len(s),), g) for g, (_, s) in enumerate(ranked)]) if ranked else flat
+    local = torch.cat([torch.arange(len(s)) for _, s in ranked]) if ranked else flat
+    budget = int(len(flat) * ratio)
+    left = [len(s) for _, s in ranked]
+    chosen: list[list[int]] = [[] for _ in ranked]
+    for i in torch.argsort(flat, stable=True).tolist():
+        if budget <= 0:
+            break
+        g = int(owner[i])
+        if left[g] > 1:
+            chosen[g].append(int(local[i]))
+            left[g] -= 1
+            budget -= 1
+    return [sorted(c) for c in chosen]
+
+
+def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsity: float,
+                     mode: str = "global", protected=frozenset()) -> Surgery:
+    """Remove the lowest-scored sparsity % of output channels from `module`, in place."""
+    check_sparsity(sparsity, mode)
+    names = {m: n for n, m in module.named_modules()}
+    order = forward_order(module, x)
+    if float(sparsity) == 0.0:  # nothing to remove: spare tracing the graph
+        return Surgery({}, _channel_table(module, order, {}), "channels", sorted(protected))
+    DG = _dependency_graph(module, x)
+    out_layer = module.get_submodule(order[-1])  # its outputs are the classes: never removed
+    prunable = (nn.Conv2d, nn.Linear)
+    ranked, skipped = [], {}
+    rank = {name: i for i, name in enumerate(order)}
+    for group in DG.get_all_groups(ignored_layers=[out_layer], root_module_types=list(prunable)):
+        # Named by its first producer in forward order (the graph's root can be any member).
+        root = min((names[item.dep.target.module] for item in group
+                    if isinstance(item.dep.target.module, prunable)
+                    and DG.is_out_channel_pruning_fn(item.dep.handler)),
+                   key=lambda n: rank.get(n, len(rank)))
+        touched = {names.get(item.dep.target.module) for item in group}
+        if touched & set(protected):
+            skipped[root] = "protected"
+            continue
+        if any(isinstance(item.dep.target.module, nn.Conv2d)
+               and 1 < item.dep.target.module.groups < item.dep.target.module.out_channels
+               for item in group):
+            skipped[root] = "grouped convolution"
+            continue
+        s = _group_scores(DG, group, scores, names)
+        if s is None:
+            skipped[root] = "no score from this criterion"
+            continue
+        ranked.append((group, s))
+    chosen = _choose(ranked, float(sparsity) / 100.0, mode)
+    removed: dict[str, list[int]] = {}
+    for (group, _), idxs in zip(ranked, chosen):
+        if not idxs:
+            continue
+        root = group[0].dep
+        pruning = DG.get_pruning_group(root.target.module, root.handler, idxs)
+        for item in pruning:
+            name = names.get(item.dep.target.module)
+            if isinstance(item.dep.target.module, prunable) and DG.is_out_channel_pruning_fn(item.dep.handler):
+                removed[name] = sorted(set(removed.get(name, [])) | set(item.idxs))
+        pruning.prune()
+    return Surgery(removed, _channel_table(module, order, removed), "channels", sorted(protected), skipped)
+
+
+def _channel_table(module: nn.Module, order: list[str], removed: dict) -> list[tuple[str, int, int]]:
+    table = []
+    for name in order:
+        m = module.get_submodule(name)
+        kept = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        table.append((name, kept, kept + len(removed.get(name, []))))
+    return table
+
+
+def prune_unstructured(module: nn.Module, x: torch.Tensor, sparsity: float, mode: str = "global",
+                       protected=frozenset()) -> Surgery:
+    """Zero the smallest-magnitude sparsity % of conv/linear weights (all layers ranked
+    together, or each layer alone), in place and permanently."""
+    from torch.nn.utils import prune
+
+    check_sparsity(sparsity, mode)
+    amount = float(sparsity) / 100.0
+    order = forward_order(module, x)
+    targets = [(module.get_submodule(n), "weight") for n in order if n not in protected]
+    if targets and amount > 0:
+        if mode == "global":
+            prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount)
+        else:
+            for m, attr in targets:
+                prune.l1_unstructured(m, attr, amount=amount)
+        for m, attr in targets:
+            prune.remove(m, attr)
+    table = [(n, int(module.get_submodule(n).weight.count_nonzero()), module.get_submodule(n).weight.numel())
+             for n in order]
+    return Surgery({}, table, "weights", sorted(protected))
+
+
+# --- export and load -----------------------------------------------------------------------------
+
+def checkpoint(module: nn.Module, arch: str, info: dict) -> dict:
+    """A dict torch.load(weights_only=True) reads: metadata and the state dict. Grouped convs'
+    group counts are stored, since a weight's shape alone does not give them."""
+    groups = {name: m.groups for name, m in module.named_modules()
+              if isinstance(m, nn.Conv2d) and m.groups > 1}
+    meta = {"arch": arch, "format": FORMAT, "groups": groups, **info}
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {PRUNED_KEY: meta, "state_dict": state}
+
+
+def load_pruned(module: nn.Module, checkpoint: dict) -> nn.Module:
+    """Reshape a freshly built base architecture's convs, batch norms and linears to the
+    checkpoint's shapes, then load its state dict strictly. Returns the module."""
+    meta = checkpoint.get(PRUNED_KEY) if isinstance(checkpoint, dict) else None
+    state = checkpoint.get("state_dict") if isinstance(meta, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError("not a PruneScope pruned-model checkpoint (needs 'prunescope_pruned' "
+                         "metadata and a 'state_dict' of tensors)")
+    groups = meta.get("groups") or {}
+    for name, m in module.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state.get(prefix + "weight")
+        if isinstance(m, nn.Conv2d) and weight is not None:
+            _reshape_conv(m, weight, groups.get(name), state.get(prefix + "bias"))
+        elif isinstance(m, nn.BatchNorm2d) and prefix + "running_mean" in state:
+            _reshape_bn(m, state[prefix + "running_mean"].shape[0])
+        elif isinstance(m, nn.Linear) and weight is not None and weight.dim() == 2:
+            m.out_features, m.in_features = weight.shape
+            m.weight = nn.Parameter(torch.empty_like(weight))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ModelError(f"pruned weights do not fit {meta.get('arch')}: "
+                         f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    return module
+
+
+def _reshape_conv(m: nn.Conv2d, weight: torch.Tensor, groups, bias) -> None:
+    out_ch, in_per_group = weight.shape[:2]
+    if groups is None:
+        # A depthwise conv stays depthwise when its channels are removed.
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        groups = out_ch if depthwise else m.groups
+    m.groups, m.out_channels, m.in_channels = int(groups), int(out_ch), int(in_per_group * groups)
+    m.weight = nn.Parameter(torch.empty_like(weight))
+    if m.bias is not None or bias is not None:
+        m.bias = nn.Parameter(torch.empty(out_ch))
+
+
+def _reshape_bn(m: nn.BatchNorm2d, n: int) -> None:
+    m.num_features = n
+    if m.affine:
+        m.weight = nn.Parameter(torch.empty(n))
+        m.bias = nn.Parameter(torch.empty(n))
+    if m.track_running_stats:
+        m.running_mean = torch.zeros(n)
+        m.running_var = torch.ones(n)

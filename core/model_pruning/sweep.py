@@ -1,0 +1,317 @@
+"""What pruning does to a model and its explanations, along a sparsity axis.
+
+For each criterion and sparsity: top-1 agreement (and accuracy where labels exist), parameters,
+MACs, latency; explanation drift, the Spearman rank correlation and SSIM between each method's
+map on the original and on the pruned model (|map|, averaged over the calibration images); and
+pathway overlap, the IoU of the same input's critical pathway before and after.
+
+Pathway IoU is computed in the original model's neuron space: the pruned model's mask of a
+layer is laid back onto the original channels it kept, and removed channels count as not kept.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import PruneScopeError
+from core.model_pruning import criteria, pipeline
+from core.progress import Job, Progress, scaled
+
+DEFAULT_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
+DEFAULT_METHODS = ("gradient", "grad-cam", "pathway-gradient")
+EXPLAIN_SPARSITY = 70.0  # the pathway maps' and pathway masks' own sparsity (the engine's default)
+DROP_LEVEL = 0.5  # "drops" / "drifts": first sparsity where agreement / mean Spearman falls below this
+SEED = 0  # stochastic maps (smoothgrad) are seeded alike on both models
+
+
+@dataclass
+class SweepPoint:
+    criterion: str
+    sparsity: float
+    params: int
+    nonzero: int
+    macs: int
+    latency_ms: float
+    agreement: float
+    accuracy: float | None
+    drift: dict                      # method -> {"spearman": mean, "ssim": mean}
+    pathway_iou: float
+    kept: list = field(default_factory=list)  # (producer, kept, total)
+
+
+@dataclass
+class SweepResult:
+    model: str
+    mode: str
+    criteria: list
+    sparsities: list
+    methods: list
+    baseline: dict                   # the unpruned model's ModelStats as a dict
+    accuracy: float | None           # the unpruned model's, where labels exist
+    calibration: list
+    points: list = field(default_factory=list)
+    errors: dict = field(default_factory=dict)    # criterion -> why it could not run
+    skipped_methods: dict = field(default_factory=dict)  # method -> why
+
+    def series(self, criterion: str, key) -> tuple[list, list]:
+        """(sparsities, values) of one criterion; key is a field name or a function of a point."""
+        pts = [p for p in self.points if p.criterion == criterion]
+        get = key if callable(key) else (lambda p: getattr(p, key))
+        return [p.sparsity for p in pts], [get(p) for p in pts]
+
+    @property
+    def quality(self) -> str:
+        """What "still works" is measured by: accuracy where the images are labelled."""
+        return "accuracy" if self.accuracy is not None else "agreement"
+
+    def headline(self) -> dict:
+        """Per criterion: the first sparsity where the quality (accuracy or agreement) falls below
+        DROP_LEVEL, and the first where the maps' mean Spearman similarity does; None: never."""
+        out = {}
+        for c in self.criteria:
+            xs, quality = self.series(c, self.quality)
+            _, sim = self.series(c, mean_spearman)
+            out[c] = {f"{self.quality}_drops_at": _first_below(xs, quality),
+                      "explanations_drift_at": _first_below(xs, sim)}
+        return out
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["headline"] = self.headline()
+        data["drop_level"] = DROP_LEVEL
+        return _finite(data)
+
+
+def mean_spearman(point: SweepPoint) -> float:
+    values = [d["spearman"] for d in point.drift.values()]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _first_below(xs, ys):
+    for x, y in zip(xs, ys):
+        if y is not None and not math.isnan(y) and y < DROP_LEVEL:
+            return x
+    return None
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --- similarity of maps --------------------------------------------------------------------------
+
+def map_similarity(a: np.ndarray, b: np.ndarray) -> dict:
+    """Spearman of |a| and |b|, and SSIM of the two scaled to [0, 1]: the sanity check's measures."""
+    from core.sanity import spearman_abs, ssim_abs
+
+    return {"spearman": spearman_abs(a, b), "ssim": ssim_abs(a, b)}
+
+
+# --- pathway overlap ------------------------------------------------------------------------------
+
+def pathway_masks(model, x: torch.Tensor, targets: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Per image, the engine's critical-pathway masks (global threshold, EXPLAIN_SPARSITY)."""
+    from core.engine import Engine
+
+    return [Engine.from_tensor(model, x[i:i + 1], int(targets[i])).masks(EXPLAIN_SPARSITY, "global")
+            for i in range(x.shape[0])]
+
+
+def pathway_iou(original: list[torch.Tensor], pruned: list[torch.Tensor], owners: list[str | None],
+                removed: dict[str, list[int]]) -> float:
+    """IoU of two pathways over the original model's neurons. A pruned layer's mask is placed on
+    the channels its producer kept; removed channels are not kept. Layers whose channels changed
+    but have no known producer are left out."""
+    inter = union = 0
+    for mask_a, mask_b, owner in zip(original, pruned, owners):
+        a = mask_a.bool().cpu()
+        b = mask_b.bool().cpu()
+        if a.shape != b.shape:
+            gone = set(removed.get(owner, [])) if owner is not None else None
+            if gone is None or a.shape[0] - len(gone) != b.shape[0]:
+                continue
+            kept = torch.tensor([c for c in range(a.shape[0]) if c not in gone], dtype=torch.long)
+            full = torch.zeros_like(a)
+            full[kept] = b
+            b = full
+        inter += int((a & b).sum())
+        union += int((a | b).sum())
+    return inter / union if union else 1.0
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+def _maps(model, x, targets, methods, skipped: dict) -> dict:
+    """method -> list of maps, one per image; methods this model cannot run go to `skipped`."""
+    from core.engine import compute_map
+    from core.errors import UnsupportedMethod
+
+    out = {}
+    for method in methods:
+        if method in skipped:
+            continue
+        try:
+            maps = []
+            for i in range(x.shape[0]):
+                torch.manual_seed(SEED)
+                maps.append(compute_map(model, x[i:i + 1], int(targets[i]), method, sparsity=EXPLAIN_SPARSITY))
+            out[method] = maps
+        except UnsupportedMethod as why:
+            skipped[method] = str(why)
+    return out
+
+
+def sweep(model, calib: pipeline.Calibration, criteria_names=criteria.CRITERIA,
+          sparsities=DEFAULT_SPARSITIES, methods=DEFAULT_METHODS, mode: str = "global",
+          protect=pipeline.DEFAULT_PROTECT, timed: bool = True) -> Job[SweepResult]:
+    """Prune a copy of the model at each sparsity by each criterion and measure what changed. A
+    criterion that cannot run on this model (LRP on some architectures) is recorded in `errors`."""
+    from core.engine import ALL_METHODS
+
+    for c in criteria_names:
+        criteria.check_criterion(c)
+    for m in methods:
+        if m not in ALL_METHODS:
+            raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
+    sparsities = sorted(float(s) for s in sparsities)
+    yield Progress(0.0, "measuring the original model")
+    base = pipeline.measure(model.module, calib.x, timed)
+    result = SweepResult(model.name, mode, list(criteria_names), sparsities, list(methods),
+                         dataclasses.asdict(base), pipeline.accuracy(model.module, calib),
+                         [str(p) for p in calib.paths])
+    x, targets = calib.x, calib.targets
+    yield Progress(0.02, "explaining with the original model")
+    original_maps = _maps(model, x, targets, methods, result.skipped_methods)
+    original_paths = pathway_masks(model, x, targets)
+    owners = criteria.activation_producers(model.module, x)
+    share = 0.95 / len(criteria_names)  # of the progress bar, per criterion
+    for ci, name in enumerate(criteria_names):
+        lo = 0.05 + ci * share
+        step = 0.85 * share / len(sparsities)  # per sparsity, after 15 % for the scores
+        try:
+            scores = None
+            if name != "magnitude":
+                scores = yield from scaled(criteria.channel_scores(name, model, x, targets),
+                                           lo, lo + 0.15 * share)
+            for si, s in enumerate(sparsities):
+                at = lo + 0.15 * share + si * step
+                module, done = yield from scaled(pipeline.prune_copy(
+                    model, calib, name, s, mode, protect, scores=scores), at, at + 0.3 * step)
+                pruned = dataclasses.replace(model, module=module)
+                stats = pipeline.measure(module, x, timed)
+                yield Progress(at + 0.5 * step, f"{name} {s:g} %: explanations")
+                maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {})
+                drift = {m: _mean_similarity(original_maps[m], maps[m]) for m in maps}
+                ious = [pathway_iou(a, b, owners, done.removed)
+                        for a, b in zip(original_paths, pathway_masks(pruned, x, targets))]
+                result.points.append(SweepPoint(
+                    name, s, stats.params, stats.nonzero, stats.macs, stats.latency_ms,
+                    pipeline.agreement(module, calib), pipeline.accuracy(module, calib), drift,
+                    float(np.mean(ious)), [list(row) for row in done.layers]))
+        except PruneScopeError as why:
+            result.errors[name] = str(why)
+    yield Progress(1.0, "sweep done")
+    return result
+
+
+def _mean_similarity(before: list, after: list) -> dict:
+    sims = [map_similarity(a, b) for a, b in zip(before, after)]
+    return {k: float(np.mean([s[k] for s in sims])) for k in ("spearman", "ssim")}
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+def plot_sweep(result: SweepResult, folder) -> list[Path]:
+    """headline.png, cost.png, drift.png, pathway.png in `folder` (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {name: fig for name, fig in draw_sweep(result, plt.figure).items()}
+    paths = []
+    for name, fig in figures.items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def draw_sweep(result: SweepResult, new_figure) -> dict:
+    """The sweep's figures, drawn on figures made by new_figure(figsize=...) (pyplot's or a Qt
+    canvas's), so the CLI and the GUI show the same plots."""
+    colours = {c: f"C{i}" for i, c in enumerate(result.criteria)}
+    figures = {}
+    quality = result.quality
+
+    fig = new_figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for c in result.criteria:
+        xs, ys = result.series(c, quality)
+        if xs:
+            ax.plot(xs, ys, "-o", color=colours[c], label=f"{c}: {quality}")
+            _, sim = result.series(c, mean_spearman)
+            ax.plot(xs, sim, "--", color=colours[c], alpha=0.8, label=f"{c}: map similarity")
+    ax.set(xlabel="sparsity (%)", ylabel="fraction / Spearman", ylim=(-0.05, 1.05),
+           title=f"{result.model}: {quality} (solid) vs explanation similarity (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    figures["headline"] = fig
+
+    fig = new_figure(figsize=(12, 3.6))
+    panels = (("params", "parameters (% of original)", lambda p: 100 * p.nonzero / result.baseline["nonzero"]),
+              ("macs", "MACs (% of original)", lambda p: 100 * p.macs / result.baseline["macs"]),
+              ("latency", "latency (ms, batch 1)", lambda p: p.latency_ms))
+    for i, (_, label, get) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for c in result.criteria:
+            xs, ys = result.series(c, get)
+            if xs:
+                ax.plot(xs, ys, "-o", color=colours[c], label=c)
+        ax.set(xlabel="sparsity (%)", title=label)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    figures["cost"] = fig
+
+    drawn = [m for m in result.methods if m not in result.skipped_methods]
+    fig = new_figure(figsize=(9, 2.8 * max(len(drawn), 1)))
+    for row, method in enumerate(drawn):
+        for col, key in enumerate(("spearman", "ssim")):
+            ax = fig.add_subplot(max(len(drawn), 1), 2, 2 * row + col + 1)
+            for c in result.criteria:
+                xs, ys = result.series(c, lambda p, m=method, k=key: p.drift.get(m, {}).get(k, float("nan")))
+                if xs:
+                    ax.plot(xs, ys, "-o", color=colours[c], label=c)
+            ax.set(xlabel="sparsity (%)", ylim=(-0.05, 1.05),
+                   title=f"{method}: {'Spearman' if key == 'spearman' else 'SSIM'} vs original")
+            ax.grid(alpha=0.3)
+    if fig.axes:
+        fig.axes[0].legend(fontsize=7)
+    figures["drift"] = fig
+
+    fig = new_figure(figsize=(6, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    for c in result.criteria:
+        xs, ys = result.series(c, "pathway_iou")
+        if xs:
+            ax.plot(xs, ys, "-o", color=colours[c], label=c)
+    ax.set(xlabel="sparsity (%)", ylabel="IoU", ylim=(-0.05, 1.05),
+           title="critical pathway overlap with the original")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    figures["pathway"] = fig
+    for fig in figures.values():
+        fig.tight_layout()
+    return figures

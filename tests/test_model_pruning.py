@@ -1,0 +1,356 @@
+"""Whole-model pruning: criteria rank known-unimportant channels lowest, pruned models are really
+smaller and consistent, exports load back identically, and pruning nothing changes no explanation."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from core.errors import ImageError, ModelError, PruneScopeError
+from core.model_pruning import (calibrate, channel_scores, checkpoint, finetune, load_pruned,
+                                prune_copy, prune_model, save_pruned)
+from core.model_pruning import criteria
+from core.model_pruning.pipeline import Calibration, count_ops, predict
+from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
+from core.models import LoadedModel, imagenet_classes
+from core.progress import run
+
+DEAD = (1, 6)   # conv1 channels with zero weights: never active
+UNUSED = 3      # conv1 channel with big weights whose output conv2 ignores
+CLASSES = 4
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = Tiny()
+    with torch.no_grad():
+        net.conv1.weight.abs_()  # positive inputs and weights: every live channel is active
+        net.conv1.weight[list(DEAD)] = 0  # BN of a zero map (mean 0, var 1, bias 0) stays zero
+        net.conv1.weight[UNUSED] *= 5     # the largest filter ...
+        net.conv2.weight[:, UNUSED] = 0   # ... that nothing reads
+    return net.eval().requires_grad_(False)
+
+
+def loaded(module: nn.Module, name: str, size: int, classes: list[str], gradcam: str) -> LoadedModel:
+    return LoadedModel(name, module, torch.device("cpu"), classes, size, size,
+                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), gradcam)
+
+
+@pytest.fixture
+def tiny():
+    return loaded(tiny_net(), "tiny", 32, [f"c{i}" for i in range(CLASSES)], "conv2")
+
+
+def calibration_of(model: LoadedModel, n: int = 4, seed: int = 0) -> Calibration:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, model.input_size, model.input_size, generator=g)
+    if model.name != "tiny":  # the tiny net gets non-negative inputs: its live channels stay active
+        x = x * 2 - 1
+    return Calibration([], x, None, predict(model.module, x))
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --- criteria -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("criterion", ["taylor", "pathway", "lrp"])
+def test_data_driven_criteria_rank_dead_and_unused_channels_lowest(tiny, criterion):
+    calib = calibration_of(tiny)
+    if criterion == "lrp":  # the tiny net has no LRP canonizer in core.attribution: plain composite
+        from zennit.composites import EpsilonGammaBox
+
+        low, high = torch.full_like(calib.x, -1.0), torch.full_like(calib.x, 1.0)
+        scores = criteria.lrp_scores(tiny.module, calib.x, calib.targets,
+                                     EpsilonGammaBox(low=low, high=high))
+    else:
+        scores = run(channel_scores(criterion, tiny, calib.x, calib.targets))
+    s = scores["conv1"]
+    assert set(torch.argsort(s)[:3].tolist()) == {*DEAD, UNUSED}
+    assert torch.all(s[[*DEAD, UNUSED]] == 0)
+    live = [c for c in range(8) if c not in (*DEAD, UNUSED)]
+    assert torch.all(s[live] > 0)
+
+
+def test_l1_ranks_zero_filters_lowest_and_ignores_what_reads_them(tiny):
+    calib = calibration_of(tiny)
+    s = run(channel_scores("l1", tiny, calib.x, calib.targets))["conv1"]
+    assert set(torch.argsort(s)[:2].tolist()) == set(DEAD)
+    assert int(s.argmax()) == UNUSED  # data-free: it cannot know that nothing reads channel 3
+    assert s.mean() == pytest.approx(1.0)  # normalised per layer
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "pathway"])
+def test_structured_pruning_removes_exactly_the_lowest_channels(tiny, criterion):
+    calib = calibration_of(tiny)
+    expected = set(DEAD) if criterion == "l1" else {*DEAD, UNUSED}
+    sparsity = 100.0 * len(expected) / 8
+    module, done = run(prune_copy(tiny, calib, criterion, sparsity, "per-layer", protect=["none"]))
+    assert set(done.removed["conv1"]) == expected
+    assert module.conv1.out_channels == 8 - len(expected)
+    assert module.bn1.num_features == 8 - len(expected)
+    assert module.conv2.in_channels == 8 - len(expected)
+    assert tiny.module.conv1.out_channels == 8  # the original is untouched
+
+
+def test_magnitude_zeroes_the_smallest_weights(tiny):
+    calib = calibration_of(tiny)
+    module, done = run(prune_copy(tiny, calib, "magnitude", 40, "global", protect=["first"]))
+    assert done.unit == "weights" and done.protected == ["conv1"]
+    before = torch.cat([tiny.module.conv2.weight.flatten(), tiny.module.fc.weight.flatten()]).abs()
+    after = torch.cat([module.conv2.weight.flatten(), module.fc.weight.flatten()])
+    zeroed = after == 0
+    assert int(zeroed.sum()) >= int(0.4 * before.numel())
+    assert before[zeroed].max() <= before[~zeroed].min()  # every zeroed weight was among the smallest
+    assert torch.equal(module.conv1.weight, tiny.module.conv1.weight)  # protected
+    assert module.conv2.weight.shape == tiny.module.conv2.weight.shape  # nothing removed
+
+
+def test_bad_requests_raise_clear_errors(tiny, tmp_path):
+    calib = calibration_of(tiny)
+    with pytest.raises(PruneScopeError, match="unknown criterion"):
+        run(prune_copy(tiny, calib, "random", 50))
+    with pytest.raises(PruneScopeError, match=r"\[0, 100\)"):
+        run(prune_copy(tiny, calib, "l1", 100))
+    with pytest.raises(PruneScopeError, match="pruning mode"):
+        run(prune_copy(tiny, calib, "l1", 50, "everywhere"))
+    with pytest.raises(ModelError, match="cannot protect 'nope'"):
+        run(prune_copy(tiny, calib, "l1", 50, protect=["nope"]))
+    with pytest.raises(ImageError, match="no images"):
+        run(calibrate(tiny, tmp_path))
+    (tmp_path / "zebra_crossing").mkdir()
+    with pytest.raises(ImageError, match="neither a class id"):
+        run(calibrate(tiny, tmp_path))
+    with pytest.raises(ModelError, match="not a PruneScope pruned-model"):
+        load_pruned(tiny_net(), {"state_dict": tiny_net().state_dict()})
+
+
+# --- real, smaller models --------------------------------------------------------------------------
+
+def test_pruned_parameter_count_is_what_the_ratio_implies(tiny):
+    calib = calibration_of(tiny)
+    module, _ = run(prune_copy(tiny, calib, "l1", 50, "per-layer", protect=["none"]))
+
+    def count(c1, c2):  # conv1, bn1, conv2, bn2, fc (the classes stay)
+        return c1 * 3 * 9 + 2 * c1 + c2 * c1 * 9 + 2 * c2 + CLASSES * c2 + CLASSES
+
+    assert n_params(tiny.module) == count(8, 8)
+    assert n_params(module) == count(4, 4)
+    assert module(calib.x).shape == (4, CLASSES)
+    macs, params = count_ops(module, calib.x)
+    assert params == count(4, 4) and 0 < macs < count_ops(tiny.module, calib.x)[0]
+
+
+def resnet18_model() -> LoadedModel:
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(weights=None).eval().requires_grad_(False)
+    return loaded(module, "resnet18", 64, imagenet_classes(), "layer4")
+
+
+@pytest.mark.parametrize("criterion", ["l1", "lrp"])
+def test_resnet18_residual_adds_stay_consistent(criterion):
+    model = resnet18_model()
+    calib = calibration_of(model, n=2)
+    module, done = run(prune_copy(model, calib, criterion, 50, "global"))
+    assert module(calib.x).shape == (2, 1000)
+    assert n_params(module) < 0.75 * n_params(model.module)
+    for stage in (module.layer1, module.layer2, module.layer3, module.layer4):
+        for block in stage:
+            # The residual add needs conv2 and the shortcut to carry the same channels.
+            shortcut = block.downsample[0].out_channels if block.downsample else block.conv1.in_channels
+            assert block.conv2.out_channels == shortcut == block.bn2.num_features
+            assert block.conv1.out_channels == block.bn1.num_features == block.conv2.in_channels
+    assert module.fc.in_features == module.layer4[1].conv2.out_channels
+    assert "conv1" in done.protected and "fc" in done.protected
+    assert module.conv1.out_channels == 64  # protected "first": its residual stream is kept whole
+
+
+def test_efficientnet_lite0_depthwise_and_residual_stay_consistent():
+    from core.efficientnet_lite import EfficientNetLite0
+
+    torch.manual_seed(0)
+    model = loaded(EfficientNetLite0().eval().requires_grad_(False), "efficientnet_lite0", 64,
+                   imagenet_classes(), "_conv_head")
+    calib = calibration_of(model, n=2)
+    module, _ = run(prune_copy(model, calib, "taylor", 50, "per-layer"))
+    assert module(calib.x).shape == (2, 1000)
+    assert n_params(module) < 0.7 * n_params(model.module)
+    for block in module._blocks:
+        dw = block._depthwise_conv
+        assert dw.groups == dw.in_channels == dw.out_channels == block._bn1.num_features
+        if block.has_expand:
+            assert block._expand_conv.out_channels == dw.in_channels
+        assert block._project_conv.in_channels == dw.out_channels
+        if block.has_residual:
+            assert block._project_conv.out_channels == block._expand_conv.in_channels
+    # The export keeps the depthwise group counts: a fresh net takes the shapes back.
+    ck = checkpoint(module, "efficientnet_lite0", {})
+    fresh = load_pruned(EfficientNetLite0(), ck).eval()
+    assert torch.equal(fresh(calib.x), module(calib.x))
+
+
+def test_export_loads_back_with_identical_outputs(tmp_path):
+    from core.models import load_model
+
+    model = resnet18_model()
+    calib = calibration_of(model, n=2)
+    report = run(prune_model(model, "taylor", 40, calib, "per-layer"))
+    assert report.after.params < report.before.params and report.after.macs < report.before.macs
+    assert report.after.latency_ms > 0 and 0.0 <= report.agreement <= 1.0
+    path = tmp_path / "r18.pt"
+    sizes = save_pruned(report, path)
+    assert sizes[str(path)] == path.stat().st_size > 0
+    expected = report.model.module(calib.x)
+
+    raw = torch.load(path, weights_only=True)  # plain PyTorch, no arbitrary unpickling
+    assert raw["prunescope_pruned"]["arch"] == "resnet18"
+    plain = load_pruned(torchvision.models.resnet18(weights=None), raw).eval()
+    assert torch.equal(plain(calib.x), expected)
+
+    again = load_model("resnet18", weights=path, device="cpu")  # --weights / Load model...
+    assert torch.equal(again.module(calib.x), expected)
+    with pytest.raises(ModelError, match="pruned resnet18, not vgg16"):
+        load_model("vgg16", weights=path, device="cpu")
+
+
+def test_finetune_updates_the_pruned_model(tiny, tmp_path, photo):
+    from PIL import Image
+
+    for label, name in enumerate(("coffee.png", "chelsea.png")):
+        folder = tmp_path / str(label)
+        folder.mkdir()
+        Image.open(photo(name)).convert("RGB").resize((48, 40)).save(folder / "a.png")
+    calib = run(calibrate(tiny, tmp_path))
+    assert calib.labels == [0, 1]
+    report = run(prune_model(tiny, "l1", 25, calib, "per-layer", protect=["none"]))
+    weight = report.model.module.conv2.weight.clone()
+    report = run(finetune(report, tmp_path, calib, epochs=2, lr=0.05))
+    assert report.finetune_epochs == 2
+    assert not torch.equal(report.model.module.conv2.weight, weight)
+    assert report.accuracy_after is not None and not report.model.module.training
+    magnitude = run(prune_model(tiny, "magnitude", 25, calib))
+    with pytest.raises(PruneScopeError, match="regrow"):
+        run(finetune(magnitude, tmp_path, calib))
+
+
+# --- explanations ---------------------------------------------------------------------------------
+
+def test_pathway_iou_counts_removed_channels_as_not_kept():
+    a = [torch.ones(4, 2, 2, dtype=torch.bool)]
+    b = [torch.ones(2, 2, 2, dtype=torch.bool)]
+    assert pathway_iou(a, b, ["conv"], {"conv": [1, 3]}) == pytest.approx(0.5)
+    b2 = [torch.tensor([[[True, False], [False, False]]] * 2)]
+    assert pathway_iou(a, b2, ["conv"], {"conv": [0, 1]}) == pytest.approx(2 / 16)
+    assert pathway_iou(a, a, [None], {}) == 1.0
+
+
+def test_map_similarity_is_one_only_for_the_same_map():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(16, 16))
+    assert map_similarity(m, m) == {"spearman": 1.0, "ssim": 1.0}
+    other = map_similarity(m, rng.normal(size=(16, 16)))
+    assert other["spearman"] < 0.5 and other["ssim"] < 0.5
+
+
+def test_sparsity_zero_changes_no_explanation(tiny):
+    calib = calibration_of(tiny, n=2)
+    result = run(sweep(tiny, calib, ["l1", "magnitude"], [0, 50],
+                       ["gradient", "smoothgrad", "grad-cam", "pathway-gradient"], "per-layer",
+                       ["none"], timed=False))
+    assert not result.errors and not result.skipped_methods
+    zero = [p for p in result.points if p.sparsity == 0]
+    assert len(zero) == 2
+    for p in zero:
+        assert p.agreement == 1.0 and p.pathway_iou == 1.0
+        for method, d in p.drift.items():
+            assert d == {"spearman": 1.0, "ssim": 1.0}, method
+    half = [p for p in result.points if p.sparsity == 50]
+    assert any(d["spearman"] < 1.0 for p in half for d in p.drift.values())
+    l1_half = next(p for p in half if p.criterion == "l1")
+    assert l1_half.params < zero[0].params and l1_half.pathway_iou < 1.0
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_cli(tiny, tmp_path, photo, monkeypatch):
+    """The CLI with load_model answering the tiny net, and a calibration folder of two photos."""
+    import core.models
+    from PIL import Image
+
+    monkeypatch.setattr(core.models, "load_model", lambda *a, **k: tiny)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("coffee.png", "chelsea.png"):
+        Image.open(photo(name)).convert("RGB").resize((40, 32)).save(calib / name)
+    return calib
+
+
+def test_cli_sweep_writes_json_and_plots_and_reports_a_failed_criterion(tiny_cli, tmp_path, capsys):
+    import json
+
+    from main import main
+
+    out = tmp_path / "sweep"
+    code = main(["prune-sweep", "--criteria", "l1,lrp,magnitude", "--sparsities", "0,50",
+                 "--methods", "gradient,grad-cam", "--calib", str(tiny_cli), "--out", str(out),
+                 "--no-latency", "--protect", "none", "--quiet"])
+    assert code == 2  # LRP has no canonizer for the tiny net: reported, the others still ran
+    err = capsys.readouterr().err
+    assert "lrp" in err and "LRP does not support tiny" in err
+    data = json.loads((out / "sweep.json").read_text())
+    assert {(p["criterion"], p["sparsity"]) for p in data["points"]} == {
+        ("l1", 0.0), ("l1", 50.0), ("magnitude", 0.0), ("magnitude", 50.0)}
+    assert set(data["errors"]) == {"lrp"}
+    for name in ("headline", "cost", "drift", "pathway"):
+        assert (out / f"{name}.png").stat().st_size > 0
+
+
+def test_cli_prune_refuses_bad_input(tiny_cli, tmp_path, capsys):
+    from main import main
+
+    assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "p.pt"), "--quiet"]) == 2
+    assert "calibration folder does not exist" in capsys.readouterr().err
+    assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tiny_cli),
+                 "--out", str(tmp_path / "missing" / "p.pt"), "--quiet"]) == 2
+    assert "output folder does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
+    import json
+
+    from core.models import load_model
+    from main import main
+
+    out, report = tmp_path / "lite0.pt", tmp_path / "lite0.json"
+    assert main(["prune", "--criterion", "taylor", "--sparsity", "30", "--mode", "per-layer",
+                 "--out", str(out), "--json", str(report), "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 agreement" in printed and "MB)" in printed
+    data = json.loads(report.read_text())
+    assert data["after"]["params"] < 0.85 * data["before"]["params"]
+    assert data["after"]["macs"] < data["before"]["macs"]
+    assert len(data["calibration_images"]) == 3  # the bundled samples
+    model = load_model("efficientnet_lite0", weights=out, device="cpu")
+    assert sum(p.numel() for p in model.module.parameters()) == data["after"]["params"]
+    calib = run(calibrate(model))
+    assert calib.targets.shape == (3,)
