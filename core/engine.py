@@ -14,7 +14,7 @@ from captum.attr import IntegratedGradients
 
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod
-from core.neurons import Layer, discover_layers, intercept, intgrad_scores, taylor_scores
+from core.neurons import Layer, intercept, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
@@ -76,12 +76,23 @@ class Sweep:
 
 
 class _Scores:
-    """One selector's neuron scores, with the sorted values every threshold is read from."""
+    """One selector's neuron scores, with the sorted values every threshold is read from.
+
+    Sorting once (lazily, per threshold mode) makes each later sparsity a lookup.
+    """
 
     def __init__(self, per_layer: list[torch.Tensor]):
         self.per_layer = per_layer
-        self.sorted_layers = [s.flatten().sort().values for s in per_layer]
-        self.sorted_all = torch.cat([s.flatten() for s in per_layer]).sort().values
+        self._sorted: dict[str, list[torch.Tensor]] = {}
+
+    def _sorted_values(self, mode: str) -> list[torch.Tensor]:
+        if mode not in self._sorted:
+            if mode == "global":
+                values = [torch.cat([s.flatten() for s in self.per_layer]).sort().values]
+            else:
+                values = [s.flatten().sort().values for s in self.per_layer]
+            self._sorted[mode] = values
+        return self._sorted[mode]
 
     @staticmethod
     def threshold(sorted_values: torch.Tensor, sparsity: float) -> float | None:
@@ -92,11 +103,11 @@ class _Scores:
         return sorted_values[min(pruned, sorted_values.numel()) - 1].item()
 
     def masks(self, sparsity: float, mode: str) -> list[torch.Tensor]:
+        values = self._sorted_values(mode)
         if mode == "global":
-            t = self.threshold(self.sorted_all, sparsity)
-            thresholds = [t] * len(self.per_layer)
+            thresholds = [self.threshold(values[0], sparsity)] * len(self.per_layer)
         else:
-            thresholds = [self.threshold(v, sparsity) for v in self.sorted_layers]
+            thresholds = [self.threshold(v, sparsity) for v in values]
         return [torch.ones_like(s, dtype=torch.bool) if t is None else s > t
                 for s, t in zip(self.per_layer, thresholds)]
 
@@ -117,9 +128,8 @@ class Engine:
         self.x = x
         self.view = view
         if shared is None:
-            with torch.no_grad():
-                self.probs = torch.softmax(model.module(x).float(), dim=1)[0]
-            self.layers: list[Layer] = discover_layers(model.module, x)
+            self.layers, logits = trace_layers(model.module, x)
+            self.probs = torch.softmax(logits.float(), dim=1)[0]
         else:
             self.probs, self.layers = shared
         n_classes = self.probs.numel()
@@ -166,13 +176,11 @@ class Engine:
 
     # -- the pathway map ---------------------------------------------------------------------
     def masked_forward(self, masks: list[torch.Tensor]):
-        """The pruned network: each activation output multiplied by its mask."""
-        dtype = self.x.dtype
-        factors = [m.to(dtype) for m in masks]
+        """The pruned network: each activation output multiplied by its (bool) mask."""
         module = self.model.module
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with intercept(lambda i, out: out * factors[i]):
+            with intercept(lambda i, out: out * masks[i]):
                 return module(x)
 
         return forward

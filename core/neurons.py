@@ -77,6 +77,11 @@ def intercept(transform: Transform) -> Iterator[_Intercept]:
 
 def discover_layers(module: nn.Module, x: torch.Tensor) -> list[Layer]:
     """Run one forward and name every activation layer by the module that produced it."""
+    return trace_layers(module, x)[0]
+
+
+def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[Layer], torch.Tensor]:
+    """discover_layers, also returning the forward's output (no gradient)."""
     stack: list[nn.Module] = []
     names = {m: name for name, m in module.named_modules()}
     found: list[tuple[str, tuple]] = []
@@ -100,11 +105,11 @@ def discover_layers(module: nn.Module, x: torch.Tensor) -> list[Layer]:
             handles.append(m.register_forward_pre_hook(push))
             handles.append(m.register_forward_hook(pop, always_call=True))
         with torch.no_grad(), intercept(record) as mode:
-            module(x)
+            output = module(x)
     finally:
         for h in handles:
             h.remove()
-    return _name_layers(found, mode.kinds)
+    return _name_layers(found, mode.kinds), output
 
 
 def _name_layers(found, kinds) -> list[Layer]:

@@ -1,0 +1,121 @@
+"""Speed figures of the engine, each a ratio of two timings taken side by side in one run."""
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from core.engine import Engine
+from core.images import load_image
+from core.perturbation import baseline_image, rank_image
+from core.progress import run
+from core.resources import resource_path
+
+SLIDER_SPARSITIES = (35.0, 55.0, 75.0, 85.0, 95.0)
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    image = load_image(resource_path("samples", "coffee.png"))
+    engine = Engine(model, image)
+    module, x, target = model.module, engine.x, engine.target
+
+    def plain_forward_backward():
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(module(xg)[0, target], xg)
+
+    engine.scores()
+    sweep = iter(SLIDER_SPARSITIES * (repeats + 1))
+    plain = _timed(plain_forward_backward, repeats, device)
+    slider = _timed(lambda: engine.pathway(next(sweep)), repeats, device)
+
+    def pathway_from_scratch():
+        Engine(model, image).pathway(70.0)
+
+    def captum_ig():
+        from captum.attr import IntegratedGradients
+
+        IntegratedGradients(module).attribute(x, target=target, n_steps=50, internal_batch_size=10)
+
+    scratch = _timed(pathway_from_scratch, max(1, repeats // 2), device)
+    ig = _timed(captum_ig, max(1, repeats // 2), device)
+
+    attr = np.abs(engine.pathway(70.0).map)
+    curves = _timed(lambda: run(engine.iter_curves("pathway-gradient", attr, steps)), repeats, device)
+    batch = torch.cat([x] * (2 * (steps + 1)))
+
+    def same_forwards_batched():
+        with torch.no_grad():
+            for chunk in batch.split(32):
+                torch.softmax(module(chunk), dim=1)[:, target]
+
+    forwards = _timed(same_forwards_batched, repeats, device)
+    loop = _timed(lambda: _deletion_one_image_per_step(module, x, attr, target, steps), max(1, repeats // 2), device)
+
+    return {
+        "model": model.name,
+        "device": str(device),
+        "input": list(x.shape),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "seconds": {
+            "plain_forward_backward": plain,
+            "sparsity_change_cached_scores": slider,
+            "pathway_from_scratch": scratch,
+            "captum_integrated_gradients_50": ig,
+            "deletion_insertion_curves": curves,
+            "same_forwards_at_batch_throughput": forwards,
+            "deletion_one_image_per_step_loop": loop,
+        },
+        "ratios": {
+            "sparsity_change_vs_forward_backward": slider / plain,
+            "captum_ig50_vs_pathway_from_scratch": ig / scratch,
+            "curves_vs_same_forwards_batched": curves / forwards,
+            "one_image_loop_deletion_vs_our_deletion_and_insertion": loop / curves,
+        },
+        "goals": {"sparsity_change_vs_forward_backward": "<= 1.3", "curves_vs_same_forwards_batched": "<= 1.2"},
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
+
+
+def _deletion_one_image_per_step(module, x, attr, target, steps):
+    """The reference we beat: like Quantus's pixel flipping, one perturbed image per forward."""
+    ranks = rank_image(attr, tuple(x.shape[-2:]), device=x.device)
+    base = baseline_image(x)
+    total = ranks.numel()
+    probs = []
+    with torch.no_grad():
+        for step in range(steps + 1):
+            removed = ranks < round(step * total / steps)
+            probs.append(float(torch.softmax(module(torch.where(removed, base, x)), dim=1)[0, target]))
+    return probs
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
