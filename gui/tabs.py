@@ -11,4 +11,8 @@ from PySide6.QtWidgets import QWidget
 
 
 def extra_tabs(context) -> list[tuple[str, QWidget]]:
-    return []
+    from gui.pruning_tab import PruningTab
+
+    return [
+        ("Model pruning", PruningTab(context)),
+    ]

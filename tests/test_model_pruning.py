@@ -354,3 +354,52 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     assert sum(p.numel() for p in model.module.parameters()) == data["after"]["params"]
     calib = run(calibrate(model))
     assert calib.targets.shape == (3,)
+
+
+# --- GUI ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pruning_tab_prunes_compares_exports_and_sweeps(qtbot, tmp_path, photo):
+    from core.models import load_model
+    from gui.context import AppContext, ModelChoice
+    from gui.pruning_tab import ORIGINAL, PRUNED, PruningTab
+
+    timeout = 600_000  # a loaded 2-core machine
+    context = AppContext()
+    tab = PruningTab(context)
+    qtbot.addWidget(tab)
+    try:
+        with qtbot.waitSignal(context.engine_changed, timeout=timeout):
+            context.load_model(ModelChoice("efficientnet_lite0", None, "cpu"))
+            context.open_image(photo("coffee.png"))
+        assert tab.method.currentData() == "gradient"
+        tab.criterion.setCurrentIndex(tab.criterion.findData("l1"))
+        tab.sparsity.setValue(20)
+        tab.mode.setCurrentIndex(tab.mode.findData("per-layer"))
+        with qtbot.waitSignal(tab.pruned, timeout=timeout):
+            tab.prune()
+        report = tab.report
+        assert report.after.params < report.before.params
+        assert "agreement" in tab.summary.text()
+        assert len(tab.bars.rows) == len(report.surgery.layers) == 50  # every conv and the fc
+        maps = tab.heatmaps.shown_maps()
+        assert set(maps) == {ORIGINAL, PRUNED}
+        assert maps[ORIGINAL].shape == maps[PRUNED].shape == (224, 224)
+        assert not np.array_equal(maps[ORIGINAL], maps[PRUNED])
+
+        path = tmp_path / "lite0_l1.pt"
+        tab.export(path)
+        qtbot.waitUntil(lambda: tab.exported == path, timeout=timeout)
+        again = load_model("efficientnet_lite0", weights=path, device="cpu")
+        assert sum(p.numel() for p in again.module.parameters()) == report.after.params
+
+        tab.sweep_sparsities.setText("0,40")
+        tab.sweep_methods.setText("gradient")
+        for name, check in tab.sweep_criteria.items():
+            check.setChecked(name == "l1")
+        with qtbot.waitSignal(tab.swept, timeout=timeout):
+            tab.run_sweep()
+        assert [p.sparsity for p in tab.sweep_result.points] == [0.0, 40.0]
+        assert tab.figure_layout.count() == 4
+    finally:
+        context.shutdown()

@@ -6,10 +6,7 @@ import sys
 from pathlib import Path
 
 from core.cli.explain import add_model_options, method_list
-
-CRITERIA = ("magnitude", "l1", "taylor", "lrp", "pathway")  # core.model_pruning.CRITERIA, without torch
-SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
-SWEEP_METHODS = ("gradient", "grad-cam", "pathway-gradient")
+from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
 
 def percent(text: str) -> float:
@@ -39,7 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--calib", metavar="DIR", help="calibration images: a folder, or an ImageFolder "
                    "(one subfolder per class id or name) for accuracy; default: the bundled samples")
-    p.add_argument("--mode", choices=("global", "per-layer"), default="global",
+    p.add_argument("--mode", choices=MODES, default="global",
                    help="rank channels over all layers together, or remove the ratio from each layer")
     p.add_argument("--protect", type=method_list, default=["first", "last"],
                    help="layers kept whole: first, last, none, or module paths, comma-separated "

@@ -1,14 +1,27 @@
 """Whole-model pruning with explainability-aware criteria, and what it does to explanations.
 
-criteria: channel scores (L1, Taylor, LRP, pathway frequency); surgery: removing channels with
-Torch-Pruning, zeroing weights, export and load_pruned; pipeline: prune a loaded model and
-measure it; sweep: accuracy, cost and explanation drift along a sparsity axis.
-"""
-from core.model_pruning.criteria import CRITERIA, DESCRIPTIONS, STRUCTURED, channel_scores
-from core.model_pruning.pipeline import (Calibration, ModelStats, PruneReport, calibrate, finetune,
-                                         measure, prune_copy, prune_model, save_pruned)
-from core.model_pruning.surgery import MODES, PRUNED_KEY, Surgery, checkpoint, load_pruned
+names: the choices (no torch); criteria: channel scores (L1, Taylor, LRP, pathway frequency);
+surgery: removing channels with Torch-Pruning, zeroing weights, export and load_pruned;
+pipeline: prune a loaded model and measure it; sweep: accuracy, cost and explanation drift
+along a sparsity axis.
 
-__all__ = ["CRITERIA", "DESCRIPTIONS", "STRUCTURED", "MODES", "PRUNED_KEY", "Calibration", "ModelStats",
-           "PruneReport", "Surgery", "calibrate", "channel_scores", "checkpoint", "finetune",
-           "load_pruned", "measure", "prune_copy", "prune_model", "save_pruned"]
+Exports resolve on first use, so that importing core.model_pruning.names (CLI --help, the GUI)
+does not import torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "channel_scores": "criteria",
+    "Calibration": "pipeline", "ModelStats": "pipeline", "PruneReport": "pipeline",
+    "calibrate": "pipeline", "finetune": "pipeline", "measure": "pipeline",
+    "prune_copy": "pipeline", "prune_model": "pipeline", "save_pruned": "pipeline",
+    "PRUNED_KEY": "surgery", "Surgery": "surgery", "checkpoint": "surgery", "load_pruned": "surgery",
+    "SweepResult": "sweep", "plot_sweep": "sweep",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'core.model_pruning' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"core.model_pruning.{_EXPORTS[name]}"), name)

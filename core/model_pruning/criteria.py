@@ -12,17 +12,9 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError, UnsupportedMethod
+from core.model_pruning.names import CRITERIA
 from core.progress import Job, Progress
 
-CRITERIA = ("magnitude", "l1", "taylor", "lrp", "pathway")
-STRUCTURED = ("l1", "taylor", "lrp", "pathway")
-DESCRIPTIONS = {
-    "magnitude": "weight magnitude (unstructured: zeroes single weights, torch.nn.utils.prune)",
-    "l1": "L1 norm of each filter (structured, data-free)",
-    "taylor": "Taylor: sum over the channel's map of |activation x gradient|",
-    "lrp": "LRP relevance: sum over the channel's map of |relevance| (Yeom et al. 2021)",
-    "pathway": "pathway frequency: how often the channel's neurons are in the critical pathway",
-}
 PATHWAY_SPARSITY = 70.0  # the per-image pathway whose membership frequency ranks channels
 CHUNK = 8  # calibration images per forward/backward: bounds memory for large folders
 

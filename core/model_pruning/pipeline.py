@@ -15,9 +15,9 @@ from torch import nn
 
 from core.errors import ImageError, PruneScopeError
 from core.model_pruning import criteria, surgery
+from core.model_pruning.names import DEFAULT_PROTECT
 from core.progress import Job, Progress, scaled
 
-DEFAULT_PROTECT = ("first", "last")
 LATENCY_RUNS = 30
 LATENCY_BUDGET_S = 3.0
 BATCH = 16  # images per no-grad forward when predicting

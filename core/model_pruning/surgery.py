@@ -13,10 +13,10 @@ from torch import nn
 
 from core.errors import ModelError, PruneScopeError
 from core.model_pruning.criteria import Scores, forward_order, producers
+from core.model_pruning.names import MODES
 
 PRUNED_KEY = "prunescope_pruned"  # the checkpoint key core.models.load_model looks for
 FORMAT = 1
-MODES = ("global", "per-layer")
 
 
 @dataclass

@@ -18,10 +18,9 @@ import torch
 
 from core.errors import PruneScopeError
 from core.model_pruning import criteria, pipeline
+from core.model_pruning.names import CRITERIA, DEFAULT_PROTECT, SWEEP_METHODS, SWEEP_SPARSITIES
 from core.progress import Job, Progress, scaled
 
-DEFAULT_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
-DEFAULT_METHODS = ("gradient", "grad-cam", "pathway-gradient")
 EXPLAIN_SPARSITY = 70.0  # the pathway maps' and pathway masks' own sparsity (the engine's default)
 DROP_LEVEL = 0.5  # "drops" / "drifts": first sparsity where agreement / mean Spearman falls below this
 SEED = 0  # stochastic maps (smoothgrad) are seeded alike on both models
@@ -170,9 +169,9 @@ def _maps(model, x, targets, methods, skipped: dict) -> dict:
     return out
 
 
-def sweep(model, calib: pipeline.Calibration, criteria_names=criteria.CRITERIA,
-          sparsities=DEFAULT_SPARSITIES, methods=DEFAULT_METHODS, mode: str = "global",
-          protect=pipeline.DEFAULT_PROTECT, timed: bool = True) -> Job[SweepResult]:
+def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
+          sparsities=SWEEP_SPARSITIES, methods=SWEEP_METHODS, mode: str = "global",
+          protect=DEFAULT_PROTECT, timed: bool = True) -> Job[SweepResult]:
     """Prune a copy of the model at each sparsity by each criterion and measure what changed. A
     criterion that cannot run on this model (LRP on some architectures) is recorded in `errors`."""
     from core.engine import ALL_METHODS
