@@ -1,0 +1,136 @@
+"""The headless command line: `explain` writes what it promises; bad input costs one line and exit 2."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from core.images import load_image
+from test_images import png_header
+
+METHODS = "pathway-gradient,gradient,grad-cam"
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory, lite0):
+    """One explain run over a real photo and every kind of bad file, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("inputs")
+    coffee = shutil.copy(Path(__file__).parent.parent / "resources" / "samples" / "coffee.png", folder)
+    bad = {
+        "missing": folder / "missing.png",
+        "text": folder / "notes.png",
+        "empty": folder / "empty.jpg",
+        "truncated": folder / "truncated.png",
+        "bomb": folder / "bomb.png",
+    }
+    bad["text"].write_text("not an image")
+    bad["empty"].write_bytes(b"")
+    bad["truncated"].write_bytes(Path(coffee).read_bytes()[:5000])
+    bad["bomb"].write_bytes(png_header(40000, 40000))
+    out = tmp_path_factory.mktemp("out")
+    argv = ["explain", str(coffee), *map(str, bad.values()), "--out", str(out), "--methods", METHODS,
+            "--steps", "5", "--sparsity", "80", "--device", "cpu", "--quiet"]
+    proc = subprocess.run([sys.executable, "main.py", *argv], cwd=Path(main.__file__).parent,
+                          capture_output=True, text=True, timeout=900)
+    return proc, out / "coffee", Path(coffee), bad
+
+
+def test_explain_writes_every_file(explained):
+    proc, out, _, _ = explained
+    names = {p.name for p in out.iterdir()}
+    expected = {"input.npy", "curves.csv", "report.json", "comparison.png"}
+    expected |= {f"{m}.{ext}" for m in METHODS.split(",") for ext in ("npy", "png")}
+    assert expected <= names, proc.stderr
+
+
+def test_input_npy_is_the_exact_model_input(explained, lite0):
+    _, out, coffee, _ = explained
+    x, _ = lite0.preprocess(load_image(coffee))
+    saved = np.load(out / "input.npy")
+    assert saved.dtype == np.float32 and saved.shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(saved, x.numpy())
+
+
+def test_maps_are_raw_signed_float32_at_input_resolution(explained, lite0):
+    _, out, coffee, _ = explained
+    from core.engine import Engine
+
+    engine = Engine(lite0, load_image(coffee))
+    gradient = np.load(out / "gradient.npy")
+    assert gradient.dtype == np.float32 and gradient.shape == (224, 224)
+    assert gradient.min() < 0 < gradient.max()  # signed, not normalised
+    np.testing.assert_allclose(gradient, engine.attribution("gradient"), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(np.load(out / "pathway-gradient.npy"), engine.pathway(80.0).map,
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_report_and_curves(explained):
+    _, out, _, _ = explained
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "efficientnet_lite0" and report["device"] == "cpu"
+    assert report["target"]["name"] == "espresso" and report["target"]["probability"] > 0.9
+    assert len(report["top5"]) == 5
+    for method in METHODS.split(","):
+        entry = report["methods"][method]
+        assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["insertion_auc"] <= 1
+        assert entry["seconds"] > 0 and len(entry["output_change_lerf"]) == 10
+    pathway = report["methods"]["pathway-gradient"]["pathway"]
+    assert pathway["sparsity"] == 80.0 and pathway["output_change"] >= 0
+    kept = sum(layer["kept"] for layer in pathway["neurons_kept"])
+    total = sum(layer["total"] for layer in pathway["neurons_kept"])
+    assert kept / total == pytest.approx(0.2, abs=0.01)
+    rows = list(csv.DictReader((out / "curves.csv").open()))
+    assert len(rows) == 3 * 2 * 6  # methods x (deletion, insertion) x (steps + 1)
+
+
+def test_each_bad_file_costs_one_line_and_the_rest_goes_on(explained):
+    proc, out, _, bad = explained
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("prunescope: error:")]
+    assert len(errors) == len(bad)
+    for path in bad.values():
+        assert sum(str(path) in line for line in errors) == 1
+    assert "Traceback" not in proc.stderr
+    assert (out / "report.json").exists()
+
+
+def run_main(argv, capsys):
+    code = main.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_unknown_model_is_exit_2(tmp_path, capsys):
+    code, err = run_main(["explain", "x.png", "--out", str(tmp_path), "--model", "alexnet9000"], capsys)
+    assert code == 2 and "alexnet9000" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", ["garbage", "empty", "mismatch"])
+def test_bad_weights_file_is_exit_2(tmp_path, capsys, content):
+    weights = tmp_path / "weights.pth"
+    if content == "garbage":
+        weights.write_bytes(b"\x00not a checkpoint" * 10)
+    elif content == "empty":
+        weights.write_bytes(b"")
+    else:
+        torch.save({"fc.weight": torch.zeros(3, 3)}, weights)
+    code, err = run_main(["explain", "x.png", "--out", str(tmp_path), "--model", "resnet18",
+                          "--weights", str(weights)], capsys)
+    assert code == 2 and err.startswith("prunescope: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_method_is_exit_2(tmp_path, capsys):
+    code, err = run_main(["explain", "x.png", "--out", str(tmp_path), "--methods", "gradient,telepathy"], capsys)
+    assert code == 2 and "telepathy" in err
+
+
+def test_models_lists_the_embedded_model_as_offline(capsys):
+    assert main.main(["models"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("efficientnet_lite0"))
+    assert "yes" in line
