@@ -13,7 +13,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox
 from zennit.layer import Sum
-from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
 from core.errors import ModelError, UnsupportedMethod
@@ -207,10 +207,10 @@ def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target
     finally:
         handle.remove()
     tokens = captured[-1]
-    grads, = torch.autograd.grad(score, tokens)
-    side = int(round((tokens.shape[1] - 1) ** 0.5))
-    if tokens.ndim != 3 or side * side != tokens.shape[1] - 1:
+    side = int(round((tokens.shape[1] - 1) ** 0.5)) if tokens.ndim == 3 else 0
+    if side * side != tokens.shape[1] - 1:
         raise UnsupportedMethod(f"Grad-CAM cannot lay tokens of shape {tuple(tokens.shape)} on a square grid")
+    grads, = torch.autograd.grad(score, tokens)
     patches, patch_grads = tokens[:, 1:], grads[:, 1:]  # drop the class token
     weights = patch_grads.mean(dim=1, keepdim=True)
     cam = torch.relu((patches * weights).sum(dim=-1))
@@ -232,11 +232,11 @@ def _lrp_unsupported_reason(module: nn.Module) -> str:
 
 
 def _lrp_canonizers(module: nn.Module) -> list:
+    # In all three every conv is followed directly by its batch norm (if any) in module order.
     if isinstance(module, ResNet):
-        return [ResNetCanonizer()]
+        return [ExactMergeBatchNorm(), ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
     if isinstance(module, VGG):
-        return [VGGCanonizer()]
-    # EfficientNet-Lite0: every conv is followed directly by its batch norm in module order.
+        return [ExactMergeBatchNorm()]
     return [ExactMergeBatchNorm(), MBConvResidualCanonizer()]
 
 
@@ -260,9 +260,9 @@ def _lrp(model, x: torch.Tensor, target: int) -> np.ndarray:
 
 
 class ExactMergeBatchNorm(SequentialMergeBatchNorm):
-    """zennit leaves a merged batch norm computing x / sqrt(1 + eps); with EfficientNet's eps = 1e-3
-    over 49 layers that moves the logits by about 0.2%. A running variance of 1 - eps makes it the
-    identity, so the canonized model computes exactly what the model does."""
+    """zennit's SequentialMergeBatchNorm leaves a merged batch norm computing x / sqrt(1 + eps); with
+    EfficientNet's eps = 1e-3 over 49 layers that moves the logits by about 0.2%. A running variance
+    of 1 - eps makes it the identity, so the canonized model computes exactly what the model does."""
 
     @staticmethod
     def merge_batch_norm(modules, batch_norm):
