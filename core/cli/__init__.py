@@ -7,7 +7,6 @@ start fast; they import torch and the engine inside their run functions.
 """
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from core.errors import PruneScopeError
@@ -26,8 +25,6 @@ EXIT_BAD_INPUT = 2
 
 def register_all(subparsers) -> None:
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:  # TEMP until every command lands; lead removes
-            continue
         importlib.import_module(name).register(subparsers)
 
 
