@@ -134,7 +134,7 @@ def run_sweep(args) -> int:
     from core.cli import fail
     from core.engine import ALL_METHODS
     from core.model_pruning import calibrate
-    from core.model_pruning.sweep import plot_sweep, sweep
+    from core.model_pruning.sweep import mean_spearman, plot_sweep, sweep
     from core.models import load_model
     from core.progress import StderrBar, run
 
@@ -156,13 +156,13 @@ def run_sweep(args) -> int:
     plots = plot_sweep(result, out)
     quality = result.quality
     print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
-    print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'ms':>8} {quality:>9} "
-          f"{'spearman':>8} {'IoU':>5}")
-    from core.model_pruning.sweep import mean_spearman
-
+    print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {quality:>9} "
+          f"{'spearman':>8} {'IoU':>5}   (params, MACs, latency: % of the original)")
     for p in result.points:
+        ratio = p.latency_ms / p.latency_original_ms
+        latency = f"{ratio:>7.1%}" if ratio == ratio else f"{'-':>7}"
         print(f"{p.criterion:<10} {p.sparsity:>7g}% {p.nonzero / result.baseline['nonzero']:>7.1%} "
-              f"{p.macs / result.baseline['macs']:>7.1%} {p.latency_ms:>8.1f} "
+              f"{p.macs / result.baseline['macs']:>7.1%} {latency} "
               f"{(p.accuracy if quality == 'accuracy' else p.agreement):>9.1%} "
               f"{mean_spearman(p):>8.3f} {p.pathway_iou:>5.2f}")
     for criterion, h in data["headline"].items():

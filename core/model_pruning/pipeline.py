@@ -19,7 +19,7 @@ from core.model_pruning.names import DEFAULT_PROTECT
 from core.progress import Job, Progress, scaled
 
 LATENCY_RUNS = 30
-LATENCY_BUDGET_S = 3.0
+LATENCY_BUDGET_S = 4.0
 BATCH = 16  # images per no-grad forward when predicting
 
 
@@ -126,32 +126,45 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def latency_ms(module: nn.Module, x: torch.Tensor, runs: int = LATENCY_RUNS,
-               budget_s: float = LATENCY_BUDGET_S) -> float:
-    """Median milliseconds of one forward of x[:1], after two warm-up runs; at most `runs`
-    runs, fewer (at least five) once `budget_s` seconds have passed."""
+def latencies_ms(modules: list[nn.Module], x: torch.Tensor, runs: int = LATENCY_RUNS,
+                 budget_s: float = LATENCY_BUDGET_S) -> list[float]:
+    """Median milliseconds of one forward of x[:1] for each module. The modules run in turns,
+    after two warm-up runs each, so that other load on a shared machine slows them alike; at
+    most `runs` rounds, fewer (at least five) once `budget_s` seconds have passed."""
     x = x[:1]
     cuda = x.device.type == "cuda"
-    times = []
+    times: list[list[float]] = [[] for _ in modules]
     with torch.inference_mode():
-        for _ in range(2):
-            module(x)
+        for module in modules:
+            for _ in range(2):
+                module(x)
         began = time.perf_counter()
-        while len(times) < runs and (len(times) < 5 or time.perf_counter() - began < budget_s):
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            start = time.perf_counter()
-            module(x)
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        while len(times[0]) < runs and (len(times[0]) < 5 or time.perf_counter() - began < budget_s):
+            for module, kept in zip(modules, times):
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                start = time.perf_counter()
+                module(x)
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                kept.append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in times]
 
 
-def measure(module: nn.Module, x: torch.Tensor, timed: bool = True) -> ModelStats:
+def measure(module: nn.Module, x: torch.Tensor) -> ModelStats:
+    """Counts only; the latency (NaN here) is filled in by latencies_ms, in turns with the
+    model it is compared with."""
     macs, params = count_ops(module, x)
     nonzero = sum(int(p.count_nonzero()) for p in module.parameters())
-    return ModelStats(params, nonzero, macs, latency_ms(module, x) if timed else float("nan"))
+    return ModelStats(params, nonzero, macs, float("nan"))
+
+
+def measure_pair(original: nn.Module, pruned: nn.Module, x: torch.Tensor,
+                 timed: bool = True) -> tuple[ModelStats, ModelStats]:
+    before, after = measure(original, x), measure(pruned, x)
+    if timed:
+        before.latency_ms, after.latency_ms = latencies_ms([original, pruned], x)
+    return before, after
 
 
 def agreement(module: nn.Module, calib: Calibration) -> float:
@@ -220,16 +233,14 @@ def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode:
 def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode: str = "global",
                 protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY) -> Job[PruneReport]:
     """Prune a copy of `model` and measure both: the job the CLI's and GUI's "prune" run."""
-    yield Progress(0.0, "measuring the original model")
-    before = measure(model.module, calib.x)
-    acc_before = accuracy(model.module, calib)
     module, done = yield from scaled(prune_copy(model, calib, criterion, sparsity, mode, protect,
-                                                pathway_sparsity=pathway_sparsity), 0.05, 0.9)
-    yield Progress(0.92, "measuring the pruned model")
+                                                pathway_sparsity=pathway_sparsity), 0.0, 0.85)
+    yield Progress(0.88, "measuring both models")
+    before, after = measure_pair(model.module, module, calib.x)
     pruned = dataclasses.replace(model, module=module)
     report = PruneReport(pruned, criterion, float(sparsity), mode, done.protected, done, before,
-        measure(module, calib.x), agreement(module, calib), acc_before, accuracy(module, calib),
-        [str(p) for p in calib.paths])
+                         after, agreement(module, calib), accuracy(model.module, calib),
+                         accuracy(module, calib), [str(p) for p in calib.paths])
     yield Progress(1.0, "pruned")
     return report
 

@@ -34,6 +34,7 @@ class SweepPoint:
     nonzero: int
     macs: int
     latency_ms: float
+    latency_original_ms: float       # the original, timed in turns with this model
     agreement: float
     accuracy: float | None
     drift: dict                      # method -> {"spearman": mean, "ssim": mean}
@@ -48,7 +49,7 @@ class SweepResult:
     criteria: list
     sparsities: list
     methods: list
-    baseline: dict                   # the unpruned model's ModelStats as a dict
+    baseline: dict                   # the unpruned model's ModelStats as a dict (latency: per point)
     accuracy: float | None           # the unpruned model's, where labels exist
     calibration: list
     points: list = field(default_factory=list)
@@ -183,7 +184,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
             raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
     sparsities = sorted(float(s) for s in sparsities)
     yield Progress(0.0, "measuring the original model")
-    base = pipeline.measure(model.module, calib.x, timed)
+    base = pipeline.measure(model.module, calib.x)
     result = SweepResult(model.name, mode, list(criteria_names), sparsities, list(methods),
                          dataclasses.asdict(base), pipeline.accuracy(model.module, calib),
                          [str(p) for p in calib.paths])
@@ -206,7 +207,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 module, done = yield from scaled(pipeline.prune_copy(
                     model, calib, name, s, mode, protect, scores=scores), at, at + 0.3 * step)
                 pruned = dataclasses.replace(model, module=module)
-                stats = pipeline.measure(module, x, timed)
+                original, stats = pipeline.measure_pair(model.module, module, x, timed)
                 yield Progress(at + 0.5 * step, f"{name} {s:g} %: explanations")
                 maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {})
                 drift = {m: _mean_similarity(original_maps[m], maps[m]) for m in maps}
@@ -214,6 +215,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                         for a, b in zip(original_paths, pathway_masks(pruned, x, targets))]
                 result.points.append(SweepPoint(
                     name, s, stats.params, stats.nonzero, stats.macs, stats.latency_ms,
+                    original.latency_ms,
                     pipeline.agreement(module, calib), pipeline.accuracy(module, calib), drift,
                     float(np.mean(ious)), [list(row) for row in done.layers]))
         except PruneScopeError as why:
@@ -272,7 +274,8 @@ def draw_sweep(result: SweepResult, new_figure) -> dict:
     fig = new_figure(figsize=(12, 3.6))
     panels = (("params", "parameters (% of original)", lambda p: 100 * p.nonzero / result.baseline["nonzero"]),
               ("macs", "MACs (% of original)", lambda p: 100 * p.macs / result.baseline["macs"]),
-              ("latency", "latency (ms, batch 1)", lambda p: p.latency_ms))
+              ("latency", "latency (% of original, timed in turns)",
+               lambda p: 100 * p.latency_ms / p.latency_original_ms))
     for i, (_, label, get) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
         for c in result.criteria:
