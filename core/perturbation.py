@@ -1,9 +1,9 @@
 """Deletion / insertion curves and the output-change measure, batched on the model's device.
 
 Pixels are ranked by the attribution map *as given*, highest value first (ties: lower flat
-index first, a stable sort, so results are deterministic). The map is not made absolute here:
-PruneScope passes |map| (relevance magnitude, the same quantity the sanity checks compare);
-pass a signed map to put positive evidence first.
+index first, a stable sort, so results are deterministic). The map is not made absolute here: the
+caller chooses (the engine passes |map| for methods whose sign carries no evidence, such as plain
+gradients, and the signed map otherwise, so that positive evidence goes first).
 
 Deletion starts from the input and replaces the top-ranked pixels with a baseline, a fraction
 at a time; insertion starts from the baseline and reveals them. Each point is the softmax

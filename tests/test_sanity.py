@@ -173,3 +173,38 @@ def test_similarity_measures():
     assert spearman_abs(a, np.zeros_like(a)) == 0.0
     assert ssim_abs(a, 3 * a) == pytest.approx(1.0)  # scale-free: each map is scaled by its max
     assert ssim_abs(a, rng.random((16, 16))) < 0.3
+
+
+@pytest.mark.slow
+def test_cli_writes_results_and_reports_bad_images(photo, tmp_path, capsys):
+    from main import main
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    code = main(["sanity", str(photo("chelsea.png")), str(bad), str(tmp_path / "missing.png"),
+                 "--out", str(out), "--methods", "gradient,grad-cam", "--device", "cpu", "--quiet"])
+    assert code == 2  # the bad images, after the good one was written
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len([e for e in errors if "error" in e]) == 2
+    assert any("broken.jpg" in e for e in errors) and any("missing.png" in e for e in errors)
+    folder = out / "chelsea"
+    data = json.loads((folder / "sanity.json").read_text())
+    assert data["model"] == "efficientnet_lite0" and data["methods"] == ["gradient", "grad-cam"]
+    assert data["blocks"][0] == "_fc" and data["blocks"][-1] == "_conv_stem+_bn0"
+    for method in ("gradient", "grad-cam"):
+        assert len(data["spearman"][method]) == len(data["blocks"]) + 1
+        assert data["spearman"][method][0] == 1.0
+    assert data["spearman"]["gradient"][-1] < 0.5
+    for name in ("spearman.png", "ssim.png", "maps.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_unknown_method(photo, tmp_path, capsys):
+    from main import main
+
+    code = main(["sanity", str(photo("coffee.png")), "--out", str(tmp_path), "--methods", "gradient,magic",
+                 "--quiet"])
+    assert code == 2
+    assert "magic" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

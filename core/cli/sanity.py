@@ -1,0 +1,163 @@
+"""`prunescope sanity IMAGE [IMAGE ...] --out DIR`: cascading parameter randomisation per image.
+
+Writes DIR/<image stem>/sanity.json, spearman.png and ssim.png (similarity to the trained model's
+map against the blocks randomised, one line per method) and maps.png (maps at a few steps).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from core.cli.explain import add_model_options, method_list
+
+DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
+GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
+
+
+def sparsity_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sanity", help="model-randomisation sanity check: do the maps depend on the weights?",
+        description="Re-initialise the model's parameter blocks from the output down and compare "
+                    "each method's map with the trained model's (Spearman of |map|, SSIM).")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
+    add_model_options(p)
+    p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--target", type=int, help="class id to explain (default: the predicted class)")
+    p.add_argument("--sparsity", type=sparsity_percent, default=70.0,
+                   help="percent of neurons pruned by the pathway methods (default 70)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random re-initialisation")
+    p.set_defaults(run=run_sanity)
+
+
+def run_sanity(args) -> int:
+    from dataclasses import replace
+
+    from core.attribution import CLASSIC_METHODS, supports
+    from core.cli import fail
+    from core.engine import ALL_METHODS, Engine, compute_map
+    from core.errors import PruneScopeError
+    from core.images import load_image
+    from core.models import load_model
+    from core.progress import StderrBar, run
+    from core.sanity import iter_cascading_randomization
+
+    unknown = [m for m in args.methods if m not in ALL_METHODS]
+    if unknown:
+        return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    methods = []
+    for method in dict.fromkeys(args.methods):
+        ok, why = supports(method, model) if method in CLASSIC_METHODS else (True, "")
+        if ok:
+            methods.append(method)
+        else:
+            print(f"prunescope: note: {method} skipped: {why}", file=sys.stderr)
+    if not methods:
+        return fail(f"none of the methods can run on {model.name}")
+
+    def explain(module, x, target, method):
+        return compute_map(replace(model, module=module), x, target, method, sparsity=args.sparsity)
+
+    status = 0
+    for path in args.images:
+        bar = StderrBar(Path(path).name, quiet=args.quiet)
+        try:
+            engine = Engine(model, load_image(path), target=args.target)
+            result = run(iter_cascading_randomization(model.module, engine.x, engine.target, methods,
+                                                      explain, seed=args.seed), bar)
+            out = Path(args.out) / Path(path).stem
+            write_results(out, result, engine, model.name, path, args.sparsity)
+        except PruneScopeError as err:
+            status = fail(str(err) if str(path) in str(err) else f"{path}: {err}")
+            continue
+        except OSError as err:
+            status = fail(f"{path}: cannot write results: {err.strerror or err}")
+            continue
+        finally:
+            bar.close()
+        if not args.quiet:
+            last = ", ".join(f"{m} {result.spearman[m][-1]:.2f}" for m in methods)
+            print(f"{path}: {engine.prediction.name}: Spearman after full randomisation: {last} -> {out}")
+    return status
+
+
+def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float) -> None:
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"image": str(image_path), "model": model_name, "class_name": engine.prediction.name,
+            "probability": engine.prediction.prob, "sparsity": sparsity, **result.to_json()}
+    (out / "sanity.json").write_text(json.dumps(data, indent=2))
+    title = f"{Path(image_path).name}, {model_name}, class {engine.prediction.name}"
+    plot_similarity(out / "spearman.png", result, result.spearman, "Spearman rank correlation of |map|",
+                    title)
+    plot_similarity(out / "ssim.png", result, result.ssim, "SSIM of |map|", title)
+    plot_map_grid(out / "maps.png", result, engine.view)
+
+
+def _step_labels(result) -> list[str]:
+    return ["trained", *result.blocks]
+
+
+def plot_similarity(path: Path, result, values: dict, ylabel: str, title: str) -> None:
+    """One line per method against the blocks randomised so far (output block first)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    fig = Figure(figsize=(max(6.0, 0.35 * len(result.steps) + 2), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for method in result.methods:
+        ax.plot(result.steps, values[method], marker="o", markersize=3, label=method)
+    ax.set_xticks(result.steps, _step_labels(result), rotation=90, fontsize=7)
+    ax.set_xlabel("randomised down to (cumulative, from the output)")
+    ax.set_ylabel(ylabel)
+    low = min(min(v) for v in values.values())
+    ax.set_ylim(min(low - 0.05, 0.0), 1.05)
+    ax.axhline(0.0, color="gray", linewidth=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=120)
+
+
+def grid_steps(count: int, columns: int = GRID_COLUMNS) -> list[int]:
+    """`columns` steps spread evenly over 0..count-1, both ends included."""
+    import numpy as np
+
+    return sorted({int(round(s)) for s in np.linspace(0, count - 1, min(columns, count))})
+
+
+def plot_map_grid(path: Path, result, view) -> None:
+    """Rows: methods; columns: the image, then |map| at a few steps of the cascade."""
+    from matplotlib.figure import Figure
+
+    from core.display import colorize, normalize
+
+    steps = grid_steps(len(result.steps))
+    labels = _step_labels(result)
+    rows, cols = len(result.methods), len(steps) + 1
+    fig = Figure(figsize=(1.8 * cols, 1.9 * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for row, method in enumerate(result.methods):
+        axes[row][0].imshow(view)
+        axes[row][0].set_ylabel(method, fontsize=8)
+        for col, step in enumerate(steps, start=1):
+            attr = result.maps[method][step]
+            axes[row][col].imshow(colorize(normalize(attr, "absolute")))
+            if row == 0:
+                axes[row][col].set_title(labels[step], fontsize=7)
+            axes[row][col].set_xlabel(f"rho {result.spearman[method][step]:.2f}", fontsize=7)
+    for ax in (a for line in axes for a in line):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.savefig(path, dpi=100)
