@@ -121,7 +121,7 @@ class ControlPanel(QWidget):
         self.opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0.0, 1.0)
         self.opacity.setDecimals(2)
-        self.opacity.setValue(0.7)
+        self.opacity.setValue(0.85)
         self.sign = QComboBox()
         self.sign.addItems(list(display.SIGNS))
         self.sign.setToolTip("absolute: |map|; positive: evidence for the class; signed: both")

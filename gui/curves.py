@@ -33,8 +33,12 @@ class CurvesView(QWidget):
         for plot in (self.deletion, self.insertion):
             plot.setXRange(0, 1, padding=0.02)
             plot.setYRange(0, 1, padding=0.02)
-        self._legends = {plot: plot.addLegend(offset=(-4, 4), labelTextSize="8pt", verSpacing=-6)
-                         for plot in (self.deletion, self.insertion, self.sweep)}
+        # Where the curves are not: deletion falls from the top left, insertion rises to the
+        # top right, the sweep rises at high sparsity.
+        self._legends = {plot: plot.addLegend(offset=offset, labelTextSize="8pt", verSpacing=-6,
+                                              brush=pg.mkBrush(255, 255, 255, 200))
+                         for plot, offset in ((self.deletion, (-4, 4)), (self.insertion, (-4, -4)),
+                                              (self.sweep, (4, 4)))}
         self._lines: dict[tuple[str, str], pg.PlotDataItem] = {}
         self.sweep.setXRange(0, 100, padding=0.02)
         self.sweep_change = self.sweep.plot([], [], pen=pg.mkPen("#d62728", width=2), symbol="o",

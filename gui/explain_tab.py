@@ -18,6 +18,7 @@ from gui.heatmaps import HeatmapGrid
 from gui.masks import MaskView, default_layer
 
 CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
+SWEEP_SPARSITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
 LIVE_INTERVAL_MS = 80  # at most one live pathway request per interval while the slider drags
 SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
@@ -40,6 +41,8 @@ class ExplainTab(QWidget):
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
         self._announced = False
+        self.curve_steps = CURVE_STEPS
+        self.sweep_sparsities = SWEEP_SPARSITIES
 
         scroll = QScrollArea()
         scroll.setWidget(self.controls)
@@ -95,16 +98,13 @@ class ExplainTab(QWidget):
         return [self.params().method_name, *self.methods()]
 
     def is_complete(self) -> bool:
-        """Everything of the current engine is on screen."""
-        if self._engine is None or self._live is None:
+        """Everything of the current engine is on screen: maps, masks, curves and sweep."""
+        if self._engine is None or self._live is None or self.masks.layer() is None:
             return False
-        shown = [self.params().method_name, *[m for m in self.methods() if m in self._maps]]
-        return (self.heatmaps.ready() or self._all_skipped()) and self.masks.has_layer() \
-            and self.curves.ready(shown)
-
-    def _all_skipped(self) -> bool:
-        return all(self.heatmaps.shown_maps().get(m) is not None or m in self._skipped
-                   for m in self._panel_names())
+        shown = self.heatmaps.shown_maps()
+        if not all(m in shown or m in self._skipped for m in self._panel_names()):
+            return False
+        return self.curves.ready([m for m in self._panel_names() if m in shown])
 
     def _check_complete(self) -> None:
         if not self._announced and self.is_complete():
@@ -194,16 +194,16 @@ class ExplainTab(QWidget):
         engine = self._engine
         if engine is None:
             return
-        methods, params, memo = self.methods(), self.params(), self._memo
-        self.context.run_job(lambda: jobs.curves(engine, methods, params, memo, CURVE_STEPS),
+        methods, params, memo, steps = self.methods(), self.params(), self._memo, self.curve_steps
+        self.context.run_job(lambda: jobs.curves(engine, methods, params, memo, steps),
                              self._show_curves, key="curves", priority=PRIORITY_CURVES,
                              preemptible=True)
 
     def _request_sweep(self) -> None:
-        engine, params = self._engine, self.params()
+        engine, params, sparsities = self._engine, self.params(), self.sweep_sparsities
         if engine is None:
             return
-        self.context.run_job(lambda: jobs.sweep(engine, params), self._show_sweep, key="sweep",
+        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities), self._show_sweep, key="sweep",
                              priority=PRIORITY_BACKGROUND, preemptible=True)
 
     def _auto(self, tolerance: float) -> None:
@@ -224,8 +224,7 @@ class ExplainTab(QWidget):
         total = sum(t for _, _, t in result.kept)
         self.controls.set_pruned_status(result.output_change, result.prob, kept, total)
         self.heatmaps.set_map(p.method_name, result.map,
-                              f"{p.sparsity:.1f} % pruned · output change "
-                              f"{100 * result.output_change:.1f} %")
+                              f"{p.sparsity:.1f} % pruned · Δp {100 * result.output_change:.1f} %")
         self.masks.set_kept(result.kept)
         if result.layer is not None:
             self.masks.set_layer(result.layer)
@@ -299,7 +298,7 @@ class ExplainTab(QWidget):
         extra = {"tolerance": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
                  "values": c.sign.currentText(), "shared_scale": c.scale.currentData()}
         self.context.run_job(
-            lambda: jobs.export(engine, methods, params, CURVE_STEPS, out_dir, image_path, cmap,
+            lambda: jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path, cmap,
                                 alpha, extra),
             on_done, on_error=on_error, key="export", priority=PRIORITY_VIEW)
 

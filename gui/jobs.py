@@ -165,8 +165,8 @@ def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
     return engine, params, out
 
 
-def sweep(engine, params: Params):
-    result = yield from engine.iter_sweep(mode=params.mode, selector=params.selector,
+def sweep(engine, params: Params, sparsities):
+    result = yield from engine.iter_sweep(sparsities, mode=params.mode, selector=params.selector,
                                           steps=SWEEP_STEPS)
     return engine, params, result
 

@@ -107,7 +107,7 @@ class MaskView(QWidget):
         self.next_page.clicked.connect(lambda: self.turn_page(1))
         self.page_label = _caption()
         self.hover_label = _caption("color: #555; font-size: 8pt")
-        self.hover_label.setText("hover a tile: channel, neurons kept, score sum")
+        self.hover_label.setText("most kept first · hover a tile for its channel")
 
         count_panel = QWidget()
         count_layout = QVBoxLayout(count_panel)
@@ -252,9 +252,8 @@ class MaskView(QWidget):
         self._grid = (columns, th, tw, len(ids))
         self.tiles.setImage(mosaic, autoLevels=False, levels=(0, 255))
         self.tile_box.autoRange(padding=0.01)
-        shown = f"channels {first + 1}–{first + len(ids)} of {channels}" if pages > 1 \
-            else f"{channels} channels"
-        self.page_label.setText(f" {shown}, most kept first")
+        self.page_label.setText(f" {first + 1}–{first + len(ids)} of {channels} channels"
+                                if pages > 1 else f" {channels} channels")
         self.prev_page.setEnabled(self._page > 0)
         self.next_page.setEnabled(self._page < pages - 1)
 

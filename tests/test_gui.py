@@ -1,0 +1,205 @@
+"""The desktop app end to end, offscreen, on a real photo and the embedded model (CPU).
+
+One window analyses coffee.png once (module fixture); the tests then drive it as a user would.
+Kept lean: one classic method, a 3-point sparsity sweep, 10-step curves."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from core import display  # noqa: E402
+from core.progress import Progress  # noqa: E402
+
+ANALYSIS_TIMEOUT_MS = 600_000  # a loaded 2-core machine; normally well under a minute
+PATHWAY = "pathway-gradient"
+
+
+@pytest.fixture(scope="module")
+def settings_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("settings")
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    ini = folder / "PruneScope" / "prunescope.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text("[explain]\nmethods=gradient\nsparsity=70\n[General]\ndevice=cpu\n")
+    return folder
+
+
+def lean_window(images=()):
+    from gui.window import MainWindow
+
+    window = MainWindow()
+    window.explain.curve_steps = 10
+    window.explain.sweep_sparsities = (0, 50, 90)
+    window.show()
+    if images:
+        window.open_paths(list(images))
+    return window
+
+
+def wait_until(qapp, condition, timeout_ms=ANALYSIS_TIMEOUT_MS):
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the window did not get there in time")
+        qapp.processEvents()
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def window(qapp, settings_dir):
+    from tests.conftest import photo_path
+
+    win = lean_window([photo_path("coffee.png")])
+    wait_until(qapp, win.explain.is_complete)
+    yield win
+    win.close()
+
+
+def test_opening_a_photo_fills_every_view(window):
+    tab = window.explain
+    assert window.context.current_prediction().name == "espresso"
+    assert "espresso" in tab.controls.prediction.text()
+    assert tab.controls.top5.count() == 5
+    maps = tab.heatmaps.shown_maps()
+    assert set(maps) == {PATHWAY, "gradient"}
+    for attr in maps.values():
+        assert attr.shape == (224, 224) and np.isfinite(attr).all() and np.abs(attr).max() > 0
+    kept = tab.masks.kept()
+    assert len(kept) == len(window.context.current_engine().layers)
+    assert tab.masks.layer() is not None
+    assert set(tab.curves.curves()) == {PATHWAY, "gradient"}
+    assert window.strip.count() >= 1
+
+
+def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp):
+    tab, slider = window.explain, window.explain.controls.sparsity
+    shown = []
+    original = tab.heatmaps.set_map
+
+    def spy(name, raw, note=""):
+        if name == PATHWAY:
+            shown.append(tab._live.params.sparsity)
+        original(name, raw, note)
+
+    tab.heatmaps.set_map = spy
+    try:
+        values = [round(v, 1) for v in np.random.default_rng(0).uniform(5, 95, 50)]
+        for value in values:
+            slider.setValue(value)
+            qapp.processEvents()
+        final = tab.params()
+        wait_until(qapp, lambda: window.context.is_idle() and tab._live.params == final
+                   and tab.is_complete())
+    finally:
+        tab.heatmaps.set_map = original
+    assert final.sparsity == values[-1]
+    # Results arrive in request order: a stale (older) value is never drawn after a newer one.
+    order = [values.index(v) for v in shown]
+    assert order == sorted(order) and order[-1] == len(values) - 1
+
+    engine = window.context.current_engine()
+    expected = engine.pathway(final.sparsity, final.mode, final.selector, final.method)
+    panel = tab.heatmaps.panel(PATHWAY)
+    np.testing.assert_array_equal(panel.raw, expected.map)
+    np.testing.assert_allclose(panel.heat.image, display.normalize(expected.map, "absolute"),
+                               atol=1e-6)
+    assert tab.masks.kept() == expected.kept
+    layer = tab.masks.layer()
+    np.testing.assert_array_equal(layer.masks, expected.masks[layer.index].cpu().numpy())
+    assert int(layer.kept.sum()) == expected.kept[layer.index][1]
+    assert tab.curves.marker.value() == pytest.approx(final.sparsity)
+
+
+def test_display_changes_redraw_without_computing(window, qapp):
+    tab = window.explain
+    submitted = []
+    original = window.context.run_job
+    window.context.run_job = lambda *a, **k: submitted.append(k.get("key")) or original(*a, **k)
+    try:
+        before = tab.heatmaps.panel("gradient").heat.image.copy()
+        tab.controls.sign.setCurrentText("signed")
+        tab.controls.colormap.setCurrentText("viridis")
+        tab.controls.opacity.setValue(0.3)
+        qapp.processEvents()
+        after = tab.heatmaps.panel("gradient").heat.image
+        assert after.min() < 0 <= before.min()  # signed values now, from the same raw map
+        np.testing.assert_allclose(after, display.normalize(tab.heatmaps.panel("gradient").raw, "signed"))
+    finally:
+        window.context.run_job = original
+        tab.controls.sign.setCurrentText("absolute")
+    assert submitted == []
+
+
+def test_choosing_a_layer_shows_its_channels(window, qapp):
+    tab = window.explain
+    engine = window.context.current_engine()
+    tab.masks.select_layer(3)
+    wait_until(qapp, lambda: tab.masks.layer() is not None and tab.masks.layer().index == 3)
+    layer = tab.masks.layer()
+    masks = engine.masks(tab.params().sparsity, "global", "taylor")[3].cpu().numpy()
+    assert layer.masks.shape == masks.shape
+    np.testing.assert_array_equal(layer.count, masks.sum(0))
+    assert list(layer.kept[layer.order]) == sorted(layer.kept, reverse=True)
+
+
+def test_a_corrupt_file_leaves_the_app_running_with_a_message(window, qapp, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50)
+    before = window.context.current_image_path()
+    window.open_paths([bad])
+    wait_until(qapp, lambda: "broken.png" in window.statusBar().currentMessage()
+               and window.context.is_idle(), 120_000)
+    assert window.isVisible()
+    assert window.context.current_image_path() == before
+    assert PATHWAY in window.explain.heatmaps.shown_maps()  # the previous results stay
+
+
+def test_export_writes_every_file(window, qapp, tmp_path):
+    window.export_to(tmp_path)
+    wait_until(qapp, lambda: window.statusBar().currentMessage().startswith("Exported"))
+    out = tmp_path / window.context.current_image_path().stem
+    expected = {"input.npy", "report.json", "curves.csv", "comparison.png"}
+    for method in (PATHWAY, "gradient"):
+        expected |= {f"{method}.npy", f"{method}.png"}
+    assert expected <= {p.name for p in out.iterdir()}
+    np.testing.assert_array_equal(np.load(out / f"{PATHWAY}.npy"),
+                                  window.explain.heatmaps.panel(PATHWAY).raw)
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"]["name"] == "espresso"
+    assert report["settings"]["sparsity"] == window.explain.params().sparsity
+
+
+def test_screenshot_of_the_window_is_not_blank(window, tmp_path):
+    image = window.grab().toImage()
+    assert image.width() >= 1000 and image.height() >= 600
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 5) for y in range(0, image.height(), 5)}
+    assert len(colours) > 500  # photo, heatmaps and plots, not a blank or single-colour window
+
+
+def test_closing_during_a_job_ends_the_worker(qapp, settings_dir):
+    window = lean_window()
+    wait_until(qapp, lambda: window.context.current_model() is not None and window.context.is_idle())
+    finished, running = threading.Event(), threading.Event()
+
+    def endless():
+        try:
+            while True:
+                running.set()
+                time.sleep(0.02)
+                yield Progress(0.5, "busy")
+        finally:
+            finished.set()
+
+    window.context.run_job(endless, lambda _result: None, key="long")
+    assert running.wait(30)
+    window.close()
+    assert window.worker_stopped  # the job ended at its next step, the thread with it
+    assert finished.is_set()
+    assert window.context._runner.isFinished()
