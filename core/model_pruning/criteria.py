@@ -86,14 +86,19 @@ def _capture_outputs(module: nn.Module):
             h.remove()
 
 
-def _backward_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, combine) -> Scores:
-    """One forward and backward of the target logits; combine(out, grad) -> per-channel scores."""
+def _backward_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, combine,
+                     start_with_logit: bool = False) -> Scores:
+    """One forward and backward of the target logits; combine(out, grad) -> per-channel scores.
+    start_with_logit: the backward starts from the target logit's value rather than 1 (LRP's
+    initial relevance, as core.attribution's LRP map)."""
     x = x.detach().requires_grad_(True)  # parameters are frozen: the input puts layers in the graph
     with torch.enable_grad(), _capture_outputs(module) as kept:
         logits = module(x)
         outs = [(name, t) for name, ts in kept.items() for t in ts]
         one_hot = torch.zeros_like(logits)
         one_hot[torch.arange(len(targets)), targets] = 1
+        if start_with_logit:
+            one_hot = one_hot * logits.detach()
         grads = torch.autograd.grad(logits, [t for _, t in outs], grad_outputs=one_hot, allow_unused=True)
     scores: Scores = {}
     for (name, out), grad in zip(outs, grads):
@@ -114,7 +119,7 @@ def lrp_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, compos
     gradient, so the "gradient" reaching a tensor is its relevance."""
     private = copy.deepcopy(module).eval()  # canonizers rewrite weights while active
     with composite.context(private):
-        return _backward_scores(private, x, targets, lambda _a, r: r.abs())
+        return _backward_scores(private, x, targets, lambda _a, r: r.abs(), start_with_logit=True)
 
 
 def lrp_composite(model, module: nn.Module, x: torch.Tensor):
