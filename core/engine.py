@@ -311,6 +311,8 @@ class Engine:
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
                 selector: str = "taylor", mode: str = "global") -> np.ndarray:
     """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
+    if method in attribution.CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
+        return attribution.attribute(method, model, x.to(model.device), target)
     return Engine.from_tensor(model, x, target).attribution(method, sparsity, mode, selector)
 
 

@@ -45,12 +45,13 @@ class StderrBar:
     def __init__(self, label: str, quiet: bool = False, delay: float = 2.0):
         from tqdm import tqdm
 
+        self._label = label
         self._bar = tqdm(total=1000, desc=label, disable=quiet, delay=delay, file=sys.stderr,
-                         leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+                         leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}|")
 
     def __call__(self, step: Progress) -> None:
         self._bar.n = int(1000 * min(max(step.done, 0.0), 1.0))
-        self._bar.set_postfix_str(step.message, refresh=True)
+        self._bar.set_description_str(f"{self._label}: {step.message}", refresh=True)
 
     def close(self) -> None:
         self._bar.close()
