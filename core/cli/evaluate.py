@@ -1,0 +1,459 @@
+"""`prunescope evaluate` (ground-truth metrics, deletion/insertion, sanity checks over a dataset)
+and `prunescope roar` (remove and retrain), on the synthetic benchmark or an image folder.
+
+Both run under `torchrun --nproc_per_node N main.py evaluate|roar ...`: images and ROAR jobs are
+shared out over the processes and rank 0 writes the results, the same as one process would.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from core.cli.explain import method_list
+
+SYNTHETIC = "synthetic"
+ROAR_DEFAULT = ("gradient", "grad-cam", "pathway-gradient")
+
+
+def percent_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fractions must be comma-separated percentages: {text}")
+    if not values or any(not 0 < v < 100 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must be percentages in (0, 100): {text}")
+    return [v / 100 for v in values]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number: {text}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1: {text}")
+    return value
+
+
+def sparsity_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, metavar="synthetic|DIR",
+                   help="'synthetic' (generated, with exact ground truth) or an image folder "
+                        "DIR/<class>/<image> (ImageFolder layout)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument("--model", default=None,
+                   help="model for an image folder (default efficientnet_lite0); the synthetic "
+                        "dataset uses its own trained CNN")
+    p.add_argument("--weights", metavar="FILE", help="a local weights file for --model")
+    p.add_argument("--masks", metavar="DIR",
+                   help="ground-truth masks for an image folder, as MASKS/<class>/<image stem>.png "
+                        "(pixels >= 128 are the object; default DIR_masks when it exists)")
+    p.add_argument("--target", choices=("label", "predicted"),
+                   help="class explained: the true label (default for synthetic) or the model's "
+                        "prediction (default for a folder; 'label' there needs folder indices that "
+                        "match the model's classes)")
+    p.add_argument("--sparsity", type=sparsity_percent, default=70.0,
+                   help="percent of neurons pruned by the pathway methods (default 70)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("synthetic dataset (the model is trained once and cached)")
+    g.add_argument("--classes", type=positive_int, default=6, help="object classes, 2-10 (default 6)")
+    g.add_argument("--synthetic-train", type=positive_int, default=3000,
+                   help="training images for the benchmark CNN (default 3000)")
+    g.add_argument("--synthetic-test", type=positive_int, default=1000,
+                   help="test images (default 1000)")
+    g.add_argument("--synthetic-epochs", type=positive_int, default=5,
+                   help="training epochs of the benchmark CNN (default 5)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="where the trained benchmark CNN is kept (default ~/.cache/prunescope/synthetic)")
+
+
+def register(subparsers) -> None:
+    from core.evaluation import DEFAULT_METHODS
+
+    p = subparsers.add_parser(
+        "evaluate", help="score explanation methods on a dataset: pointing game, relevance mass, "
+                         "deletion/insertion AUC, sanity checks",
+        description="Score every method on a dataset. Ground-truth metrics (pointing game, "
+                    "relevance mass) need masks: the synthetic dataset has them; an image folder "
+                    "has them with --masks.")
+    _common(p)
+    p.add_argument("--methods", type=method_list, default=[*DEFAULT_METHODS, "random"],
+                   help=f"comma-separated; 'random' and 'oracle' (the ground truth) are reference "
+                        f"maps (default: {','.join(DEFAULT_METHODS)},random)")
+    p.add_argument("--images", type=positive_int, default=100,
+                   help="test images scored (default 100)")
+    p.add_argument("--sanity-images", type=int, default=4,
+                   help="images given the cascading randomisation check (default 4; 0 skips it)")
+    p.add_argument("--steps", type=positive_int, default=20,
+                   help="deletion/insertion steps (default 20)")
+    p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
+                   help="what deleted pixels become (default: the dataset mean)")
+    p.set_defaults(run=run_evaluate)
+
+    r = subparsers.add_parser(
+        "roar", help="RemOve And Retrain: accuracy of models retrained without each method's "
+                     "most relevant pixels",
+        description="For each method and fraction, replace that fraction of every training and "
+                    "test image's most relevant pixels with the dataset mean, train a fresh model "
+                    "on the rest and test it. A lower curve (area) means the method found the "
+                    "evidence better. A random order is always included as the baseline.")
+    _common(r)
+    r.add_argument("--methods", type=method_list, default=list(ROAR_DEFAULT),
+                   help=f"comma-separated; 'random' is always added, 'oracle' (ground truth) is "
+                        f"allowed with masks (default: {','.join(ROAR_DEFAULT)})")
+    r.add_argument("--fractions", type=percent_list, default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="percent of pixels removed (default 10,30,50,70,90)")
+    r.add_argument("--train-images", type=positive_int, default=1000,
+                   help="training images for each retrained model (default 1000)")
+    r.add_argument("--test-images", type=positive_int, default=500,
+                   help="test images (default 500)")
+    r.add_argument("--epochs", type=positive_int, default=6, help="retraining epochs (default 6)")
+    r.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
+    r.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    r.set_defaults(run=run_roar)
+
+
+# ---- shared set-up -------------------------------------------------------------------------
+
+def _synthetic_config(args):
+    from core.synthetic import SyntheticConfig, TrainConfig
+
+    data = SyntheticConfig(classes=args.classes, train=args.synthetic_train,
+                           test=args.synthetic_test, seed=args.seed)
+    return data, TrainConfig(epochs=args.synthetic_epochs, seed=args.seed)
+
+
+def _synthetic_model(args, ctx, bar):
+    """The trained benchmark CNN: rank 0 trains it if the cache lacks it, the others then load it."""
+    from core.distributed import all_ok, barrier
+    from core.errors import ModelError
+    from core.progress import run
+    from core.synthetic import iter_trained_model
+
+    data, train = _synthetic_config(args)
+    trained, failure = None, None
+    if ctx.is_main:
+        try:
+            trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device), bar)
+        except Exception as err:  # the other ranks must hear of it rather than wait forever
+            failure = err
+    if not all_ok(failure is None, ctx):
+        raise failure or ModelError("rank 0 could not prepare the synthetic model")
+    barrier(ctx)
+    if not ctx.is_main:
+        trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device, may_train=False))
+    return data, trained
+
+
+def _folder_model(args, ctx):
+    from core.models import load_model
+
+    return load_model(args.model or "efficientnet_lite0", weights=args.weights, device=ctx.device)
+
+
+def _masks_dir(args):
+    if args.masks:
+        return args.masks
+    default = Path(str(Path(args.dataset)).rstrip("/") + "_masks")
+    return default if default.is_dir() else None
+
+
+def _check_args(args):
+    from core.errors import PruneScopeError
+
+    if args.dataset == SYNTHETIC:
+        if args.model or args.weights or args.masks:
+            raise PruneScopeError("--model, --weights and --masks are for an image folder; the "
+                                  "synthetic dataset brings its own model and masks")
+    elif not Path(args.dataset).is_dir():
+        raise PruneScopeError(f"{args.dataset}: not 'synthetic' and not a folder")
+
+
+def _model_info(model, trained=None) -> dict:
+    info = {"name": model.name, "classes": len(model.class_names),
+            "input_size": model.input_size}
+    if trained is not None:
+        info.update(test_accuracy=trained.test_accuracy, train_seconds=trained.train_seconds,
+                    cached=trained.cached, weights=str(trained.path))
+    return info
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=2))
+
+
+# ---- evaluate ------------------------------------------------------------------------------
+
+def run_evaluate(args) -> int:
+    import time
+
+    from core.distributed import setup, teardown
+    from core.evaluation import BenchmarkSettings, folder_source, iter_benchmark, synthetic_source
+    from core.progress import StderrBar, run
+
+    _check_args(args)
+    ctx = setup(args.device)
+    bar = StderrBar("evaluate", quiet=args.quiet or not ctx.is_main)
+    started = time.perf_counter()
+    try:
+        trained = None
+        if args.dataset == SYNTHETIC:
+            data, trained = _synthetic_model(args, ctx, bar)
+            model = trained.model
+            source = synthetic_source(data, "test")
+        else:
+            model = _folder_model(args, ctx)
+            source = folder_source(args.dataset, _masks_dir(args))
+        settings = BenchmarkSettings(
+            methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
+            steps=args.steps, baseline=args.baseline, sparsity=args.sparsity,
+            target=args.target or ("label" if args.dataset == SYNTHETIC else "predicted"),
+            seed=args.seed)
+        result = run(iter_benchmark(model, source, settings, ctx), bar)
+    finally:
+        bar.close()
+        teardown(ctx)
+    if result is None:  # not rank 0
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
+    result.update(command="evaluate", model=_model_info(model, trained), world_size=ctx.world,
+                  seconds=time.perf_counter() - started)
+    _write_json(out / "results.json", result)
+    plot_bars(out / "bars.png", result)
+    plot_curves(out / "curves.png", result)
+    if result["sanity"]:
+        plot_sanity(out, result, sanity_example)
+    if examples:
+        plot_examples(out / "maps.png", examples, model.class_names)
+    if not args.quiet:
+        print_table(result)
+        print(f"results in {out}")
+    for line in result["errors"]:
+        print(f"prunescope: error: {line}", file=sys.stderr)
+    for method, why in result["skipped"].items():
+        print(f"prunescope: note: {method} skipped: {why}", file=sys.stderr)
+    return 2 if result["errors"] else 0
+
+
+def print_table(result: dict) -> None:
+    def cell(entry, key):
+        value = entry.get(key)
+        return f"{value:8.3f}" if value is not None else "       -"
+
+    acc = result.get("accuracy")
+    print(f"{result['images']} images of {result['dataset']}"
+          + (f", model accuracy {acc:.1%}" if acc is not None else "")
+          + (f", pointing-game chance {result['chance_pointing']:.3f}"
+             if result["chance_pointing"] is not None else ""))
+    print(f"{'method':30s} pointing     mass  del.AUC  ins.AUC  sanity-rho")
+    for method, entry in result["methods"].items():
+        print(f"{method:30s} {cell(entry, 'pointing_game')} {cell(entry, 'relevance_mass')} "
+              f"{cell(entry, 'deletion_auc')} {cell(entry, 'insertion_auc')} "
+              f"{cell(entry, 'sanity_spearman')}")
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_bars(path: Path, result: dict) -> None:
+    """One panel per metric, a bar per method, with standard errors."""
+    panels = [("pointing_game", "pointing game (higher is better)"),
+              ("relevance_mass", "relevance mass in the mask (higher is better)"),
+              ("deletion_auc", "deletion AUC (lower is better)"),
+              ("insertion_auc", "insertion AUC (higher is better)")]
+    panels = [p for p in panels if any(p[0] in e for e in result["methods"].values())]
+    methods = list(result["methods"])
+    fig = _figure(4.2 * len(panels), 3.8)
+    for ax, (key, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        values = [result["methods"][m].get(key, float("nan")) for m in methods]
+        errors = [result["methods"][m].get(f"{key}_sem", 0.0) for m in methods]
+        ax.bar(range(len(methods)), values, yerr=errors, color="tab:blue", capsize=2)
+        if key in ("pointing_game", "relevance_mass") and result["chance_pointing"] is not None:
+            ax.axhline(result["chance_pointing"], color="gray", linestyle="--", linewidth=1,
+                       label="object area (chance)")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1.05 if key in ("pointing_game", "relevance_mass") else None)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{result['dataset']}: {result['images']} images", fontsize=10)
+    fig.savefig(path, dpi=110)
+
+
+def plot_curves(path: Path, result: dict) -> None:
+    fig = _figure(10, 4)
+    axes = fig.subplots(1, 2)
+    for method, c in result["curves"].items():
+        for ax, key in zip(axes, ("deletion", "insertion")):
+            auc = result["methods"][method][f"{key}_auc"]
+            ax.plot(c["fractions"], c[key], label=f"{method} ({auc:.3f})")
+    for ax, key in zip(axes, ("deletion", "insertion")):
+        ax.set_xlabel(f"fraction of pixels {'removed' if key == 'deletion' else 'revealed'}")
+        ax.set_ylabel("target probability (mean)")
+        ax.set_title(f"{key} (AUC in brackets)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def plot_sanity(out: Path, result: dict, example) -> None:
+    """The sanity command's plots, on the per-step means over the checked images."""
+    from core.cli.sanity import plot_map_grid, plot_similarity
+    from core.sanity import SanityResult
+
+    s = result["sanity"]
+    mean = SanityResult(methods=list(s["spearman"]), target=-1, seed=result["settings"]["seed"],
+                        blocks=s["blocks"], steps=s["steps"], spearman=s["spearman"],
+                        ssim=s["ssim"])
+    title = f"{result['dataset']}: mean over {len(s['images'])} images"
+    plot_similarity(out / "sanity_spearman.png", mean, mean.spearman,
+                    "Spearman rank correlation of |map|", title)
+    plot_similarity(out / "sanity_ssim.png", mean, mean.ssim, "SSIM of |map|", title)
+    if example is not None:
+        plot_map_grid(out / "sanity_maps.png", example["result"], example["view"])
+
+
+def plot_examples(path: Path, examples, class_names) -> None:
+    """Rows: images (ground truth outlined); columns: methods."""
+    import numpy as np
+
+    from core.display import colorize, normalize
+
+    methods = list(examples[0]["maps"])
+    rows, cols = len(examples), len(methods) + 1
+    fig = _figure(1.7 * cols, 1.8 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for row, ex in enumerate(examples):
+        axes[row][0].imshow(ex["view"])
+        if ex["mask"] is not None:
+            axes[row][0].contour(ex["mask"].astype(np.float32), levels=[0.5], colors="white",
+                                 linewidths=0.8)
+        name = class_names[ex["target"]] if ex["target"] < len(class_names) else ex["target"]
+        axes[row][0].set_ylabel(str(name), fontsize=7)
+        for col, method in enumerate(methods, start=1):
+            if method in ex["maps"]:
+                axes[row][col].imshow(colorize(normalize(ex["maps"][method], "absolute")))
+            if row == 0:
+                axes[row][col].set_title(method, fontsize=7)
+    for ax in (a for line in axes for a in line):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.savefig(path, dpi=100)
+
+
+# ---- roar ----------------------------------------------------------------------------------
+
+def run_roar(args) -> int:
+    import time
+
+    from core.distributed import setup, teardown
+    from core.evaluation import (
+        RoarSettings, fingerprint, folder_source, iter_roar, load_dataset)
+    from core.progress import StderrBar, run
+    from core.synthetic import SmallResNet, make_split, reinitialise
+
+    _check_args(args)
+    ctx = setup(args.device)
+    bar = StderrBar("roar", quiet=args.quiet or not ctx.is_main)
+    started = time.perf_counter()
+    target = args.target or ("label" if args.dataset == SYNTHETIC else "predicted")
+    try:
+        trained = None
+        if args.dataset == SYNTHETIC:
+            data, trained = _synthetic_model(args, ctx, bar)
+            model = trained.model
+            train = make_split(data, "train", min(args.train_images, data.train))
+            test = make_split(data, "test", min(args.test_images, data.test))
+
+            def make_fresh(seed):
+                return reinitialise(SmallResNet(data.classes), seed)
+        else:
+            import copy
+
+            model = _folder_model(args, ctx)
+            train, test = _folder_split(args, model, target)
+
+            def make_fresh(seed):  # the explained architecture, trained from scratch
+                return reinitialise(copy.deepcopy(model.module).cpu(), seed)
+        data_key = fingerprint(train.images, train.labels, test.images, test.labels)
+        settings = RoarSettings(methods=args.methods, fractions=args.fractions,
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                sparsity=args.sparsity, target=target, seed=args.seed)
+        out = Path(args.out)
+        result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,
+                               ctx), bar)
+    finally:
+        bar.close()
+        teardown(ctx)
+    if result is None:
+        return 0
+    result.update(command="roar", dataset=args.dataset, model=_model_info(model, trained),
+                  world_size=ctx.world, seconds=time.perf_counter() - started)
+    _write_json(out / "roar.json", result)
+    plot_roar(out / "roar.png", result)
+    if not args.quiet:
+        print(f"{result['train_images']} training / {result['test_images']} test images; "
+              f"unchanged data: accuracy {result['unchanged_accuracy']:.3f}")
+        fractions = result["methods"][next(iter(result["methods"]))]["fractions"][1:]
+        print(f"{'method':30s} " + " ".join(f"{f:6.0%}" for f in fractions) + "     AUC")
+        for method, entry in result["methods"].items():
+            print(f"{method:30s} " + " ".join(f"{a:6.3f}" for a in entry["accuracy"][1:])
+                  + f"  {entry['auc']:6.3f}")
+        print(f"results in {out}")
+    for method, why in result["skipped"].items():
+        print(f"prunescope: note: {method} skipped: {why}", file=sys.stderr)
+    return 0
+
+
+def _folder_split(args, model, target):
+    """DIR/train and DIR/test when both exist; else every fifth image (by sorted order) is a test
+    image. Capped at --train-images / --test-images."""
+    from core.evaluation import folder_source, load_dataset
+
+    root = Path(args.dataset)
+    masks = _masks_dir(args)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        parts = []
+        for split, cap in (("train", args.train_images), ("test", args.test_images)):
+            source = folder_source(root / split, Path(masks) / split if masks else None)
+            parts.append(load_dataset(model, source, range(min(cap, source.count)), target))
+        return tuple(parts)
+    source = folder_source(root, masks)
+    test_rows = [i for i in range(source.count) if i % 5 == 0][:args.test_images]
+    train_rows = [i for i in range(source.count) if i % 5][:args.train_images]
+    return (load_dataset(model, source, train_rows, target),
+            load_dataset(model, source, test_rows, target))
+
+
+def plot_roar(path: Path, result: dict) -> None:
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    for method, entry in result["methods"].items():
+        style = "--" if method in ("random", "oracle") else "-"
+        ax.plot([100 * f for f in entry["fractions"]], entry["accuracy"], style, marker="o",
+                markersize=3, label=f"{method} (AUC {entry['auc']:.3f})")
+    ax.set_xlabel("% of most relevant pixels removed (then retrained)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"ROAR on {result['dataset']} (lower = the method found the evidence)",
+                 fontsize=9)
+    fig.savefig(path, dpi=110)
