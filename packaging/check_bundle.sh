@@ -30,6 +30,14 @@ time "$app" explain "$bundle/_internal/resources/samples/coffee.png" --out "$out
     --methods pathway-gradient,grad-cam,lrp --steps 4 --device cpu --quiet
 find "$out/explain" -type f | sed "s|^$out/||" | sort
 
+echo "== prunescope sanity (scipy, scikit-image)"
+time "$app" sanity "$bundle/_internal/resources/samples/coffee.png" --out "$out/sanity" \
+    --methods gradient --quiet
+find "$out/sanity" -type f | sed "s|^$out/||" | sort
+
+echo "== prunescope prune (Torch-Pruning)"
+time "$app" prune --criterion l1 --sparsity 20 --out "$out/pruned.pt" --device cpu --quiet
+
 echo "== prunescope --self-test"
 time "$app" --self-test
 
