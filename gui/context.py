@@ -45,6 +45,7 @@ class _Request:
     on_result: Callable[[Any], None]
     on_progress: Callable[[Progress], None] | None
     on_error: Callable[[Exception], None] | None
+    on_end: Callable[[], None] | None
 
 
 class AppContext(QObject):
@@ -112,7 +113,8 @@ class AppContext(QObject):
     def run_job(self, job_factory: Callable[[], Any], on_result: Callable[[Any], None],
                 on_progress: Callable[[Progress], None] | None = None,
                 on_error: Callable[[Exception], None] | None = None, key: str = "default",
-                priority: int = PRIORITY_BACKGROUND, preemptible: bool = False) -> int:
+                priority: int = PRIORITY_BACKGROUND, preemptible: bool = False,
+                on_end: Callable[[], None] | None = None) -> int:
         """Run a job on the single background worker; returns its request id.
 
         job_factory: called on the worker with no arguments; returns a generator that yields
@@ -124,9 +126,11 @@ class AppContext(QObject):
         priority: lower runs first (PRIORITY_ENGINE < LIVE < VIEW < CURVES < BACKGROUND).
         preemptible: a job that may be stopped and restarted from scratch (factory called
             again) when a more urgent one arrives; leave False for long jobs such as benchmarks.
+        on_end(): called on the GUI thread once the job is over for any reason (delivered,
+            failed, cancelled or superseded), after on_result / on_error.
         """
         job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible)
-        self._requests[job_id] = _Request(key, on_result, on_progress, on_error)
+        self._requests[job_id] = _Request(key, on_result, on_progress, on_error, on_end)
         self._latest[key] = job_id
         return job_id
 
@@ -280,6 +284,8 @@ class AppContext(QObject):
         if request is not None and self._latest.get(request.key) == job_id:
             del self._latest[request.key]
         self._set_busy(not self._runner.is_idle())
+        if request is not None and request.on_end is not None:
+            request.on_end()
 
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:

@@ -41,6 +41,8 @@ class ExplainTab(QWidget):
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
         self._announced = False
+        self._live_running = False
+        self._live_again = False
         self.curve_steps = CURVE_STEPS
         self.sweep_sparsities = SWEEP_SPARSITIES
 
@@ -166,14 +168,28 @@ class ExplainTab(QWidget):
         self._request_curves()
 
     def _request_live(self) -> None:
+        """One live job at a time: a request while one runs is coalesced into the next job,
+        which starts from the settings of the moment it ends. So a drag shows a new map as
+        fast as they can be computed, each for the latest value asked when it started, and
+        no result is thrown away half-way (one masked backward cannot be interrupted)."""
         engine = self._engine
         if engine is None:
+            return
+        if self._live_running:
+            self._live_again = True
             return
         params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
         if layer is None:
             layer = default_layer(len(engine.layers))
+        self._live_running = True
         self.context.run_job(lambda: jobs.live(engine, params, layer, memo), self._show_live,
-                             key="live", priority=PRIORITY_LIVE)
+                             key="live", priority=PRIORITY_LIVE, on_end=self._live_ended)
+
+    def _live_ended(self) -> None:
+        self._live_running = False
+        if self._live_again:
+            self._live_again = False
+            self._request_live()
 
     def _request_layer(self, index: int) -> None:
         engine = self._engine

@@ -28,7 +28,6 @@ def app_settings() -> QSettings:
 
 
 class MainWindow(QMainWindow):
-    first_model_loaded = Signal()
     load_failed = Signal(str)  # an image or model could not be opened (message)
 
     def __init__(self, images=(), parent=None):
@@ -66,6 +65,7 @@ class MainWindow(QMainWindow):
         self.context.progress.connect(self._progress)
         self.context.image_changed.connect(self._image_changed)
         self._restore_settings()
+        self.explain.controls.prediction.setText("Loading the model…")
 
         self.context.run_job(jobs.startup, self._started, key="startup", priority=PRIORITY_ENGINE)
         self.load_model(ModelChoice(self._saved_model, None, self._saved_device), first=True)
@@ -212,8 +212,10 @@ class MainWindow(QMainWindow):
         def loaded(model):
             self._show_choice(choice)
             self.show_message(f"{choice.label()} on {model.device}")
-            if first:
-                self.first_model_loaded.emit()
+            if first and self._pending_image is None:
+                self.explain.controls.prediction.setText(
+                    "Open an image: File → Open, drop files or a folder here, "
+                    "or Help → Open sample image")
 
         def failed(error):
             previous = self.context.current_model_choice()
@@ -228,6 +230,7 @@ class MainWindow(QMainWindow):
     def open_image(self, path) -> None:
         """Analyse one image file (what File → Open, drops, the strip and samples call)."""
         path = Path(path)
+        self._pending_image = path
         self.show_message(f"Opening {path.name}…")
 
         def failed(error):

@@ -176,11 +176,41 @@ def test_export_writes_every_file(window, qapp, tmp_path):
     assert report["settings"]["sparsity"] == window.explain.params().sparsity
 
 
+def test_bad_weights_show_the_error_and_keep_the_previous_model(window, qapp, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    from gui.context import ModelChoice
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    before = window.context.current_model()
+    window.load_model(ModelChoice("resnet18", str(bad), "cpu"))
+    wait_until(qapp, lambda: window.findChildren(QMessageBox) and window.context.is_idle(), 120_000)
+    dialog = window.findChildren(QMessageBox)[-1]
+    assert "bad.pth" in dialog.text()
+    dialog.close()
+    assert window.context.current_model() is before
+    assert window.model_box.currentData() == before.name
+    assert PATHWAY in window.explain.heatmaps.shown_maps()
+
+
 def test_screenshot_of_the_window_is_not_blank(window, tmp_path):
     image = window.grab().toImage()
     assert image.width() >= 1000 and image.height() >= 600
     colours = {image.pixel(x, y) for x in range(0, image.width(), 5) for y in range(0, image.height(), 5)}
     assert len(colours) > 500  # photo, heatmaps and plots, not a blank or single-colour window
+
+
+def test_clicking_a_top5_class_explains_that_class(window, qapp):
+    tab = window.explain
+    second = window.context.current_prediction().top5[1]
+    tab.controls.top5.itemClicked.emit(tab.controls.top5.item(1))
+    wait_until(qapp, lambda: tab._engine.target == second[0] and tab.is_complete())
+    assert window.context.current_prediction().name == second[1]
+    assert second[1] in tab.controls.prediction.text()
+    engine = window.context.current_engine()
+    expected = engine.pathway(tab.params().sparsity)
+    np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
 
 
 def test_closing_during_a_job_ends_the_worker(qapp, settings_dir):

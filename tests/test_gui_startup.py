@@ -1,0 +1,30 @@
+"""How the app starts, from source: torch waits for the window, and `--self-test` passes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+
+
+def test_the_window_modules_do_not_import_torch():
+    # The window must show before torch (seconds to import) loads; torch is imported on the worker.
+    code = ("import sys, gui.window, gui.app, gui.tabs; "
+            "heavy = [m for m in ('torch', 'torchvision', 'captum', 'matplotlib') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = run_python("-c", code, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_self_test_passes_from_source(tmp_path):
+    result = run_python("main.py", "--self-test")
+    assert result.returncode == 0, result.stderr
+    assert "self-test passed" in result.stderr
