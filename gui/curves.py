@@ -39,7 +39,9 @@ class CurvesView(QWidget):
                                               brush=pg.mkBrush(255, 255, 255, 200))
                          for plot, offset in ((self.deletion, (-4, 4)), (self.insertion, (-4, -4)),
                                               (self.sweep, (4, 4)))}
-        self._lines: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self._plots = {"deletion": self.deletion, "insertion": self.insertion}
+        self._lines: dict[tuple[str, str], pg.PlotDataItem] = {}  # (plot, method) -> line
+        self._colors: dict[str, str] = {}
         self.sweep.setXRange(0, 100, padding=0.02)
         self.sweep_change = self.sweep.plot([], [], pen=pg.mkPen("#d62728", width=2), symbol="o",
                                             symbolSize=5, symbolBrush="#d62728",
@@ -58,33 +60,41 @@ class CurvesView(QWidget):
         self._curves: dict = {}
         self._has_sweep = False
 
-    def set_curves(self, curves: dict, methods_order: list[str]) -> None:
-        """curves: method -> core.perturbation.Curves. Methods no longer chosen are removed."""
+    def set_methods(self, methods: list[str]) -> None:
+        """The methods whose curves are drawn, in legend order. Their lines are made here, so
+        that a result only updates data (making plot items is the slow part)."""
+        for key in [key for key in self._lines if key[1] not in methods]:
+            plot = self._plots[key[0]]
+            line = self._lines.pop(key)
+            plot.removeItem(line)
+            self._legends[plot].removeItem(line)
+        for method in methods:
+            pathway = method.startswith("pathway")
+            color = PATHWAY_COLOR if pathway else self._colors.setdefault(
+                method, PALETTE[len(self._colors) % len(PALETTE)])
+            for name, plot in self._plots.items():
+                if (name, method) not in self._lines:
+                    pen = pg.mkPen(color, width=3 if pathway else 1.6)
+                    self._lines[(name, method)] = plot.plot([], [], pen=pen, name=method)
+        self._curves = {m: c for m, c in self._curves.items() if m in methods}
+
+    def set_curves(self, curves: dict) -> None:
+        """curves: method -> core.perturbation.Curves, for the methods of set_methods."""
         self._curves = dict(curves)
-        for (plot_name, method), line in list(self._lines.items()):
-            if method not in curves:
-                plot = self.deletion if plot_name == "deletion" else self.insertion
-                plot.removeItem(line)
-                self._legends[plot].removeItem(line)
-                del self._lines[(plot_name, method)]
-        for i, method in enumerate(m for m in methods_order if m in curves):
-            c = curves[method]
-            color = PATHWAY_COLOR if method.startswith("pathway") else PALETTE[i % len(PALETTE)]
-            width = 3 if method.startswith("pathway") else 1.6
-            for plot_name, plot, values, auc in (
-                    ("deletion", self.deletion, c.deletion, c.deletion_auc),
-                    ("insertion", self.insertion, c.insertion, c.insertion_auc)):
-                label = f"{method}  {auc:.3f}"
-                line = self._lines.get((plot_name, method))
-                if line is None:
-                    line = plot.plot(pen=pg.mkPen(color, width=width), name=label)
-                    self._lines[(plot_name, method)] = line
-                else:
-                    self._legends[plot].getLabel(line).setText(label)
+        for (name, method), line in self._lines.items():
+            c = curves.get(method)
+            if c is None:
+                line.setData([], [])
+                label = method
+            else:
+                values, auc = ((c.deletion, c.deletion_auc) if name == "deletion"
+                               else (c.insertion, c.insertion_auc))
                 line.setData(np.asarray(c.fractions), np.asarray(values))
+                label = f"{method}  {auc:.3f}"
+            self._legends[self._plots[name]].getLabel(line).setText(label)
 
     def clear(self) -> None:
-        self.set_curves({}, [])
+        self.set_curves({})
         self.sweep_change.setData([], [])
         self.sweep_auc.setData([], [])
         self._has_sweep = False

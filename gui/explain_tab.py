@@ -92,12 +92,17 @@ class ExplainTab(QWidget):
     def apply_startup(self, info: jobs.StartupInfo, checked_methods) -> None:
         self._luts = info.luts
         wanted = DEFAULT_METHODS if checked_methods is None else checked_methods
-        self.controls.set_methods(info.classic_methods, [m for m in wanted if m in info.classic_methods])
-        self.heatmaps.set_methods(self._panel_names())
+        self.controls.set_methods(info.classic_methods,
+                                  [m for m in wanted if m in info.classic_methods])
+        self._show_panels()
         self._redraw()
 
     def _panel_names(self) -> list[str]:
         return [self.params().method_name, *self.methods()]
+
+    def _show_panels(self) -> None:
+        self.heatmaps.set_methods(self._panel_names())
+        self.curves.set_methods(self._panel_names())
 
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep."""
@@ -126,7 +131,7 @@ class ExplainTab(QWidget):
         self.masks.set_image(engine.view)
         self.masks.clear()
         self.curves.clear()
-        self.heatmaps.set_methods(self._panel_names())
+        self._show_panels()
         for method in self._panel_names():
             self.heatmaps.set_note(method, "computing…")
         self._request_live()
@@ -156,13 +161,13 @@ class ExplainTab(QWidget):
         self._request_curves()
 
     def _on_pruning(self) -> None:
-        self.heatmaps.set_methods(self._panel_names())
+        self._show_panels()
         self._request_live()
         self._request_curves()
         self._request_sweep()
 
     def _on_methods(self) -> None:
-        self.heatmaps.set_methods(self._panel_names())
+        self._show_panels()
         self._draw_maps()
         self._request_maps()
         self._request_curves()
@@ -263,17 +268,16 @@ class ExplainTab(QWidget):
         self._check_complete()
 
     def _draw_maps(self) -> None:
+        self.heatmaps.set_maps({m: (self._maps[m], "") for m in self.methods() if m in self._maps})
         for method in self.methods():
-            if method in self._maps:
-                self.heatmaps.set_map(method, self._maps[method], "")
-            elif method in self._skipped:
+            if method in self._skipped:
                 self.heatmaps.set_note(method, "not available for this model")
 
     def _show_curves(self, result) -> None:
         engine, _params, curves = result
         if engine is not self._engine:
             return
-        self.curves.set_curves(curves, self._panel_names())
+        self.curves.set_curves(curves)
         self._check_complete()
 
     def _show_sweep(self, result) -> None:

@@ -114,12 +114,18 @@ class HeatmapGrid(QWidget):
         self.render()
 
     def set_map(self, name: str, raw: np.ndarray, note: str = "") -> None:
-        panel = self._panels.get(name)
-        if panel is None:
-            return
-        panel.raw = raw
-        panel.set_text(note)
-        self.render()
+        self.set_maps({name: (raw, note)})
+
+    def set_maps(self, maps: dict) -> None:
+        """name -> (raw map, note), drawn in one pass."""
+        changed = []
+        for name, (raw, note) in maps.items():
+            panel = self._panels.get(name)
+            if panel is not None:
+                panel.raw = raw
+                panel.set_text(note)
+                changed.append(name)
+        self.render(changed)
 
     def set_note(self, name: str, note: str) -> None:
         """A panel without a map: say why (computing, not for this model)."""
@@ -146,8 +152,9 @@ class HeatmapGrid(QWidget):
         self._opacity, self._sign, self._shared = opacity, sign, shared
         self.render()
 
-    def render(self) -> None:
-        """Normalise (core.display, as the exported PNGs are) and draw every map."""
+    def render(self, names: list[str] | None = None) -> None:
+        """Normalise (core.display, as the exported PNGs are) and draw the maps: all of them, or
+        with per-map scales only those named (the others' pictures do not change)."""
         if self._lut_rgb is None:
             return
         maps = self.shown_maps()
@@ -155,7 +162,8 @@ class HeatmapGrid(QWidget):
         signed = self._sign == "signed"
         levels = (-1.0, 1.0) if signed else (0.0, 1.0)
         lut = self._rgba_lut(signed)
-        for name, raw in maps.items():
+        redraw = maps if names is None or self._shared else {n: maps[n] for n in names if n in maps}
+        for name, raw in redraw.items():
             norm = display.normalize(raw, self._sign, scale)
             self._panels[name].heat.setImage(norm, autoLevels=False, levels=levels, lut=lut)
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(self._lut_rgb)), self._lut_rgb))

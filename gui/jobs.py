@@ -3,6 +3,7 @@
 Everything here runs on the worker thread: it calls core.engine and turns its torch results into
 plain numpy arrays and small dataclasses that the views draw. It never touches a widget.
 """
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,8 +61,17 @@ class LiveResult:
 
 
 def startup():
-    """What the window needs from core before it can offer choices: models, devices, colours."""
+    """What the window needs from core before it can offer choices: models, devices, colours.
+    Everything the analysis imports is imported here, before any image is shown: an import
+    holds the interpreter lock for up to a second, which would freeze the GUI thread later."""
     yield Progress(0.0, "loading PyTorch")
+    import torch
+
+    # Leave a core to the GUI thread: on a busy machine, torch threads that outnumber the free
+    # cores spin against each other (a masked backward of the embedded model went from 0.2 s
+    # with one thread to 0.6-5 s with two, on 2 shared cores).
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+    import core.engine  # noqa: F401  (Captum, zennit, torchvision)
     from core import display
     from core.attribution import CLASSIC_METHODS
     from core.device import available_devices

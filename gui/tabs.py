@@ -11,8 +11,10 @@ from PySide6.QtWidgets import QWidget
 
 
 def extra_tabs(context) -> list[tuple[str, QWidget]]:
+    from gui.evaluate_tab import EvaluateTab
     from gui.pruning_tab import PruningTab
 
     return [
         ("Model pruning", PruningTab(context)),
+        ("Evaluate", EvaluateTab(context)),
     ]
