@@ -13,7 +13,7 @@ PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#1
 
 def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     plot = pg.PlotWidget()
-    plot.setTitle(title, size="10pt")
+    plot.setTitle(title, size="9pt")
     plot.setLabel("bottom", x_label)
     plot.setLabel("left", y_label)
     plot.showGrid(x=True, y=True, alpha=0.25)
@@ -25,9 +25,9 @@ def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
 class CurvesView(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.deletion = _plot("Deletion (lower AUC is better)", "fraction of pixels removed",
+        self.deletion = _plot("Deletion · AUC, lower is better", "fraction of pixels removed",
                               "p(target)")
-        self.insertion = _plot("Insertion (higher AUC is better)", "fraction of pixels revealed",
+        self.insertion = _plot("Insertion · AUC, higher is better", "fraction of pixels revealed",
                                "p(target)")
         self.sweep = _plot("Sparsity sweep", "sparsity (%)", "")
         for plot in (self.deletion, self.insertion):
@@ -35,7 +35,7 @@ class CurvesView(QWidget):
             plot.setYRange(0, 1, padding=0.02)
         # Where the curves are not: deletion falls from the top left, insertion rises to the
         # top right, the sweep rises at high sparsity.
-        self._legends = {plot: plot.addLegend(offset=offset, labelTextSize="8pt", verSpacing=-6,
+        self._legends = {plot: plot.addLegend(offset=offset, labelTextSize="7.5pt", verSpacing=-8,
                                               brush=pg.mkBrush(255, 255, 255, 200))
                          for plot, offset in ((self.deletion, (-4, 4)), (self.insertion, (-4, -4)),
                                               (self.sweep, (4, 4)))}

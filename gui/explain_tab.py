@@ -65,6 +65,7 @@ class ExplainTab(QWidget):
         self.outer.addWidget(self.right)
         self.outer.setStretchFactor(1, 1)
         self.outer.setSizes([300, 1100])
+        self.upper.setSizes([600, 500])
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.outer)
@@ -126,8 +127,7 @@ class ExplainTab(QWidget):
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
         self.controls.set_prediction(prediction, predicted)
-        self.heatmaps.set_image(engine.view, f"<b>{prediction.name}</b>",
-                                f"p = {prediction.prob:.3f} · {engine.model.name}")
+        self.heatmaps.set_image(engine.view, prediction.name, f"p = {prediction.prob:.3f}")
         self.masks.set_image(engine.view)
         self.masks.clear()
         self.curves.clear()
@@ -285,7 +285,7 @@ class ExplainTab(QWidget):
         if engine is not self._engine:
             return
         self.curves.sweep.setTitle(f"Sparsity sweep · pathway-gradient · {params.mode}, "
-                                   f"{params.selector}", size="10pt")
+                                   f"{params.selector}", size="9pt")
         self.curves.set_sweep(sweep)
         self._check_complete()
 

@@ -6,12 +6,36 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt
+from PySide6 import QtGui
+from PySide6.QtGui import QPainter, QTextDocumentFragment
 from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from core import display
 
 IMAGE_PANEL = "image"
 COLORBAR_WIDTH = 84
+
+
+class ElidedLabel(QLabel):
+    """One line of plain text, cut with an ellipsis when the panel is narrower than the text."""
+
+    def __init__(self, style: str = ""):
+        super().__init__()
+        self.setStyleSheet(style)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setMinimumHeight(self.fontMetrics().height() + 2)
+
+    def setText(self, text: str) -> None:
+        # Callers may pass a little markup (<b>, &nbsp;): shown as its plain text.
+        if QtGui.Qt.mightBeRichText(text):
+            text = QTextDocumentFragment.fromHtml(text).toPlainText()
+        super().setText(text)
+
+    def paintEvent(self, _event) -> None:
+        painter = QPainter(self)
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.width())
+        painter.drawText(self.rect(), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
+                         text)
 
 
 class Panel(QWidget):
@@ -21,12 +45,9 @@ class Panel(QWidget):
     def __init__(self, name: str, on_hover):
         super().__init__()
         self.name = name
-        self.title = QLabel(f"<b>{name}</b>")
-        self.detail = QLabel("")
-        for label in (self.title, self.detail):
-            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-            label.setAlignment(Qt.AlignmentFlag.AlignHCenter)
-        self.detail.setStyleSheet("color: #555; font-size: 8pt")
+        self.title = ElidedLabel("font-weight: bold")
+        self.title.setText(name)
+        self.detail = ElidedLabel("color: #555; font-size: 8pt")
         self.canvas = pg.GraphicsLayoutWidget()
         self.canvas.ci.setContentsMargins(0, 0, 0, 0)
         self.view = self.canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
@@ -90,7 +111,8 @@ class HeatmapGrid(QWidget):
 
     # -- content -------------------------------------------------------------------------------
     def set_image(self, rgb: np.ndarray, title: str, note: str) -> None:
-        """The picture the model saw; maps of the previous image are cleared."""
+        """The picture the model saw (maps of the previous one are cleared); title and note are
+        plain text."""
         self._view_rgb = rgb
         for panel in self._panels.values():
             panel.raw = None

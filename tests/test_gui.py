@@ -135,6 +135,37 @@ def test_display_changes_redraw_without_computing(window, qapp):
     assert submitted == []
 
 
+def test_hover_shows_every_panels_value_and_views_are_linked(window):
+    grid = window.explain.heatmaps
+    grid.show_value_at(10, 20)
+    for name, raw in grid.shown_maps().items():
+        assert grid.panel(name).detail.text() == f"(10, 20)  value {raw[20, 10]:+.4g}"
+    rgb = window.context.current_engine().view[20, 10]
+    assert grid.panel("image").detail.text() == f"(10, 20)  rgb {rgb[0]} {rgb[1]} {rgb[2]}"
+    grid.panel("gradient").view.setRange(xRange=(40, 90), yRange=(60, 110), padding=0)
+    for name in ("image", PATHWAY):  # same region (each panel keeps square pixels)
+        (x0, x1), (y0, y1) = grid.panel(name).view.viewRange()
+        assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((65, 85), abs=0.5)
+        assert x0 <= 40.5 and x1 >= 89.5 and y0 <= 60.5 and y1 >= 109.5
+        assert x1 - x0 < 150 and y1 - y0 < 150  # zoomed in, not the whole 224 px image
+    grid.reset_zoom()
+
+
+def test_hovering_a_channel_tile_names_that_channel(window):
+    from PySide6.QtCore import QPointF
+
+    from gui.masks import channel_text
+
+    masks = window.explain.masks
+    layer = masks.layer()
+    _, tile_h, tile_w = layer.masks.shape
+    centre = masks.tile_box.mapViewToScene(QPointF(tile_w / 2, tile_h / 2))
+    first = int(layer.order[0])
+    assert masks.channel_at(centre) == channel_text(layer, first)
+    assert f"channel {first}:" in masks.channel_at(centre)
+    assert f"{int(layer.kept[first]):,} of" in masks.channel_at(centre)
+
+
 def test_choosing_a_layer_shows_its_channels(window, qapp):
     tab = window.explain
     engine = window.context.current_engine()
