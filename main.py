@@ -1,5 +1,6 @@
 """PruneScope: `python main.py` opens the app; subcommands run the engine headless."""
 import argparse
+import os
 import sys
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save a PNG of the window once the first analysis is shown, then exit")
     gui.set_defaults(run=_run_gui)
     register_all(commands)
+    parser.command_names = frozenset(commands.choices)
     return parser
 
 
@@ -30,6 +32,8 @@ def _run_gui(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in parser.command_names:
+        argv = ["gui", *argv]  # `prunescope photo.jpg` opens the photo
     args = parser.parse_args(argv)
     if args.self_test:
         from gui.selftest import self_test
@@ -39,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["gui", *argv])
     from core.cli import dispatch
 
-    return dispatch(args)
+    try:
+        return dispatch(args)
+    except BrokenPipeError:  # e.g. `prunescope models | head`: stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
