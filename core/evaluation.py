@@ -352,7 +352,8 @@ def summarise_benchmark(records, sanity, errors, methods, skipped, settings, sou
                 summary[method]["sanity_spearman"] = sanity_out["spearman"][method][-1]
                 summary[method]["sanity_ssim"] = sanity_out["ssim"][method][-1]
     fractions = [r["mask_fraction"] for r in records if r["mask_fraction"] is not None]
-    labelled = [r for r in records if r["label"] is not None]
+    # labels are in the model's classes only when they are what is explained
+    labelled = [r for r in records if r["label"] is not None and settings.target == "label"]
     return {
         "dataset": source.name,
         "settings": asdict(settings),
@@ -385,8 +386,8 @@ def summarise_benchmark(records, sanity, errors, methods, skipped, settings, sou
 class RoarSettings:
     methods: list[str] = field(default_factory=lambda: ["gradient", "grad-cam", "pathway-gradient"])
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    epochs: int = 6
-    batch_size: int = 64
+    epochs: int = 8
+    batch_size: int = 32
     lr: float = 0.05
     sparsity: float = 70.0
     target: str = "label"

@@ -117,8 +117,8 @@ def register(subparsers) -> None:
                    help="training images for each retrained model (default 1000)")
     r.add_argument("--test-images", type=positive_int, default=500,
                    help="test images (default 500)")
-    r.add_argument("--epochs", type=positive_int, default=6, help="retraining epochs (default 6)")
-    r.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
+    r.add_argument("--epochs", type=positive_int, default=8, help="retraining epochs (default 8)")
+    r.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     r.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     r.set_defaults(run=run_roar)
 
