@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QApplication
 
 from core.resources import resource_path, sample_images
 
+SCREENSHOT_SIZE = (1400, 900)
 SCREENSHOT_TIMEOUT_S = 900  # a --screenshot run that never completes gives up with an error
 
 
@@ -33,6 +34,8 @@ def run_app(images=(), screenshot: str | None = None) -> int:
     if screenshot and not images:
         images = [next(p for p in sample_images() if p.name == "coffee.png")]
     window = MainWindow(images)
+    if screenshot:
+        window.resize(*SCREENSHOT_SIZE)  # the same picture whatever size the window was saved at
     window.show()
     if os.environ.get("PRUNESCOPE_TIMING"):
         print(f"window shown after {time.perf_counter() - started:.2f} s", file=sys.stderr)

@@ -20,6 +20,7 @@ DEFAULT_MODEL = "efficientnet_lite0"  # embedded weights: works offline, presele
 LOAD_WEIGHTS = "Load weights file…"
 RECENT_LIMIT = 10
 BUSY_DELAY_MS = 400  # jobs shorter than this show no progress bar (the live slider preview)
+SHUTDOWN_WAIT_MS = 1000  # then leave a torch call that is still running behind: closing takes < 2 s
 IMAGE_FILTER_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 
 
@@ -48,6 +49,7 @@ class MainWindow(QMainWindow):
             self.tabs.addTab(widget, title)
         self.strip = ThumbnailStrip()
         self.strip.image_chosen.connect(self.open_image)
+        self.strip.hide()  # until a folder is open
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(4, 2, 4, 2)
@@ -69,10 +71,7 @@ class MainWindow(QMainWindow):
 
         self.context.run_job(jobs.startup, self._started, key="startup", priority=PRIORITY_ENGINE)
         self.load_model(ModelChoice(self._saved_model, None, self._saved_device), first=True)
-        images = [Path(p) for p in images]
-        if images:
-            self.open_image(images[0])
-            self._show_folder(images[0].parent, images if len(images) > 1 else None)
+        self.open_paths([Path(p) for p in images])
 
     # -- building ------------------------------------------------------------------------------
     def _build_toolbar(self) -> None:
@@ -266,6 +265,7 @@ class MainWindow(QMainWindow):
         def shown(result):
             shown_folder, paths, previews = result
             self.strip.set_images(shown_folder, paths, previews)
+            self.strip.setVisible(bool(paths))
             self.strip.mark_current(self.context.current_image_path())
             if open_first:
                 if paths:
@@ -384,6 +384,7 @@ class MainWindow(QMainWindow):
     def _progress(self, key: str, step) -> None:
         self.progress_bar.setValue(int(1000 * min(max(step.done, 0.0), 1.0)))
         self.job_label.setText(step.message or key)
+        self.cancel_button.setEnabled(key != "startup")  # the model list and colours come from it
 
     def _about(self) -> None:
         QMessageBox.about(self, "About PruneScope",
@@ -419,7 +420,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self.save_settings()
-        self.worker_stopped = self.context.shutdown(1500)
+        self.worker_stopped = self.context.shutdown(SHUTDOWN_WAIT_MS)
         super().closeEvent(event)
 
 

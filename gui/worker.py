@@ -9,7 +9,7 @@ So this small scheduler is hand-written.
 """
 import itertools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, Signal
@@ -30,7 +30,6 @@ class Job:
     priority: int
     preemptible: bool
     cancelled: bool = False
-    gen: Any = field(default=None, repr=False)
 
 
 class JobRunner(QThread):
@@ -57,7 +56,8 @@ class JobRunner(QThread):
             self._cancel_where(lambda other: other.key == key)
             self._queue.append(job)
             running = self._running
-            if running is not None and running.preemptible and priority < running.priority:
+            if (running is not None and not running.cancelled and running.preemptible
+                    and priority < running.priority):
                 running.cancelled = True  # closed at its next step, then queued again
                 self._queue.append(Job(running.id, running.key, running.factory,
                                        running.priority, True))
@@ -68,11 +68,6 @@ class JobRunner(QThread):
         """Cancel queued and running jobs with this key (all jobs when key is None)."""
         with self._cond:
             self._cancel_where(lambda job: key is None or job.key == key)
-
-    def cancel_running(self) -> None:
-        with self._cond:
-            if self._running is not None:
-                self._running.cancelled = True
 
     def running_key(self) -> str | None:
         running = self._running
@@ -121,18 +116,19 @@ class JobRunner(QThread):
             finally:
                 with self._cond:
                     self._running = None
-                if not job.cancelled or not any(j.id == job.id for j in self._queue):
+                    requeued = any(j.id == job.id for j in self._queue)  # pre-empted, not over
+                if not requeued:
                     self.ended.emit(job.id)
 
     def _drive(self, job: Job) -> None:
         try:
-            job.gen = job.factory()
+            gen = job.factory()
             while True:
                 if job.cancelled:
-                    job.gen.close()  # runs the generator's finally/with exits here
+                    gen.close()  # runs the generator's finally/with exits here
                     return
                 try:
-                    step = next(job.gen)
+                    step = next(gen)
                 except StopIteration as stop:
                     if not job.cancelled:
                         self.returned.emit(job.id, stop.value)
@@ -142,5 +138,3 @@ class JobRunner(QThread):
         except Exception as exc:  # any failure of a job is reported, the thread goes on
             if not job.cancelled:
                 self.failed.emit(job.id, exc)
-        finally:
-            job.gen = None

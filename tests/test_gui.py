@@ -178,6 +178,29 @@ def test_choosing_a_layer_shows_its_channels(window, qapp):
     assert list(layer.kept[layer.order]) == sorted(layer.kept, reverse=True)
 
 
+def test_per_layer_threshold_and_intgrad_selector_reach_the_engine(window, qapp):
+    from gui.controls import select_data
+
+    tab = window.explain
+    select_data(tab.controls.mode, "per-layer")
+    select_data(tab.controls.selector, "intgrad")
+    try:
+        params = tab.params()
+        wait_until(qapp, lambda: tab._live.params == params and window.context.is_idle()
+                   and tab.is_complete())
+        expected = window.context.current_engine().pathway(params.sparsity, "per-layer", "intgrad")
+        np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
+        # Per layer, each layer keeps at most its share (fewer where scores tie at the threshold).
+        share = 1 - params.sparsity / 100
+        shares = [kept / total for _, kept, total in tab.masks.kept()]
+        assert max(shares) <= share + 0.001
+        assert np.median(shares) == pytest.approx(share, abs=0.002)
+    finally:
+        select_data(tab.controls.mode, "global")
+        select_data(tab.controls.selector, "taylor")
+        wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete())
+
+
 def test_a_corrupt_file_leaves_the_app_running_with_a_message(window, qapp, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50)
