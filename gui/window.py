@@ -220,7 +220,10 @@ class MainWindow(QMainWindow):
             previous = self.context.current_model_choice()
             if previous is not None:
                 self._show_choice(previous)
-            self.error_dialog("Cannot load the model", error)
+            if is_out_of_memory(error):
+                self._offer_cpu(error_message(error), choice)
+            else:
+                self.error_dialog("Cannot load the model", error)
             self.load_failed.emit(error_message(error))
 
         self.context.load_model(choice, on_loaded=loaded, on_error=failed)
@@ -233,7 +236,10 @@ class MainWindow(QMainWindow):
         self.show_message(f"Opening {path.name}…")
 
         def failed(error):
-            self.show_message(error_message(error), error=True)
+            if is_out_of_memory(error):
+                self._offer_cpu(error_message(error))
+            else:
+                self.show_message(error_message(error), error=True)
             self.load_failed.emit(error_message(error))
 
         self.context.open_image(path, on_error=failed)
@@ -352,8 +358,10 @@ class MainWindow(QMainWindow):
         else:
             self.show_message(message, error=True)
 
-    def _offer_cpu(self, message: str) -> None:
-        choice = self.context.current_model_choice()
+    def _offer_cpu(self, message: str, choice: ModelChoice | None = None) -> None:
+        """Out of GPU memory: ask whether to load the model (choice, or the one in use) on the
+        CPU; retrying also reruns the analysis of the current image there."""
+        choice = choice or self.context.current_model_choice()
         box = QMessageBox(QMessageBox.Icon.Warning, "Out of GPU memory",
                           f"{message}\n\nRetry on the CPU?",
                           QMessageBox.StandardButton.Retry | QMessageBox.StandardButton.Cancel, self)

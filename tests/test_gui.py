@@ -267,6 +267,29 @@ def test_clicking_a_top5_class_explains_that_class(window, qapp):
     np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
 
 
+def test_out_of_gpu_memory_offers_to_retry_on_the_cpu(window, qapp):
+    from PySide6.QtWidgets import QMessageBox
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError, matched by its name
+        pass
+
+    def oom():
+        yield Progress(0.0)
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    engine = window.context.current_engine()
+    window.context.run_job(oom, lambda _result: None, key="live")
+    wait_until(qapp, lambda: any("Retry on the CPU" in box.text()
+                                 for box in window.findChildren(QMessageBox)), 60_000)
+    box = next(b for b in window.findChildren(QMessageBox) if "Retry on the CPU" in b.text())
+    assert "out of GPU memory" in box.text()
+    box.button(QMessageBox.StandardButton.Retry).click()
+    wait_until(qapp, lambda: window.context.current_engine() is not engine
+               and window.explain.is_complete())
+    assert window.context.current_model_choice().device == "cpu"
+    assert str(window.context.current_model().device) == "cpu"
+
+
 def test_closing_during_a_job_ends_the_worker(qapp, settings_dir):
     window = lean_window()
     wait_until(qapp, lambda: window.context.current_model() is not None and window.context.is_idle())
