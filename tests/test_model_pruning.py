@@ -1,5 +1,6 @@
 """Whole-model pruning: criteria rank known-unimportant channels lowest, pruned models are really
 smaller and consistent, exports load back identically, and pruning nothing changes no explanation."""
+import copy
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from core.errors import ImageError, ModelError, PruneScopeError
 from core.model_pruning import (calibrate, channel_scores, checkpoint, finetune, load_pruned,
                                 prune_copy, prune_model, save_pruned)
-from core.model_pruning import criteria
+from core.model_pruning import criteria, surgery
 from core.model_pruning.pipeline import Calibration, count_ops, predict
 from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
 from core.models import LoadedModel, imagenet_classes
@@ -108,6 +109,18 @@ def test_structured_pruning_removes_exactly_the_lowest_channels(tiny, criterion)
     assert module.bn1.num_features == 8 - len(expected)
     assert module.conv2.in_channels == 8 - len(expected)
     assert tiny.module.conv1.out_channels == 8  # the original is untouched
+
+
+def test_removing_dead_and_unused_channels_leaves_the_function_unchanged(tiny):
+    calib = calibration_of(tiny)
+    scores = run(channel_scores("taylor", tiny, calib.x, calib.targets))
+    module = copy.deepcopy(tiny.module)
+    # Only conv1 is scored, so only its group (conv1, bn1, conv2's inputs) is cut.
+    done = surgery.prune_structured(module, calib.x, {"conv1": scores["conv1"]}, 37.5, "per-layer")
+    assert set(done.removed["conv1"]) == {*DEAD, UNUSED}
+    assert done.skipped == {"conv2": "no score from this criterion"}
+    assert module.conv1.out_channels == 5 and module.conv2.in_channels == 5
+    assert torch.allclose(module(calib.x), tiny.module(calib.x), atol=1e-5)
 
 
 def test_magnitude_zeroes_the_smallest_weights(tiny):
