@@ -316,7 +316,7 @@ def make_loaded_model(module: nn.Module, config: SyntheticConfig, mean, std,
 class TrainedModel:
     model: object  # core.models.LoadedModel
     test_accuracy: float
-    train_seconds: float  # 0 when loaded from the cache... recorded at training time
+    train_seconds: float  # how long its training took (kept with the cached weights)
     cached: bool  # True when loaded from disk
     path: Path
 

@@ -265,6 +265,16 @@ def test_evaluate_and_roar_on_an_image_folder_with_masks(tmp_path):
     assert (out / "maps" / "gradient.train.npy").is_file()
 
 
+def test_command_defaults_match_the_library_and_help_does_not_load_torch():
+    from core.cli.evaluate import EVALUATE_DEFAULT
+    from core.evaluation import DEFAULT_METHODS
+
+    assert EVALUATE_DEFAULT == DEFAULT_METHODS
+    code = ("import sys; from main import build_parser; build_parser(); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
 def test_commands_refuse_bad_input(tmp_path):
     done = _main("evaluate", "--dataset", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert done.returncode == 2 and "not 'synthetic' and not a folder" in done.stderr

@@ -11,6 +11,9 @@ from pathlib import Path
 from core.cli.explain import method_list
 
 SYNTHETIC = "synthetic"
+# core.evaluation.DEFAULT_METHODS, repeated so that --help does not import torch (a test compares)
+EVALUATE_DEFAULT = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad",
+                    "guided-backprop", "grad-cam", "lrp", "pathway-gradient")
 ROAR_DEFAULT = ("gradient", "grad-cam", "pathway-gradient")
 
 
@@ -78,8 +81,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from core.evaluation import DEFAULT_METHODS
-
     p = subparsers.add_parser(
         "evaluate", help="score explanation methods on a dataset: pointing game, relevance mass, "
                          "deletion/insertion AUC, sanity checks",
@@ -87,9 +88,9 @@ def register(subparsers) -> None:
                     "relevance mass) need masks: the synthetic dataset has them; an image folder "
                     "has them with --masks.")
     _common(p)
-    p.add_argument("--methods", type=method_list, default=[*DEFAULT_METHODS, "random"],
+    p.add_argument("--methods", type=method_list, default=[*EVALUATE_DEFAULT, "random"],
                    help=f"comma-separated; 'random' and 'oracle' (the ground truth) are reference "
-                        f"maps (default: {','.join(DEFAULT_METHODS)},random)")
+                        f"maps (default: {','.join(EVALUATE_DEFAULT)},random)")
     p.add_argument("--images", type=positive_int, default=100,
                    help="test images scored (default 100)")
     p.add_argument("--sanity-images", type=int, default=4,
@@ -364,8 +365,7 @@ def run_roar(args) -> int:
     import time
 
     from core.distributed import setup, teardown
-    from core.evaluation import (
-        RoarSettings, fingerprint, folder_source, iter_roar, load_dataset)
+    from core.evaluation import RoarSettings, fingerprint, iter_roar
     from core.progress import StderrBar, run
     from core.synthetic import SmallResNet, make_split, reinitialise
 
