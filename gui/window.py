@@ -16,12 +16,12 @@ from gui.explain_tab import ExplainTab
 from gui.tabs import extra_tabs
 from gui.thumbnails import ThumbnailStrip, folder_job
 
+# core.models.DEFAULT_MODEL, which cannot be imported here: core.models imports torch.
 DEFAULT_MODEL = "efficientnet_lite0"  # embedded weights: works offline, preselected
 LOAD_WEIGHTS = "Load weights file…"
 RECENT_LIMIT = 10
 BUSY_DELAY_MS = 400  # jobs shorter than this show no progress bar (the live slider preview)
 SHUTDOWN_WAIT_MS = 1000  # then leave a torch call that is still running behind: closing takes < 2 s
-IMAGE_FILTER_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 
 
 def app_settings() -> QSettings:
@@ -40,6 +40,7 @@ class MainWindow(QMainWindow):
         self.context = AppContext(self)
         self.worker_stopped = True
         self._startup = None
+        self._model_labels: dict[str, str] = {}  # model name -> its entry in the model box
         self._pending_image: Path | None = None
 
         self.explain = ExplainTab(self.context)
@@ -111,7 +112,7 @@ class MainWindow(QMainWindow):
         help_menu = self.menuBar().addMenu("&Help")
         samples = help_menu.addMenu("Open &sample image")
         for path in sample_images():
-            self._action(samples, path.name, lambda _c=False, p=path: self._open_sample(p))
+            self._action(samples, path.name, lambda p=path: self.open_paths([p]))
         self._action(help_menu, "&About PruneScope", self._about)
 
     def _action(self, menu, text, slot, shortcut=None) -> QAction:
@@ -147,8 +148,8 @@ class MainWindow(QMainWindow):
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for name, description, offline in info.models:
-            label = name if offline else f"{name}  (weights not downloaded)"
-            self.model_box.addItem(label, name)
+            self._model_labels[name] = name if offline else f"{name}  (weights not downloaded)"
+            self.model_box.addItem(self._model_labels[name], name)
             self.model_box.setItemData(self.model_box.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.model_box.insertSeparator(self.model_box.count())
         self.model_box.addItem(LOAD_WEIGHTS, LOAD_WEIGHTS)
@@ -165,11 +166,13 @@ class MainWindow(QMainWindow):
 
     def _show_choice(self, choice: ModelChoice) -> None:
         """Put the combo boxes back on the model and device in use."""
+        for name, label in self._model_labels.items():
+            self.model_box.setItemText(self.model_box.findData(name), label)
         index = self.model_box.findData(choice.name)
         if index >= 0:
             self.model_box.setCurrentIndex(index)
-        if choice.weights:
-            self.model_box.setItemText(index, f"{choice.name}  ({Path(choice.weights).name})")
+            if choice.weights:
+                self.model_box.setItemText(index, choice.label())
         index = self.device_box.findData(choice.device)
         if index >= 0:
             self.device_box.setCurrentIndex(index)
@@ -243,10 +246,12 @@ class MainWindow(QMainWindow):
             self.load_failed.emit(error_message(error))
 
         self.context.open_image(path, on_error=failed)
-        self._remember(path)
 
     def choose_images(self) -> None:
-        filters = "Images (" + " ".join(f"*.{s}" for s in IMAGE_FILTER_SUFFIXES) + ");;All files (*)"
+        filters = "All files (*)"
+        if self._startup is not None:  # core.images' suffixes, read on the worker
+            patterns = " ".join(f"*{suffix}" for suffix in self._startup.image_suffixes)
+            filters = f"Images ({patterns});;{filters}"
         paths, _ = QFileDialog.getOpenFileNames(self, "Open images", self._last_folder(), filters)
         self.open_paths([Path(p) for p in paths])
 
@@ -288,14 +293,11 @@ class MainWindow(QMainWindow):
         if path is not None:
             self.open_image(path)
 
-    def _open_sample(self, path: Path) -> None:
-        self.open_image(path)
-        self._show_folder(path.parent, None)
-
     def _image_changed(self, path: Path) -> None:
         self.image_label.setText(f"{path.name}  ·  {path.parent}")
         self.setWindowTitle(f"{path.name} — PruneScope")
         self.strip.mark_current(path)
+        self._remember(path)
 
     def _remember(self, path: Path) -> None:
         recent = [p for p in _as_list(self.settings.value("recent")) if p != str(path)]
