@@ -28,6 +28,7 @@ GRID_COLUMNS = 5  # steps shown in the map grid until the user picks others
 CELL = 104  # px of one map in the grid
 RESULT_FILES = ("results.json", "roar.json", "sanity.json")
 MAX_FIGURES = 40  # PNGs shown from one results folder
+FIGURE_WIDTH = 960  # px: wider figures are scaled down to it
 
 
 @dataclass
@@ -255,6 +256,9 @@ class ResultsView(QWidget):
             if pixmap.isNull():
                 continue
             caption = QLabel(f"<b>{path.relative_to(folder)}</b>")
+            if pixmap.width() > FIGURE_WIDTH:
+                pixmap = pixmap.scaledToWidth(FIGURE_WIDTH,
+                                              Qt.TransformationMode.SmoothTransformation)
             picture = QLabel()
             picture.setPixmap(pixmap)
             self.figures.addWidget(caption)
@@ -296,6 +300,7 @@ class EvaluateTab(QWidget):
         top_layout.addWidget(self.plot.hover)
         sanity_page.addWidget(top)
         sanity_page.addWidget(grid_scroll)
+        sanity_page.setSizes([500, 350])  # the plot, and room for two rows of maps
         self.results = ResultsView()
         self.views = QTabWidget()
         self.views.addTab(sanity_page, "Sanity check")
