@@ -62,7 +62,8 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_menus()
         self._build_status_bar()
-        self.explain.status.connect(self.show_message)
+        for index in range(self.tabs.count()):  # every tab has a status line for the status bar
+            self.tabs.widget(index).status.connect(self.show_message)
         self.context.job_error.connect(self._job_failed)
         self.context.busy_changed.connect(self._busy)
         self.context.progress.connect(self._progress)
