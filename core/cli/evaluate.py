@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.explain import method_list
+from core.cli.options import method_list, sparsity_percent
 
 SYNTHETIC = "synthetic"
 # core.evaluation.DEFAULT_METHODS, repeated so that --help does not import torch (a test compares)
@@ -34,16 +34,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number: {text}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1: {text}")
-    return value
-
-
-def sparsity_percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
     return value
 
 

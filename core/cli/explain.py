@@ -1,35 +1,15 @@
 """`prunescope explain IMAGE [IMAGE ...] --out DIR`: maps, curves and a report for each image."""
-import argparse
 import sys
 from pathlib import Path
+
+from core.cli.options import add_model_options, method_list, sparsity_percent
 
 DEFAULT_METHODS = ("pathway-gradient", "gradient", "input-x-gradient", "integrated-gradients",
                    "smoothgrad", "guided-backprop", "grad-cam", "lrp")
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --weights and --device, shared by the commands that load a model."""
-    parser.add_argument("--model", default="efficientnet_lite0",
-                        help="efficientnet_lite0 (embedded, the default) or a torchvision name")
-    parser.add_argument("--weights", metavar="FILE", help="a local weights file for the model")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def method_list(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
-
-
 def sparsity_value(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100) or 'auto': {text}")
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
-    return value
+    return text if text == "auto" else sparsity_percent(text)
 
 
 def register(subparsers) -> None:

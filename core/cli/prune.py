@@ -5,22 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli.explain import add_model_options, method_list
+from core.cli.options import add_model_options, method_list, sparsity_percent
 from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
 
-def percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
-    return value
-
-
 def percent_list(text: str) -> list[float]:
-    return [percent(t) for t in text.split(",") if t.strip()]
+    return [sparsity_percent(t) for t in text.split(",") if t.strip()]
 
 
 def criterion_list(text: str) -> list[str]:
@@ -50,7 +40,7 @@ def register(subparsers) -> None:
                     "model file that --weights and Load model... read back.")
     p.add_argument("--criterion", choices=CRITERIA, required=True,
                    help="magnitude (unstructured), l1, taylor, lrp or pathway (structured)")
-    p.add_argument("--sparsity", type=percent, required=True,
+    p.add_argument("--sparsity", type=sparsity_percent, required=True,
                    help="percent of channels removed (of weights zeroed, for magnitude)")
     p.add_argument("--out", required=True, metavar="FILE", help="the pruned model file (.pt)")
     _common(p)

@@ -7,20 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.explain import add_model_options, method_list
+from core.cli.options import add_model_options, method_list, sparsity_percent
 
 DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
 GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
-
-
-def sparsity_percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 100): {text}")
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 100): {text}")
-    return value
 
 
 def register(subparsers) -> None:
