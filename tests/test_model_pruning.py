@@ -219,6 +219,25 @@ def test_efficientnet_lite0_depthwise_and_residual_stay_consistent():
     assert torch.equal(fresh(calib.x), module(calib.x))
 
 
+def test_vision_transformer_prunes_only_what_load_pruned_can_rebuild():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    def vit():
+        torch.manual_seed(0)
+        return VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                                 hidden_dim=8, mlp_dim=16, num_classes=CLASSES).eval()
+
+    model = loaded(vit().requires_grad_(False), "vit", 32, [f"c{i}" for i in range(CLASSES)],
+                   "encoder.layers.encoder_layer_1.ln_1")
+    calib = calibration_of(model, n=2)
+    module, done = run(prune_copy(model, calib, "taylor", 50, "per-layer", protect=["none"]))
+    changed = {name for name, kept, total in done.layers if kept != total}
+    assert changed == {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in (0, 1)}  # MLP hidden units
+    assert any("LayerNorm" in why or "parameter" in why for why in done.skipped.values())
+    fresh = load_pruned(vit(), checkpoint(module, "vit", {})).eval()
+    assert torch.equal(fresh(calib.x), module(calib.x))
+
+
 def test_export_loads_back_with_identical_outputs(tmp_path):
     from core.models import load_model
 

@@ -18,6 +18,7 @@ from core.model_pruning.names import DEFAULT_PROTECT
 from core.progress import Job, Progress, scaled
 
 LATENCY_RUNS = 30
+WARMUP_RUNS = 3
 LATENCY_BUDGET_S = 4.0
 BATCH = 16  # images per no-grad forward when predicting
 
@@ -128,15 +129,15 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 def latencies_ms(modules: list[nn.Module], x: torch.Tensor, runs: int = LATENCY_RUNS,
                  budget_s: float = LATENCY_BUDGET_S) -> list[float]:
     """Milliseconds of one forward of x[:1] for each module: the fastest of its runs, since
-    other processes only ever add time (as timeit advises). The modules run in turns, after two
-    warm-up runs each, so that load on a shared machine meets them alike; at most `runs`
-    rounds, fewer (at least five) once `budget_s` seconds have passed."""
+    other processes only ever add time (as timeit advises). The modules run in turns, after
+    WARMUP_RUNS warm-up runs each, so that load on a shared machine meets them alike; at most
+    `runs` rounds, fewer (at least five) once `budget_s` seconds have passed."""
     x = x[:1]
     cuda = x.device.type == "cuda"
     times: list[list[float]] = [[] for _ in modules]
     with torch.inference_mode():
         for module in modules:
-            for _ in range(2):
+            for _ in range(WARMUP_RUNS):
                 module(x)
         began = time.perf_counter()
         while len(times[0]) < runs and (len(times[0]) < 5 or time.perf_counter() - began < budget_s):

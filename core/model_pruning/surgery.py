@@ -6,6 +6,7 @@ zeroed (unstructured). Coupled channels, those tied by residual additions, depth
 batch norms, form one group in the dependency graph; a group is ranked by the mean score of its
 producers and removed together.
 """
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ from core.model_pruning.names import MODES
 
 PRUNED_KEY = "prunescope_pruned"  # the checkpoint key core.models.load_model looks for
 FORMAT = 1
+RESHAPED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)  # the layer kinds load_pruned rebuilds
 
 
 @dataclass
@@ -62,7 +64,9 @@ def _dependency_graph(module: nn.Module, x: torch.Tensor):
 
     # The graph is traced through autograd, which frozen parameters would leave empty.
     module.requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        # Groups with bare parameters (a ViT's class token) are kept whole: no need to warn.
+        warnings.filterwarnings("ignore", "Unwrapped parameters detected", UserWarning)
         return tp.DependencyGraph().build_dependency(module, example_inputs=x[:1])
 
 
@@ -84,6 +88,19 @@ def _group_scores(DG, group, scores: Scores, names: dict) -> torch.Tensor | None
     if count.sum() == 0:
         return None
     return total / count.clamp(min=1)
+
+
+def _unreshapable(group) -> str | None:
+    """The first member with weights of a kind load_pruned does not rebuild (layer norms,
+    attention, bare parameters such as a ViT's class token), if any."""
+    for item in group:
+        target = item.dep.target.module
+        if isinstance(target, nn.Parameter):
+            return "a bare parameter"
+        if isinstance(target, nn.Module) and not isinstance(target, RESHAPED) \
+                and any(True for _ in target.parameters(recurse=False)):
+            return type(target).__name__
+    return None
 
 
 def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) -> list[list[int]]:
@@ -139,6 +156,10 @@ def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsit
                and 1 < item.dep.target.module.groups < item.dep.target.module.out_channels
                for item in group):
             skipped[root] = "grouped convolution"
+            continue
+        odd = _unreshapable(group)
+        if odd:
+            skipped[root] = f"couples {odd}, which load_pruned cannot reshape"
             continue
         s = _group_scores(DG, group, scores, names)
         if s is None:
