@@ -91,7 +91,7 @@ def _device_of(module: torch.nn.Module, x: torch.Tensor) -> torch.device:
     return param.device if param is not None else x.device
 
 
-def _default_batch(device: torch.device) -> int:
+def default_batch(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 32
 
 
@@ -118,7 +118,7 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     top = ranks.unsqueeze(0) < counts.to(device).view(-1, 1, 1)
     # deletion puts the baseline on the top pixels; insertion puts the input there
     keep_input = torch.cat([~top, top]).unsqueeze(1)  # (2(S+1), 1, H, W)
-    batch = batch_size or _default_batch(device)
+    batch = batch_size or default_batch(device)
     probs = []
     n_inputs = keep_input.shape[0]
     for start in range(0, n_inputs, batch):
