@@ -60,6 +60,15 @@ class LiveResult:
     layer: LayerView | None = field(default=None, repr=False)
 
 
+def worker_threads() -> int:
+    """Torch threads for the worker. One core is left to the GUI thread: on a busy machine, torch
+    threads that outnumber the free cores spin against each other (a masked backward of the
+    embedded model went from 0.2 s with one thread to 0.6-5 s with two, on 2 shared cores)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
+
+
 def startup():
     """What the window needs from core before it can offer choices: models, devices, colours.
     Everything the analysis imports is imported here, before any image is shown: an import
@@ -67,10 +76,7 @@ def startup():
     yield Progress(0.0, "loading PyTorch")
     import torch
 
-    # Leave a core to the GUI thread: on a busy machine, torch threads that outnumber the free
-    # cores spin against each other (a masked backward of the embedded model went from 0.2 s
-    # with one thread to 0.6-5 s with two, on 2 shared cores).
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+    torch.set_num_threads(worker_threads())
     import core.engine  # noqa: F401  (Captum, zennit, torchvision)
     from core import display
     from core.attribution import CLASSIC_METHODS

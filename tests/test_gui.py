@@ -60,6 +60,21 @@ def window(qapp, settings_dir):
     win.close()
 
 
+
+def as_on_worker(compute):
+    """The engine's answer computed with the worker's torch thread count: the order of a
+    convolution's reductions, and so the last bits of a float map, depend on it."""
+    import torch
+
+    from gui.jobs import worker_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(worker_threads())
+    try:
+        return compute()
+    finally:
+        torch.set_num_threads(before)
+
 def test_opening_a_photo_fills_every_view(window):
     tab = window.explain
     assert window.context.current_prediction().name == "espresso"
@@ -103,7 +118,7 @@ def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp)
     assert order == sorted(order) and order[-1] == len(values) - 1
 
     engine = window.context.current_engine()
-    expected = engine.pathway(final.sparsity, final.mode, final.selector, final.method)
+    expected = as_on_worker(lambda: engine.pathway(final.sparsity, final.mode, final.selector, final.method))
     panel = tab.heatmaps.panel(PATHWAY)
     np.testing.assert_array_equal(panel.raw, expected.map)
     np.testing.assert_allclose(panel.heat.image, display.normalize(expected.map, "absolute"),
@@ -188,7 +203,8 @@ def test_per_layer_threshold_and_intgrad_selector_reach_the_engine(window, qapp)
         params = tab.params()
         wait_until(qapp, lambda: tab._live.params == params and window.context.is_idle()
                    and tab.is_complete())
-        expected = window.context.current_engine().pathway(params.sparsity, "per-layer", "intgrad")
+        engine = window.context.current_engine()
+        expected = as_on_worker(lambda: engine.pathway(params.sparsity, "per-layer", "intgrad"))
         np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
         # Per layer, each layer keeps at most its share (fewer where scores tie at the threshold).
         share = 1 - params.sparsity / 100
@@ -263,7 +279,7 @@ def test_clicking_a_top5_class_explains_that_class(window, qapp):
     assert window.context.current_prediction().name == second[1]
     assert second[1] in tab.controls.prediction.text()
     engine = window.context.current_engine()
-    expected = engine.pathway(tab.params().sparsity)
+    expected = as_on_worker(lambda: engine.pathway(tab.params().sparsity))
     np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
 
 
