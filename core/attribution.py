@@ -231,7 +231,7 @@ def _lrp_unsupported_reason(module: nn.Module) -> str:
     return f"no LRP canonizer is known for {type(module).__name__}"
 
 
-def _lrp_canonizers(module: nn.Module) -> list:
+def lrp_canonizers(module: nn.Module) -> list:
     # In all three every conv is followed directly by its batch norm (if any) in module order.
     if isinstance(module, ResNet):
         return [ExactMergeBatchNorm(), ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
@@ -251,7 +251,7 @@ def _lrp(model, x: torch.Tensor, target: int) -> np.ndarray:
     std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
     low = ((0 - mean) / std).expand_as(x)
     high = ((1 - mean) / std).expand_as(x)
-    composite = EpsilonGammaBox(low=low, high=high, canonizers=_lrp_canonizers(module))
+    composite = EpsilonGammaBox(low=low, high=high, canonizers=lrp_canonizers(module))
     one_hot = torch.zeros(1, len(model.class_names), device=x.device)
     one_hot[0, target] = 1
     with Gradient(module, composite) as attributor:

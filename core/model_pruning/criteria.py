@@ -136,7 +136,7 @@ def lrp_composite(model, module: nn.Module, x: torch.Tensor):
     std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
     low = ((0 - mean) / std).expand(x.shape[0], -1, *x.shape[2:])
     high = ((1 - mean) / std).expand(x.shape[0], -1, *x.shape[2:])
-    return EpsilonGammaBox(low=low, high=high, canonizers=attribution._lrp_canonizers(module))
+    return EpsilonGammaBox(low=low, high=high, canonizers=attribution.lrp_canonizers(module))
 
 
 def activation_producers(module: nn.Module, x: torch.Tensor) -> list[str | None]:
