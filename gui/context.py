@@ -320,3 +320,27 @@ def error_message(error: BaseException) -> str:
 def is_out_of_memory(error: BaseException) -> bool:
     # Checked by name so the GUI thread need not import torch.
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+class JobFeedback:
+    """Progress, message and Cancel for a tab that runs one kind of job on the worker.
+
+    The tab sets `job_key` and has `context`, `progress` (a 0..1000 QProgressBar), `message`
+    (a QLabel), a `status` signal and `_busy(busy)`.
+    """
+
+    job_key = ""
+
+    def _progressed(self, step) -> None:
+        self.progress.setValue(int(1000 * step.done))
+        self.message.setText(step.message)
+
+    def _failed(self, error) -> None:
+        self._busy(False)
+        self.message.setText(error_message(error))
+        self.status.emit(error_message(error))
+
+    def cancel(self) -> None:
+        self.context.cancel(self.job_key)
+        self._busy(False)
+        self.message.setText("cancelled")

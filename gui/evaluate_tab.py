@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGridLa
                                QTabWidget, QVBoxLayout, QWidget)
 
 from core.progress import Progress
-from gui.context import PRIORITY_BACKGROUND, error_message
+from gui.context import PRIORITY_BACKGROUND, JobFeedback
 
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
@@ -268,8 +268,9 @@ class ResultsView(QWidget):
             self.figures.addWidget(QLabel(f"… and {len(pngs) - MAX_FIGURES} more figures"))
 
 
-class EvaluateTab(QWidget):
+class EvaluateTab(JobFeedback, QWidget):
     status = Signal(str)
+    job_key = JOB_KEY
     checked = Signal()  # a sanity check finished and is drawn
 
     def __init__(self, context, parent=None):
@@ -401,20 +402,6 @@ class EvaluateTab(QWidget):
         self.cancel_button.setEnabled(busy)
         if not busy:
             self.progress.setValue(0)
-
-    def _progressed(self, step) -> None:
-        self.progress.setValue(int(1000 * step.done))
-        self.message.setText(step.message)
-
-    def _failed(self, error) -> None:
-        self._busy(False)
-        self.message.setText(error_message(error))
-        self.status.emit(error_message(error))
-
-    def cancel(self) -> None:
-        self.context.cancel(JOB_KEY)
-        self._busy(False)
-        self.message.setText("cancelled")
 
     # -- the check -----------------------------------------------------------------------------
     def run_sanity(self) -> None:

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES,
                                       SWEEP_METHODS, SWEEP_SPARSITIES)
 from core.progress import Progress
-from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, ModelChoice, error_message
+from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, JobFeedback, ModelChoice, error_message
 from gui.heatmaps import HeatmapGrid
 
 ORIGINAL, PRUNED = "original", "pruned"
@@ -109,8 +109,9 @@ class ChannelBars(pg.PlotWidget):
             self.hover.setText(f"{name}: {kept} of {total} kept")
 
 
-class PruningTab(QWidget):
+class PruningTab(JobFeedback, QWidget):
     status = Signal(str)
+    job_key = JOB_KEY
     pruned = Signal()  # a pruning finished and its maps are drawn (or there is no image)
     swept = Signal()
 
@@ -282,20 +283,6 @@ class PruningTab(QWidget):
         self.cancel_button.setEnabled(busy)
         if not busy:
             self.progress.setValue(0)
-
-    def _progressed(self, step) -> None:
-        self.progress.setValue(int(1000 * step.done))
-        self.message.setText(step.message)
-
-    def _failed(self, error) -> None:
-        self._busy(False)
-        self.message.setText(error_message(error))
-        self.status.emit(error_message(error))
-
-    def cancel(self) -> None:
-        self.context.cancel(JOB_KEY)
-        self._busy(False)
-        self.message.setText("cancelled")
 
     # -- pruning -------------------------------------------------------------------------------
     def prune(self) -> None:
