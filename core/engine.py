@@ -178,11 +178,14 @@ class Engine:
 
     # -- the pathway map ---------------------------------------------------------------------
     def masked_forward(self, masks: list[torch.Tensor]):
-        """The pruned network: each activation output multiplied by its (bool) mask."""
+        """The pruned network: each activation output multiplied by its mask."""
         module = self.model.module
+        # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
+        # of a forward and backward of the embedded model).
+        factors = [m.to(self.x.dtype) for m in masks]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with intercept(lambda i, out: out * masks[i]):
+            with intercept(lambda i, out: out * factors[i]):
                 return module(x)
 
         return forward
@@ -206,7 +209,7 @@ class Engine:
             raise PruneScopeError(f"no pathway version of '{method}'")
         prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
         p = float(self.probs[self.target])
-        kept = [(layer.name, int(m.sum()), m.numel()) for layer, m in zip(self.layers, masks)]
+        kept = [(layer.name, int(torch.count_nonzero(m)), m.numel()) for layer, m in zip(self.layers, masks)]
         return PathwayResult(attribution.collapse_channels(grads), float(sparsity),
                              abs(prob - p) / p, prob, kept, masks)
 
