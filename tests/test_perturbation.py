@@ -6,7 +6,7 @@ from torch import nn
 from core.errors import PruneScopeError
 from core.perturbation import (BASELINES, Curves, baseline_image, curves, iter_curves,
                                output_change)
-from core.progress import Progress
+from core.progress import Progress, run
 
 SIDE = 16
 MEAN = (0.485, 0.456, 0.406)
@@ -162,12 +162,7 @@ def test_progress_per_batch_and_result():
     net, x = small_cnn(), image()
     job = iter_curves(net, x, np.ones((SIDE, SIDE)), target=0, steps=9, batch_size=6)
     steps = []
-    while True:
-        try:
-            steps.append(next(job))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run(job, steps.append)
     assert len(steps) == 4  # 20 inputs in batches of 6
     assert all(isinstance(s, Progress) for s in steps)
     assert [s.done for s in steps] == sorted(s.done for s in steps) and steps[-1].done == 1.0

@@ -9,7 +9,7 @@ from torch import nn
 
 from core.efficientnet_lite import EfficientNetLite0
 from core.errors import PruneScopeError
-from core.progress import Progress
+from core.progress import Progress, run
 from core.sanity import (SanityResult, cascading_randomization, iter_cascading_randomization,
                          parameter_blocks, spearman_abs, ssim_abs)
 
@@ -149,12 +149,7 @@ def test_progress_json_and_errors():
     net, x = small_cnn(), image()
     job = iter_cascading_randomization(net, x, 1, ["gradient", "edges"], explain_both)
     steps = []
-    while True:
-        try:
-            steps.append(next(job))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run(job, steps.append)
     assert len(steps) == 10 and all(isinstance(s, Progress) for s in steps)
     assert steps[-1].done == 1.0 and "0+1" in steps[-1].message
     assert isinstance(result, SanityResult)
