@@ -17,13 +17,13 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 
 from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
 from core.errors import ModelError, UnsupportedMethod
+from core.methods import CLASSIC_METHODS
 from core.neurons import intercept
 
 # Captum is imported inside the functions: it takes about a second to import.
 
-# Methods whose result is a gradient-like 1x3xHxW tensor, collapsed to HxW by collapse_channels.
+# Methods whose result is a gradient-like 1xCxHxW tensor, collapsed to HxW by collapse_channels.
 GRADIENT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop")
-CLASSIC_METHODS = GRADIENT_METHODS + ("grad-cam", "lrp")
 
 IG_STEPS = 50
 SMOOTHGRAD_SAMPLES = 25
@@ -49,6 +49,8 @@ def supports(method: str, model) -> tuple[bool, str]:
     if method not in CLASSIC_METHODS:
         return False, f"unknown method '{method}': choose one of {', '.join(CLASSIC_METHODS)}"
     if method == "grad-cam":
+        if not model.gradcam_layer:
+            return False, f"Grad-CAM has no layer in {model.name}: {model.gradcam_reason or 'none set'}"
         try:
             model.module.get_submodule(model.gradcam_layer)
         except AttributeError:
@@ -185,8 +187,8 @@ def _grad_cam(model, x: torch.Tensor, target: int) -> np.ndarray:
 
     layer = model.module.get_submodule(model.gradcam_layer)
     x = x.requires_grad_(True)  # parameters are frozen: the input is what puts the layer in the graph
-    if isinstance(model.module, VisionTransformer):
-        cam = _token_grad_cam(model.module, layer, x, target)
+    if getattr(model, "gradcam_tokens", None) is not None:
+        cam = _token_grad_cam(model.module, layer, x, target, model.gradcam_tokens)
     else:
         cam = LayerGradCam(model.module, layer).attribute(x, target=target, relu_attributions=True)
         if cam.ndim != 4:
@@ -197,9 +199,11 @@ def _grad_cam(model, x: torch.Tensor, target: int) -> np.ndarray:
     return cam[0, 0].float().cpu().numpy()
 
 
-def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
-    """Grad-CAM on a ViT's patch tokens, laid back onto their grid. Hand-written because Captum's
-    LayerGradCam assumes channel-first maps (it would average over the embedding, not the patches)."""
+def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
+                    prefix: int) -> torch.Tensor:
+    """Grad-CAM on a ViT's patch tokens (after `prefix` class/distillation tokens), laid back onto
+    their grid. Hand-written because Captum's LayerGradCam assumes channel-first maps (it would
+    average over the embedding, not the patches)."""
     captured = []
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
@@ -207,11 +211,11 @@ def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target
     finally:
         handle.remove()
     tokens = captured[-1]
-    side = int(round((tokens.shape[1] - 1) ** 0.5)) if tokens.ndim == 3 else 0
-    if side * side != tokens.shape[1] - 1:
+    side = int(round((tokens.shape[1] - prefix) ** 0.5)) if tokens.ndim == 3 else 0
+    if side < 1 or side * side != tokens.shape[1] - prefix:
         raise UnsupportedMethod(f"Grad-CAM cannot lay tokens of shape {tuple(tokens.shape)} on a square grid")
     grads, = torch.autograd.grad(score, tokens)
-    patches, patch_grads = tokens[:, 1:], grads[:, 1:]  # drop the class token
+    patches, patch_grads = tokens[:, prefix:], grads[:, prefix:]  # drop the class tokens
     weights = patch_grads.mean(dim=1, keepdim=True)
     cam = torch.relu((patches * weights).sum(dim=-1))
     return cam.reshape(1, 1, side, side).detach()

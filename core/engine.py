@@ -14,20 +14,13 @@ from captum.attr import IntegratedGradients
 
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod
+from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
 from core.neurons import Layer, intercept, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
-PATHWAY_METHODS = {
-    "pathway-gradient": "gradient",
-    "pathway-input-x-gradient": "input-x-gradient",
-    "pathway-integrated-gradients": "integrated-gradients",
-}
-ALL_METHODS = tuple(attribution.CLASSIC_METHODS) + tuple(PATHWAY_METHODS)
 SELECTORS = ("taylor", "intgrad")
 MODES = ("global", "per-layer")
-# Methods whose sign says nothing about evidence for the class: rank pixels by magnitude.
-MAGNITUDE_RANKED = {"gradient", "smoothgrad", "guided-backprop", "pathway-gradient"}
 IG_STEPS = 50
 IG_BATCH = 10
 
@@ -242,7 +235,7 @@ class Engine:
                     selector: str = "taylor") -> np.ndarray:
         if method in PATHWAY_METHODS:
             return self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method]).map
-        if method not in attribution.CLASSIC_METHODS:
+        if method not in CLASSIC_METHODS:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
         if method not in self._maps:
             self._maps[method] = attribution.attribute(method, self.model, self.x, self.target)
@@ -316,7 +309,7 @@ class Engine:
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
                 selector: str = "taylor", mode: str = "global") -> np.ndarray:
     """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
-    if method in attribution.CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
+    if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
         return attribution.attribute(method, model, x.to(model.device), target)
     return Engine.from_tensor(model, x, target).attribution(method, sparsity, mode, selector)
 
@@ -333,7 +326,7 @@ def _name(names, i: int) -> str:
 
 
 def _view_of(model, x: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(model.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
     rgb = ((x * std + mean).clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0)
-    return rgb.cpu().numpy()
+    return np.ascontiguousarray(rgb.expand(-1, -1, 3).cpu().numpy())  # grayscale shown as RGB

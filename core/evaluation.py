@@ -22,11 +22,11 @@ import torch
 
 from core.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
 from core.errors import PruneScopeError, UnsupportedMethod
+from core.methods import ALL_METHODS, DEFAULTS, supports
 from core.progress import Job, Progress, run, scaled
 
 REFERENCE_METHODS = ("random", "oracle")
-DEFAULT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad",
-                   "guided-backprop", "grad-cam", "lrp", "pathway-gradient")
+DEFAULT_METHODS = DEFAULTS["evaluate"]
 EXAMPLE_ITEMS = 4  # images whose maps are kept for the example grid
 
 
@@ -180,8 +180,6 @@ def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: fl
 
 
 def check_methods(methods, has_masks: bool) -> list[str]:
-    from core.engine import ALL_METHODS
-
     methods = list(dict.fromkeys(methods))
     known = set(ALL_METHODS) | set(REFERENCE_METHODS)
     unknown = [m for m in methods if m not in known]
@@ -197,11 +195,9 @@ def check_methods(methods, has_masks: bool) -> list[str]:
 
 def unsupported(methods, model) -> dict[str, str]:
     """Methods this model cannot run, with the reason (they are skipped, not failed)."""
-    from core.attribution import CLASSIC_METHODS, supports
-
     out = {}
     for method in methods:
-        if method in CLASSIC_METHODS:
+        if method in ALL_METHODS:
             ok, why = supports(method, model)
             if not ok:
                 out[method] = why

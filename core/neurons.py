@@ -27,6 +27,13 @@ ACTIVATIONS = {
     F.silu: "silu", F.hardswish: "hardswish", F.mish: "mish",
     F.elu: "elu", F.selu: "selu", F.celu: "celu", F.leaky_relu: "leaky_relu",
 }
+# A torch.export program calls the ATen operators themselves.
+_ATEN_KINDS = {"relu": "relu", "relu_": "relu", "hardtanh": "relu6", "hardtanh_": "relu6",
+               "gelu": "gelu", "gelu_": "gelu", "silu": "silu", "silu_": "silu",
+               "hardswish": "hardswish", "hardswish_": "hardswish", "mish": "mish", "mish_": "mish",
+               "elu": "elu", "elu_": "elu", "selu": "selu", "selu_": "selu", "celu": "celu",
+               "celu_": "celu", "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu"}
+ACTIVATIONS.update({getattr(torch.ops.aten, op).default: kind for op, kind in _ATEN_KINDS.items()})
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
                       nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU)

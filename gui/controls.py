@@ -6,6 +6,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from superqt import QLabeledDoubleSlider
 
 from core import display
+from core.methods import DEFAULTS
 
 PATHWAY_VARIANTS = (("gradient", "gradient"), ("input × gradient", "input-x-gradient"),
                     ("integrated gradients", "integrated-gradients"))
@@ -14,7 +15,7 @@ MODES = (("global threshold", "global"), ("per-layer threshold", "per-layer"))
 # Per-map first: methods differ in units (Grad-CAM's values dwarf gradients'), so a shared scale
 # is for comparing maps of one kind, e.g. the pathway gradient against the plain gradient.
 SCALES = (("per-map scale", False), ("shared scale", True))
-DEFAULT_METHODS = ("gradient", "integrated-gradients", "grad-cam")
+DEFAULT_METHODS = DEFAULTS["app"]
 
 
 def _combo(items, tooltip: str) -> QComboBox:

@@ -19,11 +19,12 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGridLa
                                QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
                                QTabWidget, QVBoxLayout, QWidget)
 
+from core.methods import ALL_METHODS, DEFAULTS
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, JobFeedback
 
 JOB_KEY = "evaluate-sanity"
-DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
+DEFAULT_METHODS = DEFAULTS["sanity"]
 GRID_COLUMNS = 5  # steps shown in the map grid until the user picks others
 CELL = 104  # px of one map in the grid
 RESULT_FILES = ("results.json", "roar.json", "sanity.json")
@@ -44,15 +45,15 @@ def sanity_job(engine, methods, seed: int, sparsity: float):
     """Job: the cascading randomisation check of the engine's image and class."""
     from dataclasses import replace
 
-    from core.attribution import CLASSIC_METHODS, supports
     from core.engine import compute_map
     from core.errors import PruneScopeError
+    from core.methods import supports
     from core.sanity import iter_cascading_randomization
 
     model = engine.model
     skipped = {}
     for method in methods:
-        ok, why = supports(method, model) if method in CLASSIC_METHODS else (True, "")
+        ok, why = supports(method, model)
         if not ok:
             skipped[method] = why
     chosen = [m for m in methods if m not in skipped]
@@ -373,8 +374,6 @@ class EvaluateTab(JobFeedback, QWidget):
     # -- state ---------------------------------------------------------------------------------
     def _model_changed(self, _model) -> None:
         if self.methods.count() == 0:
-            from core.engine import ALL_METHODS  # torch is loaded once a model is
-
             for method in ALL_METHODS:
                 item = QListWidgetItem(method)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)

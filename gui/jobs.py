@@ -79,7 +79,7 @@ def startup():
     torch.set_num_threads(worker_threads())
     import core.engine  # noqa: F401  (Captum, zennit, torchvision)
     from core import display
-    from core.attribution import CLASSIC_METHODS
+    from core.methods import CLASSIC_METHODS
     from core.device import available_devices
     from core.images import IMAGE_SUFFIXES
     from core.models import list_models

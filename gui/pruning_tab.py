@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from core.methods import ALL_METHODS
 from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES,
                                       SWEEP_METHODS, SWEEP_SPARSITIES)
 from core.progress import Progress
@@ -256,8 +257,6 @@ class PruningTab(JobFeedback, QWidget):
     # -- state ---------------------------------------------------------------------------------
     def _model_changed(self, model) -> None:
         if self.method.count() == 0:
-            from core.engine import ALL_METHODS  # torch is loaded once a model is
-
             for method in ALL_METHODS:
                 self.method.addItem(method, method)
             self.method.setCurrentIndex(self.method.findData("gradient"))

@@ -144,6 +144,7 @@ def test_grad_cam_on_vit_patch_tokens():
                             mlp_dim=32, num_classes=CLASSES)
     nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero: every gradient would be 0
     model = loaded(vit, gradcam_layer="encoder.layers.encoder_layer_1.ln_1", name="vit")
+    model.gradcam_tokens = 1  # the class token, as load_model's probe finds
     cam = attribute("grad-cam", model, image(), 3)
     assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() > 0
     # Each 8x8 patch holds one token: the map varies between patches.

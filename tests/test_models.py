@@ -11,7 +11,8 @@ import core.models as models
 from core.efficientnet_lite import EfficientNetLite0, SameConv2d, weights_path
 from core.errors import ModelError
 from core.images import load_image
-from core.models import GRADCAM_LAYERS, MODEL_NAMES, list_models, load_model
+from core.model_sources import BUILTIN_GRADCAM
+from core.models import MODEL_NAMES, list_models, load_model
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -131,7 +132,7 @@ def test_pickled_object_is_refused(tmp_path):
 def test_mismatched_weights_are_refused(resnet18_file, tmp_path):
     net, _ = resnet18_file
     state = net.state_dict()
-    state["fc.weight"] = torch.zeros(10, 512)
+    state["fc.weight"] = torch.zeros(1000, 256)
     del state["layer1.0.conv1.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
@@ -214,7 +215,7 @@ def test_densenet_legacy_keys_are_renamed():
 def test_gradcam_layers_exist(name):
     with torch.device("meta"):  # shapes only: no memory, no weights
         net = tvm.get_model(name)
-    assert net.get_submodule(GRADCAM_LAYERS[name]) is not None
+    assert net.get_submodule(BUILTIN_GRADCAM[name]) is not None
 
 
 def test_models_command_lists_every_model(capsys):

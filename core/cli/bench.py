@@ -1,9 +1,10 @@
 """`prunescope bench`: the engine's speed as ratios measured side by side, printed as JSON."""
+from core.cli.options import add_model_options, model_from_args
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure the engine's speed (JSON on stdout)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_model_options(p, "; the figures are for the embedded model unless you name another")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is kept")
     p.set_defaults(run=run_bench_command)
 
@@ -12,8 +13,7 @@ def run_bench_command(args) -> int:
     import json
 
     from core.bench import run_bench
-    from core.models import load_model
 
-    model = load_model("efficientnet_lite0", device=args.device)
+    model = model_from_args(args)
     print(json.dumps(run_bench(model, repeats=max(1, args.repeats)), indent=2))
     return 0

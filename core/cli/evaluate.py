@@ -8,13 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.options import method_list, sparsity_percent
+from core.cli.options import MODEL_HELP, add_model_details, method_list, positive_int, sparsity_percent
+from core.methods import DEFAULTS
 
 SYNTHETIC = "synthetic"
-# core.evaluation.DEFAULT_METHODS, repeated so that --help does not import torch (a test compares)
-EVALUATE_DEFAULT = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad",
-                    "guided-backprop", "grad-cam", "lrp", "pathway-gradient")
-ROAR_DEFAULT = ("gradient", "grad-cam", "pathway-gradient")
+EVALUATE_DEFAULT = DEFAULTS["evaluate"]
+ROAR_DEFAULT = DEFAULTS["roar"]
 
 
 def percent_list(text: str) -> list[float]:
@@ -27,25 +26,15 @@ def percent_list(text: str) -> list[float]:
     return [v / 100 for v in values]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number: {text}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1: {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, metavar="synthetic|DIR",
                    help="'synthetic' (generated, with exact ground truth) or an image folder "
                         "DIR/<class>/<image> (ImageFolder layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
-    p.add_argument("--model", default=None,
-                   help="model for an image folder (default efficientnet_lite0); the synthetic "
-                        "dataset uses its own trained CNN")
-    p.add_argument("--weights", metavar="FILE", help="a local weights file for --model")
+    p.add_argument("--model", metavar="SPEC", default=None,
+                   help=f"model for an image folder: {MODEL_HELP}; the synthetic dataset uses its "
+                        "own trained CNN")
+    add_model_details(p)
     p.add_argument("--masks", metavar="DIR",
                    help="ground-truth masks for an image folder, as MASKS/<class>/<image stem>.png "
                         "(pixels >= 128 are the object; default DIR_masks when it exists)")
@@ -147,9 +136,9 @@ def _synthetic_model(args, ctx, bar):
 
 
 def _folder_model(args, ctx):
-    from core.models import load_model
+    from core.cli.options import model_from_args
 
-    return load_model(args.model or "efficientnet_lite0", weights=args.weights, device=ctx.device)
+    return model_from_args(args, device=ctx.device)
 
 
 def _masks_dir(args):

@@ -2,10 +2,10 @@
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, sparsity_percent
+from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.methods import ALL_METHODS, DEFAULTS, unknown
 
-DEFAULT_METHODS = ("pathway-gradient", "gradient", "input-x-gradient", "integrated-gradients",
-                   "smoothgrad", "guided-backprop", "grad-cam", "lrp")
+DEFAULT_METHODS = DEFAULTS["explain"]
 
 
 def sparsity_value(text: str):
@@ -36,19 +36,17 @@ def register(subparsers) -> None:
 
 def run_explain(args) -> int:
     from core.cli import fail
-    from core.engine import ALL_METHODS, Engine
+    from core.engine import Engine
     from core.errors import PruneScopeError
     from core.images import load_image
-    from core.models import load_model
     from core.progress import StderrBar, run
     from core.report import write_outputs
 
-    unknown = [m for m in args.methods if m not in ALL_METHODS]
-    if unknown:
-        return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
+    if unknown(args.methods):
+        return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
     if args.steps < 1:
         return fail("--steps must be at least 1")
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = model_from_args(args)
     status = 0
     for path in args.images:
         bar = StderrBar(Path(path).name, quiet=args.quiet)

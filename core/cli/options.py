@@ -1,14 +1,61 @@
 """Argument types and options that several commands share (standard library only)."""
 import argparse
+import math
+
+MODEL_HELP = ("built-in name (default efficientnet_lite0, embedded), torchvision:ARCH, timm:NAME, "
+              "FILE.py:FACTORY, package.module:FACTORY, FILE.pt2 or a FILE.toml model card")
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --weights, --device and --quiet, for the commands that load a model."""
-    parser.add_argument("--model", default="efficientnet_lite0",
-                        help="efficientnet_lite0 (embedded, the default) or a torchvision name")
-    parser.add_argument("--weights", metavar="FILE", help="a local weights file for the model")
+def add_model_options(parser: argparse.ArgumentParser, default_help: str = "") -> None:
+    """--model SPEC with its weights, labels and preprocessing, --device and --quiet, for the
+    commands that load a model."""
+    parser.add_argument("--model", metavar="SPEC", default=None, help=MODEL_HELP + default_help)
+    add_model_details(parser)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_model_details(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model details (override the SPEC's or the card's defaults)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="weights file: .pth/.pt state dict or checkpoint, or .safetensors")
+    g.add_argument("--labels", metavar="FILE",
+                   help="class names: one per line (.txt), a JSON list or a JSON {id: name} map")
+    g.add_argument("--input-size", type=positive_int, metavar="N", help="side of the square input")
+    g.add_argument("--resize", type=positive_int, metavar="N",
+                   help="the short side is resized to N before the centre crop")
+    g.add_argument("--mean", type=float_list, metavar="M[,M,M]", help="per-channel mean, in [0, 1] units")
+    g.add_argument("--std", type=float_list, metavar="S[,S,S]", help="per-channel std, in [0, 1] units")
+    g.add_argument("--gradcam-layer", metavar="MODULE", help="module path whose output Grad-CAM weighs")
+
+
+def model_from_args(args, device=None):
+    """core.models.load_model with the shared model options of `args` (on `device` if given)."""
+    from core.models import load_model
+
+    return load_model(args.model, weights=args.weights, device=device or args.device,
+                      labels=args.labels, input_size=args.input_size, resize=args.resize,
+                      mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number: {text}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1: {text}")
+    return value
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text}")
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers: {text}")
+    return values
 
 
 def method_list(text: str) -> list[str]:

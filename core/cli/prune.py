@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, sparsity_percent
+from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.methods import ALL_METHODS, unknown
 from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
 
@@ -77,7 +78,6 @@ def _stats_line(label: str, stats, zeroed: bool) -> str:
 
 def run_prune(args) -> int:
     from core.model_pruning import calibrate, finetune, prune_model, save_pruned
-    from core.models import load_model
     from core.progress import StderrBar, run
 
     out = Path(args.out)
@@ -85,7 +85,7 @@ def run_prune(args) -> int:
         from core.cli import fail
 
         return fail(f"{out.parent}: output folder does not exist")
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = model_from_args(args)
     bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
     try:
         calib = run(calibrate(model, args.calib), bar)
@@ -122,18 +122,15 @@ def _nan_free(value):
 
 def run_sweep(args) -> int:
     from core.cli import fail
-    from core.engine import ALL_METHODS
     from core.model_pruning import calibrate
     from core.model_pruning.sweep import mean_spearman, plot_sweep, sweep
-    from core.models import load_model
     from core.progress import StderrBar, run
 
-    unknown = [m for m in args.methods if m not in ALL_METHODS]
-    if unknown:
-        return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
+    if unknown(args.methods):
+        return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = model_from_args(args)
     bar = StderrBar("prune-sweep", quiet=args.quiet)
     try:
         calib = run(calibrate(model, args.calib), bar)

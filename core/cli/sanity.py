@@ -7,9 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, sparsity_percent
+from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.methods import ALL_METHODS, DEFAULTS, unknown
 
-DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
+DEFAULT_METHODS = DEFAULTS["sanity"]
 GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
 
 
@@ -33,22 +34,20 @@ def register(subparsers) -> None:
 def run_sanity(args) -> int:
     from dataclasses import replace
 
-    from core.attribution import CLASSIC_METHODS, supports
     from core.cli import fail
-    from core.engine import ALL_METHODS, Engine, compute_map
+    from core.engine import Engine, compute_map
     from core.errors import PruneScopeError
     from core.images import load_image
-    from core.models import load_model
+    from core.methods import supports
     from core.progress import StderrBar, run
     from core.sanity import iter_cascading_randomization
 
-    unknown = [m for m in args.methods if m not in ALL_METHODS]
-    if unknown:
-        return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    if unknown(args.methods):
+        return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
+    model = model_from_args(args)
     methods = []
     for method in dict.fromkeys(args.methods):
-        ok, why = supports(method, model) if method in CLASSIC_METHODS else (True, "")
+        ok, why = supports(method, model)
         if ok:
             methods.append(method)
         else:

@@ -1,4 +1,5 @@
 """The choices whole-model pruning offers, importable without torch (CLI --help, the GUI)."""
+from core.methods import DEFAULTS
 
 CRITERIA = ("magnitude", "l1", "taylor", "lrp", "pathway")
 DESCRIPTIONS = {
@@ -11,4 +12,4 @@ DESCRIPTIONS = {
 MODES = ("global", "per-layer")
 DEFAULT_PROTECT = ("first", "last")
 SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
-SWEEP_METHODS = ("gradient", "grad-cam", "pathway-gradient")
+SWEEP_METHODS = DEFAULTS["prune-sweep"]

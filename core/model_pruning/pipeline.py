@@ -310,6 +310,7 @@ def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, i
         raise PruneScopeError(f"{path.parent}: folder does not exist")
     module = report.model.module
     info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
+    info.update(source_record(report.model))
     torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), path)
     sizes = {str(path): path.stat().st_size}
     if program:
@@ -320,6 +321,16 @@ def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, i
         torch.export.save(exported, program_path)
         sizes[str(program_path)] = program_path.stat().st_size
     return sizes
+
+
+def source_record(model) -> dict:
+    """What opens the pruned file again: the model's card (less its weights) and class names."""
+    record = {"class_names": list(model.class_names)}
+    if model.card is not None:
+        card = {k: v for k, v in dataclasses.asdict(model.card).items()
+                if v is not None and k not in ("weights", "labels")}
+        record.update(source=model.card.source, card=card)
+    return record
 
 
 def _plain(value):
