@@ -6,6 +6,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from core.cli import register_all
+    from core.cli.options import MODEL_HELP, add_model_details
 
     parser = argparse.ArgumentParser(
         prog="prunescope",
@@ -17,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("images", nargs="*", help="images to open")
     gui.add_argument("--screenshot", metavar="FILE.png",
                      help="save a PNG of the window once the first analysis is shown, then exit")
+    gui.add_argument("--model", metavar="SPEC", help=MODEL_HELP + " (default: the last one used)")
+    add_model_details(gui)
     gui.set_defaults(run=_run_gui)
     register_all(commands)
     parser.command_names = frozenset(commands.choices)
@@ -24,9 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_gui(args: argparse.Namespace) -> int:
+    from core.model_sources import resolve_card
     from gui.app import run_app  # Qt is imported only when the window is wanted
 
-    return run_app(args.images, screenshot=args.screenshot)
+    details = dict(weights=args.weights, labels=args.labels, input_size=args.input_size,
+                   resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
+    model = None
+    if args.model or any(v is not None for v in details.values()):
+        model = resolve_card(args.model, **details)  # a bad SPEC or card: one line, exit 2
+    return run_app(args.images, screenshot=args.screenshot, model=model)
 
 
 def main(argv: list[str] | None = None) -> int:

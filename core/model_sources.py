@@ -122,14 +122,15 @@ def _card_value(path: Path, key: str, value):
 
 
 def _relative_to(folder: Path, value: str, is_source: bool) -> str:
+    """A path of the card made absolute against `folder` (for a source: its file part)."""
     if is_source:
         kind, _ = parse_spec(value)
         if kind in ("file", "program"):
             file, _, factory = value.rpartition(":") if kind == "file" else (value, "", "")
-            resolved = str(folder / file) if not Path(file).is_absolute() else file
+            resolved = str((folder / file).resolve())
             return f"{resolved}:{factory}" if factory else resolved
         return value
-    return value if Path(value).is_absolute() else str(folder / value)
+    return str((folder / value).resolve())
 
 
 def write_card(card: ModelCard, path) -> Path:
@@ -139,6 +140,9 @@ def write_card(card: ModelCard, path) -> Path:
     for key, value in asdict(card).items():
         if value is None:
             continue
+        if key in _PATH_KEYS:
+            value = _relative_to(Path.cwd(), value, key == "source")
+            value = value if key == "source" else str(Path(value).resolve())
         if isinstance(value, (list, tuple)):
             lines.append(f"{key} = [{', '.join(repr(float(v)) for v in value)}]")
         elif isinstance(value, int):

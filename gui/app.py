@@ -23,9 +23,10 @@ def make_app() -> QApplication:
     return app
 
 
-def run_app(images=(), screenshot: str | None = None) -> int:
-    """Open the window on `images`; with `screenshot`, save a PNG of the window once the first
-    full analysis is on screen and exit (0, or 1 if it could not be made)."""
+def run_app(images=(), screenshot: str | None = None, model=None) -> int:
+    """Open the window on `images` (with `model`, a ModelCard, instead of the last model used);
+    with `screenshot`, save a PNG of the window once the first full analysis is on screen and
+    exit (0, or 1 if it could not be made)."""
     started = time.perf_counter()
     app = make_app()
     from gui.window import MainWindow
@@ -33,7 +34,7 @@ def run_app(images=(), screenshot: str | None = None) -> int:
     images = list(images)
     if screenshot and not images:
         images = [next(p for p in sample_images() if p.name == "coffee.png")]
-    window = MainWindow(images)
+    window = MainWindow(images, model=model)
     if screenshot:
         window.resize(*SCREENSHOT_SIZE)  # the same picture whatever size the window was saved at
     window.show()

@@ -30,13 +30,15 @@ MODEL_CACHE_SIZE = 2  # loaded models kept, so switching back and forth is insta
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """What the user asked for: a model name, an optional weights file, a device name."""
+    """What the user asked for: a model SPEC (a built-in name, timm:..., a card file, ...), an
+    optional weights file, a device name."""
     name: str
     weights: str | None = None
     device: str = "auto"
 
     def label(self) -> str:
-        return f"{self.name} ({Path(self.weights).name})" if self.weights else self.name
+        shown = Path(self.name).stem if self.name.lower().endswith(".toml") else self.name
+        return f"{shown} ({Path(self.weights).name})" if self.weights else shown
 
 
 @dataclass

@@ -381,8 +381,11 @@ class PruningTab(JobFeedback, QWidget):
         if self.exported is None or self.report is None:
             return
         current = self.context.current_model_choice()
-        choice = ModelChoice(self.report.model.name, str(self.exported),
-                             current.device if current else "auto")
+        same = current is not None and self.context.current_model() is self.report.model
+        # The SPEC that opened the pruned model's original; the file records it too.
+        spec = current.name if same else self.report.model.card.source if self.report.model.card \
+            else self.report.model.name
+        choice = ModelChoice(spec, str(self.exported), current.device if current else "auto")
         loader = getattr(self.window(), "load_model", None) or self.context.load_model
         loader(choice)
 

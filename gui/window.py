@@ -13,12 +13,15 @@ from gui import jobs
 from gui.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice, error_message, \
     is_out_of_memory
 from gui.explain_tab import ExplainTab
+from gui.model_dialog import OpenModelDialog, save_card
 from gui.tabs import extra_tabs
 from gui.thumbnails import ThumbnailStrip, folder_job
 
 # core.models.DEFAULT_MODEL, which cannot be imported here: core.models imports torch.
 DEFAULT_MODEL = "efficientnet_lite0"  # embedded weights: works offline, preselected
+OPEN_MODEL = "Open model…"
 LOAD_WEIGHTS = "Load weights file…"
+ACTIONS = (OPEN_MODEL, LOAD_WEIGHTS)  # entries of the model box that are not models
 RECENT_LIMIT = 10
 BUSY_DELAY_MS = 400  # jobs shorter than this show no progress bar (the live slider preview)
 SHUTDOWN_WAIT_MS = 1000  # then leave a torch call that is still running behind: closing takes < 2 s
@@ -31,7 +34,8 @@ def app_settings() -> QSettings:
 class MainWindow(QMainWindow):
     load_failed = Signal(str)  # an image or model could not be opened (message)
 
-    def __init__(self, images=(), parent=None):
+    def __init__(self, images=(), model=None, parent=None):
+        """model: a core.model_sources.ModelCard to open instead of the last model used."""
         super().__init__(parent)
         self.setWindowTitle("PruneScope")
         self.setWindowIcon(QIcon(str(resource_path("icons", "prunescope.png"))))
@@ -40,7 +44,7 @@ class MainWindow(QMainWindow):
         self.context = AppContext(self)
         self.worker_stopped = True
         self._startup = None
-        self._model_labels: dict[str, str] = {}  # model name -> its entry in the model box
+        self._model_labels: dict[str, str] = {}  # built-in model name -> its entry in the model box
         self._pending_image: Path | None = None
 
         self.explain = ExplainTab(self.context)
@@ -72,7 +76,10 @@ class MainWindow(QMainWindow):
         self.explain.controls.prediction.setText("Loading the model…")
 
         self.context.run_job(jobs.startup, self._started, key="startup", priority=PRIORITY_ENGINE)
-        self.load_model(ModelChoice(self._saved_model, None, self._saved_device), first=True)
+        first = ModelChoice(self._saved_model, None, self._saved_device)
+        if model is not None:
+            first = ModelChoice(self._card_spec(model), None, self._saved_device)
+        self.load_model(first, first=True)
         self.open_paths([Path(p) for p in images])
 
     # -- building ------------------------------------------------------------------------------
@@ -82,7 +89,8 @@ class MainWindow(QMainWindow):
         bar.setMovable(False)
         self.model_box = QComboBox()
         self.model_box.setMinimumWidth(230)
-        self.model_box.setToolTip("The classifier to explain")
+        self.model_box.setToolTip("The classifier to explain: a built-in, a recent one, or any other "
+                                  "through Open model…")
         self.model_box.activated.connect(self._model_picked)
         self.device_box = QComboBox()
         self.device_box.setToolTip("Where the model runs; unavailable devices are greyed out")
@@ -102,6 +110,8 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "Open &folder…", self.choose_folder, "Ctrl+Shift+O")
         self.recent_menu = file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file_menu.addSeparator()
+        self._action(file_menu, "Open &model…", self.choose_model, "Ctrl+M")
         file_menu.addSeparator()
         self._action(file_menu, "&Export results…", self.choose_export, "Ctrl+E")
         file_menu.addSeparator()
@@ -153,7 +163,12 @@ class MainWindow(QMainWindow):
             self.model_box.addItem(self._model_labels[name], name)
             self.model_box.setItemData(self.model_box.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.model_box.insertSeparator(self.model_box.count())
-        self.model_box.addItem(LOAD_WEIGHTS, LOAD_WEIGHTS)
+        for spec in _as_list(self.settings.value("models/recent")):
+            self.model_box.addItem(_spec_label(spec), spec)
+            self.model_box.setItemData(self.model_box.count() - 1, spec, Qt.ItemDataRole.ToolTipRole)
+        self.model_box.insertSeparator(self.model_box.count())
+        for action in ACTIONS:
+            self.model_box.addItem(action, action)
         self.model_box.blockSignals(False)
         self.device_box.clear()
         for name, available in info.devices.items():
@@ -170,6 +185,10 @@ class MainWindow(QMainWindow):
         for name, label in self._model_labels.items():
             self.model_box.setItemText(self.model_box.findData(name), label)
         index = self.model_box.findData(choice.name)
+        actions = self.model_box.findData(OPEN_MODEL)
+        if index < 0 and actions > 0:  # a model opened by SPEC: last of the recent ones
+            index = actions - 1  # the separator above the actions moves down
+            self.model_box.insertItem(index, _spec_label(choice.name), choice.name)
         if index >= 0:
             self.model_box.setCurrentIndex(index)
             if choice.weights:
@@ -184,6 +203,10 @@ class MainWindow(QMainWindow):
         device = self.device_box.currentData() or "auto"
         if name == LOAD_WEIGHTS:
             self._choose_weights(device)
+        elif name == OPEN_MODEL:
+            if current is not None:
+                self._show_choice(current)
+            self.choose_model()
         elif current is None or name != current.name or current.weights:
             self.load_model(ModelChoice(name, None, device))
 
@@ -192,7 +215,7 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Load weights file", self._last_folder(),
                                               "PyTorch weights (*.pth *.pt *.bin *.ckpt);;All files (*)")
         names = [self.model_box.itemData(i) for i in range(self.model_box.count())
-                 if self.model_box.itemData(i) not in (None, LOAD_WEIGHTS)]
+                 if self.model_box.itemData(i) not in (None, *ACTIONS)]
         if path and names:
             default = names.index(current.name) if current and current.name in names else 0
             name, ok = QInputDialog.getItem(self, "Architecture", "These weights are for:", names,
@@ -209,16 +232,47 @@ class MainWindow(QMainWindow):
         if current is not None and device != current.device:
             self.load_model(ModelChoice(current.name, current.weights, device))
 
-    def load_model(self, choice: ModelChoice, first: bool = False) -> None:
+    def _card_spec(self, card) -> str:
+        """A SPEC for `card`: its source alone, or the card saved beside the settings."""
+        if all(getattr(card, key) is None for key in vars(card) if key != "source"):
+            return card.source
+        return str(save_card(card, Path(self.settings.fileName()).parent / "models"))
+
+    def choose_model(self) -> None:
+        """Open model…: a dialog for any classifier; it closes once the model has loaded."""
+        dialog = OpenModelDialog(self._last_folder(), self)
+
+        def requested(card):
+            try:
+                spec = self._card_spec(card)
+            except OSError as err:
+                dialog.failed(f"cannot save the model card: {err.strerror or err}")
+                return
+            self.load_model(ModelChoice(spec, None, self.device_box.currentData() or "auto"),
+                            on_loaded=lambda _model: dialog.loaded(),
+                            on_failed=lambda message: dialog.failed(message))
+
+        dialog.card_ready.connect(requested)
+        dialog.setModal(True)
+        dialog.show()
+        self.model_dialog = dialog  # for tests, and so that it is not collected while open
+
+    def load_model(self, choice: ModelChoice, first: bool = False, on_loaded=None,
+                   on_failed=None) -> None:
+        """Load a model on the worker. on_failed(message), when given, takes the place of the
+        error dialog; either way the model in use stays."""
         self.show_message(f"Loading {choice.label()} on {choice.device}…")
 
         def loaded(model):
+            self._remember_model(choice)
             self._show_choice(choice)
             self.show_message(f"{choice.label()} on {model.device}")
             if first and self._pending_image is None:
                 self.explain.controls.prediction.setText(
                     "Open an image: File → Open, drop files or a folder here, "
                     "or Help → Open sample image")
+            if on_loaded is not None:
+                on_loaded(model)
 
         def failed(error):
             previous = self.context.current_model_choice()
@@ -226,6 +280,9 @@ class MainWindow(QMainWindow):
                 self._show_choice(previous)
             if is_out_of_memory(error):
                 self._offer_cpu(error_message(error), choice)
+            elif on_failed is not None:
+                self.show_message(error_message(error), error=True)
+                on_failed(error_message(error))
             else:
                 self.error_dialog("Cannot load the model", error)
             self.load_failed.emit(error_message(error))
@@ -299,6 +356,13 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{path.name} — PruneScope")
         self.strip.mark_current(path)
         self._remember(path)
+
+    def _remember_model(self, choice: ModelChoice) -> None:
+        """Models opened by SPEC or card (not built-ins, not a weights file) become recent."""
+        if choice.weights or choice.name in self._model_labels:
+            return
+        recent = [s for s in _as_list(self.settings.value("models/recent")) if s != choice.name]
+        self.settings.setValue("models/recent", [choice.name, *recent][:RECENT_LIMIT])
 
     def _remember(self, path: Path) -> None:
         recent = [p for p in _as_list(self.settings.value("recent")) if p != str(path)]
@@ -433,6 +497,11 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.worker_stopped = self.context.shutdown(SHUTDOWN_WAIT_MS)
         super().closeEvent(event)
+
+
+def _spec_label(spec: str) -> str:
+    """A model card by its file's stem, anything else by its SPEC."""
+    return Path(spec).stem if spec.lower().endswith(".toml") else spec
 
 
 def _as_list(value) -> list[str]:

@@ -1,13 +1,16 @@
-"""`prunescope models`: which classifiers there are and whether their weights work offline."""
+"""`prunescope models`: the built-in classifiers, whether their weights work offline, and how to
+name any other."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "models", help="list the models and whether their ImageNet weights are available offline")
+        "models", help="list the built-in models, whether their ImageNet weights are available "
+                       "offline, and how to name any other classifier")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from core.model_sources import HOW_TO_NAME
     from core.models import list_models
 
     infos = list_models()
@@ -21,4 +24,9 @@ def run(args) -> int:
               f"{missing[0].weights_file.parent} (or pass --weights FILE):")
         for info in missing:
             print(f"  {info.name:<{width}}  {info.url}")
+    print("\nAny other classifier, with --model SPEC (plus --weights, --labels, --input-size, "
+          "--resize, --mean, --std, --gradcam-layer):")
+    spec_width = max(len(spec) for spec, _ in HOW_TO_NAME)
+    for spec, what in HOW_TO_NAME:
+        print(f"  {spec:<{spec_width}}  {what}")
     return 0
