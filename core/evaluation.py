@@ -110,17 +110,21 @@ def synthetic_source(config, split: str = "test", count: int | None = None) -> S
     return Source(f"synthetic {split}", count, load, True, config.class_names)
 
 
-def folder_source(root, masks=None, limit: int | None = None) -> Source:
-    """An ImageFolder: root/<class>/<image>, classes in sorted order (torchvision's convention);
+def folder_source(root, masks=None, limit: int | None = None, class_names=None) -> Source:
+    """An ImageFolder: root/<class>/<image>, classes in sorted order (torchvision's convention),
+    or, when every folder is named by one of `class_names` (or its id), those classes' ids;
     a folder of images without class folders has no labels. Masks, when given, are images at
     masks/<class>/<image stem>.png (any size and mode; pixels >= 128 are the object)."""
-    from core.images import list_images, load_image
+    from core.images import class_id, list_images, load_image
 
     root = Path(root)
     if not root.is_dir():
         raise PruneScopeError(f"{root}: no such dataset folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and list_images(p))
-    entries = [(path, i) for i, c in enumerate(classes) for path in list_images(root / c)]
+    ids = {c: i for i, c in enumerate(classes)}
+    if class_names and all(class_id(c, class_names) is not None for c in classes):
+        ids = {c: class_id(c, class_names) for c in classes}
+    entries = [(path, ids[c]) for c in classes for path in list_images(root / c)]
     if not classes:
         entries = [(path, None) for path in list_images(root)]
     if not entries:
@@ -143,7 +147,8 @@ def folder_source(root, masks=None, limit: int | None = None) -> Source:
             mask = load_image(mask_path).max(axis=2) >= 128
         return Item(load_image(path), label, mask, str(path.relative_to(root)))
 
-    return Source(str(root), len(entries), load, mask_root is not None, classes or None)
+    in_order = classes if ids == {c: i for i, c in enumerate(classes)} else None  # else the model's
+    return Source(str(root), len(entries), load, mask_root is not None, in_order or None)
 
 
 def prepare(model, item: Item, target_rule: str):

@@ -81,3 +81,12 @@ def list_images(folder) -> list[Path]:
         raise ImageError(f"{folder}: not a folder")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def class_id(folder_name: str, class_names: list[str]) -> int | None:
+    """The class an ImageFolder subfolder stands for: its name as a class id (0..N-1) or as a
+    class name (case and _/space ignored); None if it is neither."""
+    if folder_name.isdigit() and int(folder_name) < len(class_names):
+        return int(folder_name)
+    key = folder_name.lower().replace("_", " ").strip()
+    return next((i for i, n in enumerate(class_names) if n.lower().replace("_", " ").strip() == key), None)

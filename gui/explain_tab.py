@@ -182,7 +182,7 @@ class ExplainTab(QWidget):
             self._live_again = True
             return
         params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
-        if layer is None:
+        if layer is None or layer >= len(engine.layers):  # none yet, or the last model had more
             layer = default_layer(len(engine.layers))
         self._live_running = True
         self.context.run_job(lambda: jobs.live(engine, params, layer, memo), self._show_live,

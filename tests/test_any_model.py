@@ -293,3 +293,15 @@ def test_registries_need_no_torch():
     code = ("import sys, core.methods, core.model_sources, core.cli.options; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_image_folder_classes_are_the_models_by_name(tmp_path):
+    from core.evaluation import folder_source
+
+    for name in ("part-3", "part-1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.png").write_bytes(SAMPLE.read_bytes())
+    names = [f"part-{i}" for i in range(10)]
+    source = folder_source(tmp_path, class_names=names)
+    assert [source.load(i).label for i in range(2)] == [1, 3]
+    assert [folder_source(tmp_path, class_names=["x", "y"]).load(i).label for i in range(2)] == [0, 1]

@@ -195,7 +195,7 @@ def run_evaluate(args) -> int:
             source = synthetic_source(data, "test")
         else:
             model = _folder_model(args, ctx)
-            source = folder_source(args.dataset, _masks_dir(args))
+            source = folder_source(args.dataset, _masks_dir(args), class_names=model.class_names)
         settings = BenchmarkSettings(
             methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
             steps=args.steps, baseline=args.baseline, sparsity=args.sparsity,

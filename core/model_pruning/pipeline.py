@@ -36,25 +36,20 @@ class Calibration:
 def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, int]] | None:
     """(image, class id) pairs when `folder` is an ImageFolder: one subfolder per class, named by
     the class id or the class name (case and _/space ignored). None for a flat folder."""
-    from core.images import list_images
+    from core.images import class_id, list_images
 
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         return None
-    lookup = {_key(n): i for i, n in enumerate(class_names)}
     pairs = []
     for sub in subdirs:
         name = sub.name
-        label = int(name) if name.isdigit() and int(name) < len(class_names) else lookup.get(_key(name))
+        label = class_id(name, class_names)
         if label is None:
             raise ImageError(f"{sub}: folder name '{name}' is neither a class id (0..{len(class_names) - 1}) "
                              "nor a class name of this model")
         pairs += [(p, label) for p in list_images(sub)]
     return pairs
-
-
-def _key(name: str) -> str:
-    return name.lower().replace("_", " ").strip()
 
 
 def calibration_files(model, folder=None) -> tuple[list[Path], list[int] | None]:
