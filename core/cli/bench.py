@@ -4,7 +4,8 @@ from core.cli.options import add_model_options, model_from_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure the engine's speed (JSON on stdout)")
-    add_model_options(p, "; the figures are for the embedded model unless you name another")
+    add_model_options(p, "; the figures are for the embedded model unless you name another",
+                      quiet=False)
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is kept")
     p.set_defaults(run=run_bench_command)
 

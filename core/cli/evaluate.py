@@ -152,8 +152,10 @@ def _check_args(args):
     from core.errors import PruneScopeError
 
     if args.dataset == SYNTHETIC:
-        if args.model or args.weights or args.masks:
-            raise PruneScopeError("--model, --weights and --masks are for an image folder; the "
+        details = (args.model, args.weights, args.labels, args.input_size, args.resize, args.mean,
+                   args.std, args.gradcam_layer, args.masks)
+        if any(v is not None for v in details):
+            raise PruneScopeError("--model, its details and --masks are for an image folder; the "
                                   "synthetic dataset brings its own model and masks")
     elif not Path(args.dataset).is_dir():
         raise PruneScopeError(f"{args.dataset}: not 'synthetic' and not a folder")

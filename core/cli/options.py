@@ -6,13 +6,15 @@ MODEL_HELP = ("built-in name (default efficientnet_lite0, embedded), torchvision
               "FILE.py:FACTORY, package.module:FACTORY, FILE.pt2 or a FILE.toml model card")
 
 
-def add_model_options(parser: argparse.ArgumentParser, default_help: str = "") -> None:
-    """--model SPEC with its weights, labels and preprocessing, --device and --quiet, for the
-    commands that load a model."""
+def add_model_options(parser: argparse.ArgumentParser, default_help: str = "",
+                      quiet: bool = True) -> None:
+    """--model SPEC with its weights, labels and preprocessing, --device and (with `quiet`)
+    --quiet, for the commands that load a model."""
     parser.add_argument("--model", metavar="SPEC", default=None, help=MODEL_HELP + default_help)
     add_model_details(parser)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_model_details(parser: argparse.ArgumentParser) -> None:
