@@ -194,7 +194,9 @@ def auto_sparsity(engine, params: Params, tolerance: float):
 
 def export(engine, methods, params: Params, steps: int, out_dir, image_path, cmap: str,
            alpha: float, extra_settings: dict):
-    """The same files as `prunescope explain` writes, for the current image and settings."""
+    """The same files as `prunescope explain` writes, for the current image and settings; an
+    earlier export of the same image there is replaced whole."""
+    from core.output import staged_folder
     from core.report import write_outputs
 
     analysis = yield from scaled(
@@ -203,5 +205,7 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
     yield Progress(0.9, "writing files")
     settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
                 "steps": steps, "baseline": "mean", **extra_settings}
-    return write_outputs(out_dir, engine, analysis, settings, image_path=image_path, cmap=cmap,
-                         alpha=alpha)
+    with staged_folder(out_dir, overwrite=True) as staging:
+        written = write_outputs(staging, engine, analysis, settings, image_path=image_path, cmap=cmap,
+                                alpha=alpha)
+    return [out_dir / path.name for path in written]

@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QInputDialog, QLabel, QMa
                                QMessageBox, QProgressBar, QPushButton, QTabWidget, QToolBar,
                                QVBoxLayout, QWidget)
 
+from core.output import result_names
 from core.resources import resource_path, sample_images
 from gui import jobs
 from gui.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice, error_message, \
@@ -335,7 +336,7 @@ class MainWindow(QMainWindow):
     def export_to(self, folder: Path) -> None:
         """Write maps, PNGs, curves, report and comparison figure into folder/<image stem>/."""
         image = self.context.current_image_path()
-        out = folder / (image.stem if image else "export")
+        out = folder / (result_names([image])[0] if image else "export")
 
         def done(written):
             self.show_message(f"Exported {len(written)} files to {out}")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.options import method_list, sparsity_percent
+from core.cli.options import MAX_STEPS, curve_steps, method_list, out_path, positive_int, sparsity_percent
 
 SYNTHETIC = "synthetic"
 # core.evaluation.DEFAULT_METHODS, repeated so that --help does not import torch (a test compares)
@@ -27,21 +27,11 @@ def percent_list(text: str) -> list[float]:
     return [v / 100 for v in values]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number: {text}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1: {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, metavar="synthetic|DIR",
                    help="'synthetic' (generated, with exact ground truth) or an image folder "
                         "DIR/<class>/<image> (ImageFolder layout)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument("--out", required=True, type=out_path, metavar="DIR", help="folder for the results")
     p.add_argument("--model", default=None,
                    help="model for an image folder (default efficientnet_lite0); the synthetic "
                         "dataset uses its own trained CNN")
@@ -85,8 +75,8 @@ def register(subparsers) -> None:
                    help="test images scored (default 100)")
     p.add_argument("--sanity-images", type=int, default=4,
                    help="images given the cascading randomisation check (default 4; 0 skips it)")
-    p.add_argument("--steps", type=positive_int, default=20,
-                   help="deletion/insertion steps (default 20)")
+    p.add_argument("--steps", type=curve_steps, default=20,
+                   help=f"deletion/insertion steps, 1-{MAX_STEPS} (default 20)")
     p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
                    help="what deleted pixels become (default: the dataset mean)")
     p.set_defaults(run=run_evaluate)

@@ -5,12 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, sparsity_percent
+from core.cli.options import add_model_options, method_list, out_path, sparsity_percent
 from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
 
 def percent_list(text: str) -> list[float]:
-    return [sparsity_percent(t) for t in text.split(",") if t.strip()]
+    return [sparsity_percent(t) for t in method_list(text)]
 
 
 def criterion_list(text: str) -> list[str]:
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                    help="magnitude (unstructured), l1, taylor, lrp or pathway (structured)")
     p.add_argument("--sparsity", type=sparsity_percent, required=True,
                    help="percent of channels removed (of weights zeroed, for magnitude)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the pruned model file (.pt)")
+    p.add_argument("--out", required=True, type=out_path, metavar="FILE", help="the pruned model file (.pt)")
     _common(p)
     p.add_argument("--finetune", metavar="DIR", help="fine-tune on this labelled ImageFolder afterwards")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
         description="Writes DIR/sweep.json and DIR/headline.png, cost.png, drift.png, pathway.png.")
     s.add_argument("--criteria", type=criterion_list, default=list(CRITERIA),
                    help=f"comma-separated (default: {','.join(CRITERIA)})")
-    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json and the plots")
+    s.add_argument("--out", required=True, type=out_path, metavar="DIR", help="folder for sweep.json and the plots")
     s.add_argument("--sparsities", type=percent_list, default=list(SWEEP_SPARSITIES),
                    help=f"comma-separated percents (default: {','.join(map(str, SWEEP_SPARSITIES))})")
     s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
