@@ -14,7 +14,7 @@ from captum.attr import IntegratedGradients
 
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
-from core.neurons import Layer, intercept, trace_layers, intgrad_scores, taylor_scores
+from core.neurons import intercept, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 

@@ -141,3 +141,10 @@ def write_text(path, text: str) -> Path:
     with atomic_file(path) as temp:
         temp.write_text(text)
     return Path(path)
+
+
+def save_figure(fig, path, **savefig_options) -> Path:
+    """A matplotlib figure written whole (for files that go straight into an output folder)."""
+    with atomic_file(path) as temp:
+        fig.savefig(temp, **savefig_options)
+    return Path(path)

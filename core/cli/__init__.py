@@ -48,9 +48,9 @@ def fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def item_failed(item, error: BaseException) -> int:
-    """One line naming the item and why it failed."""
-    why = reason(error)
+def item_failed(item, error: BaseException | str) -> int:
+    """One line naming the item and why it failed (an exception, or the reason already told)."""
+    why = error if isinstance(error, str) else reason(error)
     return fail(why if str(item) in why else f"{item}: {why}")
 
 

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from core.cli import say
 from core.cli.options import add_model_options, method_list, out_path, sparsity_percent
 from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
@@ -75,16 +76,31 @@ def _stats_line(label: str, stats, zeroed: bool) -> str:
             f"latency {latency}")
 
 
+def _report_skipped(calib) -> int:
+    """One line per calibration image left out; exit code 2 if any was."""
+    from core.cli import EXIT_BAD_INPUT, item_failed
+
+    for path, why in calib.skipped.items():
+        item_failed(path, why)
+    if calib.skipped:
+        total = len(calib.paths) + len(calib.skipped)
+        say(f"prunescope: {len(calib.paths)} of {total} calibration images used; "
+            f"{len(calib.skipped)} failed")
+    return EXIT_BAD_INPUT if calib.skipped else 0
+
+
 def run_prune(args) -> int:
+    from core.errors import OutputError
     from core.model_pruning import calibrate, finetune, prune_model, save_pruned
     from core.models import load_model
+    from core.output import write_text
     from core.progress import StderrBar, run
 
     out = Path(args.out)
     if not out.parent.is_dir():
-        from core.cli import fail
-
-        return fail(f"{out.parent}: output folder does not exist")
+        raise OutputError(f"{out.parent}: output folder does not exist")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder, not a model file")
     model = load_model(args.model, weights=args.weights, device=args.device)
     bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
     try:
@@ -111,9 +127,9 @@ def run_prune(args) -> int:
     for path, size in sizes.items():
         print(f"wrote {path} ({size / 1e6:.2f} MB)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model.name, **report.summary(), "files": sizes},
-                                              indent=1, default=_nan_free))
-    return 0
+        write_text(args.json, json.dumps({"model": model.name, **report.summary(), "files": sizes},
+                                         indent=1, default=_nan_free))
+    return _report_skipped(calib)
 
 
 def _nan_free(value):
@@ -126,24 +142,25 @@ def run_sweep(args) -> int:
     from core.model_pruning import calibrate
     from core.model_pruning.sweep import mean_spearman, plot_sweep, sweep
     from core.models import load_model
+    from core.output import locked, output_folder, write_text
     from core.progress import StderrBar, run
 
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown:
         return fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL_METHODS)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     model = load_model(args.model, weights=args.weights, device=args.device)
-    bar = StderrBar("prune-sweep", quiet=args.quiet)
-    try:
-        calib = run(calibrate(model, args.calib), bar)
-        result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
-                           args.protect, timed=not args.no_latency), bar)
-    finally:
-        bar.close()
-    data = result.to_json()
-    (out / "sweep.json").write_text(json.dumps(data, indent=1))
-    plots = plot_sweep(result, out)
+    with locked(out):
+        bar = StderrBar("prune-sweep", quiet=args.quiet)
+        try:
+            calib = run(calibrate(model, args.calib), bar)
+            result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
+                               args.protect, timed=not args.no_latency), bar)
+        finally:
+            bar.close()
+        data = result.to_json()
+        plots = plot_sweep(result, out)
+        write_text(out / "sweep.json", json.dumps(data, indent=1))  # last: the mark of a complete sweep
     quality = result.quality
     print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
     print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {quality:>9} "
@@ -161,9 +178,12 @@ def run_sweep(args) -> int:
     for method, why in result.skipped_methods.items():
         print(f"skipped {method}: {why}", file=sys.stderr)
     for criterion, why in result.errors.items():
-        print(f"prunescope: error: {criterion}: {why}", file=sys.stderr)
+        fail(f"{criterion}: {why}")
     print(f"wrote {out / 'sweep.json'} and {', '.join(p.name for p in plots)}")
-    return 2 if result.errors else 0
+    if result.errors:
+        say(f"prunescope: {len(result.criteria) - len(result.errors)} of {len(result.criteria)} "
+            f"criteria swept; {len(result.errors)} failed")
+    return max(_report_skipped(calib), 2 if result.errors else 0)
 
 
 def _pct(value) -> str:

@@ -3,11 +3,11 @@
 Writes DIR/<image stem>/sanity.json, spearman.png and ssim.png (similarity to the trained model's
 map against the blocks randomised, one line per method) and maps.png (maps at a few steps).
 """
-import argparse
 import sys
 from pathlib import Path
 
 from core.cli.options import add_model_options, method_list, out_path, sparsity_percent
+from core.output import save_figure
 
 DEFAULT_METHODS = ("pathway-gradient", "gradient", "guided-backprop", "grad-cam")
 GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
@@ -123,7 +123,7 @@ def plot_similarity(path: Path, result, values: dict, ylabel: str, title: str) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def grid_steps(count: int, columns: int = GRID_COLUMNS) -> list[int]:
@@ -156,4 +156,4 @@ def plot_map_grid(path: Path, result, view) -> None:
     for ax in (a for line in axes for a in line):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)

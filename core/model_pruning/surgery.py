@@ -7,6 +7,7 @@ batch norms, form one group in the dependency graph; a group is ranked by the me
 producers and removed together.
 """
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +71,17 @@ def _dependency_graph(module: nn.Module, x: torch.Tensor):
         return tp.DependencyGraph().build_dependency(module, example_inputs=x[:1])
 
 
+@contextmanager
+def _grad_flags_kept(module: nn.Module):
+    """Put back which parameters were frozen, by name: pruning replaces the parameter objects."""
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    try:
+        yield
+    finally:
+        for name, p in module.named_parameters():
+            p.requires_grad_(name not in frozen)
+
+
 def _group_scores(DG, group, scores: Scores, names: dict) -> torch.Tensor | None:
     """The mean score of the group's producers per channel, or None if none has a score."""
     total = torch.zeros(len(group[0].idxs))
@@ -131,12 +143,19 @@ def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) 
 
 def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsity: float,
                      mode: str = "global", protected=frozenset()) -> Surgery:
-    """Remove the lowest-scored sparsity % of output channels from `module`, in place."""
+    """Remove the lowest-scored sparsity % of output channels from `module`, in place; which
+    parameters are frozen stays as it was."""
     check_sparsity(sparsity, mode)
-    names = {m: n for n, m in module.named_modules()}
     order = forward_order(module, x)
     if float(sparsity) == 0.0:  # nothing to remove: spare tracing the graph
         return Surgery({}, _channel_table(module, order, {}), "channels", sorted(protected))
+    with _grad_flags_kept(module):
+        return _remove_channels(module, x, scores, float(sparsity), mode, protected, order)
+
+
+def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, protected,
+                     order: list[str]) -> Surgery:
+    names = {m: n for n, m in module.named_modules()}
     DG = _dependency_graph(module, x)
     out_layer = module.get_submodule(order[-1])  # its outputs are the classes: never removed
     prunable = (nn.Conv2d, nn.Linear)
