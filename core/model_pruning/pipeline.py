@@ -330,6 +330,7 @@ def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, i
         raise OutputError(f"{path}: is a folder, not a model file")
     module = report.model.module
     info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
+    info["input_size"] = report.model.input_size  # load_pruned's trial forward uses it
     # Written under a temporary name and renamed: a full disk leaves an older model file intact.
     with atomic_file(path) as temp:
         torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
