@@ -1,6 +1,7 @@
 """PruneScope: `python main.py` opens the app; subcommands run the engine headless."""
 import argparse
 import os
+import signal
 import sys
 
 
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_gui(args: argparse.Namespace) -> int:
     from gui.app import run_app  # Qt is imported only when the window is wanted
 
+    # SIGTERM ends the app at once, as by default: a Python handler would wait for Qt's loop.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return run_app(args.images, screenshot=args.screenshot)
 
 

@@ -37,7 +37,7 @@ class ExplainTab(QWidget):
         self._engine = None
         self._luts: dict = {}
         self._maps: dict = {}
-        self._skipped: dict = {}
+        self._unavailable: dict = {}  # method -> the note its panel shows instead of a map
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
         self._announced = False
@@ -108,7 +108,7 @@ class ExplainTab(QWidget):
         if self._engine is None or self._live is None or self.masks.layer() is None:
             return False
         shown = self.heatmaps.shown_maps()
-        if not all(m in shown or m in self._skipped for m in self._panel_names()):
+        if not all(m in shown or m in self._unavailable for m in self._panel_names()):
             return False
         return self.curves.ready([m for m in self._panel_names() if m in shown])
 
@@ -120,7 +120,7 @@ class ExplainTab(QWidget):
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
-        self._maps, self._skipped, self._live = {}, {}, None
+        self._maps, self._unavailable, self._live = {}, {}, None
         self._announced = False
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
@@ -255,21 +255,26 @@ class ExplainTab(QWidget):
             self.masks.set_layer(layer)
 
     def _show_maps(self, result) -> None:
-        engine, maps, skipped = result
+        engine, maps, skipped, failed = result
         if engine is not self._engine:
             return
         self._maps.update(maps)
-        self._skipped.update(skipped)
+        for method in maps:  # a retry that worked
+            self._unavailable.pop(method, None)
+        self._unavailable.update({m: "not available for this model" for m in skipped})
+        self._unavailable.update({m: "failed (see the status bar)" for m in failed})
         self._draw_maps()
         for method, why in skipped.items():
             self.status.emit(f"{method} skipped: {why}")
+        for method, why in failed.items():
+            self.status.emit(f"{method} failed: {why}")
         self._check_complete()
 
     def _draw_maps(self) -> None:
         self.heatmaps.set_maps({m: (self._maps[m], "") for m in self.methods() if m in self._maps})
         for method in self.methods():
-            if method in self._skipped:
-                self.heatmaps.set_note(method, "not available for this model")
+            if method in self._unavailable:
+                self.heatmaps.set_note(method, self._unavailable[method])
 
     def _show_curves(self, result) -> None:
         engine, _params, curves = result

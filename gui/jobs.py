@@ -155,16 +155,15 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
 
 
 def maps(engine, methods):
-    """The classic maps (cached by the engine); skipped: method -> why it cannot run here."""
+    """The classic maps (cached by the engine); skipped: method -> why it cannot run here;
+    failed: method -> why it failed this time (the other maps are kept)."""
     analysis = yield from engine.iter_analysis(list(methods), with_curves=False)
-    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped
+    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
 
 
 def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
     """Deletion/insertion curves of every classic map (cached by the engine) and of the pathway
-    map at params."""
-    from core.errors import UnsupportedMethod
-
+    map at params. A classic map that cannot be had (the maps job said why) has no curves."""
     out = {}
     todo = list(methods) + [params.method_name]
     for i, method in enumerate(todo):
@@ -175,7 +174,7 @@ def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
         else:
             try:
                 attr = engine.attribution(method)
-            except UnsupportedMethod:
+            except Exception:  # unsupported here, or failed: the maps job has told the user
                 continue
         out[method] = yield from scaled(engine.iter_curves(method, attr, steps), start, end)
     return engine, params, out

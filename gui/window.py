@@ -243,9 +243,9 @@ class MainWindow(QMainWindow):
         def failed(error):
             if is_out_of_memory(error):
                 self._offer_cpu(error_message(error))
+                self.load_failed.emit(error_message(error))
             else:
-                self.show_message(error_message(error), error=True)
-            self.load_failed.emit(error_message(error))
+                self._open_failed(error_message(error))
 
         self.context.open_image(path, on_error=failed)
 
@@ -284,11 +284,15 @@ class MainWindow(QMainWindow):
                 if paths:
                     self.open_image(paths[0])
                 else:
-                    self.show_message(f"No images in {shown_folder}", error=True)
+                    self._open_failed(f"No images in {shown_folder}")
 
         self.context.run_job(lambda: folder_job(folder, files), shown, key="folder",
                              priority=PRIORITY_VIEW,
-                             on_error=lambda e: self.show_message(error_message(e), error=True))
+                             on_error=lambda e: self._open_failed(error_message(e)))
+
+    def _open_failed(self, message: str) -> None:
+        self.show_message(message, error=True)
+        self.load_failed.emit(message)
 
     def step_image(self, step: int) -> None:
         path = self.strip.neighbour(self.context.current_image_path(), step)
