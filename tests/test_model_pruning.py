@@ -17,46 +17,7 @@ from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
 from core.models import LoadedModel, imagenet_classes
 from core.progress import run
 
-DEAD = (1, 6)   # conv1 channels with zero weights: never active
-UNUSED = 3      # conv1 channel with big weights whose output conv2 ignores
-CLASSES = 4
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, CLASSES)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    net = Tiny()
-    with torch.no_grad():
-        net.conv1.weight.abs_()  # positive inputs and weights: every live channel is active
-        net.conv1.weight[list(DEAD)] = 0  # BN of a zero map (mean 0, var 1, bias 0) stays zero
-        net.conv1.weight[UNUSED] *= 5     # the largest filter ...
-        net.conv2.weight[:, UNUSED] = 0   # ... that nothing reads
-    return net.eval().requires_grad_(False)
-
-
-def loaded(module: nn.Module, name: str, size: int, classes: list[str], gradcam: str) -> LoadedModel:
-    return LoadedModel(name, module, torch.device("cpu"), classes, size, size,
-                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), gradcam)
-
-
-@pytest.fixture
-def tiny():
-    return loaded(tiny_net(), "tiny", 32, [f"c{i}" for i in range(CLASSES)], "conv2")
-
+from conftest import CLASSES, DEAD, UNUSED, loaded, tiny_net  # noqa: E402  (the tiny net is shared)
 
 def calibration_of(model: LoadedModel, n: int = 4, seed: int = 0) -> Calibration:
     g = torch.Generator().manual_seed(seed)
@@ -320,20 +281,6 @@ def test_sparsity_zero_changes_no_explanation(tiny):
 
 
 # --- command line ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def tiny_cli(tiny, tmp_path, photo, monkeypatch):
-    """The CLI with load_model answering the tiny net, and a calibration folder of two photos."""
-    import core.models
-    from PIL import Image
-
-    monkeypatch.setattr(core.models, "load_model", lambda *a, **k: tiny)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for name in ("coffee.png", "chelsea.png"):
-        Image.open(photo(name)).convert("RGB").resize((40, 32)).save(calib / name)
-    return calib
-
 
 def test_cli_sweep_writes_json_and_plots_and_reports_a_failed_criterion(tiny_cli, tmp_path, capsys):
     import json
