@@ -30,6 +30,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl+C's KeyboardInterrupt so that the same clean-up runs."""
 
 
+# An interrupt that Python dropped because it fired inside a destructor (a progress bar's
+# __del__, say): raised again before the next item, so that it is not lost.
+_dropped: list[KeyboardInterrupt] = []
+
+
+def check_interrupted() -> None:
+    if _dropped:
+        raise _dropped.pop()
+
+
 def register_all(subparsers) -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -63,6 +73,12 @@ class Batch:
         self.failed = 0
         self.problems = 0  # things that failed inside items that were still done
 
+    def over(self, items):
+        """The items, stopping before the next one if an interrupt came in a destructor."""
+        for item in items:
+            check_interrupted()
+            yield item
+
     def item_failed(self, item, error: BaseException) -> None:
         self.failed += 1
         item_failed(item, error)
@@ -88,11 +104,24 @@ def _terminate(_signum, _frame) -> None:
     raise Terminated()
 
 
+def _unraisable(previous):
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _dropped.append(unraisable.exc_value)  # no "Exception ignored" traceback: kept for later
+        else:
+            previous(unraisable)
+    return hook
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run a command: any error is one line and exit 2, Ctrl+C 130, SIGTERM 143."""
     previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
+    _dropped.clear()
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        check_interrupted()
+        return code
     except PruneScopeError as err:
         return fail(str(err))
     except Terminated:
@@ -107,3 +136,4 @@ def dispatch(args: argparse.Namespace) -> int:
         return fail(reason(err))
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook

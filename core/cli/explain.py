@@ -57,7 +57,7 @@ def run_explain(args) -> int:
     paths = list(dict.fromkeys(args.images))
     batch = Batch(len(paths), "images", "explained")
     with locked(out_dir):
-        for path, name in zip(paths, result_names(paths)):
+        for path, name in batch.over(zip(paths, result_names(paths))):
             bar = StderrBar(Path(path).name, quiet=args.quiet)
             out = out_dir / name
             try:
