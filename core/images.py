@@ -30,6 +30,9 @@ def load_image(path) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
         with warnings.catch_warnings():
+            # Pillow's notes on damaged metadata (a TIFF tag, EXIF) would add lines to stderr for
+            # an image that decodes; one line per bad image is the rule.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_size(path, img.width, img.height)

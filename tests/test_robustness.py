@@ -403,3 +403,33 @@ def test_the_summary_says_how_many_items_failed(capsys):
     err = capsys.readouterr().err
     assert err.splitlines() == ["prunescope: error: x.png: empty file",
                                 "prunescope: 5 of 6 images explained; 1 failed"]
+
+
+# --- 11. global state ------------------------------------------------------------------------------
+
+def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_path, monkeypatch):
+    """pyplot's figure manager and matplotlib.use are global and not thread-safe: the app's worker
+    writes these figures, so they must not touch either."""
+    import matplotlib
+    from matplotlib import pyplot
+
+    from core.engine import Engine
+    from core.model_pruning.pipeline import Calibration, predict
+    from core.model_pruning.sweep import plot_sweep, sweep
+    from core.progress import run
+    from core.report import composite_figure
+
+    def global_state(*_args, **_kwargs):
+        raise AssertionError("pyplot or matplotlib.use was called")
+
+    for name in ("figure", "subplots", "close", "savefig"):
+        monkeypatch.setattr(pyplot, name, global_state)
+    monkeypatch.setattr(matplotlib, "use", global_state)
+    engine = Engine(tiny, load_image(small_photo(photo, "coffee.png", tmp_path / "coffee.png")))
+    analysis = run(engine.iter_analysis(["gradient"], with_curves=False))
+    assert composite_figure(tmp_path / "comparison.png", engine.view, analysis).stat().st_size > 0
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calib = Calibration([], x, None, predict(tiny.module, x))
+    result = run(sweep(tiny, calib, ["l1"], [0], ["gradient"], protect=["none"], timed=False))
+    assert [p.name for p in plot_sweep(result, tmp_path / "sweep")] == [
+        "headline.png", "cost.png", "drift.png", "pathway.png"]
