@@ -454,11 +454,24 @@ def test_counting_ops_leaves_torch_pruning_s_mapping_as_it_was():
     class SameConv(nn.Conv2d):  # a subclass, as EfficientNet's, that the counter maps to Conv2d
         pass
 
+    class Custom(nn.Module):  # a mapping of the caller's own
+        def forward(self, x):
+            return x
+
+    def count_custom(module, inputs, output):
+        module.__flops__ += 1
+
     module = nn.Sequential(SameConv(3, 4, 3), nn.ReLU())
-    before = dict(op_counter.CUSTOM_MODULES_MAPPING)
-    macs, _ = count_ops(module, torch.zeros(1, 3, 8, 8))
-    assert macs >= 4 * 3 * 9 * 36  # the subclass was counted
-    assert op_counter.CUSTOM_MODULES_MAPPING == before
+    mapping = op_counter.CUSTOM_MODULES_MAPPING
+    mapping[Custom] = count_custom
+    try:
+        macs, _ = count_ops(module, torch.zeros(1, 3, 8, 8))
+        assert macs >= 4 * 3 * 9 * 36  # the subclass was counted
+        assert op_counter.CUSTOM_MODULES_MAPPING is mapping  # Torch-Pruning's {} undone
+        assert mapping == {Custom: count_custom}  # the caller's entry kept, no SameConv left
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = mapping
+        mapping.pop(Custom, None)
 
 
 def test_structured_pruning_leaves_frozen_parameters_frozen(tiny):

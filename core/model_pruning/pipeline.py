@@ -127,20 +127,23 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     from torch_pruning.utils import op_counter
 
     # The counter matches layer types exactly, so subclasses (EfficientNet's SameConv2d) would
-    # count as zero ops; map each subclass to its base type's counter, for this count only
-    # (the mapping is Torch-Pruning's global).
-    saved = dict(op_counter.CUSTOM_MODULES_MAPPING)
+    # count as zero ops; map each subclass to its base type's counter, for this count only.
+    # The mapping is Torch-Pruning's global, which it also replaces by {} after counting: the
+    # caller's mapping, as it was, is put back.
+    mapping = op_counter.CUSTOM_MODULES_MAPPING
+    saved = dict(mapping)
     try:
         for m in module.modules():
-            if type(m) not in op_counter.MODULES_MAPPING:
+            if type(m) not in op_counter.MODULES_MAPPING and type(m) not in mapping:
                 for base in type(m).__mro__[1:]:
                     if base in op_counter.MODULES_MAPPING:
-                        op_counter.CUSTOM_MODULES_MAPPING[type(m)] = op_counter.MODULES_MAPPING[base]
+                        mapping[type(m)] = op_counter.MODULES_MAPPING[base]
                         break
         macs, params = tp.utils.count_ops_and_params(module, x[:1])
     finally:
-        op_counter.CUSTOM_MODULES_MAPPING.clear()
-        op_counter.CUSTOM_MODULES_MAPPING.update(saved)
+        mapping.clear()
+        mapping.update(saved)
+        op_counter.CUSTOM_MODULES_MAPPING = mapping
     return int(macs), int(params)
 
 
