@@ -229,7 +229,7 @@ class ExplainTab(QWidget):
         engine, params = self._engine, self.params()
         if engine is None:
             return
-        self.status.emit(f"searching the largest sparsity within output change {tolerance:.2f}…")
+        self.status.emit(f"searching the largest sparsity within output change {100 * tolerance:.1f} %…")
         self.context.run_job(lambda: jobs.auto_sparsity(engine, params, tolerance),
                              self._show_auto, key="auto", priority=PRIORITY_VIEW)
 
@@ -318,7 +318,7 @@ class ExplainTab(QWidget):
         c = self.controls
         methods, params = self.methods(), self.params()
         image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
-        extra = {"tolerance": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
+        extra = {"tolerance_percent": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
                  "values": c.sign.currentText(), "shared_scale": c.scale.currentData()}
         self.context.run_job(
             lambda: jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path, cmap,
@@ -333,7 +333,7 @@ class ExplainTab(QWidget):
         settings.setValue("explain/mode", c.mode.currentData())
         settings.setValue("explain/selector", c.selector.currentData())
         settings.setValue("explain/variant", c.variant.currentData())
-        settings.setValue("explain/tolerance", c.tolerance.value())
+        settings.setValue("explain/tolerance_percent", c.tolerance.value())
         settings.setValue("display/colormap", c.lut_name())
         settings.setValue("display/opacity", c.opacity.value())
         settings.setValue("display/sign", c.sign.currentText())
@@ -348,7 +348,7 @@ class ExplainTab(QWidget):
         select_data(c.mode, settings.value("explain/mode", "global"))
         select_data(c.selector, settings.value("explain/selector", "taylor"))
         select_data(c.variant, settings.value("explain/variant", "gradient"))
-        c.tolerance.setValue(float(settings.value("explain/tolerance", 0.15)))
+        c.tolerance.setValue(float(settings.value("explain/tolerance_percent", 15.0)))
         c.colormap.setCurrentText(str(settings.value("display/colormap", c.lut_name())))
         c.opacity.setValue(float(settings.value("display/opacity", c.opacity.value())))
         c.sign.setCurrentText(str(settings.value("display/sign", "absolute")))
