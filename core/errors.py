@@ -37,3 +37,8 @@ def reason(err: BaseException) -> str:
     if isinstance(err, PruneScopeError):
         return first or type(err).__name__
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def about(item, why: str) -> str:
+    """`why`, prefixed with the item it is about unless it names it already."""
+    return why if str(item) in why else f"{item}: {why}"

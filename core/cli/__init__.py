@@ -10,7 +10,7 @@ import importlib
 import signal
 import sys
 
-from core.errors import PruneScopeError, reason
+from core.errors import PruneScopeError, about, reason
 
 COMMAND_MODULES = (
     "core.cli.explain",
@@ -60,8 +60,7 @@ def fail(message: str) -> int:
 
 def item_failed(item, error: BaseException | str) -> int:
     """One line naming the item and why it failed (an exception, or the reason already told)."""
-    why = error if isinstance(error, str) else reason(error)
-    return fail(why if str(item) in why else f"{item}: {why}")
+    return fail(about(item, error if isinstance(error, str) else reason(error)))
 
 
 class Batch:

@@ -140,9 +140,9 @@ def run_sweep(args) -> int:
     from core.cli import fail
     from core.engine import ALL_METHODS
     from core.model_pruning import calibrate
-    from core.model_pruning.sweep import mean_spearman, plot_sweep, sweep
+    from core.model_pruning.sweep import mean_spearman, save_sweep, sweep
     from core.models import load_model
-    from core.output import locked, output_folder, write_text
+    from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
     unknown = [m for m in args.methods if m not in ALL_METHODS]
@@ -158,9 +158,8 @@ def run_sweep(args) -> int:
                                args.protect, timed=not args.no_latency), bar)
         finally:
             bar.close()
-        data = result.to_json()
-        plots = plot_sweep(result, out)
-        write_text(out / "sweep.json", json.dumps(data, indent=1))  # last: the mark of a complete sweep
+        written = save_sweep(result, out)
+    data = result.to_json()
     quality = result.quality
     print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
     print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {quality:>9} "
@@ -179,7 +178,7 @@ def run_sweep(args) -> int:
         print(f"skipped {method}: {why}", file=sys.stderr)
     for criterion, why in result.errors.items():
         fail(f"{criterion}: {why}")
-    print(f"wrote {out / 'sweep.json'} and {', '.join(p.name for p in plots)}")
+    print(f"wrote {', '.join(p.name for p in written)} in {out}")
     if result.errors:
         say(f"prunescope: {len(result.criteria) - len(result.errors)} of {len(result.criteria)} "
             f"criteria swept; {len(result.errors)} failed")

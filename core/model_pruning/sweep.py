@@ -245,6 +245,16 @@ def plot_sweep(result: SweepResult, folder) -> list[Path]:
             for name, fig in draw_sweep(result, Figure).items()]
 
 
+def save_sweep(result: SweepResult, folder) -> list[Path]:
+    """The plots, then sweep.json: written last, each file whole, it marks a complete sweep."""
+    import json
+
+    from core.output import write_text
+
+    plots = plot_sweep(result, folder)
+    return [*plots, write_text(Path(folder) / "sweep.json", json.dumps(result.to_json(), indent=1))]
+
+
 def draw_sweep(result: SweepResult, new_figure) -> dict:
     """The sweep's figures, drawn on figures made by new_figure(figsize=...) (pyplot's or a Qt
     canvas's), so the CLI and the GUI show the same plots."""
