@@ -1,6 +1,7 @@
 """PruneScope: `python main.py` opens the app; subcommands run the engine headless."""
 import argparse
 import os
+import signal
 import sys
 
 
@@ -35,6 +36,8 @@ def _run_gui(args: argparse.Namespace) -> int:
     model = None
     if args.model or any(v is not None for v in details.values()):
         model = resolve_card(args.model, **details)  # a bad SPEC or card: one line, exit 2
+    # SIGTERM ends the app at once, as by default: a Python handler would wait for Qt's loop.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return run_app(args.images, screenshot=args.screenshot, model=model)
 
 

@@ -16,6 +16,7 @@ from zennit.layer import Sum
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
+from core.device import seeded
 from core.errors import ModelError, UnsupportedMethod
 from core.methods import CLASSIC_METHODS
 from core.neurons import intercept
@@ -97,10 +98,8 @@ def _input_attribution(method: str, model, x: torch.Tensor, target: int, **opts)
     if method == "smoothgrad":
         samples = opts.get("samples", SMOOTHGRAD_SAMPLES)
         noise = opts.get("noise", SMOOTHGRAD_NOISE) * float(x.detach().max() - x.detach().min())
-        cuda = [x.device] if x.device.type == "cuda" else []
         # A fixed seed makes the map repeatable (caches, tests) without touching the caller's RNG.
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(opts.get("seed", 0))
+        with seeded(opts.get("seed", 0), x.device):
             return NoiseTunnel(Saliency(forward)).attribute(
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
                 nt_samples_batch_size=_batch_size(model.module, x, samples)).detach()

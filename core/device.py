@@ -1,4 +1,6 @@
-"""Choosing the torch device: auto, cpu, cuda or mps."""
+"""Choosing the torch device: auto, cpu, cuda or mps; seeding torch without touching the caller's RNG."""
+from contextlib import contextmanager
+
 import torch
 
 from core.errors import DeviceError
@@ -29,3 +31,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if not available[name]:
         raise DeviceError(f"device '{name}' is not available on this machine")
     return torch.device(name)
+
+
+@contextmanager
+def seeded(seed: int, device=None):
+    """torch's global RNG (and the CUDA device's) seeded for the block; the caller's state is
+    put back afterwards, so repeatable maps and weights change nobody else's randomness."""
+    device = torch.device(device if device is not None else "cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

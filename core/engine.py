@@ -13,9 +13,9 @@ import torch
 from captum.attr import IntegratedGradients
 
 from core import attribution
-from core.errors import PruneScopeError, UnsupportedMethod
+from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
-from core.neurons import Layer, intercept, trace_layers, intgrad_scores, taylor_scores
+from core.neurons import intercept, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
@@ -59,6 +59,7 @@ class Analysis:
     prediction: Prediction
     results: dict                 # method -> MethodResult, in the order asked
     skipped: dict                 # method -> why it could not run on this model
+    failed: dict = field(default_factory=dict)  # method -> why it failed (the others are kept)
 
 
 @dataclass
@@ -216,6 +217,8 @@ class Engine:
     def iter_auto_sparsity(self, tolerance: float = 0.15, mode: str = "global",
                            selector: str = "taylor") -> Job[float]:
         """The largest sparsity (to within 0.5 points) whose output change is <= tolerance."""
+        if not math.isfinite(tolerance) or tolerance < 0:
+            raise PruneScopeError(f"tolerance must be a finite output change of at least 0, got {tolerance}")
         yield from scaled(self.iter_scores(selector), 0.0, 0.3)
         lo, hi = 0.0, 99.9
         if self.output_change(hi, mode, selector) <= tolerance:
@@ -267,30 +270,37 @@ class Engine:
     def iter_analysis(self, methods, sparsity: float = 70.0, mode: str = "global",
                       selector: str = "taylor", steps: int = 20, baseline: str = "mean",
                       with_curves: bool = True) -> Job[Analysis]:
-        """Maps (and curves) for every method; a method the model cannot run is skipped, said why."""
-        results, skipped = {}, {}
+        """Maps (and curves) for every method; a method the model cannot run is skipped, and one
+        that fails (out of memory, say) is reported as failed: both say why, the rest go on."""
+        results, skipped, failed = {}, {}, {}
         n = max(len(methods), 1)
         for i, method in enumerate(methods):
             yield Progress(i / n, f"{method}")
-            start = time.perf_counter()
             try:
-                if method in PATHWAY_METHODS:
-                    yield from scaled(self.iter_scores(selector), i / n, (i + 0.5) / n)
-                    path = self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method])
-                    result = MethodResult(method, path.map, 0.0, pathway=path)
-                else:
-                    result = MethodResult(method, self.attribution(method), 0.0)
+                results[method] = yield from self._iter_method(method, i, n, sparsity, mode, selector,
+                                                               steps, baseline, with_curves)
             except UnsupportedMethod as why:
                 skipped[method] = str(why)
-                continue
-            result.seconds = time.perf_counter() - start
-            if with_curves:
-                result.curves = yield from scaled(
-                    self.iter_curves(method, result.map, steps, baseline), (i + 0.5) / n, (i + 1) / n)
-                result.lerf, result.morf = self.output_change_measure(method, result.map, baseline)
-            results[method] = result
+            except Exception as error:
+                failed[method] = reason(error)
         yield Progress(1.0, "done")
-        return Analysis(self.prediction, results, skipped)
+        return Analysis(self.prediction, results, skipped, failed)
+
+    def _iter_method(self, method, i, n, sparsity, mode, selector, steps, baseline,
+                     with_curves) -> Job[MethodResult]:
+        start = time.perf_counter()
+        if method in PATHWAY_METHODS:
+            yield from scaled(self.iter_scores(selector), i / n, (i + 0.5) / n)
+            path = self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method])
+            result = MethodResult(method, path.map, 0.0, pathway=path)
+        else:
+            result = MethodResult(method, self.attribution(method), 0.0)
+        result.seconds = time.perf_counter() - start
+        if with_curves:
+            result.curves = yield from scaled(
+                self.iter_curves(method, result.map, steps, baseline), (i + 0.5) / n, (i + 1) / n)
+            result.lerf, result.morf = self.output_change_measure(method, result.map, baseline)
+        return result
 
     def iter_sweep(self, sparsities=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99), mode: str = "global",
                    selector: str = "taylor", steps: int = 20, baseline: str = "mean") -> Job[Sweep]:

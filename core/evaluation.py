@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from core.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
-from core.errors import PruneScopeError, UnsupportedMethod
+from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, DEFAULTS, supports
 from core.progress import Job, Progress, run, scaled
 
@@ -291,15 +291,15 @@ def iter_benchmark(model, source: Source, settings: BenchmarkSettings,
         try:
             records.append((i, evaluate_item(model, source.load(i), methods, settings, i,
                                              keep_maps=i < EXAMPLE_ITEMS)))
-        except PruneScopeError as err:
-            errors.append((i, str(err)))
+        except Exception as err:  # one image failing (out of memory, say) spares the others
+            errors.append((i, f"image {i}: {reason(err)}"))
         done += 1
         yield Progress(done / work, f"image {done}/{len(mine)}")
     for i in mine_sanity:
         try:
             sanity.append((i, sanity_item(model, source.load(i), sanity_methods, settings, i)))
-        except PruneScopeError as err:
-            errors.append((i, f"sanity check of image {i}: {err}"))
+        except Exception as err:
+            errors.append((i, f"sanity check of image {i}: {reason(err)}"))
         done += 4
         yield Progress(done / work, f"sanity check {mine_sanity.index(i) + 1}/{len(mine_sanity)}")
     records = gather_indexed(records, ctx)

@@ -9,7 +9,11 @@ from core.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Pillow's own default (about 89.5 megapixels): warns above it, refuses at twice it. Both are errors here.
+# Decoding takes at most 4 bytes a pixel (RGBA, 32-bit), so about 360 MB, plus the RGB copy.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# The models scale the short side up to their resize size (~256 px), so memory grows with the
+# aspect ratio: a 1x20000 strip would become 256x5,120,000 (4 GB). 50:1 keeps that under 10 MB.
+MAX_ASPECT_RATIO = 50
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -18,19 +22,20 @@ def load_image(path) -> np.ndarray:
     """The image at `path` as an HxWx3 uint8 RGB array, upright per its EXIF orientation;
     transparency is composited on white and 16-bit/float data scaled to 8 bits."""
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file")
     try:
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
         with warnings.catch_warnings():
+            # Pillow's notes on damaged metadata (a TIFF tag, EXIF) would add lines to stderr for
+            # an image that decodes; one line per bad image is the rule.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {img.width}x{img.height} is too large "
-                                     f"(over {MAX_PIXELS / 1e6:.0f} megapixels)")
+                _check_size(path, img.width, img.height)
                 img.load()  # decode fully now, so a truncated file fails here and not later
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img)
@@ -40,11 +45,25 @@ def load_image(path) -> np.ndarray:
         raise ImageError(f"{path}: too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"{path}: unreadable or truncated image ({err})") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it") from None
+    except Exception as err:  # a decoder's own failure on damaged data, whatever its kind
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ImageError(f"{path}: unreadable or truncated image ({reason})") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"{path}: image has no pixels")
     return rgb
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    """Refuse, from the header alone, an image whose decoding or resizing would take too much memory."""
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{path}: {width}x{height} is too large (over {MAX_PIXELS / 1e6:.0f} megapixels)")
+    if min(width, height) > 0 and max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(f"{path}: {width}x{height} is too elongated (aspect ratio over "
+                         f"{MAX_ASPECT_RATIO}:1; resizing it for the model would take too much memory)")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -4,8 +4,9 @@ DIR/input.npy      the exact 1x3xHxW float32 tensor fed to the model
 DIR/<method>.npy   the HxW float32 map, signed, before any display normalisation
 DIR/<method>.png   the map over the image the model saw
 DIR/curves.csv     method, curve, step, fraction, probability
-DIR/report.json    prediction, settings and per-method figures
 DIR/comparison.png all maps side by side
+DIR/report.json    prediction, settings and per-method figures: written last, the mark of a
+                   complete result (callers write into an output.staged_folder)
 """
 import csv
 import json
@@ -27,9 +28,9 @@ def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
         written.append(out / f"{method}.npy")
         written.append(display.save_png(out / f"{method}.png", overlay_image(engine.view, result.map, cmap, alpha)))
     written.append(write_curves_csv(out / "curves.csv", analysis))
+    written.append(composite_figure(out / "comparison.png", engine.view, analysis, cmap))
     written.append(out / "report.json")
     written[-1].write_text(json.dumps(report_dict(engine, analysis, settings, image_path), indent=2))
-    written.append(composite_figure(out / "comparison.png", engine.view, analysis, cmap))
     return written
 
 
@@ -76,6 +77,7 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
         methods[method] = entry
     return {
         "image": str(image_path) if image_path else None,
+        "source": str(Path(image_path).resolve()) if image_path else None,
         "model": engine.model.name,
         "device": str(engine.model.device),
         "target": {"id": pred.target, "name": pred.name, "probability": pred.prob},
@@ -83,20 +85,19 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
         "settings": settings,
         "methods": methods,
         "skipped": analysis.skipped,
+        "failed": analysis.failed,
     }
 
 
 def composite_figure(path, view: np.ndarray, analysis, cmap: str = display.DEFAULT_COLORMAP) -> Path:
     """The image and every map in one labelled row-wrapped grid, on one shared scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: it is not safe off the main thread
 
     items = list(analysis.results.items())
     cols = min(4, len(items) + 1)
     rows = -(-(len(items) + 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(view)
@@ -111,5 +112,4 @@ def composite_figure(path, view: np.ndarray, analysis, cmap: str = display.DEFAU
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

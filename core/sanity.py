@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from core.device import seeded
 from core.errors import PruneScopeError
 from core.progress import Job, Progress, run
 
@@ -99,10 +100,7 @@ def _reinitialise(sub: nn.Module) -> None:
 
 def randomise_block(subs: list[nn.Module], seed: int) -> None:
     """Re-initialise the block's parameters reproducibly, leaving the caller's RNG state as it was."""
-    device = next(subs[0].parameters()).device
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+    with seeded(seed, next(subs[0].parameters()).device):
         for sub in subs:
             _reinitialise(sub)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from core.device import seeded
 from core.errors import ModelError, PruneScopeError
 from core.progress import Job, Progress
 
@@ -208,10 +209,10 @@ class SmallResNet(ResNet):
 
 def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     """Fresh weights for every layer that has them, from `seed` (for retraining in ROAR)."""
-    torch.manual_seed(seed)
-    for sub in module.modules():
-        if sub is not module and hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
+    with seeded(seed):
+        for sub in module.modules():
+            if sub is not module and hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
     return module
 
 
@@ -347,8 +348,8 @@ def iter_trained_model(data: SyntheticConfig = SyntheticConfig(),
     test_set = make_split(data, "test")
     mean, std = channel_stats(train_set.images)
     started = time.perf_counter()
-    torch.manual_seed(train.seed)
-    module = SmallResNet(data.classes)
+    with seeded(train.seed):
+        module = SmallResNet(data.classes)
     job = iter_train(module, train_set.images, train_set.labels, mean, std, train, device)
     while True:
         try:

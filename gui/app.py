@@ -8,6 +8,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
+from core.cli import fail
 from core.resources import resource_path, sample_images
 
 SCREENSHOT_SIZE = (1400, 900)
@@ -26,7 +27,8 @@ def make_app() -> QApplication:
 def run_app(images=(), screenshot: str | None = None, model=None) -> int:
     """Open the window on `images` (with `model`, a ModelCard, instead of the last model used);
     with `screenshot`, save a PNG of the window once the first full analysis is on screen and
-    exit (0, or 1 if it could not be made)."""
+    exit: 0, or 2 (with one line on stderr) if it could not be made, an image or folder could
+    not be opened, or it took over SCREENSHOT_TIMEOUT_S."""
     started = time.perf_counter()
     app = make_app()
     from gui.window import MainWindow
@@ -58,13 +60,12 @@ def _arm_screenshot(app, window, path: Path, status: dict, started: float) -> No
         if os.environ.get("PRUNESCOPE_TIMING"):
             print(f"first full analysis after {time.perf_counter() - started:.2f} s", file=sys.stderr)
         if not window.grab().save(str(path)):
-            print(f"prunescope: error: cannot write {path}", file=sys.stderr)
-            status["code"] = 1
+            failed(f"cannot write {path}")
         window.close()
 
     def failed(message: str) -> None:
-        print(f"prunescope: error: {message}", file=sys.stderr)
-        status["code"] = 1
+        if status["code"] == 0:  # the first failure is the one to tell; closing follows it
+            status["code"] = fail(message)
         window.close()
 
     # Let the last results paint before grabbing.

@@ -37,7 +37,7 @@ class ControlPanel(QWidget):
     pruning_changed = Signal()  # threshold mode, selector or pathway variant
     methods_changed = Signal()
     display_changed = Signal()
-    auto_requested = Signal(float)  # tolerance
+    auto_requested = Signal(float)  # tolerance: the output change allowed, as a fraction
     target_clicked = Signal(int)  # a class id from the top-5
 
     def __init__(self, parent=None):
@@ -79,12 +79,14 @@ class ControlPanel(QWidget):
         self.auto = QPushButton("Auto")
         self.auto.setToolTip("The largest sparsity whose output change stays within the tolerance")
         self.tolerance = QDoubleSpinBox()
-        self.tolerance.setRange(0.01, 0.9)
-        self.tolerance.setSingleStep(0.05)
-        self.tolerance.setValue(0.15)
+        self.tolerance.setRange(1, 90)  # percent, as the sparsity and the CLI's --tolerance
+        self.tolerance.setDecimals(1)
+        self.tolerance.setSingleStep(5)
+        self.tolerance.setValue(15)
         self.tolerance.setPrefix("tolerance ")
-        self.tolerance.setToolTip("Output change allowed: |p' - p| / p")
-        self.auto.clicked.connect(lambda: self.auto_requested.emit(self.tolerance.value()))
+        self.tolerance.setSuffix(" %")
+        self.tolerance.setToolTip("Output change allowed: |p' - p| / p, in percent")
+        self.auto.clicked.connect(lambda: self.auto_requested.emit(self.tolerance.value() / 100))
         auto_row = QHBoxLayout()
         auto_row.addWidget(self.auto)
         auto_row.addWidget(self.tolerance, 1)

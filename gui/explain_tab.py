@@ -37,7 +37,7 @@ class ExplainTab(QWidget):
         self._engine = None
         self._luts: dict = {}
         self._maps: dict = {}
-        self._skipped: dict = {}
+        self._unavailable: dict = {}  # method -> the note its panel shows instead of a map
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
         self._announced = False
@@ -108,7 +108,7 @@ class ExplainTab(QWidget):
         if self._engine is None or self._live is None or self.masks.layer() is None:
             return False
         shown = self.heatmaps.shown_maps()
-        if not all(m in shown or m in self._skipped for m in self._panel_names()):
+        if not all(m in shown or m in self._unavailable for m in self._panel_names()):
             return False
         return self.curves.ready([m for m in self._panel_names() if m in shown])
 
@@ -120,7 +120,7 @@ class ExplainTab(QWidget):
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
-        self._maps, self._skipped, self._live = {}, {}, None
+        self._maps, self._unavailable, self._live = {}, {}, None
         self._announced = False
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
@@ -229,7 +229,7 @@ class ExplainTab(QWidget):
         engine, params = self._engine, self.params()
         if engine is None:
             return
-        self.status.emit(f"searching the largest sparsity within output change {tolerance:.2f}…")
+        self.status.emit(f"searching the largest sparsity within output change {100 * tolerance:.1f} %…")
         self.context.run_job(lambda: jobs.auto_sparsity(engine, params, tolerance),
                              self._show_auto, key="auto", priority=PRIORITY_VIEW)
 
@@ -255,21 +255,26 @@ class ExplainTab(QWidget):
             self.masks.set_layer(layer)
 
     def _show_maps(self, result) -> None:
-        engine, maps, skipped = result
+        engine, maps, skipped, failed = result
         if engine is not self._engine:
             return
         self._maps.update(maps)
-        self._skipped.update(skipped)
+        for method in maps:  # a retry that worked
+            self._unavailable.pop(method, None)
+        self._unavailable.update({m: "not available for this model" for m in skipped})
+        self._unavailable.update({m: "failed (see the status bar)" for m in failed})
         self._draw_maps()
         for method, why in skipped.items():
             self.status.emit(f"{method} skipped: {why}")
+        for method, why in failed.items():
+            self.status.emit(f"{method} failed: {why}")
         self._check_complete()
 
     def _draw_maps(self) -> None:
         self.heatmaps.set_maps({m: (self._maps[m], "") for m in self.methods() if m in self._maps})
         for method in self.methods():
-            if method in self._skipped:
-                self.heatmaps.set_note(method, "not available for this model")
+            if method in self._unavailable:
+                self.heatmaps.set_note(method, self._unavailable[method])
 
     def _show_curves(self, result) -> None:
         engine, _params, curves = result
@@ -313,7 +318,7 @@ class ExplainTab(QWidget):
         c = self.controls
         methods, params = self.methods(), self.params()
         image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
-        extra = {"tolerance": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
+        extra = {"tolerance_percent": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
                  "values": c.sign.currentText(), "shared_scale": c.scale.currentData()}
         self.context.run_job(
             lambda: jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path, cmap,
@@ -328,7 +333,7 @@ class ExplainTab(QWidget):
         settings.setValue("explain/mode", c.mode.currentData())
         settings.setValue("explain/selector", c.selector.currentData())
         settings.setValue("explain/variant", c.variant.currentData())
-        settings.setValue("explain/tolerance", c.tolerance.value())
+        settings.setValue("explain/tolerance_percent", c.tolerance.value())
         settings.setValue("display/colormap", c.lut_name())
         settings.setValue("display/opacity", c.opacity.value())
         settings.setValue("display/sign", c.sign.currentText())
@@ -343,7 +348,7 @@ class ExplainTab(QWidget):
         select_data(c.mode, settings.value("explain/mode", "global"))
         select_data(c.selector, settings.value("explain/selector", "taylor"))
         select_data(c.variant, settings.value("explain/variant", "gradient"))
-        c.tolerance.setValue(float(settings.value("explain/tolerance", 0.15)))
+        c.tolerance.setValue(float(settings.value("explain/tolerance_percent", 15.0)))
         c.colormap.setCurrentText(str(settings.value("display/colormap", c.lut_name())))
         c.opacity.setValue(float(settings.value("display/opacity", c.opacity.value())))
         c.sign.setCurrentText(str(settings.value("display/sign", "absolute")))

@@ -155,16 +155,15 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
 
 
 def maps(engine, methods):
-    """The classic maps (cached by the engine); skipped: method -> why it cannot run here."""
+    """The classic maps (cached by the engine); skipped: method -> why it cannot run here;
+    failed: method -> why it failed this time (the other maps are kept)."""
     analysis = yield from engine.iter_analysis(list(methods), with_curves=False)
-    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped
+    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
 
 
 def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
     """Deletion/insertion curves of every classic map (cached by the engine) and of the pathway
-    map at params."""
-    from core.errors import UnsupportedMethod
-
+    map at params. A classic map that cannot be had (the maps job said why) has no curves."""
     out = {}
     todo = list(methods) + [params.method_name]
     for i, method in enumerate(todo):
@@ -175,7 +174,7 @@ def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
         else:
             try:
                 attr = engine.attribution(method)
-            except UnsupportedMethod:
+            except Exception:  # unsupported here, or failed: the maps job has told the user
                 continue
         out[method] = yield from scaled(engine.iter_curves(method, attr, steps), start, end)
     return engine, params, out
@@ -194,7 +193,9 @@ def auto_sparsity(engine, params: Params, tolerance: float):
 
 def export(engine, methods, params: Params, steps: int, out_dir, image_path, cmap: str,
            alpha: float, extra_settings: dict):
-    """The same files as `prunescope explain` writes, for the current image and settings."""
+    """The same files as `prunescope explain` writes, for the current image and settings; an
+    earlier export of the same image there is replaced whole."""
+    from core.output import staged_folder
     from core.report import write_outputs
 
     analysis = yield from scaled(
@@ -203,5 +204,7 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
     yield Progress(0.9, "writing files")
     settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
                 "steps": steps, "baseline": "mean", **extra_settings}
-    return write_outputs(out_dir, engine, analysis, settings, image_path=image_path, cmap=cmap,
-                         alpha=alpha)
+    with staged_folder(out_dir, overwrite=True) as staging:
+        written = write_outputs(staging, engine, analysis, settings, image_path=image_path, cmap=cmap,
+                                alpha=alpha)
+    return [out_dir / path.name for path in written]

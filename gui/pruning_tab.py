@@ -65,6 +65,15 @@ def side_by_side(engine, pruned_model, method: str):
                       f"{names[top] if top < len(names) else top} ({float(probs[top]):.2f})", lut)
 
 
+def _left_out(skipped: dict) -> str:
+    """Calibration images that could not be used, for the message line."""
+    if not skipped:
+        return ""
+    from core.errors import about
+
+    return f"; {len(skipped)} calibration image(s) left out ({about(*next(iter(skipped.items())))})"
+
+
 def render_sweep(result) -> dict[str, bytes]:
     """The sweep's figures as PNG bytes (matplotlib Agg, on the worker)."""
     from matplotlib.figure import Figure
@@ -305,7 +314,7 @@ class PruningTab(JobFeedback, QWidget):
             shown = None
             if engine is not None and engine.model is model:
                 shown = yield from scaled(side_by_side(engine, report.model, method), 0.85, 1.0)
-            return report, shown
+            return report, shown, calib.skipped
 
         self._busy(True)
         self.context.run_job(job, self._show_pruned, self._progressed, self._failed, key=JOB_KEY,
@@ -313,13 +322,13 @@ class PruningTab(JobFeedback, QWidget):
 
     def _show_pruned(self, result) -> None:
         self._busy(False)
-        self.report, shown = result
+        self.report, shown, left_out = result
         self.exported = None
         self.export_button.setEnabled(True)
         self.open_button.setEnabled(False)
         self.summary.setText(summary_html(self.report))
         self.bars.set_rows(self.report.surgery.layers, self.report.surgery.unit)
-        self.message.setText("pruned")
+        self.message.setText("pruned" + _left_out(left_out))
         if shown is not None:
             self._draw(shown)
         self.status.emit(f"pruned {self.report.model.name}: {self.report.criterion}, "
@@ -414,14 +423,14 @@ class PruningTab(JobFeedback, QWidget):
             result = yield from scaled(sweep(model, calib, chosen, sparsities, methods, s["mode"],
                                              s["protect"]), 0.05, 0.98)
             yield Progress(0.99, "drawing")
-            return result, render_sweep(result)
+            return result, render_sweep(result), calib.skipped
 
         self._busy(True)
         self.context.run_job(job, self._show_sweep, self._progressed, self._failed, key=JOB_KEY)
 
     def _show_sweep(self, result) -> None:
         self._busy(False)
-        self.sweep_result, pngs = result
+        self.sweep_result, pngs, left_out = result
         while self.figure_layout.count():
             item = self.figure_layout.takeAt(0)
             if item.widget() is not None:
@@ -434,7 +443,7 @@ class PruningTab(JobFeedback, QWidget):
             label.setObjectName(name)
             self.figure_layout.addWidget(label)
         errors = "; ".join(f"{c}: {why}" for c, why in self.sweep_result.errors.items())
-        self.message.setText(f"sweep done{' (' + errors + ')' if errors else ''}")
+        self.message.setText(f"sweep done{' (' + errors + ')' if errors else ''}" + _left_out(left_out))
         self.save_sweep_button.setEnabled(True)
         self.views.setCurrentIndex(2)
         self.swept.emit()
@@ -448,17 +457,14 @@ class PruningTab(JobFeedback, QWidget):
         result = self.sweep_result
 
         def job():
-            import json
-
-            from core.model_pruning import plot_sweep
+            from core.model_pruning.sweep import save_sweep
 
             yield Progress(0.0, f"writing to {folder}")
-            (folder / "sweep.json").write_text(json.dumps(result.to_json(), indent=1))
-            return plot_sweep(result, folder)
+            return save_sweep(result, folder)
 
         def done(paths):
             self._busy(False)
-            self.message.setText(f"wrote sweep.json and {len(paths)} plots to {folder}")
+            self.message.setText(f"wrote sweep.json and {len(paths) - 1} plots to {folder}")
 
         self._busy(True)
         self.context.run_job(job, done, self._progressed, self._failed, key=JOB_KEY)

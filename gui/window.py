@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QInputDialog, QLabel, QMa
                                QMessageBox, QProgressBar, QPushButton, QTabWidget, QToolBar,
                                QVBoxLayout, QWidget)
 
+from core.output import result_names
 from core.resources import resource_path, sample_images
 from gui import jobs
 from gui.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice, error_message, \
@@ -299,9 +300,9 @@ class MainWindow(QMainWindow):
         def failed(error):
             if is_out_of_memory(error):
                 self._offer_cpu(error_message(error))
+                self.load_failed.emit(error_message(error))
             else:
-                self.show_message(error_message(error), error=True)
-            self.load_failed.emit(error_message(error))
+                self._open_failed(error_message(error))
 
         self.context.open_image(path, on_error=failed)
 
@@ -340,11 +341,15 @@ class MainWindow(QMainWindow):
                 if paths:
                     self.open_image(paths[0])
                 else:
-                    self.show_message(f"No images in {shown_folder}", error=True)
+                    self._open_failed(f"No images in {shown_folder}")
 
         self.context.run_job(lambda: folder_job(folder, files), shown, key="folder",
                              priority=PRIORITY_VIEW,
-                             on_error=lambda e: self.show_message(error_message(e), error=True))
+                             on_error=lambda e: self._open_failed(error_message(e)))
+
+    def _open_failed(self, message: str) -> None:
+        self.show_message(message, error=True)
+        self.load_failed.emit(message)
 
     def step_image(self, step: int) -> None:
         path = self.strip.neighbour(self.context.current_image_path(), step)
@@ -399,7 +404,7 @@ class MainWindow(QMainWindow):
     def export_to(self, folder: Path) -> None:
         """Write maps, PNGs, curves, report and comparison figure into folder/<image stem>/."""
         image = self.context.current_image_path()
-        out = folder / (image.stem if image else "export")
+        out = folder / (result_names([image])[0] if image else "export")
 
         def done(written):
             self.show_message(f"Exported {len(written)} files to {out}")

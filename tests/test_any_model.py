@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 import main
 from core.attribution import attribute
@@ -25,7 +24,6 @@ SAMPLE = ROOT / "resources" / "samples" / "chelsea.png"
 SMALL = dict(input_size=64, resize=64)
 GRAY_NET = '''
 import torch
-from torch import nn
 
 
 def build(num_classes=4):

@@ -4,6 +4,7 @@ One window analyses coffee.png once (module fixture); the tests then drive it as
 Kept lean: one classic method, a 3-point sparsity sweep, 10-step curves."""
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,64 @@ def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp)
     np.testing.assert_array_equal(layer.masks, expected.masks[layer.index].cpu().numpy())
     assert int(layer.kept.sum()) == expected.kept[layer.index][1]
     assert tab.curves.marker.value() == pytest.approx(final.sparsity)
+
+
+def _process_status(field: str) -> int:
+    """A number from /proc/self/status: VmRSS in kB, Threads (the OS's, Qt's and torch's too)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self/status")
+def test_soak_a_thousand_fast_slider_moves(window, qapp):
+    """No stale frame, no exception (pytest-qt fails the test on one in a slot), a bounded number
+    of threads and under 100 MB more memory after 1,000 moves."""
+    import gc
+
+    tab, slider, context = window.explain, window.explain.controls.sparsity, window.context
+    wait_until(qapp, context.is_idle)
+    requested, shown = [], []
+    original, run_job = tab.heatmaps.set_map, context.run_job
+
+    def spy(name, raw, note=""):
+        if name == PATHWAY:
+            shown.append(tab._live.params.sparsity)
+        original(name, raw, note)
+
+    def spy_job(factory, on_result, *args, key="default", **kwargs):
+        if key == "live":
+            requested.append(tab.params().sparsity)  # what the job computes
+        return run_job(factory, on_result, *args, key=key, **kwargs)
+
+    gc.collect()
+    rss, threads = _process_status("VmRSS"), _process_status("Threads")
+    values = [round(v, 1) for v in np.random.default_rng(1).uniform(1, 98, 1000)]
+    started = time.monotonic()
+    tab.heatmaps.set_map, context.run_job = spy, spy_job
+    try:
+        for i, value in enumerate(values):
+            slider.setValue(value)
+            if i % 4 == 0:  # events now and then, as a fast drag delivers them
+                qapp.processEvents()
+        final = tab.params()
+        wait_until(qapp, lambda: window.context.is_idle() and tab._live.params == final
+                   and tab.is_complete())
+    finally:
+        tab.heatmaps.set_map, context.run_job = original, run_job
+    gc.collect()
+    assert time.monotonic() - started < 60
+    assert final.sparsity == values[-1] and shown[-1] == values[-1] == requested[-1]
+    # Drawn in the order asked: each frame is a request made after the previous frame's.
+    position = 0
+    for value in shown:
+        position = requested.index(value, position) + 1
+    engine = window.context.current_engine()
+    expected = as_on_worker(lambda: engine.pathway(final.sparsity, final.mode, final.selector, final.method))
+    np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
+    assert _process_status("Threads") <= threads + 2
+    assert _process_status("VmRSS") - rss < 100 * 1024
 
 
 def test_display_changes_redraw_without_computing(window, qapp):

@@ -1,4 +1,5 @@
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -135,3 +136,70 @@ def test_list_images(tmp_path):
     assert ".bmp" in IMAGE_SUFFIXES
     with pytest.raises(ImageError):
         list_images(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("size", [(20000, 1), (1, 40000), (5100, 100)])
+def test_an_elongated_image_is_refused_from_its_header(tmp_path, size):
+    """A 140-byte 1x20000 PNG becomes 256x5,120,000 pixels when a model resizes its short side."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    assert path.stat().st_size < 2000
+    with pytest.raises(ImageError, match="aspect ratio"):
+        load_image(path)
+
+
+def test_a_panorama_within_the_aspect_limit_loads(tmp_path):
+    from core.images import MAX_ASPECT_RATIO
+
+    path = tmp_path / "panorama.png"
+    Image.new("RGB", (10 * MAX_ASPECT_RATIO, 10)).save(path)
+    assert load_image(path).shape == (10, 10 * MAX_ASPECT_RATIO, 3)
+
+
+def _seed_files() -> dict:
+    """Small valid files of every format and mode load_image handles, to be damaged."""
+    import io
+
+    rgb = pattern(12, 16)
+    images = {"png": Image.fromarray(rgb), "jpeg": Image.fromarray(rgb), "bmp": Image.fromarray(rgb),
+              "tiff": Image.fromarray(rgb), "webp": Image.fromarray(rgb), "gif": Image.fromarray(rgb),
+              "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+              "16bit.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+              "float.tiff": Image.fromarray(rgb[..., 0].astype(np.float32) / 255)}
+    out = {}
+    for name, img in images.items():
+        buffer = io.BytesIO()
+        img.save(buffer, name.split(".")[-1].upper().replace("JPG", "JPEG"))
+        out[name] = buffer.getvalue()
+    return out
+
+
+def test_fuzzed_images_raise_only_image_errors(tmp_path):
+    """A few hundred damaged files (bytes overwritten, cut short, absurd sizes): each loads as
+    HxWx3 uint8 or raises one ImageError line, never anything else."""
+    from hypothesis import given, settings, strategies as st
+
+    seeds = _seed_files()
+    edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=6)
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(name=st.sampled_from(sorted(seeds)), edits=edits, cut=st.none() | st.integers(0, 1 << 20),
+           header=st.none() | st.tuples(st.integers(0, 1 << 17), st.integers(0, 1 << 17)))
+    def check(name, edits, cut, header):
+        data = bytearray(png_header(*header) if header else seeds[name])
+        for position, byte in edits:
+            data[position % len(data)] = byte
+        if cut is not None:
+            data = data[:cut % (len(data) + 1)]
+        path = tmp_path / f"fuzzed.{name.split('.')[-1]}"
+        path.write_bytes(bytes(data))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a warning would be lines on stderr too
+                rgb = load_image(path)
+        except ImageError as err:
+            assert "\n" not in str(err) and path.name in str(err)
+            return
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+
+    check()

@@ -17,46 +17,7 @@ from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
 from core.models import LoadedModel, imagenet_classes
 from core.progress import run
 
-DEAD = (1, 6)   # conv1 channels with zero weights: never active
-UNUSED = 3      # conv1 channel with big weights whose output conv2 ignores
-CLASSES = 4
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, CLASSES)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    net = Tiny()
-    with torch.no_grad():
-        net.conv1.weight.abs_()  # positive inputs and weights: every live channel is active
-        net.conv1.weight[list(DEAD)] = 0  # BN of a zero map (mean 0, var 1, bias 0) stays zero
-        net.conv1.weight[UNUSED] *= 5     # the largest filter ...
-        net.conv2.weight[:, UNUSED] = 0   # ... that nothing reads
-    return net.eval().requires_grad_(False)
-
-
-def loaded(module: nn.Module, name: str, size: int, classes: list[str], gradcam: str) -> LoadedModel:
-    return LoadedModel(name, module, torch.device("cpu"), classes, size, size,
-                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), gradcam)
-
-
-@pytest.fixture
-def tiny():
-    return loaded(tiny_net(), "tiny", 32, [f"c{i}" for i in range(CLASSES)], "conv2")
-
+from conftest import CLASSES, DEAD, UNUSED, loaded, tiny_net  # noqa: E402  (the tiny net is shared)
 
 def calibration_of(model: LoadedModel, n: int = 4, seed: int = 0) -> Calibration:
     g = torch.Generator().manual_seed(seed)
@@ -321,20 +282,6 @@ def test_sparsity_zero_changes_no_explanation(tiny):
 
 # --- command line ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_cli(tiny, tmp_path, photo, monkeypatch):
-    """The CLI with load_model answering the tiny net, and a calibration folder of two photos."""
-    import core.models
-    from PIL import Image
-
-    monkeypatch.setattr(core.models, "load_model", lambda *a, **k: tiny)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for name in ("coffee.png", "chelsea.png"):
-        Image.open(photo(name)).convert("RGB").resize((40, 32)).save(calib / name)
-    return calib
-
-
 def test_cli_sweep_writes_json_and_plots_and_reports_a_failed_criterion(tiny_cli, tmp_path, capsys):
     import json
 
@@ -435,3 +382,114 @@ def test_pruning_tab_prunes_compares_exports_and_sweeps(qtbot, tmp_path, photo):
         assert tab.figure_layout.count() == 4
     finally:
         context.shutdown()
+
+
+# --- hostile checkpoints and global state ---------------------------------------------------------
+
+def _tiny_checkpoint() -> dict:
+    return checkpoint(tiny_net(), "tiny", {"input_size": 32})
+
+
+@pytest.mark.parametrize("case", ["groups 0", "groups abc", "groups 7", "groups as a list",
+                                  "format from the future", "no arch", "inconsistent shapes",
+                                  "weight of the wrong rank", "meta tensor", "not a tensor",
+                                  "input size a string"])
+def test_a_hostile_pruned_checkpoint_is_one_model_error(case):
+    ck = _tiny_checkpoint()
+    meta, state = ck[surgery.PRUNED_KEY], ck["state_dict"]
+    if case.startswith("groups"):
+        meta["groups"] = {"groups 0": {"conv2": 0}, "groups abc": {"conv2": "abc"},
+                          "groups 7": {"conv2": 7}, "groups as a list": [1, 2]}[case]
+    elif case == "format from the future":
+        meta["format"] = 99
+    elif case == "no arch":
+        del meta["arch"]
+    elif case == "inconsistent shapes":  # conv1 makes 6 channels, bn1 and conv2 expect 8
+        state["conv1.weight"] = state["conv1.weight"][:6].clone()
+    elif case == "weight of the wrong rank":
+        state["conv2.weight"] = torch.zeros(8, 8)
+    elif case == "meta tensor":
+        state["fc.bias"] = torch.empty(CLASSES, device="meta")
+    elif case == "not a tensor":
+        state["fc.weight"] = [[1.0] * 8] * CLASSES
+    elif case == "input size a string":
+        meta["input_size"] = "224"
+    with pytest.raises(ModelError) as err:
+        load_pruned(tiny_net(), ck)
+    assert "\n" not in str(err.value)
+
+
+def test_fuzzed_pruned_metadata_and_shapes_raise_only_model_errors():
+    from hypothesis import given, settings, strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers(-3, 300) | st.floats() | st.text(max_size=6)
+    anything = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+    layers = st.sampled_from(["conv1", "conv2", "fc", "bn1", "", "nope"])
+    metadata = st.fixed_dictionaries({}, optional={
+        "arch": st.just("tiny") | anything, "format": st.just(1) | anything,
+        "groups": st.dictionaries(layers, st.integers(-1, 9) | anything, max_size=3) | anything,
+        "input_size": st.integers(0, 300) | anything})
+    keys = sorted(_tiny_checkpoint()["state_dict"])
+    reshaped = st.dictionaries(st.sampled_from(keys), st.lists(st.integers(0, 9), max_size=4), max_size=2)
+
+    @settings(max_examples=250, deadline=None, derandomize=True)
+    @given(meta=metadata | anything, shapes=reshaped)
+    def check(meta, shapes):
+        ck = _tiny_checkpoint()
+        ck[surgery.PRUNED_KEY] = meta
+        for key, shape in shapes.items():
+            ck["state_dict"][key] = torch.zeros(shape)
+        try:
+            load_pruned(tiny_net(), ck)
+        except ModelError as err:
+            assert "\n" not in str(err)
+
+    check()
+
+
+def test_counting_ops_leaves_torch_pruning_s_mapping_as_it_was():
+    from torch_pruning.utils import op_counter
+
+    class SameConv(nn.Conv2d):  # a subclass, as EfficientNet's, that the counter maps to Conv2d
+        pass
+
+    class Custom(nn.Module):  # a mapping of the caller's own
+        def forward(self, x):
+            return x
+
+    def count_custom(module, inputs, output):
+        module.__flops__ += 1
+
+    module = nn.Sequential(SameConv(3, 4, 3), nn.ReLU())
+    mapping = op_counter.CUSTOM_MODULES_MAPPING
+    mapping[Custom] = count_custom
+    try:
+        macs, _ = count_ops(module, torch.zeros(1, 3, 8, 8))
+        assert macs >= 4 * 3 * 9 * 36  # the subclass was counted
+        assert op_counter.CUSTOM_MODULES_MAPPING is mapping  # Torch-Pruning's {} undone
+        assert mapping == {Custom: count_custom}  # the caller's entry kept, no SameConv left
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = mapping
+        mapping.pop(Custom, None)
+
+
+def test_structured_pruning_leaves_frozen_parameters_frozen(tiny):
+    module = tiny_net()
+    x = torch.rand(2, 3, 32, 32)
+    surgery.prune_structured(module, x, criteria.l1_scores(module), 50, "per-layer")
+    assert module.conv1.out_channels < 8
+    assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_sweep_and_synthetic_weights_leave_torch_s_random_state_alone(tiny):
+    from core.model_pruning.sweep import _maps
+    from core.synthetic import SmallResNet, reinitialise
+
+    x = torch.rand(2, 3, 32, 32)
+    nets = [SmallResNet(2), SmallResNet(2)]  # built (and so randomly initialised) beforehand
+    state = torch.random.get_rng_state()
+    _maps(tiny, x, predict(tiny.module, x), ["gradient", "smoothgrad"], {})
+    first, second = (reinitialise(net, 0).fc.weight for net in nets)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first, second)  # still repeatable

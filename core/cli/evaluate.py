@@ -8,8 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.options import MODEL_HELP, add_model_details, method_list, positive_int, sparsity_percent
+from core.cli import EXIT_BAD_INPUT, fail, say
+from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, curve_steps, method_list,
+                              out_path, positive_int, sparsity_percent)
 from core.methods import DEFAULTS
+from core.output import save_figure
 
 SYNTHETIC = "synthetic"
 EVALUATE_DEFAULT = DEFAULTS["evaluate"]
@@ -30,7 +33,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, metavar="synthetic|DIR",
                    help="'synthetic' (generated, with exact ground truth) or an image folder "
                         "DIR/<class>/<image> (ImageFolder layout)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument("--out", required=True, type=out_path, metavar="DIR", help="folder for the results")
     p.add_argument("--model", metavar="SPEC", default=None,
                    help=f"model for an image folder: {MODEL_HELP}; the synthetic dataset uses its "
                         "own trained CNN")
@@ -74,8 +77,8 @@ def register(subparsers) -> None:
                    help="test images scored (default 100)")
     p.add_argument("--sanity-images", type=int, default=4,
                    help="images given the cascading randomisation check (default 4; 0 skips it)")
-    p.add_argument("--steps", type=positive_int, default=20,
-                   help="deletion/insertion steps (default 20)")
+    p.add_argument("--steps", type=curve_steps, default=20,
+                   help=f"deletion/insertion steps, 1-{MAX_STEPS} (default 20)")
     p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
                    help="what deleted pixels become (default: the dataset mean)")
     p.set_defaults(run=run_evaluate)
@@ -173,7 +176,10 @@ def _model_info(model, trained=None) -> dict:
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    path.write_text(json.dumps(data, indent=2))
+    from core.output import write_text
+
+    write_text(path, json.dumps(data, indent=2))
+
 
 
 # ---- evaluate ------------------------------------------------------------------------------
@@ -183,9 +189,11 @@ def run_evaluate(args) -> int:
 
     from core.distributed import setup, teardown
     from core.evaluation import BenchmarkSettings, folder_source, iter_benchmark, synthetic_source
+    from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
     _check_args(args)
+    out = output_folder(args.out)  # before the work: a bad --out must not cost an evaluation
     ctx = setup(args.device)
     bar = StderrBar("evaluate", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
@@ -209,26 +217,27 @@ def run_evaluate(args) -> int:
         teardown(ctx)
     if result is None:  # not rank 0
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
     result.update(command="evaluate", model=_model_info(model, trained), world_size=ctx.world,
                   seconds=time.perf_counter() - started)
-    _write_json(out / "results.json", result)
-    plot_bars(out / "bars.png", result)
-    plot_curves(out / "curves.png", result)
-    if result["sanity"]:
-        plot_sanity(out, result, sanity_example)
-    if examples:
-        plot_examples(out / "maps.png", examples, model.class_names)
+    with locked(out):
+        plot_bars(out / "bars.png", result)
+        plot_curves(out / "curves.png", result)
+        if result["sanity"]:
+            plot_sanity(out, result, sanity_example)
+        if examples:
+            plot_examples(out / "maps.png", examples, model.class_names)
+        _write_json(out / "results.json", result)  # last: the mark of a complete evaluation
     if not args.quiet:
         print_table(result)
         print(f"results in {out}")
     for line in result["errors"]:
-        print(f"prunescope: error: {line}", file=sys.stderr)
+        fail(line)
     for method, why in result["skipped"].items():
         print(f"prunescope: note: {method} skipped: {why}", file=sys.stderr)
-    return 2 if result["errors"] else 0
+    if result["errors"]:
+        say(f"prunescope: {result['images']} images evaluated; {len(result['errors'])} failed")
+    return EXIT_BAD_INPUT if result["errors"] else 0
 
 
 def print_table(result: dict) -> None:
@@ -276,7 +285,7 @@ def plot_bars(path: Path, result: dict) -> None:
         ax.set_ylim(0, 1.05 if key in ("pointing_game", "relevance_mass") else None)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{result['dataset']}: {result['images']} images", fontsize=10)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_curves(path: Path, result: dict) -> None:
@@ -292,7 +301,7 @@ def plot_curves(path: Path, result: dict) -> None:
         ax.set_title(f"{key} (AUC in brackets)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_sanity(out: Path, result: dict, example) -> None:
@@ -337,7 +346,7 @@ def plot_examples(path: Path, examples, class_names) -> None:
     for ax in (a for line in axes for a in line):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 # ---- roar ----------------------------------------------------------------------------------
@@ -347,10 +356,12 @@ def run_roar(args) -> int:
 
     from core.distributed import setup, teardown
     from core.evaluation import RoarSettings, fingerprint, iter_roar
+    from core.output import output_folder
     from core.progress import StderrBar, run
     from core.synthetic import SmallResNet, make_split, reinitialise
 
     _check_args(args)
+    out = output_folder(args.out)
     ctx = setup(args.device)
     bar = StderrBar("roar", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
@@ -377,7 +388,6 @@ def run_roar(args) -> int:
         settings = RoarSettings(methods=args.methods, fractions=args.fractions,
                                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 sparsity=args.sparsity, target=target, seed=args.seed)
-        out = Path(args.out)
         result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,
                                ctx), bar)
     finally:
@@ -387,8 +397,8 @@ def run_roar(args) -> int:
         return 0
     result.update(command="roar", dataset=args.dataset, model=_model_info(model, trained),
                   world_size=ctx.world, seconds=time.perf_counter() - started)
-    _write_json(out / "roar.json", result)
     plot_roar(out / "roar.png", result)
+    _write_json(out / "roar.json", result)  # last: the mark of a complete run
     if not args.quiet:
         print(f"{result['train_images']} training / {result['test_images']} test images; "
               f"unchanged data: accuracy {result['unchanged_accuracy']:.3f}")
@@ -437,4 +447,4 @@ def plot_roar(path: Path, result: dict) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"ROAR on {result['dataset']} (lower = the method found the evidence)",
                  fontsize=9)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)

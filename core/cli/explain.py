@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list,
+                              model_from_args, out_path, sparsity_percent, tolerance_percent)
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 
 DEFAULT_METHODS = DEFAULTS["explain"]
@@ -15,61 +16,76 @@ def sparsity_value(text: str):
 def register(subparsers) -> None:
     p = subparsers.add_parser("explain", help="explain images: maps, curves and a report for each")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
+    p.add_argument("--out", required=True, type=out_path, metavar="DIR",
+                   help="results go to DIR/<image stem>/ (one folder per image, never shared)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result folders that already exist (default: refuse them)")
     add_model_options(p)
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}; also "
                         "pathway-input-x-gradient, pathway-integrated-gradients)")
     p.add_argument("--sparsity", type=sparsity_value, default=70.0,
                    help="percent of neurons pruned, or 'auto' (default 70)")
-    p.add_argument("--tolerance", type=float, default=0.15,
-                   help="output change allowed by --sparsity auto (default 0.15)")
+    p.add_argument("--tolerance", type=tolerance_percent, default=15.0,
+                   help="output change in percent allowed by --sparsity auto (default 15)")
     p.add_argument("--mode", choices=("global", "per-layer"), default="global",
                    help="threshold over all layers pooled, or inside each layer")
     p.add_argument("--selector", choices=("taylor", "intgrad"), default="taylor")
     p.add_argument("--target", type=int, help="class id to explain (default: the predicted class)")
-    p.add_argument("--steps", type=int, default=20, help="steps of the deletion/insertion curves")
+    p.add_argument("--steps", type=curve_steps, default=20,
+                   help=f"steps of the deletion/insertion curves, 1-{MAX_STEPS} (default 20)")
     p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
                    help="what removed pixels become in the curves")
     p.set_defaults(run=run_explain)
 
 
 def run_explain(args) -> int:
-    from core.cli import fail
+    from core.cli import Batch, fail
     from core.engine import Engine
     from core.errors import PruneScopeError
     from core.images import load_image
+    from core.output import locked, output_folder, result_names, staged_folder
     from core.progress import StderrBar, run
     from core.report import write_outputs
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
-    if args.steps < 1:
-        return fail("--steps must be at least 1")
+    out_dir = output_folder(args.out)
     model = model_from_args(args)
-    status = 0
-    for path in args.images:
-        bar = StderrBar(Path(path).name, quiet=args.quiet)
-        try:
-            engine = Engine(model, load_image(path), target=args.target)
-            sparsity = args.sparsity
-            if sparsity == "auto":
-                sparsity = run(engine.iter_auto_sparsity(args.tolerance, args.mode, args.selector), bar)
-            analysis = run(engine.iter_analysis(args.methods, sparsity, args.mode, args.selector,
-                                                args.steps, args.baseline), bar)
-            settings = {"sparsity": sparsity, "sparsity_requested": args.sparsity, "mode": args.mode,
-                        "selector": args.selector, "steps": args.steps, "baseline": args.baseline,
-                        "tolerance": args.tolerance}
-            out = Path(args.out) / Path(path).stem
-            write_outputs(out, engine, analysis, settings, image_path=path)
-        except PruneScopeError as err:
-            bar.close()
-            status = fail(str(err) if str(path) in str(err) else f"{path}: {err}")
-            continue
-        bar.close()
-        for method, why in analysis.skipped.items():
-            print(f"prunescope: note: {path}: {method} skipped: {why}", file=sys.stderr)
-        if not args.quiet:
-            pred = analysis.prediction
-            print(f"{path}: {pred.name} ({pred.prob:.3f}) -> {out}")
-    return status
+    paths = list(dict.fromkeys(args.images))
+    batch = Batch(len(paths), "images", "explained")
+    with locked(out_dir):
+        for path, name in batch.over(zip(paths, result_names(paths))):
+            bar = StderrBar(Path(path).name, quiet=args.quiet)
+            out = out_dir / name
+            try:
+                with staged_folder(out, args.overwrite) as staging:
+                    engine = Engine(model, load_image(path), target=args.target)
+                    sparsity = args.sparsity
+                    if sparsity == "auto":
+                        sparsity = run(engine.iter_auto_sparsity(args.tolerance / 100, args.mode,
+                                                                 args.selector), bar)
+                    analysis = run(engine.iter_analysis(args.methods, sparsity, args.mode, args.selector,
+                                                        args.steps, args.baseline), bar)
+                    if not analysis.results:  # no result folder for nothing
+                        why = {**analysis.skipped, **analysis.failed}
+                        raise PruneScopeError("no map: " + "; ".join(f"{m}: {w}" for m, w in why.items()))
+                    settings = {"sparsity": sparsity, "sparsity_requested": args.sparsity,
+                                "mode": args.mode, "selector": args.selector, "steps": args.steps,
+                                "baseline": args.baseline, "tolerance_percent": args.tolerance}
+                    write_outputs(staging, engine, analysis, settings, image_path=path)
+            except Exception as err:
+                bar.close()  # first, so that the line does not land inside the bar's
+                batch.item_failed(path, err)
+                continue
+            finally:
+                bar.close()
+            batch.done += 1
+            for method, why in analysis.skipped.items():
+                print(f"prunescope: note: {path}: {method} skipped: {why}", file=sys.stderr)
+            for method, why in analysis.failed.items():
+                batch.problem(f"{path}: {method} failed: {why}")
+            if not args.quiet:
+                pred = analysis.prediction
+                print(f"{path}: {pred.name} ({pred.prob:.3f}) -> {out}")
+    return batch.finish(args.quiet)

@@ -5,13 +5,14 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.cli import say
+from core.cli.options import add_model_options, method_list, model_from_args, out_path, sparsity_percent
 from core.methods import ALL_METHODS, unknown
 from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
 
 
 def percent_list(text: str) -> list[float]:
-    return [sparsity_percent(t) for t in text.split(",") if t.strip()]
+    return [sparsity_percent(t) for t in method_list(text)]
 
 
 def criterion_list(text: str) -> list[str]:
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
                    help="magnitude (unstructured), l1, taylor, lrp or pathway (structured)")
     p.add_argument("--sparsity", type=sparsity_percent, required=True,
                    help="percent of channels removed (of weights zeroed, for magnitude)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the pruned model file (.pt)")
+    p.add_argument("--out", required=True, type=out_path, metavar="FILE", help="the pruned model file (.pt)")
     _common(p)
     p.add_argument("--finetune", metavar="DIR", help="fine-tune on this labelled ImageFolder afterwards")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
         description="Writes DIR/sweep.json and DIR/headline.png, cost.png, drift.png, pathway.png.")
     s.add_argument("--criteria", type=criterion_list, default=list(CRITERIA),
                    help=f"comma-separated (default: {','.join(CRITERIA)})")
-    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json and the plots")
+    s.add_argument("--out", required=True, type=out_path, metavar="DIR", help="folder for sweep.json and the plots")
     s.add_argument("--sparsities", type=percent_list, default=list(SWEEP_SPARSITIES),
                    help=f"comma-separated percents (default: {','.join(map(str, SWEEP_SPARSITIES))})")
     s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
@@ -76,15 +77,30 @@ def _stats_line(label: str, stats, zeroed: bool) -> str:
             f"latency {latency}")
 
 
+def _report_skipped(calib) -> int:
+    """One line per calibration image left out; exit code 2 if any was."""
+    from core.cli import EXIT_BAD_INPUT, item_failed
+
+    for path, why in calib.skipped.items():
+        item_failed(path, why)
+    if calib.skipped:
+        total = len(calib.paths) + len(calib.skipped)
+        say(f"prunescope: {len(calib.paths)} of {total} calibration images used; "
+            f"{len(calib.skipped)} failed")
+    return EXIT_BAD_INPUT if calib.skipped else 0
+
+
 def run_prune(args) -> int:
+    from core.errors import OutputError
     from core.model_pruning import calibrate, finetune, prune_model, save_pruned
+    from core.output import write_text
     from core.progress import StderrBar, run
 
     out = Path(args.out)
     if not out.parent.is_dir():
-        from core.cli import fail
-
-        return fail(f"{out.parent}: output folder does not exist")
+        raise OutputError(f"{out.parent}: output folder does not exist")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder, not a model file")
     model = model_from_args(args)
     bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
     try:
@@ -111,9 +127,9 @@ def run_prune(args) -> int:
     for path, size in sizes.items():
         print(f"wrote {path} ({size / 1e6:.2f} MB)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model.name, **report.summary(), "files": sizes},
-                                              indent=1, default=_nan_free))
-    return 0
+        write_text(args.json, json.dumps({"model": model.name, **report.summary(), "files": sizes},
+                                         indent=1, default=_nan_free))
+    return _report_skipped(calib)
 
 
 def _nan_free(value):
@@ -123,24 +139,24 @@ def _nan_free(value):
 def run_sweep(args) -> int:
     from core.cli import fail
     from core.model_pruning import calibrate
-    from core.model_pruning.sweep import mean_spearman, plot_sweep, sweep
+    from core.model_pruning.sweep import mean_spearman, save_sweep, sweep
+    from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     model = model_from_args(args)
-    bar = StderrBar("prune-sweep", quiet=args.quiet)
-    try:
-        calib = run(calibrate(model, args.calib), bar)
-        result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
-                           args.protect, timed=not args.no_latency), bar)
-    finally:
-        bar.close()
+    with locked(out):
+        bar = StderrBar("prune-sweep", quiet=args.quiet)
+        try:
+            calib = run(calibrate(model, args.calib), bar)
+            result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
+                               args.protect, timed=not args.no_latency), bar)
+        finally:
+            bar.close()
+        written = save_sweep(result, out)
     data = result.to_json()
-    (out / "sweep.json").write_text(json.dumps(data, indent=1))
-    plots = plot_sweep(result, out)
     quality = result.quality
     print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
     print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {quality:>9} "
@@ -158,9 +174,12 @@ def run_sweep(args) -> int:
     for method, why in result.skipped_methods.items():
         print(f"skipped {method}: {why}", file=sys.stderr)
     for criterion, why in result.errors.items():
-        print(f"prunescope: error: {criterion}: {why}", file=sys.stderr)
-    print(f"wrote {out / 'sweep.json'} and {', '.join(p.name for p in plots)}")
-    return 2 if result.errors else 0
+        fail(f"{criterion}: {why}")
+    print(f"wrote {', '.join(p.name for p in written)} in {out}")
+    if result.errors:
+        say(f"prunescope: {len(result.criteria) - len(result.errors)} of {len(result.criteria)} "
+            f"criteria swept; {len(result.errors)} failed")
+    return max(_report_skipped(calib), 2 if result.errors else 0)
 
 
 def _pct(value) -> str:

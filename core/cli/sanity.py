@@ -3,12 +3,12 @@
 Writes DIR/<image stem>/sanity.json, spearman.png and ssim.png (similarity to the trained model's
 map against the blocks randomised, one line per method) and maps.png (maps at a few steps).
 """
-import argparse
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, model_from_args, sparsity_percent
+from core.cli.options import add_model_options, method_list, model_from_args, out_path, sparsity_percent
 from core.methods import ALL_METHODS, DEFAULTS, unknown
+from core.output import save_figure
 
 DEFAULT_METHODS = DEFAULTS["sanity"]
 GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
@@ -20,7 +20,10 @@ def register(subparsers) -> None:
         description="Re-initialise the model's parameter blocks from the output down and compare "
                     "each method's map with the trained model's (Spearman of |map|, SSIM).")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", required=True, metavar="DIR", help="results go to DIR/<image stem>/")
+    p.add_argument("--out", required=True, type=out_path, metavar="DIR",
+                   help="results go to DIR/<image stem>/ (one folder per image, never shared)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result folders that already exist (default: refuse them)")
     add_model_options(p)
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
@@ -34,16 +37,17 @@ def register(subparsers) -> None:
 def run_sanity(args) -> int:
     from dataclasses import replace
 
-    from core.cli import fail
+    from core.cli import Batch, fail
     from core.engine import Engine, compute_map
-    from core.errors import PruneScopeError
     from core.images import load_image
     from core.methods import supports
+    from core.output import locked, output_folder, result_names, staged_folder
     from core.progress import StderrBar, run
     from core.sanity import iter_cascading_randomization
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
+    out_dir = output_folder(args.out)
     model = model_from_args(args)
     methods = []
     for method in dict.fromkeys(args.methods):
@@ -58,41 +62,43 @@ def run_sanity(args) -> int:
     def explain(module, x, target, method):
         return compute_map(replace(model, module=module), x, target, method, sparsity=args.sparsity)
 
-    status = 0
-    for path in args.images:
-        bar = StderrBar(Path(path).name, quiet=args.quiet)
-        try:
-            engine = Engine(model, load_image(path), target=args.target)
-            result = run(iter_cascading_randomization(model.module, engine.x, engine.target, methods,
-                                                      explain, seed=args.seed), bar)
-            out = Path(args.out) / Path(path).stem
-            write_results(out, result, engine, model.name, path, args.sparsity)
-        except PruneScopeError as err:
-            status = fail(str(err) if str(path) in str(err) else f"{path}: {err}")
-            continue
-        except OSError as err:
-            status = fail(f"{path}: cannot write results: {err.strerror or err}")
-            continue
-        finally:
-            bar.close()
-        if not args.quiet:
-            last = ", ".join(f"{m} {result.spearman[m][-1]:.2f}" for m in methods)
-            print(f"{path}: {engine.prediction.name}: Spearman after full randomisation: {last} -> {out}")
-    return status
+    paths = list(dict.fromkeys(args.images))
+    batch = Batch(len(paths), "images", "checked")
+    with locked(out_dir):
+        for path, name in batch.over(zip(paths, result_names(paths))):
+            bar = StderrBar(Path(path).name, quiet=args.quiet)
+            out = out_dir / name
+            try:
+                with staged_folder(out, args.overwrite) as staging:
+                    engine = Engine(model, load_image(path), target=args.target)
+                    result = run(iter_cascading_randomization(model.module, engine.x, engine.target,
+                                                              methods, explain, seed=args.seed), bar)
+                    write_results(staging, result, engine, model.name, path, args.sparsity)
+            except Exception as err:
+                bar.close()  # first, so that the line does not land inside the bar's
+                batch.item_failed(path, err)
+                continue
+            finally:
+                bar.close()
+            batch.done += 1
+            if not args.quiet:
+                last = ", ".join(f"{m} {result.spearman[m][-1]:.2f}" for m in methods)
+                print(f"{path}: {engine.prediction.name}: Spearman after full randomisation: {last} -> {out}")
+    return batch.finish(args.quiet)
 
 
 def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float) -> None:
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"image": str(image_path), "model": model_name, "class_name": engine.prediction.name,
-            "probability": engine.prediction.prob, "sparsity": sparsity, **result.to_json()}
-    (out / "sanity.json").write_text(json.dumps(data, indent=2))
+    data = {"image": str(image_path), "source": str(Path(image_path).resolve()), "model": model_name,
+            "class_name": engine.prediction.name, "probability": engine.prediction.prob,
+            "sparsity": sparsity, **result.to_json()}
     title = f"{Path(image_path).name}, {model_name}, class {engine.prediction.name}"
     plot_similarity(out / "spearman.png", result, result.spearman, "Spearman rank correlation of |map|",
                     title)
     plot_similarity(out / "ssim.png", result, result.ssim, "SSIM of |map|", title)
     plot_map_grid(out / "maps.png", result, engine.view)
+    (out / "sanity.json").write_text(json.dumps(data, indent=2))  # last: the mark of a complete result
 
 
 def _step_labels(result) -> list[str]:
@@ -116,7 +122,7 @@ def plot_similarity(path: Path, result, values: dict, ylabel: str, title: str) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def grid_steps(count: int, columns: int = GRID_COLUMNS) -> list[int]:
@@ -149,4 +155,4 @@ def plot_map_grid(path: Path, result, view) -> None:
     for ax in (a for line in axes for a in line):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import ImageError, PruneScopeError
+from core.errors import ImageError, OutputError, PruneScopeError
 from core.model_pruning import criteria, surgery
 from core.model_pruning.names import DEFAULT_PROTECT
+from core.output import atomic_file
 from core.progress import Job, Progress, scaled
 
 LATENCY_RUNS = 30
@@ -31,6 +32,7 @@ class Calibration:
     x: torch.Tensor                  # N x 3 x S x S, preprocessed, on the model's device
     labels: list[int] | None         # class ids when the folder is labelled (one subfolder per class)
     targets: torch.Tensor = None     # the unpruned model's top-1 per image (CPU), filled by calibrate()
+    skipped: dict = field(default_factory=dict)  # image -> why it could not be used
 
 
 def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, int]] | None:
@@ -73,16 +75,26 @@ def calibration_files(model, folder=None) -> tuple[list[Path], list[int] | None]
 
 
 def calibrate(model, folder=None) -> Job[Calibration]:
-    """Load and preprocess the calibration images; note what the unpruned model predicts."""
+    """Load and preprocess the calibration images; note what the unpruned model predicts. An
+    image that cannot be used is left out (with why, in `skipped`); none usable is an error."""
+    from core.errors import reason
     from core.images import load_image
 
     paths, labels = calibration_files(model, folder)
-    xs = []
+    xs, kept, skipped = [], [], {}
     for i, path in enumerate(paths):
-        xs.append(model.preprocess(load_image(path))[0])
+        try:
+            xs.append(model.preprocess(load_image(path))[0])
+            kept.append(i)
+        except Exception as err:
+            skipped[str(path)] = reason(err)
         yield Progress((i + 1) / len(paths), f"loading {path.name}")
+    if not xs:
+        raise ImageError(f"{folder}: none of the {len(paths)} calibration images can be used "
+                         f"(first: {next(iter(skipped.values()))})")
     x = torch.cat(xs)
-    return Calibration(paths, x, labels, predict(model.module, x))
+    return Calibration([paths[i] for i in kept], x, None if labels is None else [labels[i] for i in kept],
+                       predict(model.module, x), skipped)
 
 
 def predict(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -110,14 +122,23 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     from torch_pruning.utils import op_counter
 
     # The counter matches layer types exactly, so subclasses (EfficientNet's SameConv2d) would
-    # count as zero ops; map each subclass to its base type's counter.
-    for m in module.modules():
-        if type(m) not in op_counter.MODULES_MAPPING:
-            for base in type(m).__mro__[1:]:
-                if base in op_counter.MODULES_MAPPING:
-                    op_counter.CUSTOM_MODULES_MAPPING[type(m)] = op_counter.MODULES_MAPPING[base]
-                    break
-    macs, params = tp.utils.count_ops_and_params(module, x[:1])
+    # count as zero ops; map each subclass to its base type's counter, for this count only.
+    # The mapping is Torch-Pruning's global, which it also replaces by {} after counting: the
+    # caller's mapping, as it was, is put back.
+    mapping = op_counter.CUSTOM_MODULES_MAPPING
+    saved = dict(mapping)
+    try:
+        for m in module.modules():
+            if type(m) not in op_counter.MODULES_MAPPING and type(m) not in mapping:
+                for base in type(m).__mro__[1:]:
+                    if base in op_counter.MODULES_MAPPING:
+                        mapping[type(m)] = op_counter.MODULES_MAPPING[base]
+                        break
+        macs, params = tp.utils.count_ops_and_params(module, x[:1])
+    finally:
+        mapping.clear()
+        mapping.update(saved)
+        op_counter.CUSTOM_MODULES_MAPPING = mapping
     return int(macs), int(params)
 
 
@@ -301,19 +322,25 @@ def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, i
     torch.load(weights_only=True) read it; with program=True also a torch.export program (.pt2)
     that runs without PruneScope. Returns {file: bytes on disk}."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise PruneScopeError(f"{path.parent}: folder does not exist")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a model file")
     module = report.model.module
     info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
+    info["input_size"] = report.model.input_size  # load_pruned's trial forward uses it
     info.update(source_record(report.model))
-    torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), path)
+    # Written under a temporary name and renamed: a full disk leaves an older model file intact.
+    with atomic_file(path) as temp:
+        torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
     sizes = {str(path): path.stat().st_size}
     if program:
         size = report.model.input_size
         example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
         exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
         program_path = path.with_suffix(".pt2")
-        torch.export.save(exported, program_path)
+        with atomic_file(program_path) as temp:
+            torch.export.save(exported, temp)
         sizes[str(program_path)] = program_path.stat().st_size
     return sizes
 

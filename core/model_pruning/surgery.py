@@ -7,6 +7,7 @@ batch norms, form one group in the dependency graph; a group is ranked by the me
 producers and removed together.
 """
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from core.model_pruning.names import MODES
 PRUNED_KEY = "prunescope_pruned"  # the checkpoint key core.models.load_model looks for
 FORMAT = 1
 RESHAPED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)  # the layer kinds load_pruned rebuilds
+DEFAULT_INPUT_SIZE = 224  # of checkpoints that do not say theirs: ImageNet models
 
 
 @dataclass
@@ -68,6 +70,17 @@ def _dependency_graph(module: nn.Module, x: torch.Tensor):
         # Groups with bare parameters (a ViT's class token) are kept whole: no need to warn.
         warnings.filterwarnings("ignore", "Unwrapped parameters detected", UserWarning)
         return tp.DependencyGraph().build_dependency(module, example_inputs=x[:1])
+
+
+@contextmanager
+def _grad_flags_kept(module: nn.Module):
+    """Put back which parameters were frozen, by name: pruning replaces the parameter objects."""
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    try:
+        yield
+    finally:
+        for name, p in module.named_parameters():
+            p.requires_grad_(name not in frozen)
 
 
 def _group_scores(DG, group, scores: Scores, names: dict) -> torch.Tensor | None:
@@ -131,12 +144,19 @@ def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) 
 
 def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsity: float,
                      mode: str = "global", protected=frozenset()) -> Surgery:
-    """Remove the lowest-scored sparsity % of output channels from `module`, in place."""
+    """Remove the lowest-scored sparsity % of output channels from `module`, in place; which
+    parameters are frozen stays as it was."""
     check_sparsity(sparsity, mode)
-    names = {m: n for n, m in module.named_modules()}
     order = forward_order(module, x)
     if float(sparsity) == 0.0:  # nothing to remove: spare tracing the graph
         return Surgery({}, _channel_table(module, order, {}), "channels", sorted(protected))
+    with _grad_flags_kept(module):
+        return _remove_channels(module, x, scores, float(sparsity), mode, protected, order)
+
+
+def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, protected,
+                     order: list[str]) -> Surgery:
+    names = {m: n for n, m in module.named_modules()}
     DG = _dependency_graph(module, x)
     out_layer = module.get_submodule(order[-1])  # its outputs are the classes: never removed
     prunable = (nn.Conv2d, nn.Linear)
@@ -227,40 +247,98 @@ def checkpoint(module: nn.Module, arch: str, info: dict) -> dict:
 
 def load_pruned(module: nn.Module, checkpoint: dict) -> nn.Module:
     """Reshape a freshly built base architecture's convs, batch norms and linears to the
-    checkpoint's shapes, then load its state dict strictly. Returns the module."""
-    meta = checkpoint.get(PRUNED_KEY) if isinstance(checkpoint, dict) else None
-    state = checkpoint.get("state_dict") if isinstance(meta, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError("not a PruneScope pruned-model checkpoint (needs 'prunescope_pruned' "
-                         "metadata and a 'state_dict' of tensors)")
-    groups = meta.get("groups") or {}
-    for name, m in module.named_modules():
-        prefix = f"{name}." if name else ""
-        weight = state.get(prefix + "weight")
-        if isinstance(m, nn.Conv2d) and weight is not None:
-            _reshape_conv(m, weight, groups.get(name), state.get(prefix + "bias"))
-        elif isinstance(m, nn.BatchNorm2d) and prefix + "running_mean" in state:
-            _reshape_bn(m, state[prefix + "running_mean"].shape[0])
-        elif isinstance(m, nn.Linear) and weight is not None and weight.dim() == 2:
-            m.out_features, m.in_features = weight.shape
-            m.weight = nn.Parameter(torch.empty_like(weight))
-            if m.bias is not None:
-                m.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    checkpoint's shapes, load its state dict strictly and run it once on a blank input, so that
+    a damaged or hostile checkpoint fails here, as one ModelError, and not at its first use."""
+    meta, state = pruned_contents(checkpoint)
+    groups = meta.get("groups", {})
     try:
+        for name, m in module.named_modules():
+            prefix = f"{name}." if name else ""
+            weight = state.get(prefix + "weight")
+            if isinstance(m, nn.Conv2d) and weight is not None:
+                _reshape_conv(m, weight, groups.get(name), state.get(prefix + "bias"))
+            elif isinstance(m, nn.BatchNorm2d) and prefix + "running_mean" in state:
+                _reshape_bn(m, _sized(state[prefix + "running_mean"], 1, prefix + "running_mean").shape[0])
+            elif isinstance(m, nn.Linear) and weight is not None:
+                m.out_features, m.in_features = _sized(weight, 2, prefix + "weight").shape
+                m.weight = nn.Parameter(torch.empty_like(weight))
+                if m.bias is not None:
+                    m.bias = nn.Parameter(torch.empty(weight.shape[0]))
         module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ModelError(f"pruned weights do not fit {meta.get('arch')}: "
-                         f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    except (RuntimeError, ValueError) as err:
+        raise ModelError(f"pruned weights do not fit {meta['arch']}: {_first_line(err)}") from None
+    # Checkpoints that save_pruned writes store the input size; a ViT knows its own.
+    size = meta.get("input_size") or getattr(module, "image_size", DEFAULT_INPUT_SIZE)
+    _trial_forward(module, meta["arch"], size)
     return module
 
 
+def pruned_contents(checkpoint) -> tuple[dict, dict]:
+    """The checkpoint's metadata and state dict, checked: each fault is one ModelError line."""
+    meta = checkpoint.get(PRUNED_KEY) if isinstance(checkpoint, dict) else None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or not isinstance(state, dict) or not state:
+        raise ModelError(f"not a PruneScope pruned-model checkpoint (needs '{PRUNED_KEY}' "
+                         "metadata as a dict and a 'state_dict' of tensors)")
+    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
+        raise ModelError(f"pruned-model metadata: 'arch' must name the architecture, got {meta.get('arch')!r:.40}")
+    version = meta.get("format", FORMAT)
+    if not _is_int(version) or version > FORMAT or version < 1:
+        raise ModelError(f"pruned-model metadata: format {version!r:.20} is not one this PruneScope "
+                         f"reads (1..{FORMAT})")
+    groups = meta.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(k, str) and _is_int(v) and 1 <= v <= 1 << 16
+                                               for k, v in groups.items()):
+        raise ModelError("pruned-model metadata: 'groups' must map layer names to group counts of "
+                         f"at least 1, got {groups!r:.60}")
+    size = meta.get("input_size", DEFAULT_INPUT_SIZE)
+    if not _is_int(size) or not 8 <= size <= 1024:
+        raise ModelError(f"pruned-model metadata: input_size must be 8..1024 pixels, got {size!r:.20}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(f"pruned-model state dict: {key!r:.60} is not a named tensor")
+        if value.is_meta or value.layout != torch.strided:
+            raise ModelError(f"pruned-model state dict: {key} holds no data ({value.device} "
+                             f"{value.layout} tensor)")
+    return meta, state
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sized(t: torch.Tensor, dims: int, key: str) -> torch.Tensor:
+    if t.dim() != dims or 0 in t.shape:
+        raise ValueError(f"{key} has shape {tuple(t.shape)}, expected {dims} non-empty dimensions")
+    return t
+
+
+def _first_line(err: Exception) -> str:
+    """load_state_dict's message is a header, then one line per key: the first key is enough."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+
+
+def _trial_forward(module: nn.Module, arch: str, size: int) -> None:
+    """Layers whose shapes each load but do not chain (10 channels out, 12 expected in) fail here."""
+    training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(1, 3, size, size))
+    except Exception as err:
+        raise ModelError(f"pruned weights of {arch} do not fit together: {_first_line(err)}") from None
+    finally:
+        module.train(training)
+
+
 def _reshape_conv(m: nn.Conv2d, weight: torch.Tensor, groups, bias) -> None:
-    out_ch, in_per_group = weight.shape[:2]
+    out_ch, in_per_group = _sized(weight, 4, "a convolution's weight").shape[:2]
     if groups is None:
         # A depthwise conv stays depthwise when its channels are removed.
         depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         groups = out_ch if depthwise else m.groups
+    if out_ch % groups:
+        raise ValueError(f"{out_ch} output channels cannot form {groups} groups")
     m.groups, m.out_channels, m.in_channels = int(groups), int(out_ch), int(in_per_group * groups)
     m.weight = nn.Parameter(torch.empty_like(weight))
     if m.bias is not None or bias is not None:

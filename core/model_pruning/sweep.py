@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import PruneScopeError
+from core.device import seeded
+from core.errors import PruneScopeError, reason
 from core.model_pruning import criteria, pipeline
 from core.model_pruning.names import CRITERIA, DEFAULT_PROTECT, SWEEP_METHODS, SWEEP_SPARSITIES
 from core.progress import Job, Progress, scaled
@@ -162,8 +163,9 @@ def _maps(model, x, targets, methods, skipped: dict) -> dict:
         try:
             maps = []
             for i in range(x.shape[0]):
-                torch.manual_seed(SEED)
-                maps.append(compute_map(model, x[i:i + 1], int(targets[i]), method, sparsity=EXPLAIN_SPARSITY))
+                with seeded(SEED, x.device):
+                    maps.append(compute_map(model, x[i:i + 1], int(targets[i]), method,
+                                            sparsity=EXPLAIN_SPARSITY))
             out[method] = maps
         except UnsupportedMethod as why:
             skipped[method] = str(why)
@@ -218,8 +220,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                     original.latency_ms,
                     pipeline.agreement(module, calib), pipeline.accuracy(module, calib), drift,
                     float(np.mean(ious)), [list(row) for row in done.layers]))
-        except PruneScopeError as why:
-            result.errors[name] = str(why)
+        except Exception as why:  # one criterion failing (out of memory, say) spares the others
+            result.errors[name] = reason(why)
     yield Progress(1.0, "sweep done")
     return result
 
@@ -232,22 +234,25 @@ def _mean_similarity(before: list, after: list) -> dict:
 # --- plots ----------------------------------------------------------------------------------------
 
 def plot_sweep(result: SweepResult, folder) -> list[Path]:
-    """headline.png, cost.png, drift.png, pathway.png in `folder` (matplotlib, Agg)."""
-    import matplotlib
+    """headline.png, cost.png, drift.png, pathway.png in `folder`, each written whole."""
+    from matplotlib.figure import Figure  # no pyplot: it is not safe off the main thread
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.output import save_figure
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    figures = {name: fig for name, fig in draw_sweep(result, plt.figure).items()}
-    paths = []
-    for name, fig in figures.items():
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return [save_figure(fig, folder / f"{name}.png", dpi=110, bbox_inches="tight")
+            for name, fig in draw_sweep(result, Figure).items()]
+
+
+def save_sweep(result: SweepResult, folder) -> list[Path]:
+    """The plots, then sweep.json: written last, each file whole, it marks a complete sweep."""
+    import json
+
+    from core.output import write_text
+
+    plots = plot_sweep(result, folder)
+    return [*plots, write_text(Path(folder) / "sweep.json", json.dumps(result.to_json(), indent=1))]
 
 
 def draw_sweep(result: SweepResult, new_figure) -> dict:
