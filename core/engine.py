@@ -21,8 +21,11 @@ from core.progress import Job, Progress, run, scaled
 
 SELECTORS = ("taylor", "intgrad")
 MODES = ("global", "per-layer")
+TIES = ("exact", "paper")  # exact: p % of the neurons, ties broken; paper: tied scores go together
 IG_STEPS = 50
 IG_BATCH = 10
+AUTO_GRID = 1.0  # points of sparsity between the auto search's probes
+AUTO_RESOLUTION = 0.1
 
 
 @dataclass
@@ -36,11 +39,19 @@ class Prediction:
 @dataclass
 class PathwayResult:
     map: np.ndarray               # H x W, signed, raw
-    sparsity: float
+    sparsity: float               # % of neurons actually pruned (the paper's ties may prune more)
     output_change: float          # |p'_c - p_c| / p_c
     prob: float                   # p'_c, the pruned network's probability of the target
     kept: list                    # [(layer name, neurons kept, neurons)]
     masks: list = field(repr=False)  # bool tensors, one per layer, the layer's shape
+    requested: float = 0.0        # the sparsity asked for
+
+
+@dataclass
+class AutoSparsity:
+    sparsity: float               # the largest found whose output change is within tolerance
+    output_change: float
+    how: str                      # how it was searched, for the user
 
 
 @dataclass
@@ -69,57 +80,112 @@ class Sweep:
     deletion_auc: np.ndarray
 
 
-class _Scores:
-    """One selector's neuron scores, with the sorted values every threshold is read from.
+class _Group:
+    """The neurons one threshold ranks (all layers pooled, or one layer), flat, with what each
+    sparsity is read from, sorted lazily: scores are >= 0 and often exactly 0 (on the embedded
+    model half of them), so the zero and non-zero scores are ranked apart.
 
-    Sorting once (lazily, per threshold mode) makes each later sparsity a lookup. Scores are
-    >= 0 and often exactly 0 (inactive neurons), so only the non-zero ones are sorted and the
-    zeros are counted: the same thresholds for a fraction of the sorting time.
+    Exact order: dead neurons (a = 0) first, then the other zero scores by |a| (live but
+    gradient-blocked, e.g. saturated ReLU6), then the non-zero scores; remaining ties (equal
+    values) by position. The paper's rule instead prunes every score at or below the threshold.
     """
 
-    def __init__(self, per_layer: list[torch.Tensor]):
+    def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor):
+        self.scores, self.magnitudes = scores, magnitudes
+        zero = scores == 0
+        self.dead = zero & (magnitudes == 0)
+        self.live_zero = zero & ~self.dead
+        self.nonzero = ~zero
+        self.counts = [int(m.sum()) for m in (self.dead, self.live_zero, self.nonzero)]
+        self._sorted: dict[int, torch.Tensor] = {}
+
+    def _sorted_of(self, tier: int) -> torch.Tensor:
+        if tier not in self._sorted:
+            members = self.live_zero if tier == 1 else self.nonzero
+            values = self.magnitudes if tier == 1 else self.scores
+            self._sorted[tier] = values[members].sort().values
+        return self._sorted[tier]
+
+    def pruned(self, sparsity: float, ties: str) -> torch.Tensor:
+        """Flat bool: the neurons sparsity % prunes."""
+        k = math.floor(sparsity / 100.0 * self.scores.numel())
+        if ties == "paper":
+            if k <= 0:
+                return torch.zeros_like(self.dead)
+            if k <= self.counts[0] + self.counts[1]:
+                return ~self.nonzero
+            return self.scores <= self._sorted_of(2)[min(k, self.scores.numel()) - sum(self.counts[:2]) - 1]
+        out = torch.zeros_like(self.dead)
+        for tier, (members, values) in enumerate(((self.dead, None), (self.live_zero, self.magnitudes),
+                                                  (self.nonzero, self.scores))):
+            if k <= 0:
+                break
+            take = min(k, self.counts[tier])
+            if take == self.counts[tier]:
+                out |= members
+            elif tier == 0:
+                out |= _first(members, take)
+            else:
+                cut = self._sorted_of(tier)[take - 1]
+                below = members & (values < cut)
+                out |= below | _first(members & (values == cut), take - int(below.sum()))
+            k -= take
+        return out
+
+
+def _first(members: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` True entries of a flat bool tensor."""
+    return members & (members.cumsum(0) <= count)
+
+
+class _Scores:
+    """One selector's neuron scores (and |a|, for the exact order), ranked once per threshold
+    mode so that each later sparsity is a lookup and a comparison."""
+
+    def __init__(self, per_layer: list[torch.Tensor], magnitudes: list[torch.Tensor]):
         self.per_layer = per_layer
-        self._sorted: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self.magnitudes = magnitudes
+        self._groups: dict[str, list[_Group]] = {}
 
-    def _sorted_values(self, mode: str) -> list[tuple[int, torch.Tensor]]:
-        if mode not in self._sorted:
-            groups = ([torch.cat([s.flatten() for s in self.per_layer])] if mode == "global"
-                      else [s.flatten() for s in self.per_layer])
-            self._sorted[mode] = [(int((g == 0).sum()), g[g != 0].sort().values) for g in groups]
-        return self._sorted[mode]
+    def _ranked(self, mode: str) -> list[_Group]:
+        if mode not in self._groups:
+            if mode == "global":
+                self._groups[mode] = [_Group(torch.cat([s.flatten() for s in self.per_layer]),
+                                             torch.cat([a.flatten() for a in self.magnitudes]))]
+            else:
+                self._groups[mode] = [_Group(s.flatten(), a.flatten())
+                                      for s, a in zip(self.per_layer, self.magnitudes)]
+        return self._groups[mode]
 
-    @staticmethod
-    def threshold(zeros: int, sorted_nonzero: torch.Tensor, sparsity: float) -> float | None:
-        """The value at the sparsity-th percentile; None when nothing is pruned."""
-        pruned = math.floor(sparsity / 100.0 * (zeros + sorted_nonzero.numel()))
-        if pruned <= 0:
-            return None
-        if pruned <= zeros:
-            return 0.0
-        return sorted_nonzero[min(pruned - zeros, sorted_nonzero.numel()) - 1].item()
-
-    def masks(self, sparsity: float, mode: str) -> list[torch.Tensor]:
-        groups = self._sorted_values(mode)
+    def masks(self, sparsity: float, mode: str, ties: str = "exact") -> list[torch.Tensor]:
+        """Bool masks of the kept neurons, one per layer, in the layers' shapes."""
+        groups = self._ranked(mode)
         if mode == "global":
-            thresholds = [self.threshold(*groups[0], sparsity)] * len(self.per_layer)
+            kept = ~groups[0].pruned(sparsity, ties)
+            flat = kept.split([s.numel() for s in self.per_layer])
         else:
-            thresholds = [self.threshold(*group, sparsity) for group in groups]
-        return [torch.ones_like(s, dtype=torch.bool) if t is None else s > t
-                for s, t in zip(self.per_layer, thresholds)]
+            flat = [~g.pruned(sparsity, ties) for g in groups]
+        return [m.view(s.shape) for m, s in zip(flat, self.per_layer)]
 
 
 class Engine:
-    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None):
+    """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper"."""
+
+    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None, ties: str = "exact"):
         x, view = model.preprocess(image_rgb)
-        self._setup(model, x, view, target)
+        self._setup(model, x, view, target, ties)
 
     @classmethod
-    def from_tensor(cls, model, x: torch.Tensor, target: int | None = None) -> "Engine":
+    def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
+                    ties: str = "exact") -> "Engine":
         engine = cls.__new__(cls)
-        engine._setup(model, x.to(model.device), _view_of(model, x), target)
+        engine._setup(model, x.to(model.device), _view_of(model, x), target, ties)
         return engine
 
-    def _setup(self, model, x, view, target, shared=None):
+    def _setup(self, model, x, view, target, ties, shared=None):
+        if ties not in TIES:
+            raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
+        self.ties = ties
         self.model = model
         self.x = x
         self.view = view
@@ -139,7 +205,14 @@ class Engine:
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
         other = Engine.__new__(Engine)
-        other._setup(self.model, self.x, self.view, target, shared=(self.probs, self.layers))
+        other._setup(self.model, self.x, self.view, target, self.ties, shared=(self.probs, self.layers))
+        return other
+
+    def with_ties(self, ties: str) -> "Engine":
+        """The same explanation under another tie rule; scores, maps and curves are shared."""
+        other = Engine.__new__(Engine)
+        other._setup(self.model, self.x, self.view, self.target, ties, shared=(self.probs, self.layers))
+        other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
         return other
 
     # -- prediction ------------------------------------------------------------------------
@@ -157,10 +230,11 @@ class Engine:
         if selector not in self._scores:
             module = self.model.module
             if selector == "taylor":
-                per_layer = taylor_scores(module, self.x, self.target)
+                per_layer, magnitudes = taylor_scores(module, self.x, self.target, with_activations=True)
             else:
-                per_layer = yield from intgrad_scores(module, self.x, self.target, len(self.layers), steps)
-            self._scores[selector] = _Scores(per_layer)
+                per_layer, magnitudes = yield from intgrad_scores(
+                    module, self.x, self.target, len(self.layers), steps)
+            self._scores[selector] = _Scores(per_layer, magnitudes)
         return self._scores[selector]
 
     def scores(self, selector: str = "taylor") -> list[torch.Tensor]:
@@ -168,7 +242,7 @@ class Engine:
 
     def masks(self, sparsity: float, mode: str = "global", selector: str = "taylor") -> list[torch.Tensor]:
         _check(sparsity, mode)
-        return run(self.iter_scores(selector)).masks(sparsity, mode)
+        return run(self.iter_scores(selector)).masks(sparsity, mode, self.ties)
 
     # -- the pathway map ---------------------------------------------------------------------
     def masked_forward(self, masks: list[torch.Tensor]):
@@ -204,8 +278,9 @@ class Engine:
         prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
         p = float(self.probs[self.target])
         kept = [(layer.name, int(torch.count_nonzero(m)), m.numel()) for layer, m in zip(self.layers, masks)]
-        return PathwayResult(attribution.collapse_channels(grads), float(sparsity),
-                             abs(prob - p) / p, prob, kept, masks)
+        pruned = 100.0 * (1 - sum(k for _, k, _ in kept) / max(1, sum(n for _, _, n in kept)))
+        return PathwayResult(attribution.collapse_channels(grads), pruned,
+                             abs(prob - p) / p, prob, kept, masks, float(sparsity))
 
     def output_change(self, sparsity: float, mode: str = "global", selector: str = "taylor") -> float:
         """|p'_c - p_c| / p_c of the pruned network: one forward, no backward."""
@@ -215,23 +290,36 @@ class Engine:
         return abs(float(torch.softmax(logits.float(), dim=1)[0, self.target]) - p) / p
 
     def iter_auto_sparsity(self, tolerance: float = 0.15, mode: str = "global",
-                           selector: str = "taylor") -> Job[float]:
-        """The largest sparsity (to within 0.5 points) whose output change is <= tolerance."""
+                           selector: str = "taylor") -> Job[AutoSparsity]:
+        """The largest sparsity whose output change is <= tolerance. Output change need not grow
+        with sparsity, so every AUTO_GRID-point step from 0 to 99.9 % is tried (one forward each),
+        then the gap above the largest passing one is bisected to AUTO_RESOLUTION points."""
         if not math.isfinite(tolerance) or tolerance < 0:
             raise PruneScopeError(f"tolerance must be a finite output change of at least 0, got {tolerance}")
-        yield from scaled(self.iter_scores(selector), 0.0, 0.3)
-        lo, hi = 0.0, 99.9
-        if self.output_change(hi, mode, selector) <= tolerance:
-            return hi
-        probes = math.ceil(math.log2((hi - lo) / 0.5))
-        for i in range(probes):
-            mid = (lo + hi) / 2
-            if self.output_change(mid, mode, selector) <= tolerance:
-                lo = mid
-            else:
-                hi = mid
-            yield Progress(0.3 + 0.7 * (i + 1) / probes, f"auto sparsity: {lo:.1f}-{hi:.1f} %")
-        return round(lo, 2)
+        yield from scaled(self.iter_scores(selector), 0.0, 0.2)
+        grid = [*np.arange(0.0, 99.9, AUTO_GRID), 99.9]
+        changes = []
+        for i, p in enumerate(grid):
+            changes.append(self.output_change(float(p), mode, selector))
+            yield Progress(0.2 + 0.6 * (i + 1) / len(grid), f"auto sparsity: scanning {p:.0f} %")
+        passing = [i for i, c in enumerate(changes) if c <= tolerance]
+        best = passing[-1]  # sparsity 0 changes nothing, so there is always one
+        lo, hi, change = float(grid[best]), None, changes[best]
+        if best + 1 < len(grid):
+            hi = float(grid[best + 1])
+            while hi - lo > AUTO_RESOLUTION:
+                mid = round((lo + hi) / 2, 2)  # on the slider's 0.01 grid: the value returned is the one tried
+                mid_change = self.output_change(mid, mode, selector)
+                if mid_change <= tolerance:
+                    lo, change = mid, mid_change
+                else:
+                    hi = mid
+                yield Progress(0.9, f"auto sparsity: {lo:.1f}-{hi:.1f} %")
+        how = (f"scanned 0-99.9 % every {AUTO_GRID:g} points ({len(grid)} forwards); "
+               f"{len(passing)} within tolerance, the largest at {grid[best]:.1f} %")
+        if hi is not None:
+            how += f"; bisected up to {hi:.1f} % to {AUTO_RESOLUTION:g} points"
+        return AutoSparsity(lo, change, how)
 
     # -- any method ----------------------------------------------------------------------------
     def attribution(self, method: str, sparsity: float = 70.0, mode: str = "global",
@@ -306,14 +394,15 @@ class Engine:
                    selector: str = "taylor", steps: int = 20, baseline: str = "mean") -> Job[Sweep]:
         """Output change and pathway-gradient deletion AUC along the sparsity axis."""
         yield from scaled(self.iter_scores(selector), 0.0, 0.1)
-        changes, aucs = [], []
+        changes, aucs, pruned = [], [], []
         for i, p in enumerate(sparsities):
             path = self.pathway(p, mode, selector)
             curves = yield from scaled(self.iter_curves("pathway-gradient", path.map, steps, baseline),
                                        0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
             changes.append(path.output_change)
             aucs.append(curves.deletion_auc)
-        return Sweep(np.asarray(sparsities, float), np.asarray(changes), np.asarray(aucs))
+            pruned.append(path.sparsity)
+        return Sweep(np.asarray(pruned, float), np.asarray(changes), np.asarray(aucs))
 
 
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,

@@ -155,8 +155,10 @@ def _input_with_grad(x: torch.Tensor) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
-def taylor_scores(module: nn.Module, x: torch.Tensor, target: int) -> list[torch.Tensor]:
-    """s = |a * dy_c/da| for every neuron of every layer, from one forward and backward."""
+def taylor_scores(module: nn.Module, x: torch.Tensor, target: int,
+                  with_activations: bool = False):
+    """s = |a * dy_c/da| for every neuron of every layer, from one forward and backward.
+    With with_activations, also |a| per layer: (scores, magnitudes)."""
     acts: list[torch.Tensor] = []
     grads: list[list] = []
 
@@ -169,19 +171,20 @@ def taylor_scores(module: nn.Module, x: torch.Tensor, target: int) -> list[torch
     with torch.enable_grad(), intercept(tap):
         logits = module(x)
     torch.autograd.grad(logits[:, target].sum(), x)
-    return [(a * g[0]).abs()[0] if g else torch.zeros_like(a[0]) for a, g in zip(acts, grads)]
+    scores = [(a * g[0]).abs()[0] if g else torch.zeros_like(a[0]) for a, g in zip(acts, grads)]
+    return (scores, [a[0].abs() for a in acts]) if with_activations else scores
 
 
 def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: int,
                    steps: int = 10):
     """Job: s = |a * mean_alpha dy_c/d(alpha a)|, each layer scaled alone, alpha in (0, 1].
 
-    Returns the list of score tensors. The `steps` values of alpha go through the network as
-    one batch, so the cost is one batched forward and backward per layer.
+    Returns (scores, |a|), a tensor per layer each. The `steps` values of alpha go through the
+    network as one batch, so the cost is one batched forward and backward per layer.
     """
     alphas = torch.linspace(1.0 / steps, 1.0, steps, device=x.device)
     xs = _input_with_grad(x.expand(steps, *x.shape[1:]))
-    scores = []
+    scores, magnitudes = [], []
     for layer in range(n_layers):
         acts: list[torch.Tensor] = []
         slot: list = []
@@ -197,5 +200,6 @@ def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: in
             logits = module(xs)
         torch.autograd.grad(logits[:, target].sum(), xs)
         scores.append((acts[0] * slot[0].mean(0, keepdim=True)).abs()[0])
+        magnitudes.append(acts[0].abs()[0])
         yield Progress((layer + 1) / n_layers, f"IntGrad scores: layer {layer + 1}/{n_layers}")
-    return scores
+    return scores, magnitudes

@@ -69,6 +69,7 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
         if r.pathway is not None:
             entry["pathway"] = {
                 "sparsity": r.pathway.sparsity,
+                "sparsity_requested": r.pathway.requested,
                 "output_change": r.pathway.output_change,
                 "pruned_probability": r.pathway.prob,
                 "neurons_kept": [{"layer": name, "kept": kept, "total": total}

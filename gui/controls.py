@@ -11,6 +11,7 @@ from core.methods import DEFAULTS
 PATHWAY_VARIANTS = (("gradient", "gradient"), ("input × gradient", "input-x-gradient"),
                     ("integrated gradients", "integrated-gradients"))
 SELECTORS = (("Taylor  |a · ∂y/∂a|", "taylor"), ("IntGrad (integrated)", "intgrad"))
+TIES = (("exact: dead first, then |a|", "exact"), ("paper: tied scores together", "paper"))
 MODES = (("global threshold", "global"), ("per-layer threshold", "per-layer"))
 # Per-map first: methods differ in units (Grad-CAM's values dwarf gradients'), so a shared scale
 # is for comparing maps of one kind, e.g. the pathway gradient against the plain gradient.
@@ -93,7 +94,10 @@ class ControlPanel(QWidget):
         self.mode = _combo(MODES, "Threshold over all layers pooled, or inside each layer")
         self.selector = _combo(SELECTORS, "How neurons are scored")
         self.variant = _combo(PATHWAY_VARIANTS, "What is taken through the pruned network")
-        for combo in (self.mode, self.selector, self.variant):
+        self.ties = _combo(TIES, "Equal neuron scores (often exactly 0): prune exactly the percent "
+                                 "asked, dead neurons first then by |activation|, or all tied "
+                                 "scores together as the paper's code does")
+        for combo in (self.mode, self.selector, self.variant, self.ties):
             combo.currentIndexChanged.connect(lambda _i: self.pruning_changed.emit())
         self.pruned_status = QLabel("")
         self.pruned_status.setWordWrap(True)
@@ -104,6 +108,7 @@ class ControlPanel(QWidget):
         form.addRow("Threshold", self.mode)
         form.addRow("Selector", self.selector)
         form.addRow("Pathway", self.variant)
+        form.addRow("Ties", self.ties)
         form.addRow(self.pruned_status)
         return box
 

@@ -83,7 +83,7 @@ class ExplainTab(QWidget):
     def params(self) -> jobs.Params:
         c = self.controls
         return jobs.Params(round(c.sparsity.value(), 2), c.mode.currentData(),
-                           c.selector.currentData(), c.variant.currentData())
+                           c.selector.currentData(), c.variant.currentData(), c.ties.currentData())
 
     def methods(self) -> list[str]:
         return self.controls.chosen_methods()
@@ -243,7 +243,7 @@ class ExplainTab(QWidget):
         total = sum(t for _, _, t in result.kept)
         self.controls.set_pruned_status(result.output_change, result.prob, kept, total)
         self.heatmaps.set_map(p.method_name, result.map,
-                              f"{p.sparsity:.1f} % pruned · Δp {100 * result.output_change:.1f} %")
+                              f"{result.sparsity:.1f} % pruned · Δp {100 * result.output_change:.1f} %")
         self.masks.set_kept(result.kept)
         if result.layer is not None:
             self.masks.set_layer(result.layer)
@@ -293,10 +293,11 @@ class ExplainTab(QWidget):
         self._check_complete()
 
     def _show_auto(self, result) -> None:
-        engine, value = result
+        engine, auto = result
         if engine is self._engine:
-            self.controls.sparsity.setValue(value)
-            self.status.emit(f"auto sparsity: {value:.1f} %")
+            self.controls.sparsity.setValue(auto.sparsity)
+            self.status.emit(f"auto sparsity: {auto.sparsity:.1f} %, output change "
+                             f"{100 * auto.output_change:.1f} % ({auto.how})")
 
     # -- display -------------------------------------------------------------------------------
     def _redraw(self) -> None:
@@ -332,6 +333,7 @@ class ExplainTab(QWidget):
         settings.setValue("explain/sparsity", c.sparsity.value())
         settings.setValue("explain/mode", c.mode.currentData())
         settings.setValue("explain/selector", c.selector.currentData())
+        settings.setValue("explain/ties", c.ties.currentData())
         settings.setValue("explain/variant", c.variant.currentData())
         settings.setValue("explain/tolerance_percent", c.tolerance.value())
         settings.setValue("display/colormap", c.lut_name())
@@ -347,6 +349,7 @@ class ExplainTab(QWidget):
         c.sparsity.setValue(float(settings.value("explain/sparsity", 70.0)))
         select_data(c.mode, settings.value("explain/mode", "global"))
         select_data(c.selector, settings.value("explain/selector", "taylor"))
+        select_data(c.ties, settings.value("explain/ties", "exact"))
         select_data(c.variant, settings.value("explain/variant", "gradient"))
         c.tolerance.setValue(float(settings.value("explain/tolerance_percent", 15.0)))
         c.colormap.setCurrentText(str(settings.value("display/colormap", c.lut_name())))

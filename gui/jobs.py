@@ -20,10 +20,16 @@ class Params:
     mode: str = "global"
     selector: str = "taylor"
     method: str = "gradient"  # the pathway variant: gradient, input-x-gradient, integrated-gradients
+    ties: str = "exact"  # core.engine.TIES
 
     @property
     def method_name(self) -> str:
         return f"pathway-{self.method}"
+
+
+def ruled(engine, params: Params):
+    """The engine under params' tie rule (sharing its caches)."""
+    return engine if engine.ties == params.ties else engine.with_ties(params.ties)
 
 
 @dataclass
@@ -57,6 +63,7 @@ class LiveResult:
     output_change: float
     prob: float
     kept: list  # [(layer name, kept, total)]
+    sparsity: float  # % actually pruned
     layer: LayerView | None = field(default=None, repr=False)
 
 
@@ -102,8 +109,8 @@ class LiveMemo:
     def pathway(self, engine, params: Params):
         key = (id(engine), params)
         if self._key != key:
-            self._result = engine.pathway(params.sparsity, params.mode, params.selector,
-                                          params.method)
+            self._result = ruled(engine, params).pathway(params.sparsity, params.mode,
+                                                         params.selector, params.method)
             self._key = key
         return self._result
 
@@ -116,13 +123,13 @@ def live(engine, params: Params, layer_index: int | None, memo: LiveMemo):
     if layer_index is not None and 0 <= layer_index < len(engine.layers):
         layer = layer_view(engine, result.masks, params.selector, layer_index)
     return LiveResult(engine, params, result.map, result.output_change, result.prob,
-                      result.kept, layer)
+                      result.kept, result.sparsity, layer)
 
 
 def layer_at(engine, params: Params, layer_index: int):
     """One layer's view at the current threshold (masks from the cached scores, no backward)."""
     yield Progress(0.0, "layer")
-    masks = engine.masks(params.sparsity, params.mode, params.selector)
+    masks = ruled(engine, params).masks(params.sparsity, params.mode, params.selector)
     return engine, params, layer_view(engine, masks, params.selector, layer_index)
 
 
@@ -181,14 +188,14 @@ def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
 
 
 def sweep(engine, params: Params, sparsities):
-    result = yield from engine.iter_sweep(sparsities, mode=params.mode, selector=params.selector,
+    result = yield from ruled(engine, params).iter_sweep(sparsities, mode=params.mode, selector=params.selector,
                                           steps=SWEEP_STEPS)
     return engine, params, result
 
 
 def auto_sparsity(engine, params: Params, tolerance: float):
-    value = yield from engine.iter_auto_sparsity(tolerance, params.mode, params.selector)
-    return engine, value
+    auto = yield from ruled(engine, params).iter_auto_sparsity(tolerance, params.mode, params.selector)
+    return engine, auto
 
 
 def export(engine, methods, params: Params, steps: int, out_dir, image_path, cmap: str,
@@ -199,11 +206,11 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
     from core.report import write_outputs
 
     analysis = yield from scaled(
-        engine.iter_analysis([params.method_name, *methods], params.sparsity, params.mode,
-                             params.selector, steps), 0.0, 0.9)
+        ruled(engine, params).iter_analysis([params.method_name, *methods], params.sparsity,
+                                            params.mode, params.selector, steps), 0.0, 0.9)
     yield Progress(0.9, "writing files")
     settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
-                "steps": steps, "baseline": "mean", **extra_settings}
+                "ties": params.ties, "steps": steps, "baseline": "mean", **extra_settings}
     with staged_folder(out_dir, overwrite=True) as staging:
         written = write_outputs(staging, engine, analysis, settings, image_path=image_path, cmap=cmap,
                                 alpha=alpha)

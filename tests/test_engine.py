@@ -104,11 +104,56 @@ def test_sparsity_zero_is_exactly_the_plain_gradient_on_the_embedded_model(lite0
     assert engine.prediction.name == "espresso"
 
 
+def _pooled(tensors, mode):
+    flat = [t.flatten() for t in tensors]
+    return [torch.cat(flat)] if mode == "global" else flat
+
+
 @pytest.mark.parametrize("mode", ["global", "per-layer"])
 @pytest.mark.parametrize("sparsity", [10.0, 50.0, 90.0, 99.0])
-def test_masks_keep_the_requested_fraction_up_to_ties(resnet_engine, mode, sparsity):
+def test_exact_ties_prune_the_fraction_asked_dead_neurons_first(resnet_engine, mode, sparsity):
     scores = resnet_engine.scores()
+    magnitudes = resnet_engine._scores["taylor"].magnitudes
     masks = resnet_engine.masks(sparsity, mode)
+    for values, size, kept in zip(_pooled(scores, mode), _pooled(magnitudes, mode), _pooled(masks, mode)):
+        assert values.numel() - int(kept.sum()) == int(sparsity / 100 * values.numel())
+        if bool(kept.all()) or not bool((~kept).any()):
+            continue
+        top_pruned, low_kept = values[~kept].max(), values[kept].min()
+        assert top_pruned <= low_kept  # never a higher score pruned before a lower one
+        tied = values == low_kept
+        if bool((tied & ~kept).any()) and float(low_kept) == 0.0:
+            # among zero scores: dead ones go before live ones, then smaller |a| first
+            assert size[tied & ~kept].max() <= size[tied & kept].min()
+
+
+def test_exact_ties_give_every_slider_position_its_own_pathway(lite0, photo):
+    engine = Engine(lite0, load_image(photo("chelsea.png")))
+    zeros = float(torch.cat([s.flatten() for s in engine.scores()]).eq(0).float().mean())
+    assert zeros > 0.4  # the tie the paper's rule prunes as a whole
+    kept = [sum(int(m.sum()) for m in engine.masks(p)) for p in (5, 10, 20, 30, 40, 50, 60)]
+    assert len(set(kept)) == len(kept)
+    paper = engine.with_ties("paper")
+    assert len({sum(int(m.sum()) for m in paper.masks(p)) for p in (5, 10, 20, 30, 40)}) == 1
+    result = engine.pathway(30.0)
+    assert result.sparsity == pytest.approx(30.0, abs=1e-4) and result.requested == 30.0
+    assert paper.pathway(30.0).sparsity == pytest.approx(100 * zeros, abs=1e-4)
+
+
+def test_auto_sparsity_does_not_assume_a_monotone_output_change(resnet_engine, monkeypatch):
+    # within tolerance up to 40 %, out of it from 40 to 60 %, within again up to 75.3 %
+    change = lambda p, *_: 0.0 if p <= 40 or 60 <= p <= 75.3 else 1.0  # noqa: E731
+    monkeypatch.setattr(resnet_engine, "output_change", change)
+    auto = run(resnet_engine.iter_auto_sparsity(0.1))
+    assert auto.sparsity == pytest.approx(75.3, abs=0.1)
+    assert "scanned" in auto.how and "bisected" in auto.how
+
+
+@pytest.mark.parametrize("mode", ["global", "per-layer"])
+@pytest.mark.parametrize("sparsity", [10.0, 50.0, 90.0, 99.0])
+def test_paper_ties_keep_the_requested_fraction_up_to_ties(resnet_engine, mode, sparsity):
+    scores = resnet_engine.scores()
+    masks = resnet_engine.with_ties("paper").masks(sparsity, mode)
     groups = [torch.cat([s.flatten() for s in scores])] if mode == "global" else [s.flatten() for s in scores]
     kept_groups = [torch.cat([m.flatten() for m in masks])] if mode == "global" else [m.flatten() for m in masks]
     for values, kept in zip(groups, kept_groups):
@@ -148,9 +193,9 @@ def test_pathway_input_x_gradient_is_input_times_pathway_gradient(resnet_engine)
 
 
 def test_auto_sparsity_stays_within_the_tolerance(resnet_engine):
-    sparsity = run(resnet_engine.iter_auto_sparsity(tolerance=0.10))
-    assert 0.0 <= sparsity <= 99.9
-    assert resnet_engine.output_change(sparsity) <= 0.10
+    auto = run(resnet_engine.iter_auto_sparsity(tolerance=0.10))
+    assert 0.0 <= auto.sparsity <= 99.9
+    assert resnet_engine.output_change(auto.sparsity) == auto.output_change <= 0.10
 
 
 def test_another_target_reuses_the_forward_and_gives_another_map(resnet_engine):

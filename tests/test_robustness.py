@@ -372,7 +372,7 @@ def test_tolerance_is_in_percent_as_sparsity_is(tiny_cli, tiny, photo, tmp_path,
                          "--methods", "pathway-gradient", "--steps", "1", "--quiet"], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "coffee" / "report.json").read_text())
-    expected = run(Engine(tiny, load_image(image)).iter_auto_sparsity(0.05))
+    expected = run(Engine(tiny, load_image(image)).iter_auto_sparsity(0.05)).sparsity
     assert report["settings"]["sparsity"] == expected and report["settings"]["tolerance_percent"] == 5
     assert report["methods"]["pathway-gradient"]["pathway"]["output_change"] <= 0.05
 

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=("global", "per-layer"), default="global",
                    help="threshold over all layers pooled, or inside each layer")
     p.add_argument("--selector", choices=("taylor", "intgrad"), default="taylor")
+    p.add_argument("--ties", choices=("exact", "paper"), default="exact",
+                   help="exact: prune exactly the percent asked, equal scores ordered dead neurons "
+                        "first, then by |activation|; paper: prune every score tied at the "
+                        "threshold together, as the authors' code does (default exact)")
     p.add_argument("--target", type=int, help="class id to explain (default: the predicted class)")
     p.add_argument("--steps", type=curve_steps, default=20,
                    help=f"steps of the deletion/insertion curves, 1-{MAX_STEPS} (default 20)")
@@ -60,19 +64,23 @@ def run_explain(args) -> int:
             out = out_dir / name
             try:
                 with staged_folder(out, args.overwrite) as staging:
-                    engine = Engine(model, load_image(path), target=args.target)
-                    sparsity = args.sparsity
+                    engine = Engine(model, load_image(path), target=args.target, ties=args.ties)
+                    sparsity, auto = args.sparsity, None
                     if sparsity == "auto":
-                        sparsity = run(engine.iter_auto_sparsity(args.tolerance / 100, args.mode,
-                                                                 args.selector), bar)
+                        auto = run(engine.iter_auto_sparsity(args.tolerance / 100, args.mode,
+                                                             args.selector), bar)
+                        sparsity = auto.sparsity
                     analysis = run(engine.iter_analysis(args.methods, sparsity, args.mode, args.selector,
                                                         args.steps, args.baseline), bar)
                     if not analysis.results:  # no result folder for nothing
                         why = {**analysis.skipped, **analysis.failed}
                         raise PruneScopeError("no map: " + "; ".join(f"{m}: {w}" for m, w in why.items()))
                     settings = {"sparsity": sparsity, "sparsity_requested": args.sparsity,
-                                "mode": args.mode, "selector": args.selector, "steps": args.steps,
-                                "baseline": args.baseline, "tolerance_percent": args.tolerance}
+                                "mode": args.mode, "selector": args.selector, "ties": args.ties,
+                                "steps": args.steps, "baseline": args.baseline,
+                                "tolerance_percent": args.tolerance}
+                    if auto is not None:
+                        settings["auto_search"] = auto.how
                     write_outputs(staging, engine, analysis, settings, image_path=path)
             except Exception as err:
                 bar.close()  # first, so that the line does not land inside the bar's
