@@ -201,6 +201,8 @@ class Engine:
         self._scores: dict[str, _Scores] = {}
         self._maps: dict[str, np.ndarray] = {}
         self._curves: dict[tuple, Curves] = {}
+        self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
+        self._ig_run = None  # integrated gradients under way in steps (attribution.IntegratedGradientsRun)
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
@@ -213,6 +215,7 @@ class Engine:
         other = Engine.__new__(Engine)
         other._setup(self.model, self.x, self.view, self.target, ties, shared=(self.probs, self.layers))
         other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
+        other._sweep = self._sweep
         return other
 
     # -- prediction ------------------------------------------------------------------------
@@ -332,14 +335,28 @@ class Engine:
             self._maps[method] = attribution.attribute(method, self.model, self.x, self.target)
         return self._maps[method]
 
+    def iter_attribution(self, method: str, step_seconds: float | None = None) -> Job[np.ndarray]:
+        """attribution() of a classic method; with step_seconds, integrated gradients runs in
+        steps of about that long, and a stopped run resumes where it was."""
+        if method != "integrated-gradients" or not step_seconds or method in self._maps:
+            return self.attribution(method)
+        if self._ig_run is None:
+            self._ig_run = attribution.IntegratedGradientsRun(self.model, self.x, self.target)
+        grads = yield from self._ig_run.steps(step_seconds)
+        self._maps[method] = attribution.collapse_channels(grads)
+        self._ig_run = None
+        return self._maps[method]
+
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
-                    baseline: str = "mean") -> Job[Curves]:
-        """Deletion/insertion for a map; classic methods' curves are cached."""
+                    baseline: str = "mean", step_seconds: float | None = None) -> Job[Curves]:
+        """Deletion/insertion for a map; classic methods' curves are cached. step_seconds: see
+        core.perturbation.iter_curves."""
         key = (method, steps, baseline)
         if key in self._curves:
             return self._curves[key]
-        curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map), self.target, steps=steps,
-                                        baseline=baseline, mean=self.model.mean, std=self.model.std)
+        curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map),
+                                        self.target, steps=steps, baseline=baseline, mean=self.model.mean,
+                                        std=self.model.std, step_seconds=step_seconds)
         if method not in PATHWAY_METHODS:
             self._curves[key] = curves
         return curves
@@ -357,16 +374,17 @@ class Engine:
 
     def iter_analysis(self, methods, sparsity: float = 70.0, mode: str = "global",
                       selector: str = "taylor", steps: int = 20, baseline: str = "mean",
-                      with_curves: bool = True) -> Job[Analysis]:
+                      with_curves: bool = True, step_seconds: float | None = None) -> Job[Analysis]:
         """Maps (and curves) for every method; a method the model cannot run is skipped, and one
-        that fails (out of memory, say) is reported as failed: both say why, the rest go on."""
+        that fails (out of memory, say) is reported as failed: both say why, the rest go on.
+        step_seconds: how long a step may take where a method can be split (the app's worker)."""
         results, skipped, failed = {}, {}, {}
         n = max(len(methods), 1)
         for i, method in enumerate(methods):
             yield Progress(i / n, f"{method}")
             try:
                 results[method] = yield from self._iter_method(method, i, n, sparsity, mode, selector,
-                                                               steps, baseline, with_curves)
+                                                               steps, baseline, with_curves, step_seconds)
             except UnsupportedMethod as why:
                 skipped[method] = str(why)
             except Exception as error:
@@ -375,34 +393,43 @@ class Engine:
         return Analysis(self.prediction, results, skipped, failed)
 
     def _iter_method(self, method, i, n, sparsity, mode, selector, steps, baseline,
-                     with_curves) -> Job[MethodResult]:
+                     with_curves, step_seconds) -> Job[MethodResult]:
         start = time.perf_counter()
         if method in PATHWAY_METHODS:
             yield from scaled(self.iter_scores(selector), i / n, (i + 0.5) / n)
             path = self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method])
             result = MethodResult(method, path.map, 0.0, pathway=path)
         else:
-            result = MethodResult(method, self.attribution(method), 0.0)
+            attr = yield from scaled(self.iter_attribution(method, step_seconds), i / n, (i + 0.5) / n)
+            result = MethodResult(method, attr, 0.0)
         result.seconds = time.perf_counter() - start
         if with_curves:
             result.curves = yield from scaled(
-                self.iter_curves(method, result.map, steps, baseline), (i + 0.5) / n, (i + 1) / n)
+                self.iter_curves(method, result.map, steps, baseline, step_seconds), (i + 0.5) / n, (i + 1) / n)
             result.lerf, result.morf = self.output_change_measure(method, result.map, baseline)
         return result
 
     def iter_sweep(self, sparsities=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99), mode: str = "global",
-                   selector: str = "taylor", steps: int = 20, baseline: str = "mean") -> Job[Sweep]:
-        """Output change and pathway-gradient deletion AUC along the sparsity axis."""
+                   selector: str = "taylor", steps: int = 20, baseline: str = "mean",
+                   step_seconds: float | None = None) -> Job[Sweep]:
+        """Output change and pathway-gradient deletion AUC along the sparsity axis (the sparsity
+        actually pruned). Points are kept, so a sweep stopped and started again goes on where
+        it was. step_seconds: see core.perturbation.iter_curves."""
+        if not len(sparsities):
+            raise PruneScopeError("the sweep needs at least one sparsity")
         yield from scaled(self.iter_scores(selector), 0.0, 0.1)
-        changes, aucs, pruned = [], [], []
+        points = []
         for i, p in enumerate(sparsities):
-            path = self.pathway(p, mode, selector)
-            curves = yield from scaled(self.iter_curves("pathway-gradient", path.map, steps, baseline),
-                                       0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
-            changes.append(path.output_change)
-            aucs.append(curves.deletion_auc)
-            pruned.append(path.sparsity)
-        return Sweep(np.asarray(pruned, float), np.asarray(changes), np.asarray(aucs))
+            key = (float(p), mode, selector, self.ties, steps, baseline)
+            if key not in self._sweep:
+                path = self.pathway(p, mode, selector)
+                curves = yield from scaled(
+                    self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds),
+                    0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
+                self._sweep[key] = (path.sparsity, path.output_change, curves.deletion_auc)
+            points.append(self._sweep[key])
+        pruned, changes, aucs = (np.asarray(column, float) for column in zip(*points))
+        return Sweep(pruned, changes, aucs)
 
 
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,

@@ -10,6 +10,7 @@ at a time; insertion starts from the baseline and reveals them. Each point is th
 probability of the target class. Every perturbed input is a per-pixel choice between the
 input and the baseline image, built from one rank image (rank < k) for all steps at once.
 """
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -102,8 +103,10 @@ def _target_probs(module, inputs: torch.Tensor, target: int) -> torch.Tensor:
 
 def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int, steps: int = 20,
                 baseline: str = "mean", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                batch_size: int | None = None) -> "Job[Curves]":
-    """Deletion and insertion curves for one image; yields Progress per batch."""
+                batch_size: int | None = None, step_seconds: float | None = None) -> "Job[Curves]":
+    """Deletion and insertion curves for one image; yields Progress per batch. With
+    step_seconds, batches are sized from the measured time per input so that each step takes
+    about that long (the app's worker must stay free for the slider); otherwise batch_size."""
     _check_input(x)
     if steps < 1:
         raise PruneScopeError(f"steps must be at least 1, got {steps}")
@@ -121,10 +124,15 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     batch = batch_size or default_batch(device)
     probs = []
     n_inputs = keep_input.shape[0]
-    for start in range(0, n_inputs, batch):
-        chunk = keep_input[start:start + batch]
+    done, size = 0, 1 if step_seconds else batch
+    while done < n_inputs:
+        chunk = keep_input[done:done + size]
+        began = time.perf_counter()
         probs.append(_target_probs(module, torch.where(chunk, x, base), target))
-        done = min(start + batch, n_inputs)
+        done += len(chunk)
+        if step_seconds:
+            per_input = (time.perf_counter() - began) / len(chunk)
+            size = int(max(1, min(batch, step_seconds / max(per_input, 1e-6))))
         yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
     probs = torch.cat(probs).cpu().numpy().astype(np.float64)
     fractions = (counts.double() / total).numpy()

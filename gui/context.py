@@ -6,10 +6,12 @@ Tabs and views get the context and
 - call `current_model()`, `current_engine()`, `current_image_path()`, `current_target()`;
 - run every computation with `run_job(job_factory, on_result, ...)`.
 
-The model and engine are replaced only on the worker thread, between jobs, so a job factory (which
-runs on the worker) always sees the model and engine that the jobs queued before it produced.
-On the GUI thread they are the last ones announced by `model_changed` / `engine_changed`.
-Nothing here imports torch: the engine is imported inside jobs, on the worker.
+The state is one immutable Snapshot (model, engine, prediction, image, target). A job that changes
+it returns a new one; the worker makes it its own in the same locked step that decides the job is
+delivered rather than cancelled, and the GUI thread makes it current when it arrives. So a job
+factory (on the worker) always sees what the jobs before it produced, the GUI thread sees what is on
+screen, and a cancel at any moment leaves them in agreement. Nothing here imports torch: the engine
+is imported inside jobs, on the worker.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,28 @@ class ModelChoice:
         return f"{shown} ({Path(self.weights).name})" if self.weights else shown
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the app shows: a model and, once an image is open, its engine and prediction."""
+    model: Any = None
+    choice: ModelChoice | None = None
+    engine: Any = None
+    prediction: Any = None  # read on the worker: the GUI thread never runs torch
+    image_path: Path | None = None
+    target: int | None = None  # None: the model's top prediction
+
+
+class _Commit:
+    """A job result that replaces the state. JobRunner calls commit() on the worker, under its
+    lock, once the job is sure to be delivered; the GUI thread adopts the snapshot on arrival."""
+
+    def __init__(self, context: "AppContext", snapshot: Snapshot, value):
+        self.context, self.snapshot, self.value = context, snapshot, value
+
+    def commit(self) -> None:
+        self.context._work = self.snapshot
+
+
 @dataclass
 class _Request:
     key: str
@@ -63,13 +87,9 @@ class AppContext(QObject):
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self._model = None
-        self._model_choice: ModelChoice | None = None
         self._models: dict[ModelChoice, Any] = {}
-        self._engine = None
-        self._prediction = None
-        self._image_path: Path | None = None
-        self._target: int | None = None
+        self._work = Snapshot()  # the worker's: what later jobs build on
+        self._shown = Snapshot()  # the GUI thread's: what the views show
         self._requests: dict[int, _Request] = {}
         self._latest: dict[str, int] = {}
         self._busy = False
@@ -87,26 +107,26 @@ class AppContext(QObject):
     # -- state ---------------------------------------------------------------------------------
     def current_model(self):
         """The LoadedModel in use, or None before the first model has loaded."""
-        return self._model
+        return self._shown.model
 
     def current_model_choice(self) -> ModelChoice | None:
-        return self._model_choice
+        return self._shown.choice
 
     def current_engine(self):
         """The Engine for the current (model, image, target), or None before an image is analysed."""
-        return self._engine
+        return self._shown.engine
 
     def current_prediction(self):
         """core.engine.Prediction of the current engine (its target, name, prob, top-5)."""
-        return self._prediction
+        return self._shown.prediction
 
     def current_image_path(self) -> Path | None:
         """The image file the current engine was built from."""
-        return self._image_path
+        return self._shown.image_path
 
     def current_target(self) -> int | None:
         """The class explained: None means the model's top prediction."""
-        return self._target
+        return self._shown.target
 
     def is_idle(self) -> bool:
         return self._runner.is_idle()
@@ -176,14 +196,12 @@ class AppContext(QObject):
                 while len(self._models) >= MODEL_CACHE_SIZE:
                     self._models.pop(next(iter(self._models)))
                 self._models[choice] = model
-            engine = None
-            if self._image_path is not None:
+            engine, path = None, self._work.image_path
+            if path is not None:
                 yield Progress(0.6, "predicting")
-                engine = self._build_engine(model, self._image_path, None)
-            self._model, self._model_choice = model, choice
-            if engine is not None:
-                self._set_engine(engine, self._image_path, None)
-            return model, engine
+                engine = self._build_engine(model, path, None)
+            snapshot = Snapshot(model, choice, engine, engine and engine.prediction, path)
+            return _Commit(self, snapshot, (model, engine))
 
         def done(result):
             model, engine = result
@@ -203,14 +221,14 @@ class AppContext(QObject):
 
         def job():
             yield Progress(0.0, f"opening {path.name}")
-            model = self._model
+            model = self._work.model
             if model is None:
                 from core.errors import ModelError
 
                 raise ModelError("no model is loaded: choose a model first")
             engine = self._build_engine(model, path, None)
-            self._set_engine(engine, path, None)
-            return engine
+            work = self._work
+            return _Commit(self, Snapshot(work.model, work.choice, engine, engine.prediction, path), engine)
 
         def done(engine):
             self.image_changed.emit(path)
@@ -221,26 +239,21 @@ class AppContext(QObject):
 
     def set_target(self, target: int | None, on_error=None) -> int | None:
         """Explain another class of the current image (None: the predicted class)."""
-        if self._engine is None:
+        if self._shown.engine is None:
             return None
 
         def job():
             yield Progress(0.0, "switching class")
-            engine = self._engine
-            engine = engine.with_target(engine.prediction.top5[0][0] if target is None else target)
-            self._set_engine(engine, self._image_path, target)
-            return engine
+            work = self._work
+            engine = work.engine.with_target(work.prediction.top5[0][0] if target is None else target)
+            return _Commit(self, Snapshot(work.model, work.choice, engine, engine.prediction,
+                                          work.image_path, target), engine)
 
         def done(engine):
             self.target_changed.emit(target)
             self.engine_changed.emit(engine)
 
         return self.run_job(job, done, on_error=on_error, key="engine", priority=PRIORITY_ENGINE)
-
-    def _set_engine(self, engine, path: Path, target) -> None:
-        """On the worker: the prediction is read here so that the GUI thread never runs torch."""
-        self._prediction = engine.prediction
-        self._engine, self._image_path, self._target = engine, path, target
 
     @staticmethod
     def _build_engine(model, path: Path, target):
@@ -265,6 +278,13 @@ class AppContext(QObject):
             request.on_progress(step)
 
     def _on_returned(self, job_id: int, result) -> None:
+        if isinstance(result, _Commit):
+            # The worker already builds on it: shown even if a newer request is on its way.
+            self._shown = result.snapshot
+            request = self._requests.get(job_id)
+            if request is not None:
+                request.on_result(result.value)
+            return
         request = self._current(job_id)
         if request is not None:
             request.on_result(result)

@@ -11,6 +11,8 @@ import numpy as np
 from core.progress import Progress, scaled
 
 SWEEP_STEPS = 10  # curve steps per sweep point: the sweep is an overview, 12 points of it
+# Longest a step of a background job should hold the worker: a slider move waits behind it.
+STEP_SECONDS = 0.08
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
 def maps(engine, methods):
     """The classic maps (cached by the engine); skipped: method -> why it cannot run here;
     failed: method -> why it failed this time (the other maps are kept)."""
-    analysis = yield from engine.iter_analysis(list(methods), with_curves=False)
+    analysis = yield from engine.iter_analysis(list(methods), with_curves=False, step_seconds=STEP_SECONDS)
     return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
 
 
@@ -183,13 +185,15 @@ def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
                 attr = engine.attribution(method)
             except Exception:  # unsupported here, or failed: the maps job has told the user
                 continue
-        out[method] = yield from scaled(engine.iter_curves(method, attr, steps), start, end)
+        out[method] = yield from scaled(engine.iter_curves(method, attr, steps, step_seconds=STEP_SECONDS),
+                                        start, end)
     return engine, params, out
 
 
 def sweep(engine, params: Params, sparsities):
-    result = yield from ruled(engine, params).iter_sweep(sparsities, mode=params.mode, selector=params.selector,
-                                          steps=SWEEP_STEPS)
+    result = yield from ruled(engine, params).iter_sweep(
+        sparsities, mode=params.mode, selector=params.selector, steps=SWEEP_STEPS,
+        step_seconds=STEP_SECONDS)
     return engine, params, result
 
 

@@ -30,6 +30,7 @@ class Job:
     priority: int
     preemptible: bool
     cancelled: bool = False
+    finished: bool = False  # its result is being delivered: no cancel or pre-emption reaches it
 
 
 class JobRunner(QThread):
@@ -56,8 +57,8 @@ class JobRunner(QThread):
             self._cancel_where(lambda other: other.key == key)
             self._queue.append(job)
             running = self._running
-            if (running is not None and not running.cancelled and running.preemptible
-                    and priority < running.priority):
+            if (running is not None and not running.cancelled and not running.finished
+                    and running.preemptible and priority < running.priority):
                 running.cancelled = True  # closed at its next step, then queued again
                 self._queue.append(Job(running.id, running.key, running.factory,
                                        running.priority, True))
@@ -90,7 +91,7 @@ class JobRunner(QThread):
             if match(job):
                 self._emit_dropped(job)
         self._queue = [job for job in self._queue if not match(job)]
-        if self._running is not None and match(self._running):
+        if self._running is not None and not self._running.finished and match(self._running):
             self._running.cancelled = True
 
     def _emit_dropped(self, job: Job) -> None:
@@ -130,8 +131,16 @@ class JobRunner(QThread):
                 try:
                     step = next(gen)
                 except StopIteration as stop:
-                    if not job.cancelled:
-                        self.returned.emit(job.id, stop.value)
+                    # Decided under the lock: a job is either cancelled (and re-queued if
+                    # pre-empted) or delivered, never both (which would deliver it twice).
+                    with self._cond:
+                        if job.cancelled:
+                            return
+                        job.finished = True
+                        commit = getattr(stop.value, "commit", None)
+                        if commit is not None:
+                            commit()  # what the job changes takes effect exactly when it is delivered
+                    self.returned.emit(job.id, stop.value)
                     return
                 if not job.cancelled:
                     self.progressed.emit(job.id, step)

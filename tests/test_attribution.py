@@ -278,3 +278,21 @@ def test_smoothgrad_is_repeatable_and_leaves_the_global_rng_alone():
     np.testing.assert_array_equal(attribute("smoothgrad", model, x, 1, samples=6), first)
     assert not np.array_equal(attribute("smoothgrad", model, x, 1, samples=6, seed=1), first)
     assert np.abs(first - attribute("gradient", model, x, 1)).max() > 0
+
+
+def test_integrated_gradients_in_steps_equals_captums_and_resumes():
+    from core.attribution import IntegratedGradientsRun
+    from core.progress import run
+
+    model = loaded(convnet())
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 32, 32)
+    captum = attribute("integrated-gradients", model, x, 3)
+    stepped = IntegratedGradientsRun(model, x, 3)
+    first = stepped.steps(step_seconds=1e-9)  # one node per step
+    for _ in range(5):
+        next(first)
+    first.close()  # stopped after 5 of 50 nodes, as a pre-empted job is
+    assert stepped.done == 5
+    grads = run(stepped.steps(step_seconds=1e-9))
+    np.testing.assert_allclose(collapse_channels(grads), captum, rtol=1e-4, atol=1e-6)

@@ -137,3 +137,55 @@ def test_shutdown_ends_a_running_job(qtbot):
     qtbot.wait(50)
     assert ctx.shutdown(2000)
     assert closed.is_set()
+
+
+def test_a_result_is_delivered_once_even_if_a_preemption_lands_while_it_is_sent(qtbot):
+    from PySide6.QtCore import Qt
+
+    from gui.worker import JobRunner
+
+    runner = JobRunner()
+    delivered = []
+
+    def on_returned(job_id, value):  # on the worker thread, while the result is being sent
+        delivered.append(value)
+        if value == "background":
+            runner.submit(counting("live", steps=1), "live", PRIORITY_LIVE, False)
+
+    runner.returned.connect(on_returned, Qt.ConnectionType.DirectConnection)
+    runner.start()
+    try:
+        runner.submit(counting("background"), "bg", PRIORITY_BACKGROUND, True)
+        qtbot.waitUntil(lambda: "live" in delivered and runner.is_idle(), timeout=5000)
+        assert delivered == ["background", "live"]
+    finally:
+        assert runner.stop(3000)
+
+
+def test_a_cancel_as_an_image_opens_leaves_the_context_as_the_screen_is(qtbot, context, monkeypatch):
+    from pathlib import Path
+
+    import core.models
+    from gui.context import ModelChoice
+
+    class FakeEngine:
+        def __init__(self, path):
+            self.prediction = f"prediction of {path.name}"
+
+    def build(_model, path, _target):
+        if path.name == "b.png":
+            context.cancel("engine")  # the user's Cancel, just as the engine is ready
+        return FakeEngine(path)
+
+    monkeypatch.setattr(core.models, "load_model", lambda *args, **kwargs: "model")
+    monkeypatch.setattr(AppContext, "_build_engine", staticmethod(build))
+    shown = []
+    context.load_model(ModelChoice("m"))
+    context.open_image(Path("a.png"), on_error=pytest.fail)
+    qtbot.waitUntil(context.is_idle, timeout=5000)
+    context.image_changed.connect(shown.append)
+    context.open_image(Path("b.png"), on_error=pytest.fail)
+    qtbot.waitUntil(context.is_idle, timeout=5000)
+    qtbot.wait(50)
+    assert shown == [] and context.current_image_path() == Path("a.png")
+    assert context.current_prediction() == "prediction of a.png"
