@@ -19,6 +19,7 @@ from gui.masks import MaskView, default_layer
 
 CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
 SWEEP_SPARSITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
+COARSE_EVERY = 2  # the first sweep takes every other point (labelled coarse); the rest follow
 LIVE_INTERVAL_MS = 80  # at most one live pathway request per interval while the slider drags
 SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
@@ -218,12 +219,16 @@ class ExplainTab(QWidget):
                              self._show_curves, key="curves", priority=PRIORITY_CURVES,
                              preemptible=True)
 
-    def _request_sweep(self) -> None:
+    def _request_sweep(self, fine: bool = False) -> None:
+        """The sweep, coarse first so that everything is on screen sooner; the fine one (the
+        coarse points are kept by the engine) follows as the lowest-priority job."""
         engine, params, sparsities = self._engine, self.params(), self.sweep_sparsities
         if engine is None:
             return
-        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities), self._show_sweep, key="sweep",
-                             priority=PRIORITY_BACKGROUND, preemptible=True)
+        if not fine:
+            sparsities = sparsities[::COARSE_EVERY] + sparsities[-1:] * (len(sparsities) % COARSE_EVERY == 0)
+        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities), self._show_sweep,
+                             key="sweep", priority=PRIORITY_BACKGROUND, preemptible=True)
 
     def _auto(self, tolerance: float) -> None:
         engine, params = self._engine, self.params()
@@ -287,10 +292,14 @@ class ExplainTab(QWidget):
         engine, params, sweep = result
         if engine is not self._engine:
             return
+        fine = len(sweep.sparsities) == len(self.sweep_sparsities)
+        coarse = "" if fine else f" · coarse ({len(sweep.sparsities)} points), refining…"
         self.curves.sweep.setTitle(f"Sparsity sweep · pathway-gradient · {params.mode}, "
-                                   f"{params.selector}", size="9pt")
+                                   f"{params.selector}{coarse}", size="9pt")
         self.curves.set_sweep(sweep)
         self._check_complete()
+        if not fine:
+            self._request_sweep(fine=True)
 
     def _show_auto(self, result) -> None:
         engine, auto = result
