@@ -107,35 +107,34 @@ class _Group:
         return self._sorted[tier]
 
     def pruned(self, sparsity: float, ties: str) -> torch.Tensor:
-        """Flat bool: the neurons sparsity % prunes."""
+        """Flat bool: the neurons sparsity % prunes. Two comparisons over the group and a
+        binary search, whatever the tier: this runs on every slider move."""
         k = math.floor(sparsity / 100.0 * self.scores.numel())
+        dead, live, _ = self.counts
+        zeros = dead + live
+        if k <= 0:
+            return torch.zeros_like(self.dead)
         if ties == "paper":
-            if k <= 0:
-                return torch.zeros_like(self.dead)
-            if k <= self.counts[0] + self.counts[1]:
+            if k <= zeros:
                 return ~self.nonzero
-            return self.scores <= self._sorted_of(2)[min(k, self.scores.numel()) - sum(self.counts[:2]) - 1]
-        out = torch.zeros_like(self.dead)
-        for tier, (members, values) in enumerate(((self.dead, None), (self.live_zero, self.magnitudes),
-                                                  (self.nonzero, self.scores))):
-            if k <= 0:
-                break
-            take = min(k, self.counts[tier])
-            if take == self.counts[tier]:
-                out |= members
-            elif tier == 0:
-                out |= _first(members, take)
-            else:
-                cut = self._sorted_of(tier)[take - 1]
-                below = members & (values < cut)
-                out |= below | _first(members & (values == cut), take - int(below.sum()))
-            k -= take
-        return out
+            return self.scores <= self._sorted_of(2)[k - zeros - 1]
+        if k <= dead:
+            return _first(self.dead, k)
+        if k <= zeros:  # every dead neuron, then live zero scores by |a|
+            cut = self._sorted_of(1)[k - dead - 1]
+            below = dead + int(torch.searchsorted(self._sorted_of(1), cut))
+            zero = ~self.nonzero
+            return (zero & (self.magnitudes < cut)) | _first(zero & (self.magnitudes == cut), k - below)
+        cut = self._sorted_of(2)[k - zeros - 1]
+        below = zeros + int(torch.searchsorted(self._sorted_of(2), cut))
+        return (self.scores < cut) | _first(self.scores == cut, k - below)
 
 
 def _first(members: torch.Tensor, count: int) -> torch.Tensor:
-    """The first `count` True entries of a flat bool tensor."""
-    return members & (members.cumsum(0) <= count)
+    """The first `count` True entries of a flat bool tensor (ties taken by position)."""
+    out = torch.zeros_like(members)
+    out[members.nonzero().squeeze(1)[:count]] = True
+    return out
 
 
 class _Scores:
