@@ -201,10 +201,14 @@ def resolve_card(spec: str | ModelCard | None, **overrides) -> ModelCard:
     return card.with_overrides(**overrides)
 
 
-def build(source: str) -> Built:
+def build(source: str, input_size: int | None = None) -> Built:
+    """What `source` builds; input_size (the card's, if set) reaches the sources whose models are
+    built for one image size."""
     kind, arg = parse_spec(source)
     if kind == "card":
         raise ModelError(f"{source}: a model card's source cannot be another model card")
+    if kind in ("builtin", "torchvision"):
+        return SOURCES[kind](arg, input_size)
     return SOURCES[kind](arg)
 
 
@@ -233,9 +237,9 @@ BUILTIN_GRADCAM = {
 }
 
 
-def _builtin(name: str) -> Built:
+def _builtin(name: str, input_size: int | None = None) -> Built:
     if name != "efficientnet_lite0":
-        built = _torchvision(name)
+        built = _torchvision(name, input_size)
         built.name = name
         built.defaults["gradcam_layer"] = BUILTIN_GRADCAM[name]
         return built
@@ -260,7 +264,7 @@ def torchvision_names() -> list[str]:
     return tvm.list_models(module=tvm)
 
 
-def _torchvision(arch: str) -> Built:
+def _torchvision(arch: str, input_size: int | None = None) -> Built:
     import torchvision.models as tvm
 
     if arch not in torchvision_names():
@@ -271,12 +275,23 @@ def _torchvision(arch: str) -> Built:
     t = weights.transforms()
     from core.models import hub_file  # torch hub's cache and the download live there
 
+    # A ViT's position embeddings fix its image size, and a builder given no weights builds for
+    # 224: ViT-H/14's published weights (518 px) would not fit, nor would any other size asked.
+    sized = {"image_size": input_size or t.crop_size[0]} if _built_for_one_size(builder) else {}
     return Built(
-        builder(), f"torchvision:{arch}", rebuild=lambda n: builder(num_classes=n),
+        builder(**sized), f"torchvision:{arch}", rebuild=lambda n: builder(num_classes=n, **sized),
         pretrained=lambda: hub_file(arch, weights.url), class_names=list(weights.meta["categories"]),
         imagenet=True,
         defaults=dict(input_size=t.crop_size[0], resize=t.resize_size[0], mean=tuple(t.mean),
                       std=tuple(t.std), interpolation=t.interpolation.value))
+
+
+def _built_for_one_size(builder) -> bool:
+    """Whether a torchvision builder's model class takes the image size (VisionTransformer)."""
+    import inspect
+
+    cls = inspect.signature(builder).return_annotation
+    return inspect.isclass(cls) and "image_size" in inspect.signature(cls).parameters
 
 
 def _timm(name: str) -> Built:

@@ -117,7 +117,7 @@ def load_model(spec: str | ModelCard | None = None, weights=None, device="auto",
     if checkpoint is None and card.weights is not None:
         checkpoint = read_weights_file(Path(card.weights))
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    built = build(card.source)
+    built = build(card.source, card.input_size)
     module = _with_weights(built, card, checkpoint)
     module.eval().requires_grad_(False)
     module.to(dev)
