@@ -2,14 +2,15 @@
 
 DIR/input.npy      the exact 1x3xHxW float32 tensor fed to the model
 DIR/<method>.npy   the HxW float32 map, signed, before any display normalisation
-DIR/<method>.png   the map over the image the model saw
+DIR/<method>.png   the map drawn in the display mode settings name (core.display.render)
 DIR/curves.csv     method, curve, step, fraction, probability
-DIR/comparison.png all maps side by side
+DIR/comparison.png the image and all maps side by side, drawn as the PNGs are
 DIR/report.json    prediction, settings and per-method figures: written last, the mark of a
                    complete result (callers write into an output.staged_folder)
 """
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +19,37 @@ from core import display
 
 
 def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
-                  cmap: str = display.DEFAULT_COLORMAP, alpha: float = 0.6) -> list[Path]:
+                  cmap: str = display.DEFAULT_COLORMAP, alpha: float = display.DEFAULT_OPACITY) -> list[Path]:
+    """Every file above. The PNGs are drawn as settings' "display" (a mode or auto) and
+    "display_top_percent" say, so that report.json records how they were drawn."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    look = Look(cmap, alpha, settings.get("display", display.AUTO),
+                settings.get("display_top_percent", display.DEFAULT_TOP_PERCENT))
     written = [out / "input.npy"]
     np.save(written[0], engine.x.detach().float().cpu().numpy())
     for method, result in analysis.results.items():
         np.save(out / f"{method}.npy", result.map.astype(np.float32))
         written.append(out / f"{method}.npy")
-        written.append(display.save_png(out / f"{method}.png", overlay_image(engine.view, result.map, cmap, alpha)))
+        written.append(display.save_png(out / f"{method}.png", look.draw(engine.view, method, result.map)))
     written.append(write_curves_csv(out / "curves.csv", analysis))
-    written.append(composite_figure(out / "comparison.png", engine.view, analysis, cmap))
+    written.append(composite_figure(out / "comparison.png", engine.view, analysis, look))
     written.append(out / "report.json")
     written[-1].write_text(json.dumps(report_dict(engine, analysis, settings, image_path), indent=2))
     return written
 
 
-def overlay_image(view: np.ndarray, attr_map: np.ndarray, cmap: str, alpha: float,
-                  sign: str = "absolute", scale: float | None = None) -> np.ndarray:
-    norm = display.normalize(attr_map, sign, scale)
-    heat = display.colorize(norm, cmap, signed=sign == "signed")
-    return display.overlay(view, heat, alpha, weight=np.abs(norm))
+@dataclass(frozen=True)
+class Look:
+    """How the exported maps are drawn (core.display.render), each on its own scale."""
+    cmap: str = display.DEFAULT_COLORMAP
+    opacity: float = display.DEFAULT_OPACITY
+    mode: str = display.AUTO
+    top_percent: float = display.DEFAULT_TOP_PERCENT
+
+    def draw(self, view: np.ndarray, method: str, attr_map: np.ndarray) -> np.ndarray:
+        return display.render(view, attr_map, display.mode_for(method, self.mode), cmap=self.cmap,
+                              opacity=self.opacity, top_percent=self.top_percent)
 
 
 def write_curves_csv(path, analysis) -> Path:
@@ -90,27 +101,31 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
     }
 
 
-def composite_figure(path, view: np.ndarray, analysis, cmap: str = display.DEFAULT_COLORMAP) -> Path:
-    """The image and every map in one labelled row-wrapped grid, on one shared scale."""
+def composite_figure(path, view: np.ndarray, analysis, look: Look = Look()) -> Path:
+    comparison_figure(view, analysis, look).savefig(path, dpi=100)
+    return Path(path)
+
+
+def comparison_figure(view: np.ndarray, analysis, look: Look = Look()):
+    """The image and every map in one labelled row-wrapped grid, each map on its own scale.
+    Constrained layout makes room for the titles (up to three lines) above each row."""
     from matplotlib.figure import Figure  # no pyplot: it is not safe off the main thread
 
     items = list(analysis.results.items())
     cols = min(4, len(items) + 1)
     rows = -(-(len(items) + 1) // cols)
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
+    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(view)
     axes.flat[0].set_title(f"{analysis.prediction.name} ({analysis.prediction.prob:.2f})", fontsize=9)
     for ax, (method, result) in zip(axes.flat[1:], items):
-        ax.imshow(overlay_image(view, result.map, cmap, 0.6))
+        ax.imshow(look.draw(view, method, result.map))
         title = method
         if result.pathway is not None:
             title += f"\nsparsity {result.pathway.sparsity:.1f} %"
         if result.curves is not None:
             title += f"\ndel {result.curves.deletion_auc:.3f} / ins {result.curves.insertion_auc:.3f}"
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig

@@ -16,6 +16,8 @@ MODES = (("global threshold", "global"), ("per-layer threshold", "per-layer"))
 # Per-map first: methods differ in units (Grad-CAM's values dwarf gradients'), so a shared scale
 # is for comparing maps of one kind, e.g. the pathway gradient against the plain gradient.
 SCALES = (("per-map scale", False), ("shared scale", True))
+DISPLAY_MODES = (("auto", display.AUTO), ("map alone", "map"), ("blend", "blend"),
+                 ("masked image", "masked"), ("alpha", "alpha"))
 DEFAULT_METHODS = DEFAULTS["app"]
 
 
@@ -123,13 +125,27 @@ class ControlPanel(QWidget):
 
     def _display_box(self) -> QGroupBox:
         box = QGroupBox("Display")
+        self.display_mode = _combo(DISPLAY_MODES, "How each map is drawn. map: alone, on black; "
+                                                  "blend: over the image; masked image: only the "
+                                                  "image's top pixels; alpha: the image faded where "
+                                                  "the map is weak; auto: map, and blend for Grad-CAM")
+        self.top_percent = QDoubleSpinBox()
+        self.top_percent.setRange(0.1, 100)
+        self.top_percent.setDecimals(1)
+        self.top_percent.setValue(display.DEFAULT_TOP_PERCENT)
+        self.top_percent.setPrefix("top ")
+        self.top_percent.setSuffix(" %")
+        self.top_percent.setToolTip("Percent of pixels, largest |map| first, that the masked image shows")
+        self.display_mode.currentIndexChanged.connect(self._on_display_mode)
+        self.top_percent.valueChanged.connect(lambda _v: self.display_changed.emit())
         self.colormap = QComboBox()
         self.colormap.addItems(list(display.COLORMAPS))
         self.colormap.setCurrentText(display.DEFAULT_COLORMAP)
         self.opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0.0, 1.0)
         self.opacity.setDecimals(2)
-        self.opacity.setValue(0.85)
+        self.opacity.setValue(display.DEFAULT_OPACITY)
+        self.opacity.setToolTip("Opacity of the map blended over the image")
         self.sign = QComboBox()
         self.sign.addItems(list(display.SIGNS))
         self.sign.setToolTip("absolute: |map|; positive: evidence for the class; signed: both")
@@ -139,11 +155,20 @@ class ControlPanel(QWidget):
         self.sign.currentIndexChanged.connect(lambda _i: self.display_changed.emit())
         self.scale.currentIndexChanged.connect(lambda _i: self.display_changed.emit())
         form = QFormLayout(box)
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(self.display_mode, 1)
+        mode_row.addWidget(self.top_percent)
+        form.addRow("Mode", mode_row)
         form.addRow("Colours", self.colormap)
         form.addRow("Opacity", self.opacity)
         form.addRow("Values", self.sign)
         form.addRow("Scale", self.scale)
+        self._on_display_mode()
         return box
+
+    def _on_display_mode(self) -> None:
+        self.top_percent.setEnabled(self.display_mode.currentData() == "masked")
+        self.display_changed.emit()
 
     # -- state ---------------------------------------------------------------------------------
     def set_methods(self, methods, checked) -> None:

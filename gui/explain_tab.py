@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
 from superqt.utils import qdebounced, qthrottled
 
+from core import display
 from gui import jobs
 from gui.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_VIEW
 from gui.controls import DEFAULT_METHODS, ControlPanel, select_data
@@ -55,11 +56,13 @@ class ExplainTab(QWidget):
         self.upper = QSplitter(Qt.Orientation.Horizontal)
         self.upper.addWidget(self.heatmaps)
         self.upper.addWidget(self.curves)
-        self.upper.setSizes([600, 500])
+        self.upper.setSizes([600, 480])
+        self.upper.setStretchFactor(0, 1)  # a larger window grows the maps, not the curves
         self.right = QSplitter(Qt.Orientation.Vertical)
         self.right.addWidget(self.upper)
         self.right.addWidget(self.masks)
-        self.right.setSizes([450, 270])
+        self.right.setSizes([480, 240])
+        self.right.setStretchFactor(0, 1)
         self.outer = QSplitter(Qt.Orientation.Horizontal)
         self.outer.addWidget(scroll)
         self.outer.addWidget(self.right)
@@ -310,13 +313,14 @@ class ExplainTab(QWidget):
 
     # -- display -------------------------------------------------------------------------------
     def _redraw(self) -> None:
-        """Colour map, opacity or normalisation changed: redraw, compute nothing."""
+        """Colour map, opacity, display mode or normalisation changed: redraw, compute nothing."""
         c = self.controls
         lut = self._luts.get(c.lut_name())
         if lut is None:
             return
         self.heatmaps.set_display(lut, c.opacity.value(), c.sign.currentText(),
-                                  c.scale.currentData())
+                                  c.scale.currentData(), c.display_mode.currentData(),
+                                  c.top_percent.value())
         self.masks.set_colors(lut)
 
     # -- export --------------------------------------------------------------------------------
@@ -329,7 +333,8 @@ class ExplainTab(QWidget):
         methods, params = self.methods(), self.params()
         image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
         extra = {"tolerance_percent": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
-                 "values": c.sign.currentText(), "shared_scale": c.scale.currentData()}
+                 "values": c.sign.currentText(), "shared_scale": c.scale.currentData(),
+                 "display": c.display_mode.currentData(), "display_top_percent": c.top_percent.value()}
         self.context.run_job(
             lambda: jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path, cmap,
                                 alpha, extra),
@@ -349,6 +354,8 @@ class ExplainTab(QWidget):
         settings.setValue("display/opacity", c.opacity.value())
         settings.setValue("display/sign", c.sign.currentText())
         settings.setValue("display/shared", "1" if c.scale.currentData() else "0")
+        settings.setValue("display/mode", c.display_mode.currentData())
+        settings.setValue("display/top_percent", c.top_percent.value())
         for name in ("outer", "right", "upper"):
             settings.setValue(f"layout/{name}", getattr(self, name).saveState())
         settings.setValue("layout/masks", self.masks.splitter.saveState())
@@ -365,6 +372,8 @@ class ExplainTab(QWidget):
         c.opacity.setValue(float(settings.value("display/opacity", c.opacity.value())))
         c.sign.setCurrentText(str(settings.value("display/sign", "absolute")))
         select_data(c.scale, settings.value("display/shared", "0") == "1")
+        select_data(c.display_mode, settings.value("display/mode", display.AUTO))
+        c.top_percent.setValue(float(settings.value("display/top_percent", display.DEFAULT_TOP_PERCENT)))
         for name in ("outer", "right", "upper"):
             state = settings.value(f"layout/{name}")
             if state is not None:

@@ -1,6 +1,8 @@
 """The side-by-side heatmaps: the image, the pathway map and each chosen classic map, in a grid of
-linked views with one shared colour bar. Hovering shows the raw value under the cursor in every
-panel. Changing colours, opacity or normalisation redraws; it never recomputes a map."""
+linked views with one shared colour bar. Each map is drawn by core.display.render in the chosen
+display mode, as the export draws it. Hovering shows the raw value under the cursor in every
+panel; clicking a map opens it large beside the image. Changing colours, opacity, mode or
+normalisation redraws; it never recomputes a map."""
 import math
 
 import numpy as np
@@ -8,7 +10,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt
 from PySide6 import QtGui
 from PySide6.QtGui import QPainter, QTextDocumentFragment
-from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from core import display
 
@@ -38,11 +40,41 @@ class ElidedLabel(QLabel):
                          text)
 
 
-class Panel(QWidget):
-    """A two-line title over a view box with the photo and the map drawn over it through an
-    RGBA colour table."""
+def _view_box(canvas: pg.GraphicsLayoutWidget, **where) -> pg.ViewBox:
+    view = canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False, **where)
+    view.setBorder(pg.mkPen("#c8c8c8"))
+    view.disableAutoRange()  # a new picture keeps the zoom; Fit decides when the whole one is shown
+    return view
 
-    def __init__(self, name: str, on_hover):
+
+class Fit:
+    """Linked views show the whole picture, also after they are resized, until the user zooms or
+    pans one (pyqtgraph's own auto range is switched off by any linked view's change)."""
+
+    def __init__(self, lead: pg.ViewBox):
+        self.lead = lead
+        self.on = True
+
+    def watch(self, view: pg.ViewBox) -> None:
+        view.sigResized.connect(self.refit)
+        view.sigRangeChangedManually.connect(self.stop)
+
+    def reset(self) -> None:
+        self.on = True
+        self.refit()
+
+    def refit(self) -> None:
+        if self.on:
+            self.lead.autoRange(padding=0)
+
+    def stop(self, *_args) -> None:
+        self.on = False
+
+
+class Panel(QWidget):
+    """A two-line title over a view box with one picture: the photo, or the map as rendered."""
+
+    def __init__(self, name: str, on_hover, on_click):
         super().__init__()
         self.name = name
         self.title = ElidedLabel("font-weight: bold")
@@ -50,13 +82,11 @@ class Panel(QWidget):
         self.detail = ElidedLabel("color: #555; font-size: 8pt")
         self.canvas = pg.GraphicsLayoutWidget()
         self.canvas.ci.setContentsMargins(0, 0, 0, 0)
-        self.view = self.canvas.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
-        self.view.setBorder(pg.mkPen("#c8c8c8"))
-        self.photo = pg.ImageItem()
-        self.heat = pg.ImageItem()
-        self.view.addItem(self.photo)
-        self.view.addItem(self.heat)
+        self.view = _view_box(self.canvas)
+        self.picture = pg.ImageItem()
+        self.view.addItem(self.picture)
         self.canvas.scene().sigMouseMoved.connect(lambda pos: on_hover(self, pos))
+        self.canvas.scene().sigMouseClicked.connect(lambda event: on_click(self, event))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.setSpacing(0)
@@ -70,9 +100,55 @@ class Panel(QWidget):
         self.note = note
         self.detail.setText(note)
 
+    def set_picture(self, rgb: np.ndarray | None) -> None:
+        if rgb is None:
+            self.picture.clear()
+        else:
+            self.picture.setImage(rgb, autoLevels=False, levels=(0, 255))
+
     def leaveEvent(self, event) -> None:
         self.detail.setText(self.note)
         super().leaveEvent(event)
+
+
+class LargeView(QDialog):
+    """One map large beside the image, both zoomable and linked: zoom or pan one, both follow."""
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.resize(1100, 600)
+        self.name: str | None = None
+        self.title = QLabel()
+        self.title.setStyleSheet("font-weight: bold")
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.image_view = _view_box(self.canvas, row=0, col=0)
+        self.map_view = _view_box(self.canvas, row=0, col=1)
+        self.map_view.setXLink(self.image_view)
+        self.map_view.setYLink(self.image_view)
+        self.fit = Fit(self.image_view)
+        self.fit.watch(self.image_view)
+        self.fit.watch(self.map_view)
+        self.image = pg.ImageItem()
+        self.map = pg.ImageItem()
+        self.image_view.addItem(self.image)
+        self.map_view.addItem(self.map)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.title)
+        layout.addWidget(self.canvas, 1)
+
+    def show_panels(self, image: Panel, shown: Panel) -> None:
+        """Copy what the two panels show (called whenever they are redrawn)."""
+        first = self.name != shown.name
+        self.name = shown.name
+        self.setWindowTitle(f"{shown.name} beside the image")
+        self.title.setText(f"{shown.name}   {shown.note}")
+        for item, panel in ((self.image, image), (self.map, shown)):
+            if panel.picture.image is None:
+                item.clear()
+            else:
+                item.setImage(panel.picture.image, autoLevels=False, levels=(0, 255))
+        if first:
+            self.fit.reset()
 
 
 class HeatmapGrid(QWidget):
@@ -85,27 +161,32 @@ class HeatmapGrid(QWidget):
         self._order: list[str] = []
         self._view_rgb: np.ndarray | None = None
         self._lut_rgb = None
-        self._opacity = 0.6
+        self._opacity = display.DEFAULT_OPACITY
         self._sign = "absolute"
         self._shared = True
+        self._mode = display.AUTO
+        self._top_percent = display.DEFAULT_TOP_PERCENT
         self._columns = 0
+        self.large: LargeView | None = None
         self.colorbar_canvas = pg.GraphicsLayoutWidget()
         self.colorbar_canvas.setFixedWidth(COLORBAR_WIDTH)
         self.colorbar = pg.ColorBarItem(values=(0, 1), width=14, interactive=False,
                                         colorMapMenu=False)
         self.colorbar_canvas.addItem(self.colorbar)
-        self._add_panel(IMAGE_PANEL)
+        self.fit = Fit(self._add_panel(IMAGE_PANEL).view)
+        self.fit.watch(self._panels[IMAGE_PANEL].view)
         self._order = [IMAGE_PANEL]
         self._relayout(force=True)
 
     def _add_panel(self, name: str) -> Panel:
-        panel = Panel(name, self._hover)
+        panel = Panel(name, self._hover, self._clicked)
         if self._panels:
             lead = self._panels[IMAGE_PANEL].view
             panel.view.setXLink(lead)  # zooming or panning one panel moves them all
             panel.view.setYLink(lead)
-        if self._view_rgb is not None:
-            panel.photo.setImage(self._view_rgb, autoLevels=False, levels=(0, 255))
+            panel.canvas.setToolTip("Click to open this map large beside the image")
+            self.fit.watch(panel.view)
+        panel.set_picture(self._view_rgb)
         self._panels[name] = panel
         return panel
 
@@ -116,12 +197,12 @@ class HeatmapGrid(QWidget):
         self._view_rgb = rgb
         for panel in self._panels.values():
             panel.raw = None
-            panel.heat.clear()
-            panel.photo.setImage(rgb, autoLevels=False, levels=(0, 255))
+            panel.set_picture(rgb)
         image = self._panels[IMAGE_PANEL]
         image.title.setText(title)
         image.set_text(note)
         self.reset_zoom()
+        self._update_large()
 
     def set_methods(self, names: list[str]) -> None:
         """Which map panels are shown, in order, after the image."""
@@ -154,8 +235,9 @@ class HeatmapGrid(QWidget):
         panel = self._panels.get(name)
         if panel is not None:
             panel.raw = None
-            panel.heat.clear()
+            panel.set_picture(self._view_rgb)
             panel.set_text(note)
+            self._update_large()
 
     def shown_maps(self) -> dict[str, np.ndarray]:
         return {name: self._panels[name].raw for name in self._order
@@ -169,25 +251,30 @@ class HeatmapGrid(QWidget):
         return self._panels[name]
 
     # -- display -------------------------------------------------------------------------------
-    def set_display(self, lut_rgb: np.ndarray, opacity: float, sign: str, shared: bool) -> None:
+    def set_display(self, lut_rgb: np.ndarray, opacity: float, sign: str, shared: bool,
+                    mode: str = display.AUTO, top_percent: float = display.DEFAULT_TOP_PERCENT) -> None:
+        """lut_rgb: the colormap's 256-colour table (core.display.colorize of a ramp); mode: a
+        core.display mode, or auto for the one that suits each panel's method."""
         self._lut_rgb = lut_rgb
         self._opacity, self._sign, self._shared = opacity, sign, shared
+        self._mode, self._top_percent = mode, top_percent
         self.render()
 
     def render(self, names: list[str] | None = None) -> None:
-        """Normalise (core.display, as the exported PNGs are) and draw the maps: all of them, or
-        with per-map scales only those named (the others' pictures do not change)."""
-        if self._lut_rgb is None:
+        """Draw the maps as core.display.render does for the export: all of them, or with
+        per-map scales only those named (the others' pictures do not change)."""
+        if self._lut_rgb is None or self._view_rgb is None:
             return
         maps = self.shown_maps()
         scale = display.shared_scale(list(maps.values()), self._sign) if self._shared and maps else None
         signed = self._sign == "signed"
         levels = (-1.0, 1.0) if signed else (0.0, 1.0)
-        lut = self._rgba_lut(signed)
         redraw = maps if names is None or self._shared else {n: maps[n] for n in names if n in maps}
         for name, raw in redraw.items():
-            norm = display.normalize(raw, self._sign, scale)
-            self._panels[name].heat.setImage(norm, autoLevels=False, levels=levels, lut=lut)
+            self._panels[name].set_picture(display.render(
+                self._view_rgb, raw, display.mode_for(name, self._mode), self._sign, scale,
+                self._lut_rgb, self._opacity, self._top_percent))
+        self._update_large()
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(self._lut_rgb)), self._lut_rgb))
         if scale:
             self.colorbar.setLevels((-scale, scale) if signed else (0, scale))
@@ -196,13 +283,24 @@ class HeatmapGrid(QWidget):
             self.colorbar.setLevels(levels)
             self.colorbar.axis.setLabel(f"{self._sign}, each map to its own scale")
 
-    def _rgba_lut(self, signed: bool) -> np.ndarray:
-        """The colour table with alpha rising with |value|: weak evidence lets the photo show
-        through, as core.display.overlay does with weight=|norm|."""
-        n = len(self._lut_rgb)
-        t = np.linspace(-1, 1, n) if signed else np.linspace(0, 1, n)
-        alpha = np.clip(np.abs(t) * self._opacity * 255, 0, 255)
-        return np.column_stack([self._lut_rgb, alpha]).astype(np.uint8)
+    # -- the large view ------------------------------------------------------------------------
+    def open_large(self, name: str) -> LargeView:
+        """Show panel `name` large beside the image, in a window that follows its redraws."""
+        if self.large is None:
+            self.large = LargeView(self)
+        self.large.show_panels(self._panels[IMAGE_PANEL], self._panels[name])
+        self.large.show()
+        self.large.raise_()
+        return self.large
+
+    def _update_large(self) -> None:
+        large = self.large
+        if large is not None and large.isVisible() and large.name in self._order:
+            large.show_panels(self._panels[IMAGE_PANEL], self._panels[large.name])
+
+    def _clicked(self, panel: Panel, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton and panel.name != IMAGE_PANEL:
+            self.open_large(panel.name)
 
     # -- layout and hover -----------------------------------------------------------------------
     def resizeEvent(self, event) -> None:
@@ -240,8 +338,8 @@ class HeatmapGrid(QWidget):
         self._grid.addWidget(self.colorbar_canvas, 0, columns, rows, 1)
 
     def reset_zoom(self) -> None:
-        """The whole image again, in every (linked) panel."""
-        self._panels[IMAGE_PANEL].view.autoRange(padding=0)
+        """The whole image again, in every (linked) panel, and after every resize until a zoom."""
+        self.fit.reset()
 
     def _hover(self, panel: Panel, scene_pos: QPointF) -> None:
         point = panel.view.mapSceneToView(scene_pos)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from core import display
 from core.methods import ALL_METHODS
 from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES,
                                       SWEEP_METHODS, SWEEP_SPARSITIES)
@@ -47,7 +48,6 @@ def side_by_side(engine, pruned_model, method: str):
     """Job: one method's map of the engine's image and class, from both models."""
     import torch
 
-    from core import display
     from core.engine import compute_map
 
     yield Progress(0.0, f"{method} of the original model")
@@ -351,7 +351,7 @@ class PruningTab(JobFeedback, QWidget):
 
     def _draw(self, shown: SideBySide) -> None:
         self.heatmaps.set_image(shown.view, "<b>image</b>", "")
-        self.heatmaps.set_display(shown.lut, MAP_OPACITY, "absolute", False)
+        self.heatmaps.set_display(shown.lut, MAP_OPACITY, "absolute", False, display.mode_for(shown.method))
         self.heatmaps.set_map(ORIGINAL, shown.original, f"{shown.method} · {shown.original_label}")
         self.heatmaps.set_map(PRUNED, shown.pruned, f"{shown.method} · {shown.pruned_label}")
 

@@ -134,3 +134,39 @@ def test_models_lists_the_embedded_model_as_offline(capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("efficientnet_lite0"))
     assert "yes" in line
+
+
+@pytest.mark.parametrize("mode", ["auto", "map", "blend", "masked", "alpha"])
+def test_display_option_draws_the_pngs_in_that_mode(tiny_cli, tiny, photo, tmp_path, capsys, mode):
+    from PIL import Image
+
+    from core import display
+    from core.engine import Engine
+
+    argv = ["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--methods", "gradient,grad-cam",
+            "--steps", "1", "--display", mode, "--display-top", "5", "--quiet"]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    out = tmp_path / "coffee"
+    view = Engine(tiny, load_image(photo("coffee.png"))).view
+    for method in ("gradient", "grad-cam"):
+        raw = np.load(out / f"{method}.npy")
+        with Image.open(out / f"{method}.png") as png:
+            drawn = np.asarray(png)
+        shown = display.mode_for(method, mode)
+        np.testing.assert_array_equal(drawn, display.render(view, raw, shown, top_percent=5))
+        if shown == "masked":
+            assert drawn.any(axis=2).sum() <= round(0.05 * raw.size)
+    if mode == "auto":  # gradient alone on black, Grad-CAM blended over the photo
+        assert display.mode_for("gradient") == "map" and display.mode_for("grad-cam") == "blend"
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["display"] == mode and report["settings"]["display_top_percent"] == 5
+
+
+@pytest.mark.parametrize("argv", [["--display", "heat"], ["--display-top", "0"], ["--display-top", "101"],
+                                  ["--display-top", "x"]])
+def test_bad_display_options_are_refused_with_one_error_line(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main.build_parser().parse_args(["explain", "x.png", "--out", str(tmp_path), *argv])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_.value.code == 2 and len(errors) == 1 and "--display" in errors[0]

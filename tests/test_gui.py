@@ -11,10 +11,11 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from core import display  # noqa: E402
 from core.progress import Progress  # noqa: E402
+from gui.controls import select_data  # noqa: E402
 
 ANALYSIS_TIMEOUT_MS = 600_000  # a loaded 2-core machine; normally well under a minute
 PATHWAY = "pathway-gradient"
@@ -122,8 +123,8 @@ def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp)
     expected = as_on_worker(lambda: engine.pathway(final.sparsity, final.mode, final.selector, final.method))
     panel = tab.heatmaps.panel(PATHWAY)
     np.testing.assert_array_equal(panel.raw, expected.map)
-    np.testing.assert_allclose(panel.heat.image, display.normalize(expected.map, "absolute"),
-                               atol=1e-6)
+    np.testing.assert_array_equal(panel.picture.image, display.render(
+        engine.view, expected.map, "map", cmap=tab._luts[tab.controls.lut_name()]))
     assert tab.masks.kept() == expected.kept
     layer = tab.masks.layer()
     np.testing.assert_array_equal(layer.masks, expected.masks[layer.index].cpu().numpy())
@@ -195,18 +196,107 @@ def test_display_changes_redraw_without_computing(window, qapp):
     original = window.context.run_job
     window.context.run_job = lambda *a, **k: submitted.append(k.get("key")) or original(*a, **k)
     try:
-        before = tab.heatmaps.panel("gradient").heat.image.copy()
         tab.controls.sign.setCurrentText("signed")
         tab.controls.colormap.setCurrentText("viridis")
         tab.controls.opacity.setValue(0.3)
+        select_data(tab.controls.display_mode, "blend")
         qapp.processEvents()
-        after = tab.heatmaps.panel("gradient").heat.image
-        assert after.min() < 0 <= before.min()  # signed values now, from the same raw map
-        np.testing.assert_allclose(after, display.normalize(tab.heatmaps.panel("gradient").raw, "signed"))
+        panel = tab.heatmaps.panel("gradient")
+        view = window.context.current_engine().view
+        np.testing.assert_array_equal(panel.picture.image, display.render(
+            view, panel.raw, "blend", "signed", cmap=tab._luts["viridis"], opacity=0.3))
     finally:
         window.context.run_job = original
         tab.controls.sign.setCurrentText("absolute")
+        tab.controls.colormap.setCurrentText(display.DEFAULT_COLORMAP)
+        tab.controls.opacity.setValue(display.DEFAULT_OPACITY)
+        select_data(tab.controls.display_mode, display.AUTO)
     assert submitted == []
+
+
+def test_display_mode_choice_changes_what_a_panel_shows(window, qapp):
+    tab = window.explain
+    panel = tab.heatmaps.panel("gradient")
+    view = window.context.current_engine().view
+    # Default (auto): a gradient-type map alone, on black; the photo is nowhere in it.
+    alone = panel.picture.image.copy()
+    np.testing.assert_array_equal(alone, display.render(view, panel.raw, "map",
+                                                        cmap=tab._luts[display.DEFAULT_COLORMAP]))
+    assert tab.controls.top_percent.isEnabled() is False
+    select_data(tab.controls.display_mode, "masked")
+    tab.controls.top_percent.setValue(5)
+    qapp.processEvents()
+    try:
+        masked = panel.picture.image
+        top = display.top_pixels(np.abs(panel.raw), 5)
+        np.testing.assert_array_equal(masked[top], view[top])
+        assert not masked[~top].any() and top.sum() == round(0.05 * top.size)
+        assert tab.controls.top_percent.isEnabled()
+    finally:
+        select_data(tab.controls.display_mode, display.AUTO)
+        tab.controls.top_percent.setValue(display.DEFAULT_TOP_PERCENT)
+        qapp.processEvents()
+    np.testing.assert_array_equal(panel.picture.image, alone)
+
+
+def test_display_mode_is_saved_and_restored(window, tmp_path):
+    tab = window.explain
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    select_data(tab.controls.display_mode, "alpha")
+    tab.controls.top_percent.setValue(25)
+    tab.save_settings(settings)
+    select_data(tab.controls.display_mode, display.AUTO)
+    tab.controls.top_percent.setValue(display.DEFAULT_TOP_PERCENT)
+    tab.restore_settings(settings)
+    try:
+        assert tab.controls.display_mode.currentData() == "alpha"
+        assert tab.controls.top_percent.value() == 25
+    finally:
+        select_data(tab.controls.display_mode, display.AUTO)
+        tab.controls.top_percent.setValue(display.DEFAULT_TOP_PERCENT)
+
+
+def test_clicking_a_map_opens_it_large_beside_the_image(window, qapp):
+    from PySide6.QtCore import QPoint
+    from PySide6.QtTest import QTest
+
+    grid = window.explain.heatmaps
+    panel = grid.panel(PATHWAY)
+    viewport = panel.canvas.viewport()
+    QTest.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=QPoint(viewport.width() // 2,
+                                                                       viewport.height() // 2))
+    qapp.processEvents()
+    large = grid.large
+    assert large is not None and large.isVisible() and large.name == PATHWAY
+    np.testing.assert_array_equal(large.map.image, panel.picture.image)
+    np.testing.assert_array_equal(large.image.image, window.context.current_engine().view)
+    large.resize(1100, 600)
+    qapp.processEvents()
+    assert large.map_view.width() > 400  # larger than any panel of the grid
+    large.map_view.setRange(xRange=(40, 90), yRange=(60, 110), padding=0)  # zoom one: both follow
+    image_range, map_range = large.image_view.viewRange(), large.map_view.viewRange()
+    assert np.ravel(image_range) == pytest.approx(np.ravel(map_range), abs=0.5)
+    grid.set_display(grid._lut_rgb, 0.5, "absolute", False, "alpha")  # a redraw reaches it
+    np.testing.assert_array_equal(large.map.image, panel.picture.image)
+    window.explain._redraw()
+    large.close()
+
+
+def test_panels_grow_with_the_window(window, qapp):
+    panel = window.explain.heatmaps.panel(PATHWAY)
+    size = window.size()
+    window.resize(1400, 900)
+    qapp.processEvents()
+    small = panel.picture.sceneBoundingRect()  # the square map as drawn fills its panel
+    assert small.width() == pytest.approx(min(panel.view.width(), panel.view.height()), abs=2)
+    assert small.width() >= 150
+    window.resize(2200, 1400)
+    qapp.processEvents()
+    try:
+        assert panel.picture.sceneBoundingRect().width() > small.width() * 1.4
+    finally:
+        window.resize(size)
+        qapp.processEvents()
 
 
 def test_hover_shows_every_panels_value_and_views_are_linked(window):
@@ -298,11 +388,18 @@ def test_export_writes_every_file(window, qapp, tmp_path):
     assert expected <= {p.name for p in out.iterdir()}
     np.testing.assert_array_equal(np.load(out / f"{PATHWAY}.npy"),
                                   window.explain.heatmaps.panel(PATHWAY).raw)
+    from PIL import Image
+
+    for method in (PATHWAY, "gradient"):  # the app's panel and the export draw the same picture
+        with Image.open(out / f"{method}.png") as png:
+            shown = window.explain.heatmaps.panel(method).picture.image
+            np.testing.assert_array_equal(np.asarray(png), shown)
     import json
 
     report = json.loads((out / "report.json").read_text())
     assert report["target"]["name"] == "espresso"
     assert report["settings"]["sparsity"] == window.explain.params().sparsity
+    assert report["settings"]["display"] == display.AUTO
 
 
 def test_bad_weights_show_the_error_and_keep_the_previous_model(window, qapp, tmp_path):

@@ -3,7 +3,9 @@ import sys
 from pathlib import Path
 
 from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list,
-                              model_from_args, out_path, sparsity_percent, tolerance_percent)
+                              model_from_args, out_path, sparsity_percent, tolerance_percent,
+                              top_percent)
+from core.display import AUTO, DEFAULT_TOP_PERCENT, MODES
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 
 DEFAULT_METHODS = DEFAULTS["explain"]
@@ -40,6 +42,12 @@ def register(subparsers) -> None:
                    help=f"steps of the deletion/insertion curves, 1-{MAX_STEPS} (default 20)")
     p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
                    help="what removed pixels become in the curves")
+    p.add_argument("--display", choices=(AUTO, *MODES), default=AUTO,
+                   help="how <method>.png and comparison.png draw each map: map (alone, on black), "
+                        "blend (over the image), masked (the image's top pixels only), alpha "
+                        "(the image faded by |map|); auto: map, and blend for grad-cam")
+    p.add_argument("--display-top", type=top_percent, default=DEFAULT_TOP_PERCENT, metavar="P",
+                   help=f"percent of pixels the masked image shows (default {DEFAULT_TOP_PERCENT:g})")
     p.set_defaults(run=run_explain)
 
 
@@ -78,7 +86,8 @@ def run_explain(args) -> int:
                     settings = {"sparsity": sparsity, "sparsity_requested": args.sparsity,
                                 "mode": args.mode, "selector": args.selector, "ties": args.ties,
                                 "steps": args.steps, "baseline": args.baseline,
-                                "tolerance_percent": args.tolerance}
+                                "tolerance_percent": args.tolerance, "display": args.display,
+                                "display_top_percent": args.display_top}
                     if auto is not None:
                         settings["auto_search"] = auto.how
                     write_outputs(staging, engine, analysis, settings, image_path=path)

@@ -102,6 +102,14 @@ def tolerance_percent(text: str) -> float:
     return _percent(text, "tolerance", 100, include_high=True)
 
 
+def top_percent(text: str) -> float:
+    """The share of pixels a masked image shows, in (0, 100]."""
+    value = _percent(text, "--display-top", 100, include_high=True)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"--display-top must be a percentage in (0, 100]: {text}")
+    return value
+
+
 def out_path(text: str) -> str:
     """--out: any path but an empty one (which would mean the current folder)."""
     if not text.strip():
