@@ -278,9 +278,18 @@ def _torchvision(arch: str, input_size: int | None = None) -> Built:
     # A ViT's position embeddings fix its image size, and a builder given no weights builds for
     # 224: ViT-H/14's published weights (518 px) would not fit, nor would any other size asked.
     sized = {"image_size": input_size or t.crop_size[0]} if _built_for_one_size(builder) else {}
+    module = builder(**sized)
+
+    def published():
+        # GoogLeNet's and Inception-v3's published weights expect their input re-normalised
+        # inside the model, as torchvision's builders switch on when given those weights.
+        if hasattr(module, "transform_input"):
+            module.transform_input = True
+        return hub_file(arch, weights.url)
+
     return Built(
-        builder(**sized), f"torchvision:{arch}", rebuild=lambda n: builder(num_classes=n, **sized),
-        pretrained=lambda: hub_file(arch, weights.url), class_names=list(weights.meta["categories"]),
+        module, f"torchvision:{arch}", rebuild=lambda n: builder(num_classes=n, **sized),
+        pretrained=published, class_names=list(weights.meta["categories"]),
         imagenet=True,
         defaults=dict(input_size=t.crop_size[0], resize=t.resize_size[0], mean=tuple(t.mean),
                       std=tuple(t.std), interpolation=t.interpolation.value))

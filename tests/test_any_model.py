@@ -303,3 +303,15 @@ def test_image_folder_classes_are_the_models_by_name(tmp_path):
     source = folder_source(tmp_path, class_names=names)
     assert [source.load(i).label for i in range(2)] == [1, 3]
     assert [folder_source(tmp_path, class_names=["x", "y"]).load(i).label for i in range(2)] == [0, 1]
+
+
+def test_published_googlenet_weights_get_its_input_transform(tmp_path, monkeypatch):
+    import core.models
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict(),
+               tmp_path / "googlenet.pth")
+    monkeypatch.setattr(core.models, "hub_file", lambda name, url: tmp_path / "googlenet.pth")
+    assert load_model("torchvision:googlenet", device="cpu", **SMALL).module.transform_input
+    own = load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth", device="cpu", **SMALL)
+    assert not own.module.transform_input  # a user's weights: as torchvision builds without weights
