@@ -206,7 +206,7 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
            alpha: float, extra_settings: dict):
     """The same files as `prunescope explain` writes, for the current image and settings; an
     earlier export of the same image there is replaced whole."""
-    from core.output import staged_folder
+    from core.output import locked, staged_folder
     from core.report import write_outputs
 
     analysis = yield from scaled(
@@ -215,7 +215,7 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
     yield Progress(0.9, "writing files")
     settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
                 "ties": params.ties, "steps": steps, "baseline": "mean", **extra_settings}
-    with staged_folder(out_dir, overwrite=True) as staging:
+    with locked(out_dir.parent), staged_folder(out_dir, overwrite=True) as staging:
         written = write_outputs(staging, engine, analysis, settings, image_path=image_path, cmap=cmap,
                                 alpha=alpha)
     return [out_dir / path.name for path in written]

@@ -122,7 +122,7 @@ def dispatch(args: argparse.Namespace) -> int:
         check_interrupted()
         return code
     except PruneScopeError as err:
-        return fail(str(err))
+        return fail(reason(err))
     except Terminated:
         say("prunescope: terminated; unfinished results removed")
         return EXIT_TERMINATED
