@@ -205,6 +205,14 @@ def _output_classes(module: nn.Module) -> int | None:
 
 
 def _pruned(built, card: ModelCard, checkpoint: dict, path) -> nn.Module:
+    from core.model_pruning import load_pruned  # pruned shapes are rebuilt there
+    from core.model_pruning.surgery import pruned_contents
+
+    if not isinstance(checkpoint.get(PRUNED_KEY), dict):
+        try:
+            pruned_contents(checkpoint)
+        except ModelError as err:  # it says what is wrong; the file's name goes in front
+            raise ModelError(f"{path}: {err}") from None
     meta = _pruned_meta(checkpoint)
     source = meta.get("source")
     if source is not None and source != card.source:
@@ -212,8 +220,6 @@ def _pruned(built, card: ModelCard, checkpoint: dict, path) -> nn.Module:
                          f"--model {source} (or without --model)")
     if source is None and meta.get("arch") != built.name:  # files from before sources existed
         raise ModelError(f"{path}: holds a pruned {meta.get('arch')}, not {built.name}")
-    from core.model_pruning import load_pruned  # pruned shapes are rebuilt there
-
     state = checkpoint.get("state_dict")
     module = built.module
     if isinstance(state, dict):

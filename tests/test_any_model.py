@@ -315,3 +315,9 @@ def test_published_googlenet_weights_get_its_input_transform(tmp_path, monkeypat
     assert load_model("torchvision:googlenet", device="cpu", **SMALL).module.transform_input
     own = load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth", device="cpu", **SMALL)
     assert not own.module.transform_input  # a user's weights: as torchvision builds without weights
+
+
+def test_pruned_metadata_that_is_not_a_dict_is_one_line(tmp_path):
+    torch.save({"prunescope_pruned": "resnet18", "state_dict": {"w": torch.zeros(1)}}, tmp_path / "p.pt")
+    with pytest.raises(ModelError, match="p.pt: not a PruneScope pruned-model checkpoint"):
+        load_model("resnet18", weights=tmp_path / "p.pt", device="cpu")
