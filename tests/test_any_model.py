@@ -24,6 +24,7 @@ SAMPLE = ROOT / "resources" / "samples" / "chelsea.png"
 SMALL = dict(input_size=64, resize=64)
 GRAY_NET = '''
 import torch
+from torch import nn
 
 
 def build(num_classes=4):
