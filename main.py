@@ -27,15 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_gui(args: argparse.Namespace) -> int:
+def _card_of(args: argparse.Namespace):
+    """The model card --model and its details name, or None for the app's last model."""
     from core.model_sources import resolve_card
-    from gui.app import run_app  # Qt is imported only when the window is wanted
 
     details = dict(weights=args.weights, labels=args.labels, input_size=args.input_size,
                    resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
-    model = None
     if args.model or any(v is not None for v in details.values()):
-        model = resolve_card(args.model, **details)  # a bad SPEC or card: one line, exit 2
+        return resolve_card(args.model, **details)  # a bad SPEC or card: one line, exit 2
+    return None
+
+
+def _run_gui_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from core.resources import sample_images
+    from gui.bench import run_gui_bench  # Qt only for --gui
+
+    image = args.image or str(next(p for p in sample_images() if p.name == "chelsea.png"))
+    print(json.dumps(run_gui_bench(image, _card_of(args)), indent=2))
+    return 0
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    from gui.app import run_app  # Qt is imported only when the window is wanted
+
+    model = _card_of(args)
     # SIGTERM ends the app at once, as by default: a Python handler would wait for Qt's loop.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return run_app(args.images, screenshot=args.screenshot, model=model)
@@ -53,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return self_test()
     if args.command is None:
         args = parser.parse_args(["gui", *argv])
+    if args.command == "bench" and args.gui:
+        args.run = _run_gui_bench  # core never imports the GUI
     from core.cli import dispatch
 
     try:

@@ -1,5 +1,6 @@
-"""`prunescope bench`: the engine's speed as ratios measured side by side, printed as JSON;
-`--gui`: the real window's latency as a person meets it (see gui/bench.py)."""
+"""`prunescope bench`: the engine's speed as ratios measured side by side, printed as JSON.
+`--gui` (the real window's latency as a person meets it, gui/bench.py) is run by main.py: core
+never imports the GUI."""
 from core.cli.options import add_model_options, model_from_args
 
 
@@ -18,17 +19,6 @@ def register(subparsers) -> None:
 def run_bench_command(args) -> int:
     import json
 
-    if args.gui:
-        from core.model_sources import resolve_card
-        from core.resources import sample_images
-        from gui.bench import run_gui_bench  # Qt only for --gui
-
-        image = args.image or str(next(p for p in sample_images() if p.name == "chelsea.png"))
-        card = None if args.model is None else resolve_card(
-            args.model, weights=args.weights, labels=args.labels, input_size=args.input_size,
-            resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
-        print(json.dumps(run_gui_bench(image, card), indent=2))
-        return 0
     from core.bench import run_bench
 
     model = model_from_args(args)
