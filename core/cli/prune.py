@@ -69,6 +69,8 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--iterations", type=positive_int, default=1,
                    help="reach the sparsity in this many pruning steps, recovering after each (default 1)")
+    p.add_argument("--save-steps", action="store_true",
+                   help="with --iterations, also write each earlier step's model as FILE.stepK.pt")
     p.add_argument("--finetune", metavar="DIR", help="the same as --recover finetune --recover-images DIR")
     p.add_argument("--program", action="store_true",
                    help="also write FILE.pt2, a torch.export program that runs without PruneScope")
@@ -131,6 +133,9 @@ def run_prune(args) -> int:
         report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect,
                                  settings=settings, iterations=args.iterations), bar)
         sizes = save_pruned(report, out, program=args.program)
+        if args.save_steps:
+            for k, step in enumerate(report.steps[:-1], 1):
+                sizes.update(save_pruned(report.at_step(k - 1), out.with_name(f"{out.stem}.step{k}{out.suffix}")))
     finally:
         bar.close()
     unit = report.surgery.unit
@@ -141,8 +146,8 @@ def run_prune(args) -> int:
     print(_stats_line("original", report.before, zeroed))
     print(_stats_line("pruned", report.after, zeroed))
     print(quality_line(report))
-    for line in warnings_of(report):
-        say(f"prunescope: warning: {line}")
+    if report.warning:
+        say(f"prunescope: warning: {report.warning}")
     for name, why in report.surgery.skipped.items():
         print(f"kept whole: {name} ({why})")
     for path, size in sizes.items():
@@ -166,13 +171,6 @@ def quality_line(report) -> str:
     if report.accuracy_after is not None:
         text += f"; accuracy {report.accuracy_before:.1%} -> {report.accuracy_after:.1%}"
     return text
-
-
-def warnings_of(report) -> list[str]:
-    if not report.low_agreement:
-        return []
-    return [f"the pruned model keeps only {report.agreement:.0%} of the original's decisions on held-out "
-            "images: lower the sparsity, use more iterations or --recover distill on more images"]
 
 
 def _nan_free(value):

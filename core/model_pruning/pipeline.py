@@ -217,6 +217,16 @@ class Recovery:
 
 
 @dataclass
+class Step:
+    """One pruning step of an iterative schedule, after its recovery."""
+    module: nn.Module
+    surgery: surgery.Surgery
+    sparsity_reached: float
+    agreement_before_recovery: float | None
+    agreement: float | None
+
+
+@dataclass
 class PruneReport:
     model: object                    # core.models.LoadedModel holding the pruned module
     criterion: str
@@ -237,6 +247,8 @@ class PruneReport:
     agreement_before_recovery: float | None = None  # the last step's, before its recovery
     accuracy_before_recovery: float | None = None
     recovery_s: float = 0.0
+    recovery_images: list[str] = field(default_factory=list)  # distilled or fine-tuned on
+    steps: list[Step] = field(default_factory=list)
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and the checkpoint's metadata."""
@@ -251,14 +263,33 @@ class PruneReport:
             "accuracy_before": self.accuracy_before,
             "accuracy_before_recovery": self.accuracy_before_recovery,
             "accuracy_after": self.accuracy_after,
+            "steps": [{"sparsity_reached": t.sparsity_reached, "agreement": t.agreement,
+                       "agreement_before_recovery": t.agreement_before_recovery} for t in self.steps],
             "calibration_images": self.calibration, "held_out_images": self.held_out,
+            "recovery_images": self.recovery_images,
             "layers": [list(row) for row in self.surgery.layers],
             "kept_whole": dict(self.surgery.skipped),
         }
 
+    def at_step(self, k: int) -> "PruneReport":
+        """This report as it stood after step k (0-based), to save that step's model (counts
+        measured again; the latency is not)."""
+        step = self.steps[k]
+        size = self.model.input_size
+        after = measure(step.module, torch.zeros(1, 3, size, size, device=self.model.device))
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, module=step.module),
+                                   surgery=step.surgery, after=after,
+                                   sparsity_reached=step.sparsity_reached, agreement=step.agreement,
+                                   agreement_before_recovery=step.agreement_before_recovery,
+                                   steps=self.steps[:k + 1])
+
     @property
-    def low_agreement(self) -> bool:
-        return self.agreement is not None and self.agreement < recovery.LOW_AGREEMENT
+    def warning(self) -> str:
+        """What to do when the pruned model lost most of the original's decisions; "" if not."""
+        if self.agreement is None or self.agreement >= recovery.LOW_AGREEMENT:
+            return ""
+        return (f"the pruned model keeps only {self.agreement:.0%} of the original's decisions on "
+                "held-out images: lower the sparsity, add iterations, or recover by distill on more images")
 
 
 def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode: str = "global",
@@ -331,7 +362,7 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
     goals = step_sparsities(float(sparsity), iterations)
     used, held = recovery.held_out_split(calib)
     images = yield from scaled(recovery_images(model, settings, used, held), 0.0, 0.05)
-    current, done, measured = model, None, None
+    current, done, measured, steps = model, None, None, []
     recovery_s = 0.0
     share = 0.85 / iterations
     for k, goal in enumerate(goals):
@@ -346,17 +377,34 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
         yield from scaled(recover(model.module, current, settings, used, images, held, done.unit),
                           lo + share / 2, lo + share)
         recovery_s += time.perf_counter() - began
+        steps.append(Step(module, done, _reached(done, goal), measured[0], _quality(module, held, agreement)))
     yield Progress(0.9, "measuring both models")
     module = current.module
     before, after = measure_pair(model.module, module, calib.x)
-    reached = float(sparsity) if done.unit == "weights" else (100.0 * done.cut / done.ranked if done.ranked else 0.0)
     report = PruneReport(current, criterion, float(sparsity), mode, done.protected, done, before, after,
                          _quality(module, held, agreement), _quality(model.module, held, accuracy),
                          _quality(module, held, accuracy), [str(p) for p in used.paths],
                          [str(p) for p in held.paths] if held is not None else [], settings.method,
-                         iterations, reached, measured[0], measured[1], recovery_s)
+                         iterations, steps[-1].sparsity_reached, measured[0], measured[1], recovery_s,
+                         _trained_on(settings, used, images), steps)
     yield Progress(1.0, "pruned")
     return report
+
+
+def _reached(done: surgery.Surgery, goal: float) -> float:
+    """Percent of the original's rankable channels removed (of weights zeroed: the goal)."""
+    if done.unit == "weights":
+        return goal
+    return 100.0 * done.cut / done.ranked if done.ranked else 0.0
+
+
+def _trained_on(settings: Recovery, used: Calibration, images: Calibration) -> list[str]:
+    """The images recovery used: calibration (bn), `images` (distill) or the fine-tuning folder."""
+    if settings.method == "none":
+        return []
+    if settings.method == "finetune":
+        return [settings.images]
+    return [str(p) for p in (images if settings.method == "distill" else used).paths]
 
 
 def _next_step(done: surgery.Surgery, goal: float) -> float:
