@@ -139,3 +139,38 @@ def test_distillation_on_unlabelled_images_recovers_a_pruned_models_accuracy(tin
     # not the 2 points hoped for; the bound leaves room for thread-count differences.
     assert one_shot < original - 0.2  # pruning did cost accuracy ...
     assert recovered >= original - 0.05  # ... and distillation without labels brought most back
+
+
+def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny_cli, monkeypatch):
+    from gui.context import AppContext
+    from gui.pruning_tab import PruningTab
+
+    context = AppContext()
+    monkeypatch.setattr(context, "current_model", lambda: tiny)
+    tab = PruningTab(context)
+    qtbot.addWidget(tab)
+    try:
+        assert tab.recovery.currentData() == "bn"  # the default
+        tab.calib.setText(str(tiny_cli))
+        tab.protect.setText("none")
+        tab.recovery.setCurrentIndex(tab.recovery.findData("distill"))
+        tab.recovery_steps.setValue(100_000)  # far too long: cancelled below
+        seen = []
+        tab.progress.valueChanged.connect(seen.append)
+        tab.prune()
+        qtbot.waitUntil(lambda: "distilling" in tab.message.text(), timeout=120_000)
+        tab.cancel()
+        assert tab.message.text() == "cancelled" and tab.prune_button.isEnabled()
+        assert tab.report is None and any(0 < v < 1000 for v in seen)
+
+        tab.recovery_steps.setValue(3)
+        tab.iterations.setValue(2)
+        with qtbot.waitSignal(tab.pruned, timeout=120_000):
+            tab.prune()
+        report = tab.report
+        assert report.recovery == "distill" and report.iterations == 2 and len(report.steps) == 2
+        text = tab.summary.text()
+        assert "after distill" in text and "1 held-out images" in text
+        assert (tab.message.text().startswith("Warning:")) == (report.agreement < 0.5)
+    finally:
+        context.shutdown()
