@@ -312,6 +312,9 @@ def test_cli_prune_refuses_bad_input(tiny_cli, tmp_path, capsys):
     assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tiny_cli),
                  "--out", str(tmp_path / "missing" / "p.pt"), "--quiet"]) == 2
     assert "output folder does not exist" in capsys.readouterr().err
+    assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tiny_cli),
+                 "--recover", "finetune", "--out", str(tmp_path / "p.pt"), "--quiet"]) == 2
+    assert "needs a labelled ImageFolder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -329,7 +332,8 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["after"]["params"] < 0.85 * data["before"]["params"]
     assert data["after"]["macs"] < data["before"]["macs"]
-    assert len(data["calibration_images"]) == 3  # the bundled samples
+    assert len(data["calibration_images"]) == 2 and data["held_out_count"] == 1  # the 3 bundled samples
+    assert data["recovery"] == "bn" and data["agreement_before_recovery"] is not None
     model = load_model("efficientnet_lite0", weights=out, device="cpu")
     assert sum(p.numel() for p in model.module.parameters()) == data["after"]["params"]
     calib = run(calibrate(model))
