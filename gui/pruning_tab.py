@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from core.methods import ALL_METHODS
-from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES, RECOVERIES,
-                                      SWEEP_METHODS, SWEEP_SPARSITIES)
+from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, LOW_AGREEMENT, MODES,
+                                      RECOVERIES, SWEEP_METHODS, SWEEP_SPARSITIES)
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, JobFeedback, ModelChoice, error_message
 from gui.heatmaps import HeatmapGrid
@@ -479,7 +479,10 @@ class PruningTab(JobFeedback, QWidget):
             label.setObjectName(name)
             self.figure_layout.addWidget(label)
         errors = "; ".join(f"{c}: {why}" for c, why in self.sweep_result.errors.items())
-        self.message.setText(f"sweep done{' (' + errors + ')' if errors else ''}" + _left_out(left_out))
+        low = [f"{p.criterion} {p.sparsity:g} %" for p in self.sweep_result.points if p.agreement < LOW_AGREEMENT]
+        warning = (f". Warning: agreement on held-out images below {LOW_AGREEMENT:.0%} at {', '.join(low)}"
+                   if low else "")
+        self.message.setText(f"sweep done{' (' + errors + ')' if errors else ''}" + warning + _left_out(left_out))
         self.save_sweep_button.setEnabled(True)
         self.views.setCurrentIndex(2)
         self.swept.emit()

@@ -9,8 +9,8 @@ from core.cli import say
 from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
                               sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, MODES, RECOVERIES, SWEEP_METHODS,
-                                      SWEEP_SPARSITIES)
+from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, RECOVERIES,
+                                      SWEEP_METHODS, SWEEP_SPARSITIES)
 
 
 def percent_list(text: str) -> list[float]:
@@ -180,7 +180,6 @@ def _nan_free(value):
 def run_sweep(args) -> int:
     from core.cli import fail
     from core.model_pruning import calibrate
-    from core.model_pruning.recovery import LOW_AGREEMENT
     from core.model_pruning.sweep import mean_spearman, save_sweep, sweep
     from core.output import locked, output_folder
     from core.progress import StderrBar, run

@@ -14,7 +14,7 @@ from torch import nn
 
 from core.errors import ImageError, OutputError, PruneScopeError
 from core.model_pruning import criteria, recovery, surgery
-from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, RECOVERIES
+from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, RECOVERIES
 from core.output import atomic_file
 from core.progress import Job, Progress, scaled
 
@@ -286,7 +286,7 @@ class PruneReport:
     @property
     def warning(self) -> str:
         """What to do when the pruned model lost most of the original's decisions; "" if not."""
-        if self.agreement is None or self.agreement >= recovery.LOW_AGREEMENT:
+        if self.agreement is None or self.agreement >= LOW_AGREEMENT:
             return ""
         return (f"the pruned model keeps only {self.agreement:.0%} of the original's decisions on "
                 "held-out images: lower the sparsity, add iterations, or recover by distill on more images")

@@ -25,7 +25,6 @@ DISTILL_STEPS = 60
 DISTILL_LR = 1e-4           # Adam; measured on EfficientNet-Lite0 (README)
 DISTILL_BATCH = 8
 TEMPERATURE = 4.0
-LOW_AGREEMENT = 0.5         # below this, the CLI and the tab warn
 
 
 def held_out_split(calib, every: int = HELD_OUT_EVERY):
