@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.model_pruning import Recovery, calibrate, load_pruned, prune_model
+from core.model_pruning import Recovery, calibrate, load_pruned, prune_model, save_pruned
 from core.model_pruning.pipeline import Calibration, predict
 from core.model_pruning.recovery import distill, held_out_split, recalibrate_bn, without
 from core.progress import run
@@ -50,8 +50,6 @@ def test_held_out_images_are_never_calibrated_or_distilled_on(tiny_cli, tiny):
 
 
 def test_iterative_pruning_ends_at_the_target_and_each_step_loads(tiny, tmp_path):
-    from main import main
-
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     calib = Calibration([Path(f"{i}.png") for i in range(6)], x, None, predict(tiny.module, x))
     report = run(prune_model(tiny, "l1", 50, calib, protect=["none"], settings=Recovery("bn"), iterations=3))
@@ -61,8 +59,6 @@ def test_iterative_pruning_ends_at_the_target_and_each_step_loads(tiny, tmp_path
     assert kept == 8  # conv1 and conv2: 16 channels, 8 left
     for k in range(3):
         path = tmp_path / f"step{k}.pt"
-        from core.model_pruning import save_pruned
-
         save_pruned(report.at_step(k), path)
         module = load_pruned(tiny_net(), torch.load(path, weights_only=True))
         assert torch.equal(module(x), report.steps[k].module(x))
