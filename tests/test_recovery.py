@@ -170,3 +170,17 @@ def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny
         assert (tab.message.text().startswith("Warning:")) == (report.agreement < 0.5)
     finally:
         context.shutdown()
+
+
+def test_cli_prunes_in_steps_writes_each_step_and_reports_the_held_out_images(tiny_cli, tmp_path, capsys):
+    from main import main
+
+    out, report = tmp_path / "p.pt", tmp_path / "p.json"
+    assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--iterations", "2", "--save-steps",
+                 "--calib", str(tiny_cli), "--protect", "none", "--out", str(out), "--json", str(report),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "in 2 steps" in printed and "1 held-out images" in printed and "after bn" in printed
+    data = json.loads(report.read_text())
+    assert data["held_out_count"] == 1 and len(data["steps"]) == 2 and data["sparsity_reached"] == 50.0
+    assert (tmp_path / "p.step1.pt").stat().st_size > 0
