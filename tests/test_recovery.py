@@ -146,7 +146,8 @@ def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny
     tab = PruningTab(context)
     qtbot.addWidget(tab)
     try:
-        assert tab.recovery.currentData() == "bn"  # the default
+        assert (tab.criterion.currentData(), tab.sparsity.value(), tab.recovery.currentData()) == \
+            ("pathway", 10, "bn")  # the defaults
         tab.calib.setText(str(tiny_cli))
         tab.protect.setText("none")
         tab.recovery.setCurrentIndex(tab.recovery.findData("distill"))
