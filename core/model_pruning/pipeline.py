@@ -199,7 +199,7 @@ def accuracy(module: nn.Module, calib: Calibration) -> float | None:
 
 @dataclass
 class Recovery:
-    """How the pruned model gets its decisions back (recovery.RECOVERIES)."""
+    """How the pruned model gets its decisions back (names.RECOVERIES)."""
     method: str = DEFAULT_RECOVERY
     images: str | None = None        # distill: unlabelled folder (default: the calibration images);
                                      # finetune: a labelled ImageFolder (required)
@@ -436,8 +436,6 @@ def finetune(model, folder, epochs: int = 1, lr: float = 1e-3, batch: int = 8, s
     pairs = [(p, label) for p, label in pairs if p.resolve() not in held]
     if not pairs:
         raise ImageError(f"{folder}: every fine-tuning image is also a held-out image")
-    if epochs < 1:
-        raise PruneScopeError(f"epochs must be at least 1, got {epochs}")
     module = model.module
     rng = random.Random(seed)
     params = [p for p in module.parameters()]
