@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from core.errors import ImageError, ModelError, PruneScopeError
-from core.model_pruning import (calibrate, channel_scores, checkpoint, finetune, load_pruned,
+from core.model_pruning import (Recovery, calibrate, channel_scores, checkpoint, load_pruned,
                                 prune_copy, prune_model, save_pruned)
 from core.model_pruning import criteria, surgery
 from core.model_pruning.pipeline import Calibration, count_ops, predict
@@ -223,7 +223,7 @@ def test_export_loads_back_with_identical_outputs(tmp_path):
         load_model("vgg16", weights=path, device="cpu")
 
 
-def test_finetune_updates_the_pruned_model(tiny, tmp_path, photo):
+def test_finetune_updates_the_pruned_model_and_never_trains_on_the_held_out_image(tiny, tmp_path, photo):
     from PIL import Image
 
     for label, name in enumerate(("coffee.png", "chelsea.png")):
@@ -232,15 +232,16 @@ def test_finetune_updates_the_pruned_model(tiny, tmp_path, photo):
         Image.open(photo(name)).convert("RGB").resize((48, 40)).save(folder / "a.png")
     calib = run(calibrate(tiny, tmp_path))
     assert calib.labels == [0, 1]
-    report = run(prune_model(tiny, "l1", 25, calib, "per-layer", protect=["none"]))
-    weight = report.model.module.conv2.weight.clone()
-    report = run(finetune(report, tmp_path, calib, epochs=2, lr=0.05))
-    assert report.finetune_epochs == 2
-    assert not torch.equal(report.model.module.conv2.weight, weight)
-    assert report.accuracy_after is not None and not report.model.module.training
-    magnitude = run(prune_model(tiny, "magnitude", 25, calib))
+    plain = run(prune_model(tiny, "l1", 25, calib, "per-layer", protect=["none"]))
+    tuned = run(prune_model(tiny, "l1", 25, calib, "per-layer", protect=["none"],
+                            settings=Recovery("finetune", str(tmp_path), epochs=2, lr=0.05)))
+    assert tuned.held_out == [str(tmp_path / "1" / "a.png")] and tuned.recovery == "finetune"
+    assert not torch.equal(tuned.model.module.conv2.weight, plain.model.module.conv2.weight)
+    assert tuned.accuracy_after is not None and not tuned.model.module.training
     with pytest.raises(PruneScopeError, match="regrow"):
-        run(finetune(magnitude, tmp_path, calib))
+        run(prune_model(tiny, "magnitude", 25, calib, settings=Recovery("finetune", str(tmp_path))))
+    with pytest.raises(PruneScopeError, match="needs a labelled ImageFolder"):
+        run(prune_model(tiny, "l1", 25, calib, settings=Recovery("finetune")))
 
 
 # --- explanations ---------------------------------------------------------------------------------
@@ -311,6 +312,9 @@ def test_cli_prune_refuses_bad_input(tiny_cli, tmp_path, capsys):
     assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tiny_cli),
                  "--out", str(tmp_path / "missing" / "p.pt"), "--quiet"]) == 2
     assert "output folder does not exist" in capsys.readouterr().err
+    assert main(["prune", "--criterion", "l1", "--sparsity", "50", "--calib", str(tiny_cli),
+                 "--recover", "finetune", "--out", str(tmp_path / "p.pt"), "--quiet"]) == 2
+    assert "needs a labelled ImageFolder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -328,7 +332,8 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["after"]["params"] < 0.85 * data["before"]["params"]
     assert data["after"]["macs"] < data["before"]["macs"]
-    assert len(data["calibration_images"]) == 3  # the bundled samples
+    assert len(data["calibration_images"]) == 2 and data["held_out_count"] == 1  # the 3 bundled samples
+    assert data["recovery"] == "bn" and data["agreement_before_recovery"] is not None
     model = load_model("efficientnet_lite0", weights=out, device="cpu")
     assert sum(p.numel() for p in model.module.parameters()) == data["after"]["params"]
     calib = run(calibrate(model))

@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 from core.cli import say
-from core.cli.options import add_model_options, method_list, model_from_args, out_path, sparsity_percent
+from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
+                              sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import CRITERIA, MODES, SWEEP_METHODS, SWEEP_SPARSITIES
+from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, RECOVERIES,
+                                      SWEEP_METHODS, SWEEP_SPARSITIES)
 
 
 def percent_list(text: str) -> list[float]:
@@ -33,6 +35,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protect", type=method_list, default=["first", "last"],
                    help="layers kept whole: first, last, none, or module paths, comma-separated "
                         "(default first,last)")
+    p.add_argument("--recover", choices=RECOVERIES, default=DEFAULT_RECOVERY,
+                   help="after pruning, without labels: bn (re-estimate batch-norm statistics on the "
+                        "calibration images, the default), distill (bn, then distil the original model "
+                        "on unlabelled images); finetune (labelled ImageFolder); none")
+    p.add_argument("--recover-images", metavar="DIR", help="distill: unlabelled images (default: the "
+                   "calibration images); finetune: the labelled ImageFolder")
+    p.add_argument("--recover-steps", type=positive_int, default=60,
+                   help="distillation steps of 8 images (default 60)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--lr", type=float, help="learning rate (default: distill Adam 1e-4, finetune SGD 1e-3)")
+
+
+def recovery_of(args):
+    from core.model_pruning.pipeline import Recovery
+
+    method, images = args.recover, args.recover_images
+    if getattr(args, "finetune", None):
+        method, images = "finetune", args.finetune
+    return Recovery(method, images, args.recover_steps, args.epochs, args.lr)
 
 
 def register(subparsers) -> None:
@@ -46,9 +67,11 @@ def register(subparsers) -> None:
                    help="percent of channels removed (of weights zeroed, for magnitude)")
     p.add_argument("--out", required=True, type=out_path, metavar="FILE", help="the pruned model file (.pt)")
     _common(p)
-    p.add_argument("--finetune", metavar="DIR", help="fine-tune on this labelled ImageFolder afterwards")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--iterations", type=positive_int, default=1,
+                   help="reach the sparsity in this many pruning steps, recovering after each (default 1)")
+    p.add_argument("--save-steps", action="store_true",
+                   help="with --iterations, also write each earlier step's model as FILE.stepK.pt")
+    p.add_argument("--finetune", metavar="DIR", help="the same as --recover finetune --recover-images DIR")
     p.add_argument("--program", action="store_true",
                    help="also write FILE.pt2, a torch.export program that runs without PruneScope")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -92,7 +115,7 @@ def _report_skipped(calib) -> int:
 
 def run_prune(args) -> int:
     from core.errors import OutputError
-    from core.model_pruning import calibrate, finetune, prune_model, save_pruned
+    from core.model_pruning import calibrate, prune_model, save_pruned
     from core.output import write_text
     from core.progress import StderrBar, run
 
@@ -101,27 +124,30 @@ def run_prune(args) -> int:
         raise OutputError(f"{out.parent}: output folder does not exist")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder, not a model file")
+    settings = recovery_of(args)
+    settings.check()
     model = model_from_args(args)
     bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
     try:
         calib = run(calibrate(model, args.calib), bar)
-        report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect), bar)
-        if args.finetune:
-            report = run(finetune(report, args.finetune, calib, args.epochs, args.lr), bar)
+        report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect,
+                                 settings=settings, iterations=args.iterations), bar)
         sizes = save_pruned(report, out, program=args.program)
+        if args.save_steps:
+            for k, step in enumerate(report.steps[:-1], 1):
+                sizes.update(save_pruned(report.at_step(k - 1), out.with_name(f"{out.stem}.step{k}{out.suffix}")))
     finally:
         bar.close()
     unit = report.surgery.unit
-    print(f"{model.name}: {args.criterion}, {args.sparsity:g} % of {unit} ({args.mode}), "
-          f"{len(calib.paths)} calibration images on {model.device}")
+    steps = f" in {report.iterations} steps" if report.iterations > 1 else ""
+    print(f"{model.name}: {args.criterion}, {report.sparsity_reached:.3g} % of {unit}{steps} ({args.mode}), "
+          f"{len(report.calibration)} calibration and {len(report.held_out)} held-out images on {model.device}")
     zeroed = unit == "weights"
     print(_stats_line("original", report.before, zeroed))
     print(_stats_line("pruned", report.after, zeroed))
-    print(f"top-1 agreement with the original: {report.agreement:.1%}")
-    if report.accuracy_after is not None:
-        print(f"accuracy: {report.accuracy_before:.1%} -> {report.accuracy_after:.1%}")
-    if report.finetune_epochs:
-        print(f"fine-tuned {report.finetune_epochs} epoch(s) on {args.finetune}")
+    print(quality_line(report))
+    if report.warning:
+        say(f"prunescope: warning: {report.warning}")
     for name, why in report.surgery.skipped.items():
         print(f"kept whole: {name} ({why})")
     for path, size in sizes.items():
@@ -130,6 +156,21 @@ def run_prune(args) -> int:
         write_text(args.json, json.dumps({"model": model.name, **report.summary(), "files": sizes},
                                          indent=1, default=_nan_free))
     return _report_skipped(calib)
+
+
+def quality_line(report) -> str:
+    """Agreement (and accuracy) on the held-out images, before and after recovery."""
+    if report.agreement is None:
+        return "top-1 agreement: not measured (one image: none left to hold out)"
+    text = f"top-1 agreement with the original on {len(report.held_out)} held-out images: "
+    if report.recovery != "none":
+        text += f"{report.agreement_before_recovery:.1%} -> {report.agreement:.1%} after {report.recovery} " \
+                f"({report.recovery_s:.0f} s)"
+    else:
+        text += f"{report.agreement:.1%}"
+    if report.accuracy_after is not None:
+        text += f"; accuracy {report.accuracy_before:.1%} -> {report.accuracy_after:.1%}"
+    return text
 
 
 def _nan_free(value):
@@ -145,6 +186,8 @@ def run_sweep(args) -> int:
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
+    settings = recovery_of(args)
+    settings.check()
     out = output_folder(args.out)
     model = model_from_args(args)
     with locked(out):
@@ -152,25 +195,29 @@ def run_sweep(args) -> int:
         try:
             calib = run(calibrate(model, args.calib), bar)
             result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
-                               args.protect, timed=not args.no_latency), bar)
+                               args.protect, timed=not args.no_latency, settings=settings), bar)
         finally:
             bar.close()
         written = save_sweep(result, out)
     data = result.to_json()
     quality = result.quality
-    print(f"{model.name}: {len(calib.paths)} calibration images, {args.mode} ranking, on {model.device}")
-    print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {quality:>9} "
-          f"{'spearman':>8} {'IoU':>5}   (params, MACs, latency: % of the original)")
+    print(f"{model.name}: {len(result.calibration)} calibration and {len(result.held_out)} held-out images, "
+          f"{args.mode} ranking, recovery {result.recovery}, on {model.device}")
+    print(f"{'criterion':<10} {'sparsity':>8} {'params':>7} {'MACs':>7} {'latency':>7} {'one-shot':>9} "
+          f"{quality:>9} {'spearman':>8} {'IoU':>5}   (params, MACs, latency: % of the original)")
     for p in result.points:
         ratio = p.latency_ms / p.latency_original_ms
         latency = f"{ratio:>7.1%}" if ratio == ratio else f"{'-':>7}"
         print(f"{p.criterion:<10} {p.sparsity:>7g}% {p.nonzero / result.baseline['nonzero']:>7.1%} "
               f"{p.macs / result.baseline['macs']:>7.1%} {latency} "
-              f"{(p.accuracy if quality == 'accuracy' else p.agreement):>9.1%} "
+              f"{getattr(p, quality + '_before_recovery'):>9.1%} {getattr(p, quality):>9.1%} "
               f"{mean_spearman(p):>8.3f} {p.pathway_iou:>5.2f}")
     for criterion, h in data["headline"].items():
         print(f"{criterion}: {quality} below {data['drop_level']:.0%} from "
               f"{_pct(h[f'{quality}_drops_at'])}, map similarity below it from {_pct(h['explanations_drift_at'])}")
+    low = [f"{p.criterion} {p.sparsity:g} %" for p in result.points if p.agreement < LOW_AGREEMENT]
+    if low:
+        say(f"prunescope: warning: agreement on held-out images below {LOW_AGREEMENT:.0%} at {', '.join(low)}")
     for method, why in result.skipped_methods.items():
         print(f"skipped {method}: {why}", file=sys.stderr)
     for criterion, why in result.errors.items():

@@ -2,7 +2,8 @@
 
 names: the choices (no torch); criteria: channel scores (L1, Taylor, LRP, pathway frequency);
 surgery: removing channels with Torch-Pruning, zeroing weights, export and load_pruned;
-pipeline: prune a loaded model and measure it; sweep: accuracy, cost and explanation drift
+pipeline: prune a loaded model (in steps), recover and measure it; recovery: batch-norm
+re-estimation, distillation and the held-out split; sweep: accuracy, cost and explanation drift
 along a sparsity axis.
 
 Exports resolve on first use, so that importing core.model_pruning.names (CLI --help, the GUI)
@@ -12,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "channel_scores": "criteria",
-    "Calibration": "pipeline", "ModelStats": "pipeline", "PruneReport": "pipeline",
+    "Calibration": "pipeline", "ModelStats": "pipeline", "PruneReport": "pipeline", "Recovery": "pipeline",
     "calibrate": "pipeline", "finetune": "pipeline", "measure": "pipeline",
     "prune_copy": "pipeline", "prune_model": "pipeline", "save_pruned": "pipeline",
     "PRUNED_KEY": "surgery", "Surgery": "surgery", "checkpoint": "surgery", "load_pruned": "surgery",

@@ -13,3 +13,6 @@ MODES = ("global", "per-layer")
 DEFAULT_PROTECT = ("first", "last")
 SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
 SWEEP_METHODS = DEFAULTS["prune-sweep"]
+RECOVERIES = ("bn", "distill", "finetune", "none")
+DEFAULT_RECOVERY = "bn"
+LOW_AGREEMENT = 0.5  # below this agreement on held-out images, the CLI and the app warn

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from core.errors import ImageError, OutputError, PruneScopeError
-from core.model_pruning import criteria, surgery
-from core.model_pruning.names import DEFAULT_PROTECT
+from core.model_pruning import criteria, recovery, surgery
+from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, RECOVERIES
 from core.output import atomic_file
 from core.progress import Job, Progress, scaled
 
@@ -198,6 +198,35 @@ def accuracy(module: nn.Module, calib: Calibration) -> float | None:
 # --- pruning -------------------------------------------------------------------------------------
 
 @dataclass
+class Recovery:
+    """How the pruned model gets its decisions back (names.RECOVERIES)."""
+    method: str = DEFAULT_RECOVERY
+    images: str | None = None        # distill: unlabelled folder (default: the calibration images);
+                                     # finetune: a labelled ImageFolder (required)
+    steps: int = recovery.DISTILL_STEPS
+    epochs: int = 1                  # finetune
+    lr: float | None = None          # None: distill's Adam 1e-4, finetune's SGD 1e-3
+
+    def check(self) -> None:
+        if self.method not in RECOVERIES:
+            raise PruneScopeError(f"unknown recovery '{self.method}': choose from {', '.join(RECOVERIES)}")
+        if self.method == "finetune" and not self.images:
+            raise PruneScopeError("--recover finetune needs a labelled ImageFolder (--recover-images DIR)")
+        if self.steps < 1 or self.epochs < 1:
+            raise PruneScopeError("recovery steps and epochs must be at least 1")
+
+
+@dataclass
+class Step:
+    """One pruning step of an iterative schedule, after its recovery."""
+    module: nn.Module
+    surgery: surgery.Surgery
+    sparsity_reached: float
+    agreement_before_recovery: float | None
+    agreement: float | None
+
+
+@dataclass
 class PruneReport:
     model: object                    # core.models.LoadedModel holding the pruned module
     criterion: str
@@ -207,24 +236,60 @@ class PruneReport:
     surgery: surgery.Surgery
     before: ModelStats
     after: ModelStats
-    agreement: float                 # top-1 agreement with the unpruned model on the calibration images
-    accuracy_before: float | None    # where the calibration folder is labelled
+    agreement: float | None          # top-1 agreement with the unpruned model on the held-out images
+    accuracy_before: float | None    # where the images are labelled
     accuracy_after: float | None
     calibration: list[str] = field(default_factory=list)
-    finetune_epochs: int = 0
+    held_out: list[str] = field(default_factory=list)  # measured on; never calibrated or trained on
+    recovery: str = "none"
+    iterations: int = 1
+    sparsity_reached: float = 0.0    # what the steps together removed, in the original's terms
+    agreement_before_recovery: float | None = None  # the last step's, before its recovery
+    accuracy_before_recovery: float | None = None
+    recovery_s: float = 0.0
+    recovery_images: list[str] = field(default_factory=list)  # distilled or fine-tuned on
+    steps: list[Step] = field(default_factory=list)
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and the checkpoint's metadata."""
         return {
             "criterion": self.criterion, "sparsity": self.sparsity, "mode": self.mode,
             "protected": self.protected, "unit": self.surgery.unit,
+            "iterations": self.iterations, "sparsity_reached": self.sparsity_reached,
             "before": dataclasses.asdict(self.before), "after": dataclasses.asdict(self.after),
-            "agreement": self.agreement, "accuracy_before": self.accuracy_before,
-            "accuracy_after": self.accuracy_after, "finetune_epochs": self.finetune_epochs,
-            "calibration_images": self.calibration,
+            "recovery": self.recovery, "recovery_s": self.recovery_s,
+            "held_out_count": len(self.held_out),
+            "agreement_before_recovery": self.agreement_before_recovery, "agreement": self.agreement,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_before_recovery": self.accuracy_before_recovery,
+            "accuracy_after": self.accuracy_after,
+            "steps": [{"sparsity_reached": t.sparsity_reached, "agreement": t.agreement,
+                       "agreement_before_recovery": t.agreement_before_recovery} for t in self.steps],
+            "calibration_images": self.calibration, "held_out_images": self.held_out,
+            "recovery_images": self.recovery_images,
             "layers": [list(row) for row in self.surgery.layers],
             "kept_whole": dict(self.surgery.skipped),
         }
+
+    def at_step(self, k: int) -> "PruneReport":
+        """This report as it stood after step k (0-based), to save that step's model (counts
+        measured again; the latency is not)."""
+        step = self.steps[k]
+        size = self.model.input_size
+        after = measure(step.module, torch.zeros(1, 3, size, size, device=self.model.device))
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, module=step.module),
+                                   surgery=step.surgery, after=after,
+                                   sparsity_reached=step.sparsity_reached, agreement=step.agreement,
+                                   agreement_before_recovery=step.agreement_before_recovery,
+                                   steps=self.steps[:k + 1])
+
+    @property
+    def warning(self) -> str:
+        """What to do when the pruned model lost most of the original's decisions; "" if not."""
+        if self.agreement is None or self.agreement >= LOW_AGREEMENT:
+            return ""
+        return (f"the pruned model keeps only {self.agreement:.0%} of the original's decisions on "
+                "held-out images: lower the sparsity, add iterations, or recover by distill on more images")
 
 
 def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode: str = "global",
@@ -247,40 +312,131 @@ def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode:
     return module, done
 
 
+def recovery_images(model, settings: Recovery, calib: Calibration, held_out) -> Job[Calibration]:
+    """The images distillation trains on: a folder of its own or the calibration images, less
+    any held-out image."""
+    from core.model_pruning.recovery import without
+
+    if settings.method != "distill" or not settings.images:
+        return calib
+    images = yield from calibrate(model, settings.images)
+    return without(images, held_out)
+
+
+def recover(original: nn.Module, model, settings: Recovery, calib: Calibration,
+            images: Calibration, held_out, unit: str = "channels") -> Job[None]:
+    """Recover model.module in place: bn re-estimates batch-norm statistics on the calibration
+    images; distill does that, then distils on `images`; finetune trains on labelled images."""
+    if settings.method == "none":
+        return
+    if settings.method in ("distill", "finetune") and unit == "weights":
+        raise PruneScopeError(f"{settings.method} would regrow the zeroed weights of unstructured "
+                              "pruning; use --recover bn or none with magnitude")
+    if settings.method == "finetune":
+        yield from finetune(model, settings.images, settings.epochs, settings.lr or 1e-3,
+                            exclude=held_out.paths if held_out is not None else [])
+        return
+    yield from scaled(recovery.recalibrate_bn(model.module, calib.x), 0.0,
+                      1.0 if settings.method == "bn" else 0.1)
+    if settings.method == "distill":
+        yield from scaled(recovery.distill(model.module, original, images.x, settings.steps,
+                                           settings.lr or recovery.DISTILL_LR), 0.1, 1.0)
+
+
+def step_sparsities(sparsity: float, iterations: int) -> list[float]:
+    """The cumulative sparsity after each step: equal steps up to the target, as Torch-Pruning's
+    linear iterative_steps schedule."""
+    if iterations < 1:
+        raise PruneScopeError(f"iterations must be at least 1, got {iterations}")
+    return [sparsity * k / iterations for k in range(1, iterations + 1)]
+
+
 def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode: str = "global",
-                protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY) -> Job[PruneReport]:
-    """Prune a copy of `model` and measure both: the job the CLI's and GUI's "prune" run."""
-    module, done = yield from scaled(prune_copy(model, calib, criterion, sparsity, mode, protect,
-                                                pathway_sparsity=pathway_sparsity), 0.0, 0.85)
-    yield Progress(0.88, "measuring both models")
+                protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY,
+                settings: Recovery = Recovery("none"), iterations: int = 1) -> Job[PruneReport]:
+    """Prune a copy of `model` in `iterations` steps, recovering after each, and measure both on
+    images held out from calibration and recovery: the job the CLI's and GUI's "prune" run.
+    Each step after the first removes, from the already pruned model, the channels that bring
+    the total to that step's share of the target (scores recomputed on the pruned model)."""
+    settings.check()
+    goals = step_sparsities(float(sparsity), iterations)
+    used, held = recovery.held_out_split(calib)
+    images = yield from scaled(recovery_images(model, settings, used, held), 0.0, 0.05)
+    current, done, measured, steps = model, None, None, []
+    recovery_s = 0.0
+    share = 0.85 / iterations
+    for k, goal in enumerate(goals):
+        lo = 0.05 + k * share
+        step = goal if done is None or done.unit == "weights" else _next_step(done, goal)
+        module, step_done = yield from scaled(prune_copy(current, used, criterion, step, mode, protect,
+                                                         pathway_sparsity=pathway_sparsity), lo, lo + share / 2)
+        done = step_done if done is None or done.unit == "weights" else done.then(step_done)
+        current = dataclasses.replace(model, module=module)
+        measured = (_quality(module, held, agreement), _quality(module, held, accuracy))
+        began = time.perf_counter()
+        yield from scaled(recover(model.module, current, settings, used, images, held, done.unit),
+                          lo + share / 2, lo + share)
+        recovery_s += time.perf_counter() - began
+        steps.append(Step(module, done, _reached(done, goal), measured[0], _quality(module, held, agreement)))
+    yield Progress(0.9, "measuring both models")
+    module = current.module
     before, after = measure_pair(model.module, module, calib.x)
-    pruned = dataclasses.replace(model, module=module)
-    report = PruneReport(pruned, criterion, float(sparsity), mode, done.protected, done, before,
-                         after, agreement(module, calib), accuracy(model.module, calib),
-                         accuracy(module, calib), [str(p) for p in calib.paths])
+    report = PruneReport(current, criterion, float(sparsity), mode, done.protected, done, before, after,
+                         _quality(module, held, agreement), _quality(model.module, held, accuracy),
+                         _quality(module, held, accuracy), [str(p) for p in used.paths],
+                         [str(p) for p in held.paths] if held is not None else [], settings.method,
+                         iterations, steps[-1].sparsity_reached, measured[0], measured[1], recovery_s,
+                         _trained_on(settings, used, images), steps)
     yield Progress(1.0, "pruned")
     return report
 
 
-def finetune(report: PruneReport, folder, calib: Calibration, epochs: int = 1, lr: float = 1e-3,
-             batch: int = 8, seed: int = 0) -> Job[PruneReport]:
-    """Short fine-tuning of the pruned model on a labelled ImageFolder (class-id or class-name
-    subfolders), then its agreement and accuracy are measured again."""
+def _reached(done: surgery.Surgery, goal: float) -> float:
+    """Percent of the original's rankable channels removed (of weights zeroed: the goal)."""
+    if done.unit == "weights":
+        return goal
+    return 100.0 * done.cut / done.ranked if done.ranked else 0.0
+
+
+def _trained_on(settings: Recovery, used: Calibration, images: Calibration) -> list[str]:
+    """The images recovery used: calibration (bn), `images` (distill) or the fine-tuning folder."""
+    if settings.method == "none":
+        return []
+    if settings.method == "finetune":
+        return [settings.images]
+    return [str(p) for p in (images if settings.method == "distill" else used).paths]
+
+
+def _next_step(done: surgery.Surgery, goal: float) -> float:
+    """The sparsity of the still-ranked channels that brings the total removed to `goal` % of
+    the original's: half a channel above the count, so that the floor in surgery lands on it."""
+    need = int(done.ranked * goal / 100.0) - done.cut
+    left = done.ranked - done.cut
+    return min(100.0 * (need + 0.5) / left, 99.9) if need > 0 and left > 0 else 0.0
+
+
+def _quality(module: nn.Module, held, measure_fn) -> float | None:
+    """A measure on the held-out images; None without any."""
+    return None if held is None else measure_fn(module, held)
+
+
+def finetune(model, folder, epochs: int = 1, lr: float = 1e-3, batch: int = 8, seed: int = 0,
+             exclude=()) -> Job[None]:
+    """Short fine-tuning of model.module in place on a labelled ImageFolder (class-id or
+    class-name subfolders), leaving out the `exclude` images (those measured on)."""
     from core.images import load_image
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder}: fine-tuning folder does not exist")
-    model = report.model
     pairs = labelled_images(folder, model.class_names)
     if not pairs:
         raise ImageError(f"{folder}: fine-tuning needs labelled images, one subfolder per class")
-    if epochs < 1:
-        raise PruneScopeError(f"epochs must be at least 1, got {epochs}")
+    held = {Path(p).resolve() for p in exclude}
+    pairs = [(p, label) for p, label in pairs if p.resolve() not in held]
+    if not pairs:
+        raise ImageError(f"{folder}: every fine-tuning image is also a held-out image")
     module = model.module
-    if report.surgery.unit == "weights":
-        raise PruneScopeError("fine-tuning would regrow the zeroed weights of unstructured pruning; "
-                              "fine-tune structured (channel) pruning only")
     rng = random.Random(seed)
     params = [p for p in module.parameters()]
     for p in params:
@@ -294,8 +450,7 @@ def finetune(report: PruneReport, folder, calib: Calibration, epochs: int = 1, l
             for start in range(0, len(pairs), batch):
                 chunk = pairs[start:start + batch]
                 x = torch.cat([model.preprocess(load_image(p))[0] for p, _ in chunk])
-                flip = torch.tensor([rng.random() < 0.5 for _ in chunk], device=x.device)
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                x = recovery.augment(x, rng)
                 y = torch.tensor([label for _, label in chunk], device=x.device)
                 module.train()
                 # Batch-norm statistics stay frozen: a few small batches would only make them worse.
@@ -311,10 +466,6 @@ def finetune(report: PruneReport, folder, calib: Calibration, epochs: int = 1, l
                 yield Progress(step / steps, f"fine-tuning epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
     finally:
         module.eval().requires_grad_(False)
-    report.finetune_epochs += epochs
-    report.agreement = agreement(module, calib)
-    report.accuracy_after = accuracy(module, calib)
-    return report
 
 
 def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, int]:

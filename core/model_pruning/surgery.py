@@ -31,6 +31,20 @@ class Surgery:
     unit: str                              # "channels" or "weights"
     protected: list[str] = field(default_factory=list)     # producers kept whole on request
     skipped: dict[str, str] = field(default_factory=dict)  # group root -> why it was kept whole
+    ranked: int = 0                        # channels of the groups that were ranked (structured)
+    cut: int = 0                           # of which removed: sparsity reached = cut / ranked
+
+    def then(self, later: "Surgery") -> "Surgery":
+        """This pruning followed by `later` (on the pruned model), in the original numbering."""
+        totals = {name: total for name, _, total in self.layers}
+        removed = {}
+        for name in set(self.removed) | set(later.removed):
+            gone = set(self.removed.get(name, []))
+            kept = [c for c in range(totals[name]) if c not in gone]
+            removed[name] = sorted(gone | {kept[i] for i in later.removed.get(name, [])})
+        layers = [(name, kept, totals[name]) for name, kept, _ in later.layers]
+        return Surgery(removed, layers, self.unit, self.protected, {**self.skipped, **later.skipped},
+                       self.ranked, self.cut + later.cut)
 
 
 def check_sparsity(sparsity: float, mode: str) -> None:
@@ -198,7 +212,8 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
             if isinstance(item.dep.target.module, prunable) and DG.is_out_channel_pruning_fn(item.dep.handler):
                 removed[name] = sorted(set(removed.get(name, [])) | set(item.idxs))
         pruning.prune()
-    return Surgery(removed, _channel_table(module, order, removed), "channels", sorted(protected), skipped)
+    return Surgery(removed, _channel_table(module, order, removed), "channels", sorted(protected), skipped,
+                   sum(len(s) for _, s in ranked), sum(len(c) for c in chosen))
 
 
 def _channel_table(module: nn.Module, order: list[str], removed: dict) -> list[tuple[str, int, int]]:

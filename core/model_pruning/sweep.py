@@ -1,15 +1,17 @@
 """What pruning does to a model and its explanations, along a sparsity axis.
 
-For each criterion and sparsity: top-1 agreement (and accuracy where labels exist), parameters,
-MACs, latency; explanation drift, the Spearman rank correlation and SSIM between each method's
-map on the original and on the pruned model (|map|, averaged over the calibration images); and
-pathway overlap, the IoU of the same input's critical pathway before and after.
+For each criterion and sparsity: top-1 agreement (and accuracy where labels exist) before and
+after recovery, parameters, MACs, latency; explanation drift, the Spearman rank correlation and
+SSIM between each method's map on the original and on the pruned, recovered model (|map|,
+averaged over the images); and pathway overlap, the IoU of the same input's critical pathway
+before and after. Everything is measured on images held out from calibration and recovery.
 
 Pathway IoU is computed in the original model's neuron space: the pruned model's mask of a
 layer is laid back onto the original channels it kept, and removed channels count as not kept.
 """
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +38,14 @@ class SweepPoint:
     macs: int
     latency_ms: float
     latency_original_ms: float       # the original, timed in turns with this model
-    agreement: float
+    agreement: float                 # after recovery (the same as before it, for "none")
     accuracy: float | None
     drift: dict                      # method -> {"spearman": mean, "ssim": mean}
     pathway_iou: float
     kept: list = field(default_factory=list)  # (producer, kept, total)
+    agreement_before_recovery: float | None = None
+    accuracy_before_recovery: float | None = None
+    recovery_s: float = 0.0
 
 
 @dataclass
@@ -53,6 +58,8 @@ class SweepResult:
     baseline: dict                   # the unpruned model's ModelStats as a dict (latency: per point)
     accuracy: float | None           # the unpruned model's, where labels exist
     calibration: list
+    held_out: list = field(default_factory=list)  # the images measured on
+    recovery: str = "none"
     points: list = field(default_factory=list)
     errors: dict = field(default_factory=dict)    # criterion -> why it could not run
     skipped_methods: dict = field(default_factory=dict)  # method -> why
@@ -174,23 +181,31 @@ def _maps(model, x, targets, methods, skipped: dict) -> dict:
 
 def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
           sparsities=SWEEP_SPARSITIES, methods=SWEEP_METHODS, mode: str = "global",
-          protect=DEFAULT_PROTECT, timed: bool = True) -> Job[SweepResult]:
-    """Prune a copy of the model at each sparsity by each criterion and measure what changed. A
-    criterion that cannot run on this model (LRP on some architectures) is recorded in `errors`."""
+          protect=DEFAULT_PROTECT, timed: bool = True,
+          settings: pipeline.Recovery = pipeline.Recovery("none")) -> Job[SweepResult]:
+    """Prune a copy of the model at each sparsity by each criterion, recover it and measure what
+    changed, on images held out from calibration and recovery. A criterion that cannot run on
+    this model (LRP on some architectures) is recorded in `errors`."""
     from core.engine import ALL_METHODS
+    from core.model_pruning.recovery import held_out_split
 
     for c in criteria_names:
         criteria.check_criterion(c)
     for m in methods:
         if m not in ALL_METHODS:
             raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
+    settings.check()
     sparsities = sorted(float(s) for s in sparsities)
+    used, held = held_out_split(calib)
+    if held is None:
+        raise PruneScopeError("a sweep needs at least two images: one is held out to measure on")
+    images = yield from pipeline.recovery_images(model, settings, used, held)
     yield Progress(0.0, "measuring the original model")
     base = pipeline.measure(model.module, calib.x)
     result = SweepResult(model.name, mode, list(criteria_names), sparsities, list(methods),
-                         dataclasses.asdict(base), pipeline.accuracy(model.module, calib),
-                         [str(p) for p in calib.paths])
-    x, targets = calib.x, calib.targets
+                         dataclasses.asdict(base), pipeline.accuracy(model.module, held),
+                         [str(p) for p in used.paths], [str(p) for p in held.paths], settings.method)
+    x, targets = held.x, held.targets
     yield Progress(0.02, "explaining with the original model")
     original_maps = _maps(model, x, targets, methods, result.skipped_methods)
     original_paths = pathway_masks(model, x, targets)
@@ -202,13 +217,18 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
         try:
             scores = None
             if name != "magnitude":
-                scores = yield from scaled(criteria.channel_scores(name, model, x, targets),
+                scores = yield from scaled(criteria.channel_scores(name, model, used.x, used.targets),
                                            lo, lo + 0.15 * share)
             for si, s in enumerate(sparsities):
                 at = lo + 0.15 * share + si * step
                 module, done = yield from scaled(pipeline.prune_copy(
-                    model, calib, name, s, mode, protect, scores=scores), at, at + 0.3 * step)
+                    model, used, name, s, mode, protect, scores=scores), at, at + 0.2 * step)
                 pruned = dataclasses.replace(model, module=module)
+                before = pipeline.agreement(module, held), pipeline.accuracy(module, held)
+                began = time.perf_counter()
+                yield from scaled(pipeline.recover(model.module, pruned, settings, used, images, held, done.unit),
+                                  at + 0.2 * step, at + 0.4 * step)
+                recovery_s = time.perf_counter() - began
                 original, stats = pipeline.measure_pair(model.module, module, x, timed)
                 yield Progress(at + 0.5 * step, f"{name} {s:g} %: explanations")
                 maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {})
@@ -218,8 +238,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 result.points.append(SweepPoint(
                     name, s, stats.params, stats.nonzero, stats.macs, stats.latency_ms,
                     original.latency_ms,
-                    pipeline.agreement(module, calib), pipeline.accuracy(module, calib), drift,
-                    float(np.mean(ious)), [list(row) for row in done.layers]))
+                    pipeline.agreement(module, held), pipeline.accuracy(module, held), drift,
+                    float(np.mean(ious)), [list(row) for row in done.layers], *before, recovery_s))
         except Exception as why:  # one criterion failing (out of memory, say) spares the others
             result.errors[name] = reason(why)
     yield Progress(1.0, "sweep done")
@@ -267,11 +287,16 @@ def draw_sweep(result: SweepResult, new_figure) -> dict:
     for c in result.criteria:
         xs, ys = result.series(c, quality)
         if xs:
-            ax.plot(xs, ys, "-o", color=colours[c], label=f"{c}: {quality}")
+            recovered = f" after {result.recovery}" if result.recovery != "none" else ""
+            ax.plot(xs, ys, "-o", color=colours[c], label=f"{c}: {quality}{recovered}")
+            if recovered:
+                _, raw = result.series(c, f"{quality}_before_recovery")
+                ax.plot(xs, raw, ":x", color=colours[c], alpha=0.8, label=f"{c}: {quality}, no recovery")
             _, sim = result.series(c, mean_spearman)
             ax.plot(xs, sim, "--", color=colours[c], alpha=0.8, label=f"{c}: map similarity")
     ax.set(xlabel="sparsity (%)", ylabel="fraction / Spearman", ylim=(-0.05, 1.05),
-           title=f"{result.model}: {quality} (solid) vs explanation similarity (dashed)")
+           title=f"{result.model}: {quality} on {len(result.held_out)} held-out images (solid; dotted: "
+                 "before recovery) vs explanation similarity (dashed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     figures["headline"] = fig
