@@ -124,24 +124,34 @@ def _colour(rng: np.random.Generator, dark: bool) -> np.ndarray:
     return (level * ((1 - grey) * rgb + grey)) * 255
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A mid-tone texture: two random gratings plus a little noise, in a random tint."""
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    """A mid-tone texture: two random gratings plus a little noise, in a random tint. Also
+    returns the gratings' mean frequency (cycles per pixel times 2 pi), its texture concept."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     texture = np.zeros((size, size), np.float32)
+    freqs = []
     for _ in range(2):
         angle = rng.uniform(0, np.pi)
         freq = rng.uniform(0.15, 0.6)
+        freqs.append(freq)
         texture += np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 6.3))
     texture = 0.25 * texture + rng.normal(0, 0.25, (size, size)).astype(np.float32)
     tint = rng.uniform(0.35, 0.65, 3).astype(np.float32)
     amplitude = rng.uniform(0.04, 0.09)
-    return np.clip(tint + amplitude * texture[..., None], 0, 1) * 255
+    return np.clip(tint + amplitude * texture[..., None], 0, 1) * 255, float(np.mean(freqs))
 
 
-def _distractors(rng: np.random.Generator, image: np.ndarray) -> None:
-    """Thin straight lines and small dots: unlike any class shape, placed anywhere."""
+def _paint(image: np.ndarray, where: np.ndarray, colour: np.ndarray, painted: list) -> None:
+    image[where] = colour
+    painted.append((where, colour))
+
+
+def _distractors(rng: np.random.Generator, image: np.ndarray, painted: list) -> tuple[list, list]:
+    """Thin straight lines and small dots: unlike any class shape, placed anywhere. Returns
+    the lines' and the dots' masks."""
     size = image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    lines, dots = [], []
     for _ in range(rng.integers(1, 4)):
         x0, y0 = rng.uniform(0, size, 2)
         angle = rng.uniform(0, np.pi)
@@ -149,25 +159,78 @@ def _distractors(rng: np.random.Generator, image: np.ndarray) -> None:
         dx, dy = np.cos(angle), np.sin(angle)
         along = (xx - x0) * dx + (yy - y0) * dy
         across = np.abs(-(xx - x0) * dy + (yy - y0) * dx)
-        image[(np.abs(along) <= length / 2) & (across <= 0.6)] = _colour(rng, rng.random() < 0.5)
+        lines.append((np.abs(along) <= length / 2) & (across <= 0.6))
+        _paint(image, lines[-1], _colour(rng, rng.random() < 0.5), painted)
     for _ in range(rng.integers(1, 5)):
         cx, cy = rng.uniform(0, size, 2)
-        image[np.hypot(xx - cx, yy - cy) <= rng.uniform(1.0, 2.0)] = _colour(rng, rng.random() < 0.5)
+        colour = _colour(rng, rng.random() < 0.5)  # drawn before the radius: the seed's order
+        dots.append(np.hypot(xx - cx, yy - cy) <= rng.uniform(1.0, 2.0))
+        _paint(image, dots[-1], colour, painted)
+    return lines, dots
 
 
-def make_item(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """One image (HxWx3 uint8), its label and its object mask (HxW bool), from the seed alone."""
+# Concept categories of the synthetic scenes, for network dissection (a small offline Broden).
+HUES = ("red", "yellow", "green", "cyan", "blue", "magenta")
+CONCEPTS = {
+    "object": SHAPES,
+    "colour": (*HUES, "dark", "bright"),
+    "pattern": ("line", "dot"),
+    "texture": ("fine grating", "coarse grating"),
+    "background": ("background",),
+}
+FINE_GRATING = 0.375  # mean grating frequency between fine and coarse (the middle of its range)
+
+
+def _colour_names(colour: np.ndarray) -> tuple[str, str]:
+    """The hue sector (of six) and the brightness of a painted colour."""
+    import colorsys
+
+    hue, _, value = colorsys.rgb_to_hsv(*(colour / 255.0))
+    return HUES[int(round(hue * 6)) % 6], "dark" if value < 0.5 else "bright"
+
+
+@dataclass
+class Scene:
+    image: np.ndarray             # H x W x 3 uint8
+    label: int
+    mask: np.ndarray              # the class object, H x W bool
+    concepts: dict                # concept name -> H x W bool, the concepts present
+
+
+def make_scene(config: SyntheticConfig, split: str, index: int) -> Scene:
+    """One image with its label, object mask and concept masks, from the seed alone."""
     rng = np.random.default_rng([config.seed, SPLITS[split], index])
     size = config.size
     label = int(rng.integers(config.classes))
-    image = _background(rng, size)
-    _distractors(rng, image)
+    image, frequency = _background(rng, size)
+    painted = []
+    lines, dots = _distractors(rng, image, painted)
     side = rng.uniform(0.22, 0.36) * size
     cx, cy = rng.uniform(side / 2 + 1, size - side / 2 - 1, 2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     mask = _shape_mask(SHAPES[label], (xx + 0.5 - cx) / (side / 2), (yy + 0.5 - cy) / (side / 2))
-    image[mask] = _colour(rng, rng.random() < 0.5)
-    return np.round(image).astype(np.uint8), label, mask
+    _paint(image, mask, _colour(rng, rng.random() < 0.5), painted)
+    # What shows: later paint covers earlier paint.
+    shown = np.zeros((size, size), bool)
+    concepts: dict[str, np.ndarray] = {}
+    for where, colour in reversed(painted):
+        visible = where & ~shown
+        shown |= where
+        for name in _colour_names(colour):
+            concepts[name] = concepts.get(name, np.zeros_like(shown)) | visible
+    concepts[SHAPES[label]] = mask
+    concepts["line"] = np.logical_or.reduce(lines) & ~mask
+    concepts["dot"] = np.logical_or.reduce(dots) & ~mask
+    concepts["background"] = ~shown
+    concepts["fine grating" if frequency > FINE_GRATING else "coarse grating"] = ~shown
+    present = {name: m for name, m in concepts.items() if m.any()}
+    return Scene(np.round(image).astype(np.uint8), label, mask, present)
+
+
+def make_item(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image (HxWx3 uint8), its label and its object mask (HxW bool), from the seed alone."""
+    scene = make_scene(config, split, index)
+    return scene.image, scene.label, scene.mask
 
 
 def make_split(config: SyntheticConfig, split: str, count: int | None = None,

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from core.cli import EXIT_BAD_INPUT, fail, say
-from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, curve_steps, method_list,
-                              out_path, positive_int, sparsity_percent)
+from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synthetic_options,
+                              curve_steps, method_list, out_path, positive_int, sparsity_percent,
+                              synthetic_model)
 from core.methods import DEFAULTS
 from core.output import save_figure
 
@@ -50,16 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("synthetic dataset (the model is trained once and cached)")
-    g.add_argument("--classes", type=positive_int, default=6, help="object classes, 2-10 (default 6)")
-    g.add_argument("--synthetic-train", type=positive_int, default=3000,
-                   help="training images for the benchmark CNN (default 3000)")
-    g.add_argument("--synthetic-test", type=positive_int, default=1000,
-                   help="test images (default 1000)")
-    g.add_argument("--synthetic-epochs", type=positive_int, default=5,
-                   help="training epochs of the benchmark CNN (default 5)")
-    g.add_argument("--cache-dir", metavar="DIR",
-                   help="where the trained benchmark CNN is kept (default ~/.cache/prunescope/synthetic)")
+    add_synthetic_options(p)
 
 
 def register(subparsers) -> None:
@@ -107,36 +99,6 @@ def register(subparsers) -> None:
 
 
 # ---- shared set-up -------------------------------------------------------------------------
-
-def _synthetic_config(args):
-    from core.synthetic import SyntheticConfig, TrainConfig
-
-    data = SyntheticConfig(classes=args.classes, train=args.synthetic_train,
-                           test=args.synthetic_test, seed=args.seed)
-    return data, TrainConfig(epochs=args.synthetic_epochs, seed=args.seed)
-
-
-def _synthetic_model(args, ctx, bar):
-    """The trained benchmark CNN: rank 0 trains it if the cache lacks it, the others then load it."""
-    from core.distributed import all_ok, barrier
-    from core.errors import ModelError
-    from core.progress import run
-    from core.synthetic import iter_trained_model
-
-    data, train = _synthetic_config(args)
-    trained, failure = None, None
-    if ctx.is_main:
-        try:
-            trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device), bar)
-        except Exception as err:  # the other ranks must hear of it rather than wait forever
-            failure = err
-    if not all_ok(failure is None, ctx):
-        raise failure or ModelError("rank 0 could not prepare the synthetic model")
-    barrier(ctx)
-    if not ctx.is_main:
-        trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device, may_train=False))
-    return data, trained
-
 
 def _folder_model(args, ctx):
     from core.cli.options import model_from_args
@@ -200,7 +162,7 @@ def run_evaluate(args) -> int:
     try:
         trained = None
         if args.dataset == SYNTHETIC:
-            data, trained = _synthetic_model(args, ctx, bar)
+            data, trained = synthetic_model(args, ctx, bar)
             model = trained.model
             source = synthetic_source(data, "test")
         else:
@@ -369,7 +331,7 @@ def run_roar(args) -> int:
     try:
         trained = None
         if args.dataset == SYNTHETIC:
-            data, trained = _synthetic_model(args, ctx, bar)
+            data, trained = synthetic_model(args, ctx, bar)
             model = trained.model
             train = make_split(data, "train", min(args.train_images, data.train))
             test = make_split(data, "test", min(args.test_images, data.test))

@@ -40,6 +40,49 @@ def model_from_args(args, device=None):
                       mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
 
 
+def add_synthetic_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("synthetic dataset (the model is trained once and cached)")
+    g.add_argument("--classes", type=positive_int, default=6, help="object classes, 2-10 (default 6)")
+    g.add_argument("--synthetic-train", type=positive_int, default=3000,
+                   help="training images for the benchmark CNN (default 3000)")
+    g.add_argument("--synthetic-test", type=positive_int, default=1000,
+                   help="test images (default 1000)")
+    g.add_argument("--synthetic-epochs", type=positive_int, default=5,
+                   help="training epochs of the benchmark CNN (default 5)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="where the trained benchmark CNN is kept (default ~/.cache/prunescope/synthetic)")
+
+
+def synthetic_config(args):
+    from core.synthetic import SyntheticConfig, TrainConfig
+
+    data = SyntheticConfig(classes=args.classes, train=args.synthetic_train,
+                           test=args.synthetic_test, seed=args.seed)
+    return data, TrainConfig(epochs=args.synthetic_epochs, seed=args.seed)
+
+
+def synthetic_model(args, ctx, bar):
+    """The trained benchmark CNN: rank 0 trains it if the cache lacks it, the others then load it."""
+    from core.distributed import all_ok, barrier
+    from core.errors import ModelError
+    from core.progress import run
+    from core.synthetic import iter_trained_model
+
+    data, train = synthetic_config(args)
+    trained, failure = None, None
+    if ctx.is_main:
+        try:
+            trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device), bar)
+        except Exception as err:  # the other ranks must hear of it rather than wait forever
+            failure = err
+    if not all_ok(failure is None, ctx):
+        raise failure or ModelError("rank 0 could not prepare the synthetic model")
+    barrier(ctx)
+    if not ctx.is_main:
+        trained = run(iter_trained_model(data, train, args.cache_dir, ctx.device, may_train=False))
+    return data, trained
+
+
 def float_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
