@@ -1,0 +1,211 @@
+"""Network dissection: known answers, exact streaming accumulators, the concept readers."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from core.concepts import Concept, ConceptItem, ConceptSource, broden, mask_folder, synthetic_concepts
+from core.dissection import (IOU_MIN, Dissection, Tally, TopImages, TopValues, align_masks,
+                             choose_layers, iter_dissect, receptive_field, unit_crops, view_box)
+from core.errors import PruneScopeError
+from core.models import LoadedModel
+from core.progress import run
+from core.synthetic import SyntheticConfig
+from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
+
+SIZE = 64
+
+
+def colour_net() -> nn.Module:
+    """Unit 0 is a threshold on the red channel, unit 1 is dead, unit 2 fires on grey noise."""
+    conv = nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 0] = 1.0
+        conv.bias[0] = -0.75
+        conv.weight[2, 1] = 1.0
+        conv.bias[2] = -0.45
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+
+
+def as_model(module, size=SIZE) -> LoadedModel:
+    return LoadedModel("colour-net", module.requires_grad_(False), torch.device("cpu"), ["a", "b"],
+                       size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), None)
+
+
+def patch_source(count: int = 12) -> ConceptSource:
+    """Grey noisy images with a 4x4 red patch (0.4 % of the pixels) and a larger blue one."""
+    concepts = [Concept("red", "colour"), Concept("blue", "colour"), Concept("background", "scene")]
+
+    def load(i: int) -> ConceptItem:
+        rng = np.random.default_rng(i)
+        rgb = np.clip(rng.normal(128, 6, (SIZE, SIZE, 3)), 0, 255)
+        masks = np.zeros((3, SIZE, SIZE), bool)
+        y, x = rng.integers(0, SIZE - 12, 2)
+        masks[0, y:y + 4, x:x + 4] = True
+        masks[1, y + 6:y + 12, x + 6:x + 12] = True
+        masks[2] = ~(masks[0] | masks[1])
+        rgb[masks[0]] = rng.uniform([215, 20, 20], [240, 40, 40], (16, 3))
+        rgb[masks[1]] = (30, 30, 220)
+        return ConceptItem(rgb.astype(np.uint8), [0, 1, 2], masks, f"patch{i}")
+
+    return ConceptSource("patches", concepts, count, load)
+
+
+def test_a_red_threshold_unit_detects_red_and_nothing_else():
+    model = as_model(colour_net())
+    result = run(iter_dissect(model, patch_source(), ["0"], batch=5))
+    units = result.layers[0].units
+    assert units[0].concept == "red" and units[0].iou > 0.9
+    assert not units[1].detector and not units[2].detector
+    assert result.summary()[0]["per_concept"] == {"red": 1}
+    assert result.summary()[0]["per_category"] == {"colour": 1, "scene": 0}
+
+
+def test_streaming_accumulators_equal_a_direct_computation():
+    rng = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 5, 6, 6, generator=rng).relu() for _ in range(3)]
+    every = torch.cat(batches)
+    k = 17
+    tops, images = TopValues(5, k), TopImages(5, n=4)
+    for b, a in enumerate(batches):
+        tops.add(a.transpose(0, 1).reshape(5, -1))
+        images.add_maps(a, 4 * b)
+    flat = every.transpose(0, 1).reshape(5, -1)
+    assert torch.equal(tops.threshold(), flat.sort(dim=1, descending=True).values[:, k - 1])
+    peaks = every.flatten(2).amax(2).T  # units x images
+    assert torch.equal(images.index, peaks.argsort(dim=1, descending=True, stable=True)[:, :4])
+    # IoU counts over images, each with its own concepts present
+    masks = torch.rand(12, 3, 36, generator=rng) > 0.7
+    fired = torch.rand(12, 5, 36, generator=rng) > 0.6
+    present = [[0, 1, 2] if i % 2 else [1] for i in range(12)]
+    category_of = [0, 0, 1]
+    tally = Tally(5, 3, 2)
+    for i in range(12):
+        cats = sorted({category_of[c] for c in present[i]})
+        tally.add(fired[i], present[i], masks[i, present[i]], cats)
+    expected = torch.zeros(5, 3)
+    for c in range(3):
+        rows = [i for i in range(12) if c in present[i]]
+        rows_cat = [i for i in range(12) if any(category_of[d] == category_of[c] for d in present[i])]
+        both = sum((fired[i] & masks[i, c]).sum(1) for i in rows)
+        union = sum(fired[i].sum(1) for i in rows_cat) + sum(masks[i, c].sum() for i in rows) - both
+        expected[:, c] = both / union
+    assert torch.allclose(tally.iou(category_of), expected)
+
+
+def test_masks_follow_the_models_resize_and_crop():
+    model = LoadedModel("m", nn.Identity(), torch.device("cpu"), ["a"], 224, 256, (0.5,) * 3, (0.5,) * 3, None)
+    box = view_box(model, 300, 600)  # landscape: crop the middle 224/512 of the width
+    assert box[0] == pytest.approx(16 / 256) and box[3] == pytest.approx(224 / 512)
+    masks = np.zeros((1, 300, 600), bool)
+    masks[0, :, :300] = True  # the left half: the view's left half too
+    view = align_masks(masks, box, 112)[0]
+    assert view[:, :55].all() and not view[:, 57:].any()
+
+
+def test_synthetic_scenes_give_every_concept_category(tmp_path):
+    source = synthetic_concepts(SyntheticConfig(), "test", 20)
+    seen = set()
+    for i in range(source.count):
+        item = source.load(i)
+        assert item.masks.shape[0] == len(item.concepts) and item.masks.shape[1:] == (64, 64)
+        seen |= {source.concepts[c].category for c in item.concepts}
+        assert item.label is not None
+    assert seen == {"object", "colour", "pattern", "texture", "background"}
+    assert [c.name for c in source.concepts if c.category == "object"] == SyntheticConfig().class_names
+
+
+def write_broden(root):
+    """A two-image Broden sample: a colour label image, an object label image with a label
+    number above 255 (R + 256 G), and a whole-image scene label."""
+    (root / "images").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "images" / f"{name}.png")
+    color = np.zeros((20, 20, 3), np.uint8)
+    color[:10, :, 0] = 3            # label 3, top half
+    obj = np.zeros((20, 20, 3), np.uint8)
+    obj[:, :5, 0], obj[:, :5, 1] = 300 % 256, 300 // 256  # label 300, left quarter
+    Image.fromarray(color).save(root / "images" / "a_color.png")
+    Image.fromarray(obj).save(root / "images" / "b_object.png")
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "split", "ih", "iw", "sh", "sw", "color", "object", "scene"])
+        w.writerow(["a.png", "train", 40, 40, 20, 20, "a_color.png", "", "7"])
+        w.writerow(["b.png", "val", 40, 40, 20, 20, "", "b_object.png", ""])
+    with open(root / "label.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        w.writerow([0, "-", "", 0, 0, ""])
+        w.writerow([3, "red", "color(1)", 1, 0.5, ""])
+        w.writerow([7, "street", "scene(1)", 1, 1.0, ""])
+        w.writerow([300, "car", "object(2);part(1)", 1, 0.25, ""])
+
+
+def test_the_broden_reader(tmp_path):
+    write_broden(tmp_path)
+    source = broden(tmp_path)
+    assert [(c.name, c.category) for c in source.concepts] == [
+        ("red", "color"), ("street", "scene"), ("car", "object")]
+    a, b = source.load(0), source.load(1)
+    assert [source.concepts[c].name for c in a.concepts] == ["red", "street"]
+    assert a.masks[0, :10].all() and not a.masks[0, 10:].any() and a.masks[1].all()
+    assert [source.concepts[c].name for c in b.concepts] == ["car"]
+    assert b.masks[0, :, :5].all() and not b.masks[0, :, 5:].any()
+    assert broden(tmp_path, split="val").count == 1
+    (tmp_path / "label.csv").unlink()
+    with pytest.raises(PruneScopeError, match="label.csv"):
+        broden(tmp_path)
+
+
+def test_the_mask_folder_reader(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    for name in ("one", "two"):
+        Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(images / f"{name}.jpg")
+    (masks / "sky").mkdir(parents=True)
+    (masks / "stuff" / "grass").mkdir(parents=True)  # a category folder holding concepts
+    mask = np.zeros((30, 30), np.uint8)
+    mask[:10] = 255
+    Image.fromarray(mask).save(masks / "sky" / "one.png")
+    Image.fromarray(255 - mask).save(masks / "stuff" / "grass" / "one.png")
+    source = mask_folder(images, masks)
+    assert [(c.name, c.category) for c in source.concepts] == [("sky", "concept"), ("grass", "stuff")]
+    one, two = source.load(0), source.load(1)
+    assert one.concepts == [0, 1] and one.masks[0, :10].all() and not one.masks[1, :10].any()
+    assert two.concepts == [] and two.masks.shape == (0, 30, 30)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(other / "three.jpg")
+    with pytest.raises(PruneScopeError, match="no mask is named after an image"):
+        mask_folder(other, masks)
+
+
+def test_layers_are_checked():
+    model = as_model(colour_net())
+    with pytest.raises(PruneScopeError, match="no activation layer 'nope'"):
+        run(iter_dissect(model, patch_source(2), ["nope"]))
+
+
+def test_on_the_synthetic_model_the_last_stage_detects_every_class_shape(trained):  # noqa: F811
+    model = trained.model
+    config = SyntheticConfig()
+    result = run(iter_dissect(model, synthetic_concepts(config, "test", 300), batch=50))
+    last = result.layers[-1]
+    assert last.name.startswith("layer4")
+    found = last.per_concept()
+    missing = [shape for shape in config.class_names if not found.get(shape)]
+    assert not missing, f"no unit of {last.name} detects {missing}: {found}"
+    again = Dissection.from_json(result.to_json())
+    assert again.summary() == result.summary()
+    # a unit's top images, cropped to its receptive field
+    side = receptive_field(model, last.name)
+    assert 8 <= side <= 64
+    best = max(last.detectors(), key=lambda u: u.iou)
+    crops = unit_crops(model, synthetic_concepts(config, "test", 300), last, best.unit, side)
+    assert len(crops) == 9 and crops[0][0].shape == (96, 96, 3)
+    assert crops[0][1] >= crops[-1][1]
