@@ -142,17 +142,27 @@ class Tally:
         self.unit = torch.zeros(units, categories, dtype=torch.long)    # unit, where category labelled
         self.concept = torch.zeros(concepts, dtype=torch.long)
 
-    def add(self, fired: torch.Tensor, present: list[int], masks: torch.Tensor,
-            categories: list[int]) -> None:
-        """One image: fired (units x pixels, bool), the concepts present with their masks
+    def add(self, fired: torch.Tensor, present: list[list[int]], masks: list[torch.Tensor],
+            categories: list[list[int]]) -> None:
+        """A batch: fired (B x units x pixels, bool); per image the concepts present, their masks
         (K x pixels, bool) and the categories labelled in it."""
-        if present:
-            # 0/1 products summed in float32 are exact far beyond 112 x 112 pixels
-            both = (fired.float() @ masks.float().T).round().long().cpu()
-            self.both[:, present] += both
-            self.concept[present] += masks.sum(1).cpu()
-        if categories:
-            self.unit[:, categories] += fired.sum(1).cpu()[:, None]
+        batch, pixels = fired.shape[0], fired.shape[2]
+        seen = sorted({c for cs in present for c in cs})
+        fired = fired.float()
+        if seen:
+            column = {c: j for j, c in enumerate(seen)}
+            dense = torch.zeros(batch, len(seen), pixels, device=fired.device)
+            for b, (cs, m) in enumerate(zip(present, masks)):
+                if cs:
+                    dense[b, [column[c] for c in cs]] = m.to(dense.dtype)
+            # 0/1 products summed in float32 are exact for maps far larger than 112 x 112
+            both = torch.bmm(fired, dense.transpose(1, 2)).round().long().sum(0).cpu()
+            self.both[:, seen] += both
+            self.concept[seen] += dense.sum(dim=(0, 2)).round().long().cpu()
+        labelled = torch.zeros(batch, self.unit.shape[1], device=fired.device)
+        for b, cats in enumerate(categories):
+            labelled[b, cats] = 1.0
+        self.unit += (fired.sum(2).T @ labelled).round().long().cpu()
 
     def merge(self, other: "Tally") -> None:
         self.both += other.both
@@ -186,7 +196,10 @@ def align_masks(masks: np.ndarray, box, resolution: int) -> torch.Tensor:
     top, left, bh, bw = box
     y0, x0 = max(0, round(top * h)), max(0, round(left * w))
     y1, x1 = min(h, max(y0 + 1, round((top + bh) * h))), min(w, max(x0 + 1, round((left + bw) * w)))
-    part = torch.from_numpy(np.ascontiguousarray(masks[:, y0:y1, x0:x1])).float()[None]
+    part = torch.from_numpy(np.ascontiguousarray(masks[:, y0:y1, x0:x1]))
+    if part.shape[1:] == (resolution, resolution):
+        return part
+    part = part.float()[None]
     return F.interpolate(part, size=(resolution, resolution), mode="bilinear",
                          align_corners=False)[0] >= 0.5
 
@@ -360,14 +373,15 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
         yield Progress(0.5 + 0.5 * b / len(batches), f"concepts: images {rows.start + 1}-{rows.stop}")
         items = _load(source, rows)
         acts = activations(module, _inputs(model, items), chosen)
+        masks = [align_masks(item.masks, view_box(model, *item.rgb.shape[:2]), resolution)
+                 .flatten(1).to(model.device) for item in items]
+        present = [list(item.concepts) for item in items]
+        labelled = [sorted({category_of[c] for c in item.concepts}) for item in items]
         for i in chosen:
             up = F.interpolate(acts[i], size=(resolution, resolution), mode="bilinear",
                                align_corners=False)
             fired = (up > thresholds[i].to(up.device)[None, :, None, None]).flatten(2)
-            for k, item in enumerate(items):
-                masks = align_masks(item.masks, view_box(model, *item.rgb.shape[:2]), resolution)
-                present = sorted(set(category_of[c] for c in item.concepts))
-                tallies[i].add(fired[k], list(item.concepts), masks.flatten(1).to(up.device), present)
+            tallies[i].add(fired, present, masks, labelled)
     gathered = distributed.gather(tallies, ctx)
     if gathered is None:
         return None

@@ -85,9 +85,10 @@ def test_streaming_accumulators_equal_a_direct_computation():
     present = [[0, 1, 2] if i % 2 else [1] for i in range(12)]
     category_of = [0, 0, 1]
     tally = Tally(5, 3, 2)
-    for i in range(12):
-        cats = sorted({category_of[c] for c in present[i]})
-        tally.add(fired[i], present[i], masks[i, present[i]], cats)
+    for rows in (range(0, 5), range(5, 12)):
+        tally.add(fired[rows.start:rows.stop], [present[i] for i in rows],
+                  [masks[i, present[i]] for i in rows],
+                  [sorted({category_of[c] for c in present[i]}) for i in rows])
     expected = torch.zeros(5, 3)
     for c in range(3):
         rows = [i for i in range(12) if c in present[i]]

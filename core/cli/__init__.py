@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "core.cli.sanity",
     "core.cli.evaluate",
     "core.cli.prune",
+    "core.cli.dissect",
 )
 
 EXIT_BAD_INPUT = 2
