@@ -471,3 +471,31 @@ def unit_crops(model, source, layer: LayerDissection, unit: int, side: int,
         crops.append((cv2.resize(patch, (out_size, out_size), interpolation=cv2.INTER_AREA),
                       float(value), item.name))
     return crops
+
+
+# --- concepts on one input's pathway --------------------------------------------------------
+
+def pathway_concepts(dissection: Dissection, layers, masks, scores) -> list[dict]:
+    """The concepts that the kept units of the dissected layers detect, ranked by the kept
+    neurons' scores: which concepts this decision runs through. layers, masks, scores: the
+    engine's activation layers and, per layer, its pathway mask and neuron scores (1 x C x H x W)."""
+    by_name = {layer.name: i for i, layer in enumerate(layers)}
+    totals: dict[str, dict] = {}
+    grand = 0.0
+    for dissected in dissection.layers:
+        i = by_name.get(dissected.name)
+        if i is None or len(layers[i].shape) != 3:
+            continue
+        kept = (scores[i] * masks[i]).reshape(layers[i].shape[0], -1).sum(1).float().cpu()
+        grand += float(kept.sum())
+        for unit in dissected.detectors():
+            if unit.unit < len(kept) and kept[unit.unit] > 0:
+                entry = totals.setdefault(unit.concept, {"concept": unit.concept,
+                                                         "category": unit.category,
+                                                         "score": 0.0, "units": []})
+                entry["score"] += float(kept[unit.unit])
+                entry["units"].append((dissected.name, unit.unit))
+    ranked = sorted(totals.values(), key=lambda e: -e["score"])
+    for entry in ranked:
+        entry["share"] = entry["score"] / grand if grand > 0 else 0.0
+    return ranked

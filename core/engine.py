@@ -284,6 +284,39 @@ class Engine:
         return PathwayResult(attribution.collapse_channels(grads), pruned,
                              abs(prob - p) / p, prob, kept, masks, float(sparsity))
 
+    def channel_map(self, layer: int, channel: int, sparsity: float, mode: str = "global",
+                    selector: str = "taylor") -> np.ndarray:
+        """The pathway gradient restricted to one channel of one layer: the input evidence that
+        reaches the target through that unit. The forward is the pruned network's; only the
+        gradient is stopped at the layer's other channels."""
+        if not 0 <= layer < len(self.layers):
+            raise PruneScopeError(f"no activation layer {layer} (the model has {len(self.layers)})")
+        masks = self.masks(sparsity, mode, selector)
+        factors = [m.to(self.x.dtype) for m in masks]
+        shape = self.layers[layer].shape
+        # masks are per sample: a channel is the first axis of a conv map, the last of tokens
+        axis = 0 if len(shape) == 3 else factors[layer].dim() - 1
+        if not 0 <= channel < factors[layer].shape[axis]:
+            raise PruneScopeError(f"layer {self.layers[layer].name} has no channel {channel}")
+        index = torch.tensor([channel], device=factors[layer].device)
+        only = torch.zeros_like(factors[layer]).index_fill_(axis, index, 1.0)
+        return attribution.collapse_channels(self._gradient_through(factors, layer, only))
+
+    def _gradient_through(self, factors, layer: int, only: torch.Tensor) -> torch.Tensor:
+        """d target / d input of the pruned network, with the gradient at `layer` let through
+        only where `only` is 1."""
+        def transform(i: int, out: torch.Tensor) -> torch.Tensor:
+            out = out * factors[i]
+            if i == layer:
+                out = out.detach() + (out - out.detach()) * only
+            return out
+
+        x = self.x.detach().requires_grad_(True)
+        with torch.enable_grad(), intercept(transform):
+            logits = self.model.module(x)
+            (grad,) = torch.autograd.grad(logits[0, self.target], x)
+        return grad
+
     def output_change(self, sparsity: float, mode: str = "global", selector: str = "taylor") -> float:
         """|p'_c - p_c| / p_c of the pruned network: one forward, no backward."""
         with torch.no_grad():

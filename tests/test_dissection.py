@@ -210,3 +210,31 @@ def test_on_the_synthetic_model_the_last_stage_detects_every_class_shape(trained
     crops = unit_crops(model, synthetic_concepts(config, "test", 300), last, best.unit, side)
     assert len(crops) == 9 and crops[0][0].shape == (96, 96, 3)
     assert crops[0][1] >= crops[-1][1]
+
+
+def test_channel_maps_add_up_to_the_pathway_gradient():
+    from core.engine import Engine
+
+    model = as_model(colour_net())
+    engine = Engine(model, patch_source(1).load(0).rgb, target=0)
+    factors = [m.float() for m in engine.masks(30.0)]
+    full = engine._gradient_through(factors, 0, torch.ones_like(factors[0]))
+    parts = sum(engine._gradient_through(factors, 0, torch.zeros_like(factors[0]).index_fill_(
+        0, torch.tensor([c]), 1.0)) for c in range(3))
+    assert torch.allclose(parts, full, atol=1e-6) and full.abs().sum() > 0
+    dead = engine.channel_map(0, 1, 30.0)  # the dead unit passes no evidence
+    assert dead.shape == (SIZE, SIZE) and not dead.any()
+    with pytest.raises(PruneScopeError, match="no channel 7"):
+        engine.channel_map(0, 7, 30.0)
+
+
+def test_the_pathway_runs_through_the_red_detector():
+    from core.dissection import pathway_concepts
+    from core.engine import Engine
+
+    model = as_model(colour_net())
+    result = run(iter_dissect(model, patch_source(), ["0"], batch=5))
+    engine = Engine(model, patch_source(1).load(0).rgb, target=0)
+    ranked = pathway_concepts(result, engine.layers, engine.masks(50.0), engine.scores())
+    assert [e["concept"] for e in ranked] == ["red"] and ranked[0]["units"] == [(result.layers[0].name, 0)]
+    assert 0 < ranked[0]["share"] <= 1
