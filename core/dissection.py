@@ -326,6 +326,13 @@ def _load(source, rows):
     return items
 
 
+def above(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Where a unit is in its top quantile. Saturating activations (ReLU6) tie at their top,
+    and then the threshold is that top: values at it count (within float rounding of the
+    upsampling), except at 0, where a ReLU's silent majority ties."""
+    return torch.where(threshold > 0, values >= threshold * (1 - 1e-6), values > threshold)
+
+
 def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: float = QUANTILE,
                  ctx=distributed.SINGLE, top_only: bool = False) -> Job[Dissection | None]:
     """Dissect `model` on `source` (core.concepts). Returns the Dissection on rank 0 (None on
@@ -380,7 +387,7 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
         for i in chosen:
             up = F.interpolate(acts[i], size=(resolution, resolution), mode="bilinear",
                                align_corners=False)
-            fired = (up > thresholds[i].to(up.device)[None, :, None, None]).flatten(2)
+            fired = above(up, thresholds[i].to(up.device)[None, :, None, None]).flatten(2)
             tallies[i].add(fired, present, masks, labelled)
     gathered = distributed.gather(tallies, ctx)
     if gathered is None:
@@ -499,3 +506,48 @@ def pathway_concepts(dissection: Dissection, layers, masks, scores) -> list[dict
     for entry in ranked:
         entry["share"] = entry["score"] / grand if grand > 0 else 0.0
     return ranked
+
+
+# --- a reference folder's top images, cached per model, folder and layer ----------------------
+
+def reference_cache_dir() -> "Path":
+    import os
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunescope" / "reference"
+
+
+def reference_key(model, folder, layer_name: str) -> str:
+    """Changes with the weights, the preprocessing, the layer and the folder's files."""
+    import hashlib
+
+    from core.evaluation import model_fingerprint
+    from core.images import list_images
+
+    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)]
+    text = repr((FORMAT, model_fingerprint(model.module), model.input_size, model.resize_size,
+                 model.mean, model.std, str(folder), layer_name, files))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def iter_reference_tops(model, folder, layer_name: str, cache_dir=None,
+                        batch: int = 8) -> Job[LayerDissection]:
+    """The top images of every unit of one layer over a folder of images (no masks), computed
+    once and then read from the cache."""
+    import json
+    from pathlib import Path
+
+    from core.concepts import image_folder
+    from core.output import write_text
+
+    path = Path(cache_dir or reference_cache_dir()) / f"{reference_key(model, folder, layer_name)}.json"
+    if path.is_file():
+        try:
+            return Dissection.from_json(json.loads(path.read_text())).layers[0]
+        except (OSError, ValueError, PruneScopeError, IndexError):
+            pass  # a damaged cache entry is computed again
+    result = yield from iter_dissect(model, image_folder(folder), [layer_name], batch, top_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(result.to_json()))
+    return result.layers[0]

@@ -81,6 +81,9 @@ class ExplainTab(QWidget):
         c.auto_requested.connect(self._auto)
         c.target_clicked.connect(self._explain_class)
         self.masks.layer_selected.connect(self._request_layer)
+        self.masks.channel_clicked.connect(self._open_channel)
+        self.dissection = None  # core.dissection.Dissection of the current model, when open
+        self._channel_dialog = None
         context.engine_changed.connect(self._on_engine)
 
     # -- state ---------------------------------------------------------------------------------
@@ -124,6 +127,9 @@ class ExplainTab(QWidget):
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
+        if self.dissection is not None and self.dissection.model != engine.model.name:
+            self.set_dissection(None)
+            self.status.emit("the dissection was of another model: its concepts are no longer shown")
         self._maps, self._unavailable, self._live = {}, {}, None
         self._announced = False
         prediction = self.context.current_prediction()
@@ -140,6 +146,7 @@ class ExplainTab(QWidget):
         self._request_maps()
         self._request_curves()
         self._request_sweep()
+        self._request_concepts()
 
     def _explain_class(self, class_id: int) -> None:
         prediction = self.context.current_prediction()
@@ -161,6 +168,7 @@ class ExplainTab(QWidget):
     @qdebounced(timeout=SETTLE_MS)
     def _settled(self) -> None:
         self._request_curves()
+        self._request_concepts()
 
     def _on_pruning(self) -> None:
         self._show_panels()
@@ -232,6 +240,39 @@ class ExplainTab(QWidget):
             sparsities = sparsities[::COARSE_EVERY] + sparsities[-1:] * (len(sparsities) % COARSE_EVERY == 0)
         self.context.run_job(lambda: jobs.sweep(engine, params, sparsities), self._show_sweep,
                              key="sweep", priority=PRIORITY_BACKGROUND, preemptible=True)
+
+    def set_dissection(self, dissection) -> None:
+        """Concepts for the channel tiles and the pathway (None: close the dissection)."""
+        self.dissection = dissection
+        self.masks.set_dissection(dissection)
+        self._request_concepts()
+
+    def _request_concepts(self) -> None:
+        """The concepts the current pathway runs through, by the kept neurons' scores."""
+        from core.dissection import pathway_concepts
+        from gui.dissection import concepts_line
+
+        engine, params, dissection = self._engine, self.params(), self.dissection
+        if engine is None or dissection is None:
+            return
+
+        def job():
+            masks = engine.masks(params.sparsity, params.mode, params.selector)
+            return pathway_concepts(dissection, engine.layers, masks, engine.scores(params.selector))
+
+        self.context.run_job(job, lambda ranked: self.masks.set_concepts(concepts_line(ranked)),
+                             key="concepts", priority=PRIORITY_CURVES, preemptible=True)
+
+    def _open_channel(self, layer: int, channel: int) -> None:
+        from gui.dissection import ChannelDialog
+
+        engine = self._engine
+        if engine is None:
+            return
+        if self._channel_dialog is None:
+            self._channel_dialog = ChannelDialog(self.context, self)
+        self._channel_dialog.show_channel(engine, self.params(), layer, engine.layers[layer].name,
+                                          channel, self.dissection)
 
     def _auto(self, tolerance: float) -> None:
         engine, params = self._engine, self.params()

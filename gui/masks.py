@@ -72,6 +72,7 @@ class MaskView(QWidget):
     """The bar chart; the selected layer's count map; its channel tiles."""
 
     layer_selected = Signal(int)
+    channel_clicked = Signal(int, int)  # layer index, channel
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -94,6 +95,8 @@ class MaskView(QWidget):
         self.tiles = pg.ImageItem()
         self.tile_box.addItem(self.tiles)
         self.tile_canvas.scene().sigMouseMoved.connect(self._hover_tile)
+        self.tile_canvas.scene().sigMouseClicked.connect(self._click_tile)
+        self._labels: list[pg.TextItem] = []
         self.tile_kind = QComboBox()
         self.tile_kind.addItems(["kept mask", "neuron scores"])
         self.tile_kind.setToolTip("Each tile: that channel's kept neurons, or its neuron scores")
@@ -107,7 +110,10 @@ class MaskView(QWidget):
         self.next_page.clicked.connect(lambda: self.turn_page(1))
         self.page_label = _caption()
         self.hover_label = _caption("color: #555; font-size: 8pt")
-        self.hover_label.setText("most kept first · hover a tile for its channel")
+        self.hover_label.setText("most kept first · hover a tile for its channel, click it to see more")
+        self.concepts_label = _caption("color: #333; font-size: 8pt")
+        self.concepts_label.setToolTip("The concepts that the kept units of the dissected layers "
+                                       "detect, by the share of the kept neurons' scores")
 
         count_panel = QWidget()
         count_layout = QVBoxLayout(count_panel)
@@ -139,7 +145,10 @@ class MaskView(QWidget):
             self.splitter.setStretchFactor(i, stretch)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.concepts_label)
         layout.addWidget(self.splitter)
+        self.concepts_label.hide()
 
         self._kept: list = []
         self._selected: int | None = None
@@ -148,6 +157,7 @@ class MaskView(QWidget):
         self._grid = (0, 0, 0, 0)  # columns, tile height, tile width, channels on the page
         self._view_rgb: np.ndarray | None = None
         self._lut: np.ndarray | None = None
+        self._dissection = None  # core.dissection.Dissection of this model, when one is open
 
     # -- data ----------------------------------------------------------------------------------
     def selected_layer(self) -> int | None:
@@ -164,6 +174,20 @@ class MaskView(QWidget):
         self._view_rgb = rgb
         self.count_photo.setImage(rgb, autoLevels=False, levels=(0, 255))
         self.count_box.autoRange(padding=0)
+
+    def set_dissection(self, dissection) -> None:
+        """Label the channel tiles with the concepts of this dissection (None: no labels)."""
+        self._dissection = dissection
+        self.concepts_label.setVisible(dissection is not None)
+        names = [name for name, _, _ in self._kept]
+        dissected = [names.index(layer.name) for layer in (dissection.layers if dissection else [])
+                     if layer.name in names]
+        if dissected and self._selected not in dissected:
+            self.select_layer(dissected[-1])  # show the deepest dissected layer's concepts
+        self._draw_tiles()
+
+    def set_concepts(self, text: str) -> None:
+        self.concepts_label.setText(text)
 
     def set_colors(self, lut_rgb: np.ndarray) -> None:
         self._lut = lut_rgb
@@ -251,31 +275,74 @@ class MaskView(QWidget):
             mosaic[y:y + th, x:x + tw] = colors[index[i]]
         self._grid = (columns, th, tw, len(ids))
         self.tiles.setImage(mosaic, autoLevels=False, levels=(0, 255))
+        self._label_tiles(ids, columns, th, tw)
         self.tile_box.autoRange(padding=0.01)
         self.page_label.setText(f" {first + 1}–{first + len(ids)} of {channels} channels"
                                 if pages > 1 else f" {channels} channels")
         self.prev_page.setEnabled(self._page > 0)
         self.next_page.setEnabled(self._page < pages - 1)
 
+    def _label_tiles(self, ids, columns: int, th: int, tw: int) -> None:
+        """Each tile of a detector unit gets its concept's name (when a dissection is open)."""
+        for item in self._labels:
+            self.tile_box.removeItem(item)
+        self._labels = []
+        units = self._units()
+        if units is None:
+            return
+        for i, channel in enumerate(ids):
+            unit = units[channel] if channel < len(units) else None
+            if unit is None or not unit.detector:
+                continue
+            r, c = divmod(i, columns)
+            text = pg.TextItem(unit.concept[:9], color=(255, 220, 60), fill=(0, 0, 0, 150), anchor=(0, 0))
+            text.setFont(_small_font())
+            text.setPos(c * (tw + TILE_GAP), r * (th + TILE_GAP))
+            self.tile_box.addItem(text)
+            self._labels.append(text)
+
+    def _units(self):
+        """The open dissection's units of the layer drawn now, or None."""
+        if self._dissection is None or self._layer is None:
+            return None
+        dissected = self._dissection.layer(self._layer.name)
+        return None if dissected is None else dissected.units
+
     def _hover_tile(self, scene_pos: QPointF) -> None:
         text = self.channel_at(scene_pos)
         if text:
             self.hover_label.setText(text)
 
-    def channel_at(self, scene_pos: QPointF) -> str:
-        """The hover text of the tile under a scene position ('' between tiles)."""
+    def _click_tile(self, event) -> None:
+        channel = self.channel_index_at(event.scenePos())
+        if channel is not None:
+            self.channel_clicked.emit(self._layer.index, channel)
+
+    def channel_index_at(self, scene_pos: QPointF) -> int | None:
+        """The channel of the tile under a scene position (None between tiles)."""
         layer = self._layer
         columns, th, tw, count = self._grid
         if layer is None or not count or not self.tile_box.sceneBoundingRect().contains(scene_pos):
-            return ""
+            return None
         point = self.tile_box.mapSceneToView(scene_pos)
         if point.x() < 0 or point.y() < 0:
-            return ""
+            return None
         c, r = int(point.x() // (tw + TILE_GAP)), int(point.y() // (th + TILE_GAP))
         i = r * columns + c
         if c >= columns or i >= count:
+            return None
+        return int(layer.order[self._page * PAGE_SIZE + i])
+
+    def channel_at(self, scene_pos: QPointF) -> str:
+        """The hover text of the tile under a scene position ('' between tiles)."""
+        channel = self.channel_index_at(scene_pos)
+        if channel is None:
             return ""
-        return channel_text(layer, int(layer.order[self._page * PAGE_SIZE + i]))
+        text = channel_text(self._layer, channel)
+        units = self._units()
+        if units is not None and channel < len(units) and units[channel].detector:
+            text += f" · detects {units[channel].concept} (IoU {units[channel].iou:.2f})"
+        return text
 
     def keyPressEvent(self, event) -> None:
         key = event.key()
@@ -289,6 +356,14 @@ class MaskView(QWidget):
             self.turn_page(1)
         else:
             super().keyPressEvent(event)
+
+
+def _small_font():
+    from PySide6.QtGui import QFont
+
+    font = QFont()
+    font.setPointSize(6)
+    return font
 
 
 def _caption(style: str = "") -> QLabel:

@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         file_menu.addSeparator()
         self._action(file_menu, "Open &model…", self.choose_model, "Ctrl+M")
+        self._action(file_menu, "Open &dissection…", self.choose_dissection)
         file_menu.addSeparator()
         self._action(file_menu, "&Export results…", self.choose_export, "Ctrl+E")
         file_menu.addSeparator()
@@ -238,6 +239,35 @@ class MainWindow(QMainWindow):
         if all(getattr(card, key) is None for key in vars(card) if key != "source"):
             return card.source
         return str(save_card(card, Path(self.settings.fileName()).parent / "models"))
+
+    def choose_dissection(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open dissection", self._last_folder(),
+                                              "Dissection (dissection.json *.json)")
+        if path:
+            self.open_dissection(Path(path))
+
+    def open_dissection(self, path: Path) -> bool:
+        """Label the channels with a dissection of the current model (`prunescope dissect`)."""
+        import json
+
+        from core.dissection import Dissection
+        from core.errors import PruneScopeError
+
+        try:
+            dissection = Dissection.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, PruneScopeError) as err:
+            self.show_message(f"{Path(path).name}: {getattr(err, 'strerror', None) or err}", error=True)
+            return False
+        model = self.context.current_model()
+        if model is not None and dissection.model != model.name:
+            self.show_message(f"{Path(path).name} dissects {dissection.model}, not the current "
+                             f"model {model.name}", error=True)
+            return False
+        self.explain.set_dissection(dissection)
+        units = sum(len(layer.detectors()) for layer in dissection.layers)
+        self.statusBar().showMessage(f"dissection of {dissection.model} on {dissection.source}: "
+                                     f"{units} concept detectors in {len(dissection.layers)} layers", 8000)
+        return True
 
     def choose_model(self) -> None:
         """Open model…: a dialog for any classifier; it closes once the model has loaded."""

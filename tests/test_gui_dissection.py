@@ -1,0 +1,97 @@
+"""Concepts in the app: a real dissection of the embedded model labels the channel tiles, and a
+clicked channel shows its conditional map and its top images from the photo's folder."""
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+from tests.test_gui import lean_window, settings_dir, wait_until  # noqa: E402,F401
+
+LAYER = "_relu1"  # the embedded model's last activation (7 x 7 maps)
+PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def colour_masks(folder, photo):
+    """A user mask folder: each photo's strongly red, yellow, blue and white pixels."""
+    import cv2
+    from PIL import Image
+
+    from core.images import load_image
+
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir()
+    rules = {"red": lambda h, s, v: ((h < 10) | (h > 170)) & (s > 120) & (v > 60),
+             "yellow": lambda h, s, v: (h >= 20) & (h < 35) & (s > 120) & (v > 80),
+             "blue": lambda h, s, v: (h >= 95) & (h < 130) & (s > 100) & (v > 50),
+             "white": lambda h, s, v: (s < 30) & (v > 220)}
+    for name in PHOTOS:
+        rgb = load_image(photo(name))
+        stem = name.rsplit(".", 1)[0]
+        Image.fromarray(rgb).save(images / f"{stem}.png")
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(int)
+        for concept, rule in rules.items():
+            (masks / concept).mkdir(parents=True, exist_ok=True)
+            mask = rule(hsv[..., 0], hsv[..., 1], hsv[..., 2])
+            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / concept / f"{stem}.png")
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def dissection_file(lite0, tmp_path_factory):
+    import json
+
+    from core.concepts import mask_folder
+    from core.dissection import iter_dissect
+    from core.progress import run
+    from tests.conftest import photo_path
+
+    folder = tmp_path_factory.mktemp("concepts")
+    images, masks = colour_masks(folder, photo_path)
+    result = run(iter_dissect(lite0, mask_folder(images, masks), [LAYER], batch=5))
+    assert result.layers[0].detectors(), "no unit of the embedded model detects a colour"
+    path = folder / "dissection.json"
+    path.write_text(json.dumps(result.to_json()))
+    return path, images
+
+
+def test_a_dissection_labels_the_tiles_and_a_click_shows_the_channel(qapp, settings_dir, dissection_file,  # noqa: F811
+                                                                     tmp_path):
+    path, images = dissection_file
+    window = lean_window([images / "coffee.png"])
+    try:
+        wait_until(qapp, window.explain.is_complete)
+        masks = window.explain.masks
+        assert window.open_dissection(path)
+        wait_until(qapp, lambda: masks.layer() is not None and masks.layer().name == LAYER)
+        assert masks._labels, "no tile carries a concept"
+        assert masks.concepts_label.isVisible()
+        wait_until(qapp, lambda: masks.concepts_label.text().startswith("Concepts on the pathway"))
+        # click the first labelled tile, as a user would
+        label = masks._labels[0]
+        scene = masks.tile_box.mapViewToScene(label.pos() + type(label.pos())(1.5, 1.5))
+        point = masks.tile_canvas.mapFromScene(scene)
+        channel = masks.channel_index_at(scene)
+        assert "detects" in masks.channel_at(scene)
+        QTest.mouseClick(masks.tile_canvas.viewport(), Qt.MouseButton.LeftButton, pos=point)
+        dialog = window.explain._channel_dialog
+        wait_until(qapp, lambda: dialog is not None and dialog.isVisible())
+        wait_until(qapp, lambda: dialog.map_picture.pixmap() is not None
+                   and not dialog.map_picture.pixmap().isNull())
+        wait_until(qapp, lambda: not dialog.crops[0].pixmap().isNull())
+        assert f"channel {channel}" in dialog.header.text() and "Detects" in dialog.concept.text()
+        assert sum(not c.pixmap().isNull() for c in dialog.crops) == len(PHOTOS)
+        shot = dialog.grab().toImage()
+        pixels = np.array([shot.pixelColor(x, y).value() for x in range(0, shot.width(), 7)
+                           for y in range(0, shot.height(), 7)])
+        assert pixels.std() > 20  # pictures, not a blank dialog
+        dialog.grab().save(str(tmp_path / "channel.png"))
+        # another model's dissection is refused, with a message
+        other = tmp_path / "other.json"
+        other.write_text(path.read_text().replace('"efficientnet_lite0"', '"resnet18"'))
+        assert not window.open_dissection(other)
+        assert "not the current model" in window.statusBar().currentMessage()
+    finally:
+        window.close()
