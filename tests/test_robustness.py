@@ -264,16 +264,16 @@ def test_sanity_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, 
 
 
 def test_evaluate_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, monkeypatch):
-    import core.evaluation
+    import core.evaluation.benchmark
 
-    real = core.evaluation.evaluate_item
+    real = core.evaluation.benchmark.evaluate_item
 
     def fails_on_first(model, item, methods, settings, i, **kwargs):
         if i == 0:
             raise RuntimeError("DataLoader worker exited unexpectedly")
         return real(model, item, methods, settings, i, **kwargs)
 
-    monkeypatch.setattr(core.evaluation, "evaluate_item", fails_on_first)
+    monkeypatch.setattr(core.evaluation.benchmark, "evaluate_item", fails_on_first)
     data = tmp_path / "data"
     for name in ("coffee.png", "chelsea.png", "astronaut.png"):
         small_photo(photo, name, data / name)

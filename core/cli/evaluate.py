@@ -188,7 +188,8 @@ def run_evaluate(args) -> int:
 
     from core import figures
     from core.distributed import setup, teardown
-    from core.evaluation import BenchmarkSettings, folder_source, iter_benchmark, synthetic_source
+    from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
+    from core.evaluation.sources import folder_source, synthetic_source
     from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
@@ -259,7 +260,7 @@ def run_roar(args) -> int:
 
     from core import figures
     from core.distributed import setup, teardown
-    from core.evaluation import RoarSettings, fingerprint, iter_roar
+    from core.evaluation.roar import RoarSettings, fingerprint, iter_roar
     from core.output import output_folder
     from core.progress import StderrBar, run
     from core.synthetic import SmallResNet, make_split, reinitialise
@@ -320,7 +321,7 @@ def run_roar(args) -> int:
 def _folder_split(args, model, target):
     """DIR/train and DIR/test when both exist; else every fifth image (by sorted order) is a test
     image. Capped at --train-images / --test-images."""
-    from core.evaluation import folder_source, load_dataset
+    from core.evaluation.sources import folder_source, load_dataset
 
     root = Path(args.dataset)
     masks = _masks_dir(args)
