@@ -3,7 +3,8 @@
 Each command's function takes its results and returns {file stem: Figure}; `save` writes them
 whole, so the CLI, the app's exports and the app's own views draw the same figures. Figures are
 built on matplotlib.figure.Figure, never pyplot: pyplot's figure manager is global state and not
-safe on the app's worker thread. Each figure carries the resolution it is saved at.
+safe on the app's worker thread. `save` writes each figure at the resolution it was made with
+unless told otherwise.
 """
 from pathlib import Path
 
