@@ -522,7 +522,7 @@ def reference_key(model, folder, layer_name: str) -> str:
     """Changes with the weights, the preprocessing, the layer and the folder's files."""
     import hashlib
 
-    from core.evaluation import model_fingerprint
+    from core.evaluation.roar import model_fingerprint
     from core.images import list_images
 
     files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)]

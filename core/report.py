@@ -4,7 +4,7 @@ DIR/input.npy      the exact 1x3xHxW float32 tensor fed to the model
 DIR/<method>.npy   the HxW float32 map, signed, before any display normalisation
 DIR/<method>.png   the map drawn in the display mode settings name (core.display.render)
 DIR/curves.csv     method, curve, step, fraction, probability
-DIR/comparison.png the image and all maps side by side, drawn as the PNGs are
+DIR/comparison.png the image and all maps side by side, drawn as the PNGs are (core.figures)
 DIR/report.json    prediction, settings and per-method figures: written last, the mark of a
                    complete result (callers write into an output.staged_folder)
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import display
+from core import display, figures
 
 
 def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
@@ -33,7 +33,7 @@ def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
         written.append(out / f"{method}.npy")
         written.append(display.save_png(out / f"{method}.png", look.draw(engine.view, method, result.map)))
     written.append(write_curves_csv(out / "curves.csv", analysis))
-    written.append(composite_figure(out / "comparison.png", engine.view, analysis, look))
+    written += figures.save(figures.explain(engine.view, analysis, look), out)
     written.append(out / "report.json")
     written[-1].write_text(json.dumps(report_dict(engine, analysis, settings, image_path), indent=2))
     return written
@@ -100,32 +100,3 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
         "failed": analysis.failed,
     }
 
-
-def composite_figure(path, view: np.ndarray, analysis, look: Look = Look()) -> Path:
-    comparison_figure(view, analysis, look).savefig(path, dpi=100)
-    return Path(path)
-
-
-def comparison_figure(view: np.ndarray, analysis, look: Look = Look()):
-    """The image and every map in one labelled row-wrapped grid, each map on its own scale.
-    Constrained layout makes room for the titles (up to three lines) above each row."""
-    from matplotlib.figure import Figure  # no pyplot: it is not safe off the main thread
-
-    items = list(analysis.results.items())
-    cols = min(4, len(items) + 1)
-    rows = -(-(len(items) + 1) // cols)
-    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    axes.flat[0].imshow(view)
-    axes.flat[0].set_title(f"{analysis.prediction.name} ({analysis.prediction.prob:.2f})", fontsize=9)
-    for ax, (method, result) in zip(axes.flat[1:], items):
-        ax.imshow(look.draw(view, method, result.map))
-        title = method
-        if result.pathway is not None:
-            title += f"\nsparsity {result.pathway.sparsity:.1f} %"
-        if result.curves is not None:
-            title += f"\ndel {result.curves.deletion_auc:.3f} / ins {result.curves.insertion_auc:.3f}"
-        ax.set_title(title, fontsize=8)
-    return fig

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGridLa
                                QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
                                QTabWidget, QVBoxLayout, QWidget)
 
+from core.figures import grid_steps
 from core.methods import ALL_METHODS, DEFAULTS
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, JobFeedback
@@ -69,11 +70,6 @@ def sanity_job(engine, methods, seed: int, sparsity: float):
     prediction = engine.prediction
     name = next((n for i, n, _ in prediction.top5 if i == engine.target), str(engine.target))
     return SanityShown(result, engine.view, skipped, f"{model.name}, class {name}")
-
-
-def default_steps(count: int, columns: int = GRID_COLUMNS) -> list[int]:
-    """`columns` steps spread evenly over 0..count-1, both ends included."""
-    return sorted({int(round(s)) for s in np.linspace(0, count - 1, min(columns, count))})
 
 
 def parse_steps(text: str, count: int) -> list[int]:
@@ -419,7 +415,7 @@ class EvaluateTab(JobFeedback, QWidget):
         self.shown = shown
         result = shown.result
         self.plot.set_result(result)
-        steps = default_steps(len(result.steps))
+        steps = grid_steps(len(result.steps), GRID_COLUMNS)
         self.steps.setText(",".join(map(str, steps)))
         self.grid.show_maps(shown, steps)
         last = ", ".join(f"{m} {result.spearman[m][-1]:.2f}" for m in result.methods)

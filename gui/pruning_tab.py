@@ -84,13 +84,11 @@ def _left_out(skipped: dict) -> str:
 
 
 def render_sweep(result) -> dict[str, bytes]:
-    """The sweep's figures as PNG bytes (matplotlib Agg, on the worker)."""
-    from matplotlib.figure import Figure
-
-    from core.model_pruning.sweep import draw_sweep
+    """The sweep's figures (the CLI's) as PNG bytes (matplotlib Agg, on the worker)."""
+    from core import figures
 
     pngs = {}
-    for name, fig in draw_sweep(result, lambda figsize: Figure(figsize=figsize)).items():
+    for name, fig in figures.sweep(result).items():
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=90)
         pngs[name] = buffer.getvalue()

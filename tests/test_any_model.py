@@ -295,7 +295,7 @@ def test_registries_need_no_torch():
 
 
 def test_image_folder_classes_are_the_models_by_name(tmp_path):
-    from core.evaluation import folder_source
+    from core.evaluation.sources import folder_source
 
     for name in ("part-3", "part-1"):
         (tmp_path / name).mkdir()

@@ -1,21 +1,33 @@
-"""core/ is pure computation: it must never import Qt or the GUI."""
+"""core/ is pure computation: it must never import Qt or the GUI. Figures are drawn in one
+module, core/figures.py, and never with pyplot."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parent.parent / "core"
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "core"
 FORBIDDEN = ("PySide6", "PyQt5", "PyQt6", "PySide2", "qtpy", "superqt", "pyqtgraph", "shiboken6", "gui")
 
 
-def imported_roots(path: Path) -> set[str]:
-    roots = set()
+def imported(path: Path) -> set[str]:
+    """Every absolute import; `from M import n` counts as M and as M.n (n may be a module)."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imported_roots(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported(path)}
+
+
+def app_modules() -> list[Path]:
+    return [ROOT / "main.py", *sorted(CORE.rglob("*.py")), *sorted((ROOT / "gui").rglob("*.py"))]
 
 
 def test_no_core_module_imports_qt_or_gui():
@@ -33,3 +45,17 @@ def test_importing_the_whole_engine_loads_no_qt():
     out = subprocess.run([sys.executable, "-c", code], cwd=CORE.parent, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_no_module_uses_pyplot():
+    # pyplot's figure manager is global and not thread-safe: the app draws figures on its worker
+    offenders = [str(p.relative_to(ROOT)) for p in app_modules()
+                 if any(name.startswith("matplotlib.pyplot") for name in imported(p))]
+    assert offenders == []
+
+
+def test_figures_are_drawn_only_in_core_figures():
+    # one module, so the CLI and the app draw the same figures
+    offenders = [str(p.relative_to(ROOT)) for p in app_modules()
+                 if "matplotlib.figure" in imported(p) and p != CORE / "figures.py"]
+    assert offenders == []

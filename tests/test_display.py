@@ -209,7 +209,8 @@ def test_render_resizes_a_map_of_another_size_and_refuses_bad_maps():
 def test_comparison_titles_never_overlap_the_images_of_the_row_above():
     from types import SimpleNamespace
 
-    from core.report import comparison_figure
+    from core.figures import explain
+    from core.report import Look
 
     def result(method):
         pathway = SimpleNamespace(sparsity=70.0) if method.startswith("pathway") else None
@@ -220,7 +221,7 @@ def test_comparison_titles_never_overlap_the_images_of_the_row_above():
                "smoothgrad", "guided-backprop", "grad-cam", "pathway-integrated-gradients")
     analysis = SimpleNamespace(results={m: result(m) for m in methods},
                                prediction=SimpleNamespace(name="tabby cat", prob=0.42))
-    fig = comparison_figure(photo_like((32, 32)), analysis)
+    fig = explain(photo_like((32, 32)), analysis, Look())["comparison"]
     fig.draw_without_rendering()
     renderer = fig._get_renderer()
     images = [(ax, ax.images[0].get_window_extent(renderer)) for ax in fig.axes if ax.images]

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from core.errors import PruneScopeError, UnsupportedMethod
-from core.evaluation import (
-    BenchmarkSettings, RoarSettings, folder_source, iter_benchmark, iter_cached_maps, iter_roar,
-    pointing_game, prepare, reference_map, relevance_mass, remove_top, synthetic_source)
+from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
+from core.evaluation.metrics import pointing_game, reference_map, relevance_mass
+from core.evaluation.roar import RoarSettings, iter_cached_maps, iter_roar, remove_top
+from core.evaluation.sources import folder_source, prepare, synthetic_source
 from core.progress import run
 from core.synthetic import SmallResNet, SyntheticConfig, make_item, make_split, reinitialise
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
@@ -267,7 +268,7 @@ def test_evaluate_and_roar_on_an_image_folder_with_masks(tmp_path):
 
 def test_command_defaults_match_the_library_and_help_does_not_load_torch():
     from core.cli.evaluate import EVALUATE_DEFAULT
-    from core.evaluation import DEFAULT_METHODS
+    from core.evaluation.benchmark import DEFAULT_METHODS
 
     assert EVALUATE_DEFAULT == DEFAULT_METHODS
     code = ("import sys; from main import build_parser; build_parser(); "

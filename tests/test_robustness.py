@@ -112,19 +112,19 @@ def test_a_second_run_into_a_locked_output_folder_is_refused(tiny_cli, photo, tm
                                      RuntimeError("CUDA error: an illegal memory access\nmore lines")])
 def test_a_failed_item_costs_one_line_and_leaves_no_folder_that_looks_complete(
         tiny_cli, photo, tmp_path, capsys, monkeypatch, failure):
-    import core.report
+    import core.figures
 
     first = small_photo(photo, "coffee.png", tmp_path / "first.png")
     second = small_photo(photo, "chelsea.png", tmp_path / "second.png")
-    real, calls = core.report.composite_figure, []
+    real, calls = core.figures.save, []
 
-    def fails_once(*args, **kwargs):  # after input.npy, the maps and curves.csv are written
+    def fails_once(*args, **kwargs):  # comparison.png: after input.npy, the maps and curves.csv
         calls.append(1)
         if len(calls) == 1:
             raise failure
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.report, "composite_figure", fails_once)
+    monkeypatch.setattr(core.figures, "save", fails_once)
     out = tmp_path / "out"
     code, err = explain([first, second, "--out", out, *FAST], capsys)
     assert code == 2 and "Traceback" not in err
@@ -264,16 +264,16 @@ def test_sanity_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, 
 
 
 def test_evaluate_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, monkeypatch):
-    import core.evaluation
+    import core.evaluation.benchmark
 
-    real = core.evaluation.evaluate_item
+    real = core.evaluation.benchmark.evaluate_item
 
     def fails_on_first(model, item, methods, settings, i, **kwargs):
         if i == 0:
             raise RuntimeError("DataLoader worker exited unexpectedly")
         return real(model, item, methods, settings, i, **kwargs)
 
-    monkeypatch.setattr(core.evaluation, "evaluate_item", fails_on_first)
+    monkeypatch.setattr(core.evaluation.benchmark, "evaluate_item", fails_on_first)
     data = tmp_path / "data"
     for name in ("coffee.png", "chelsea.png", "astronaut.png"):
         small_photo(photo, name, data / name)
@@ -413,11 +413,12 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     import matplotlib
     from matplotlib import pyplot
 
+    from core import figures
     from core.engine import Engine
     from core.model_pruning.pipeline import Calibration, predict
-    from core.model_pruning.sweep import plot_sweep, sweep
+    from core.model_pruning.sweep import save_sweep, sweep
     from core.progress import run
-    from core.report import composite_figure
+    from core.report import Look
 
     def global_state(*_args, **_kwargs):
         raise AssertionError("pyplot or matplotlib.use was called")
@@ -427,9 +428,10 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     monkeypatch.setattr(matplotlib, "use", global_state)
     engine = Engine(tiny, load_image(small_photo(photo, "coffee.png", tmp_path / "coffee.png")))
     analysis = run(engine.iter_analysis(["gradient"], with_curves=False))
-    assert composite_figure(tmp_path / "comparison.png", engine.view, analysis).stat().st_size > 0
+    [comparison] = figures.save(figures.explain(engine.view, analysis, Look()), tmp_path)
+    assert comparison.name == "comparison.png" and comparison.stat().st_size > 0
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     calib = Calibration([], x, None, predict(tiny.module, x))
     result = run(sweep(tiny, calib, ["l1"], [0], ["gradient"], protect=["none"], timed=False))
-    assert [p.name for p in plot_sweep(result, tmp_path / "sweep")] == [
-        "headline.png", "cost.png", "drift.png", "pathway.png"]
+    assert [p.name for p in save_sweep(result, tmp_path / "sweep")] == [
+        "headline.png", "cost.png", "drift.png", "pathway.png", "sweep.json"]

@@ -149,12 +149,8 @@ def run_dissect(args) -> int:
 
     result.seconds = time.perf_counter() - started
     with locked(out):
-        figures.save(figures.dissection_summary(result), out / "concepts.png")
-        crops = _best_units(model, source, result)
-        if crops:
-            figures.save(figures.unit_montage(crops), out / "top_units.png")
+        figures.save(figures.dissect(result, _best_units(model, source, result), sweep), out)
         if sweep is not None:
-            figures.save(figures.concept_sweep(sweep), out / "sweep.png")
             write_text(out / "sweep.json", json.dumps(sweep.to_json(), indent=1))
         # last: the mark of a complete dissection
         write_text(out / "dissection.json", json.dumps({**result.to_json(), "world_size": ctx.world}))

@@ -13,7 +13,6 @@ from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synt
                               curve_steps, method_list, out_path, positive_int, sparsity_percent,
                               synthetic_model)
 from core.methods import DEFAULTS
-from core.output import save_figure
 
 SYNTHETIC = "synthetic"
 EVALUATE_DEFAULT = DEFAULTS["evaluate"]
@@ -149,8 +148,10 @@ def _write_json(path: Path, data: dict) -> None:
 def run_evaluate(args) -> int:
     import time
 
+    from core import figures
     from core.distributed import setup, teardown
-    from core.evaluation import BenchmarkSettings, folder_source, iter_benchmark, synthetic_source
+    from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
+    from core.evaluation.sources import folder_source, synthetic_source
     from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
@@ -183,12 +184,7 @@ def run_evaluate(args) -> int:
     result.update(command="evaluate", model=_model_info(model, trained), world_size=ctx.world,
                   seconds=time.perf_counter() - started)
     with locked(out):
-        plot_bars(out / "bars.png", result)
-        plot_curves(out / "curves.png", result)
-        if result["sanity"]:
-            plot_sanity(out, result, sanity_example)
-        if examples:
-            plot_examples(out / "maps.png", examples, model.class_names)
+        figures.save(figures.evaluate(result, examples, sanity_example, model.class_names), out)
         _write_json(out / "results.json", result)  # last: the mark of a complete evaluation
     if not args.quiet:
         print_table(result)
@@ -219,105 +215,14 @@ def print_table(result: dict) -> None:
               f"{cell(entry, 'sanity_spearman')}")
 
 
-def _figure(width, height):
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def plot_bars(path: Path, result: dict) -> None:
-    """One panel per metric, a bar per method, with standard errors."""
-    panels = [("pointing_game", "pointing game (higher is better)"),
-              ("relevance_mass", "relevance mass in the mask (higher is better)"),
-              ("deletion_auc", "deletion AUC (lower is better)"),
-              ("insertion_auc", "insertion AUC (higher is better)")]
-    panels = [p for p in panels if any(p[0] in e for e in result["methods"].values())]
-    methods = list(result["methods"])
-    fig = _figure(4.2 * len(panels), 3.8)
-    for ax, (key, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        values = [result["methods"][m].get(key, float("nan")) for m in methods]
-        errors = [result["methods"][m].get(f"{key}_sem", 0.0) for m in methods]
-        ax.bar(range(len(methods)), values, yerr=errors, color="tab:blue", capsize=2)
-        if key in ("pointing_game", "relevance_mass") and result["chance_pointing"] is not None:
-            ax.axhline(result["chance_pointing"], color="gray", linestyle="--", linewidth=1,
-                       label="object area (chance)")
-            ax.legend(fontsize=7)
-        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylim(0, 1.05 if key in ("pointing_game", "relevance_mass") else None)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{result['dataset']}: {result['images']} images", fontsize=10)
-    save_figure(fig, path, dpi=110)
-
-
-def plot_curves(path: Path, result: dict) -> None:
-    fig = _figure(10, 4)
-    axes = fig.subplots(1, 2)
-    for method, c in result["curves"].items():
-        for ax, key in zip(axes, ("deletion", "insertion")):
-            auc = result["methods"][method][f"{key}_auc"]
-            ax.plot(c["fractions"], c[key], label=f"{method} ({auc:.3f})")
-    for ax, key in zip(axes, ("deletion", "insertion")):
-        ax.set_xlabel(f"fraction of pixels {'removed' if key == 'deletion' else 'revealed'}")
-        ax.set_ylabel("target probability (mean)")
-        ax.set_title(f"{key} (AUC in brackets)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    save_figure(fig, path, dpi=110)
-
-
-def plot_sanity(out: Path, result: dict, example) -> None:
-    """The sanity command's plots, on the per-step means over the checked images."""
-    from core.cli.sanity import plot_map_grid, plot_similarity
-    from core.sanity import SanityResult
-
-    s = result["sanity"]
-    mean = SanityResult(methods=list(s["spearman"]), target=-1, seed=result["settings"]["seed"],
-                        blocks=s["blocks"], steps=s["steps"], spearman=s["spearman"],
-                        ssim=s["ssim"])
-    title = f"{result['dataset']}: mean over {len(s['images'])} images"
-    plot_similarity(out / "sanity_spearman.png", mean, mean.spearman,
-                    "Spearman rank correlation of |map|", title)
-    plot_similarity(out / "sanity_ssim.png", mean, mean.ssim, "SSIM of |map|", title)
-    if example is not None:
-        plot_map_grid(out / "sanity_maps.png", example["result"], example["view"])
-
-
-def plot_examples(path: Path, examples, class_names) -> None:
-    """Rows: images (ground truth outlined); columns: methods."""
-    import numpy as np
-
-    from core.display import colorize, normalize
-
-    methods = list(examples[0]["maps"])
-    rows, cols = len(examples), len(methods) + 1
-    fig = _figure(1.7 * cols, 1.8 * rows + 0.3)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for row, ex in enumerate(examples):
-        axes[row][0].imshow(ex["view"])
-        if ex["mask"] is not None:
-            axes[row][0].contour(ex["mask"].astype(np.float32), levels=[0.5], colors="white",
-                                 linewidths=0.8)
-        name = class_names[ex["target"]] if ex["target"] < len(class_names) else ex["target"]
-        axes[row][0].set_ylabel(str(name), fontsize=7)
-        for col, method in enumerate(methods, start=1):
-            if method in ex["maps"]:
-                axes[row][col].imshow(colorize(normalize(ex["maps"][method], "absolute")))
-            if row == 0:
-                axes[row][col].set_title(method, fontsize=7)
-    for ax in (a for line in axes for a in line):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    save_figure(fig, path, dpi=100)
-
-
 # ---- roar ----------------------------------------------------------------------------------
 
 def run_roar(args) -> int:
     import time
 
+    from core import figures
     from core.distributed import setup, teardown
-    from core.evaluation import RoarSettings, fingerprint, iter_roar
+    from core.evaluation.roar import RoarSettings, fingerprint, iter_roar
     from core.output import output_folder
     from core.progress import StderrBar, run
     from core.synthetic import SmallResNet, make_split, reinitialise
@@ -359,7 +264,7 @@ def run_roar(args) -> int:
         return 0
     result.update(command="roar", dataset=args.dataset, model=_model_info(model, trained),
                   world_size=ctx.world, seconds=time.perf_counter() - started)
-    plot_roar(out / "roar.png", result)
+    figures.save(figures.roar(result), out)
     _write_json(out / "roar.json", result)  # last: the mark of a complete run
     if not args.quiet:
         print(f"{result['train_images']} training / {result['test_images']} test images; "
@@ -378,7 +283,7 @@ def run_roar(args) -> int:
 def _folder_split(args, model, target):
     """DIR/train and DIR/test when both exist; else every fifth image (by sorted order) is a test
     image. Capped at --train-images / --test-images."""
-    from core.evaluation import folder_source, load_dataset
+    from core.evaluation.sources import folder_source, load_dataset
 
     root = Path(args.dataset)
     masks = _masks_dir(args)
@@ -394,19 +299,3 @@ def _folder_split(args, model, target):
     return (load_dataset(model, source, train_rows, target),
             load_dataset(model, source, test_rows, target))
 
-
-def plot_roar(path: Path, result: dict) -> None:
-    fig = _figure(6.5, 4.5)
-    ax = fig.add_subplot()
-    for method, entry in result["methods"].items():
-        style = "--" if method in ("random", "oracle") else "-"
-        ax.plot([100 * f for f in entry["fractions"]], entry["accuracy"], style, marker="o",
-                markersize=3, label=f"{method} (AUC {entry['auc']:.3f})")
-    ax.set_xlabel("% of most relevant pixels removed (then retrained)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"ROAR on {result['dataset']} (lower = the method found the evidence)",
-                 fontsize=9)
-    save_figure(fig, path, dpi=110)

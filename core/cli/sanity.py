@@ -8,10 +8,8 @@ from pathlib import Path
 
 from core.cli.options import add_model_options, method_list, model_from_args, out_path, sparsity_percent
 from core.methods import ALL_METHODS, DEFAULTS, unknown
-from core.output import save_figure
 
 DEFAULT_METHODS = DEFAULTS["sanity"]
-GRID_COLUMNS = 6  # steps shown in maps.png, trained model and fully randomised included
 
 
 def register(subparsers) -> None:
@@ -90,69 +88,12 @@ def run_sanity(args) -> int:
 def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float) -> None:
     import json
 
+    from core import figures
+
     data = {"image": str(image_path), "source": str(Path(image_path).resolve()), "model": model_name,
             "class_name": engine.prediction.name, "probability": engine.prediction.prob,
             "sparsity": sparsity, **result.to_json()}
     title = f"{Path(image_path).name}, {model_name}, class {engine.prediction.name}"
-    plot_similarity(out / "spearman.png", result, result.spearman, "Spearman rank correlation of |map|",
-                    title)
-    plot_similarity(out / "ssim.png", result, result.ssim, "SSIM of |map|", title)
-    plot_map_grid(out / "maps.png", result, engine.view)
+    figures.save(figures.sanity(result, engine.view, title), out)
     (out / "sanity.json").write_text(json.dumps(data, indent=2))  # last: the mark of a complete result
 
-
-def _step_labels(result) -> list[str]:
-    return ["trained", *result.blocks]
-
-
-def plot_similarity(path: Path, result, values: dict, ylabel: str, title: str) -> None:
-    """One line per method against the blocks randomised so far (output block first)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    fig = Figure(figsize=(max(6.0, 0.35 * len(result.steps) + 2), 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for method in result.methods:
-        ax.plot(result.steps, values[method], marker="o", markersize=3, label=method)
-    ax.set_xticks(result.steps, _step_labels(result), rotation=90, fontsize=7)
-    ax.set_xlabel("randomised down to (cumulative, from the output)")
-    ax.set_ylabel(ylabel)
-    low = min(min(v) for v in values.values())
-    ax.set_ylim(min(low - 0.05, 0.0), 1.05)
-    ax.axhline(0.0, color="gray", linewidth=0.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    save_figure(fig, path, dpi=120)
-
-
-def grid_steps(count: int, columns: int = GRID_COLUMNS) -> list[int]:
-    """`columns` steps spread evenly over 0..count-1, both ends included."""
-    import numpy as np
-
-    return sorted({int(round(s)) for s in np.linspace(0, count - 1, min(columns, count))})
-
-
-def plot_map_grid(path: Path, result, view) -> None:
-    """Rows: methods; columns: the image, then |map| at a few steps of the cascade."""
-    from matplotlib.figure import Figure
-
-    from core.display import colorize, normalize
-
-    steps = grid_steps(len(result.steps))
-    labels = _step_labels(result)
-    rows, cols = len(result.methods), len(steps) + 1
-    fig = Figure(figsize=(1.8 * cols, 1.9 * rows + 0.3), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for row, method in enumerate(result.methods):
-        axes[row][0].imshow(view)
-        axes[row][0].set_ylabel(method, fontsize=8)
-        for col, step in enumerate(steps, start=1):
-            attr = result.maps[method][step]
-            axes[row][col].imshow(colorize(normalize(attr, "absolute")))
-            if row == 0:
-                axes[row][col].set_title(labels[step], fontsize=7)
-            axes[row][col].set_xlabel(f"rho {result.spearman[method][step]:.2f}", fontsize=7)
-    for ax in (a for line in axes for a in line):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    save_figure(fig, path, dpi=100)

@@ -17,7 +17,7 @@ _EXPORTS = {
     "calibrate": "pipeline", "finetune": "pipeline", "measure": "pipeline",
     "prune_copy": "pipeline", "prune_model": "pipeline", "save_pruned": "pipeline",
     "PRUNED_KEY": "surgery", "Surgery": "surgery", "checkpoint": "surgery", "load_pruned": "surgery",
-    "SweepResult": "sweep", "plot_sweep": "sweep",
+    "SweepResult": "sweep",
 }
 __all__ = sorted(_EXPORTS)
 

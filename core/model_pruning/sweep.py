@@ -251,99 +251,17 @@ def _mean_similarity(before: list, after: list) -> dict:
     return {k: float(np.mean([s[k] for s in sims])) for k in ("spearman", "ssim")}
 
 
-# --- plots ----------------------------------------------------------------------------------------
+# --- files ---------------------------------------------------------------------------------------
 
-def plot_sweep(result: SweepResult, folder) -> list[Path]:
-    """headline.png, cost.png, drift.png, pathway.png in `folder`, each written whole."""
-    from matplotlib.figure import Figure  # no pyplot: it is not safe off the main thread
+def save_sweep(result: SweepResult, folder) -> list[Path]:
+    """headline.png, cost.png, drift.png, pathway.png (core.figures), then sweep.json: written
+    last, each file whole, it marks a complete sweep."""
+    import json
 
-    from core.output import save_figure
+    from core import figures
+    from core.output import write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [save_figure(fig, folder / f"{name}.png", dpi=110, bbox_inches="tight")
-            for name, fig in draw_sweep(result, Figure).items()]
-
-
-def save_sweep(result: SweepResult, folder) -> list[Path]:
-    """The plots, then sweep.json: written last, each file whole, it marks a complete sweep."""
-    import json
-
-    from core.output import write_text
-
-    plots = plot_sweep(result, folder)
-    return [*plots, write_text(Path(folder) / "sweep.json", json.dumps(result.to_json(), indent=1))]
-
-
-def draw_sweep(result: SweepResult, new_figure) -> dict:
-    """The sweep's figures, drawn on figures made by new_figure(figsize=...) (pyplot's or a Qt
-    canvas's), so the CLI and the GUI show the same plots."""
-    colours = {c: f"C{i}" for i, c in enumerate(result.criteria)}
-    figures = {}
-    quality = result.quality
-
-    fig = new_figure(figsize=(7.5, 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    for c in result.criteria:
-        xs, ys = result.series(c, quality)
-        if xs:
-            recovered = f" after {result.recovery}" if result.recovery != "none" else ""
-            ax.plot(xs, ys, "-o", color=colours[c], label=f"{c}: {quality}{recovered}")
-            if recovered:
-                _, raw = result.series(c, f"{quality}_before_recovery")
-                ax.plot(xs, raw, ":x", color=colours[c], alpha=0.8, label=f"{c}: {quality}, no recovery")
-            _, sim = result.series(c, mean_spearman)
-            ax.plot(xs, sim, "--", color=colours[c], alpha=0.8, label=f"{c}: map similarity")
-    ax.set(xlabel="sparsity (%)", ylabel="fraction / Spearman", ylim=(-0.05, 1.05),
-           title=f"{result.model}: {quality} on {len(result.held_out)} held-out images (solid; dotted: "
-                 "before recovery) vs explanation similarity (dashed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    figures["headline"] = fig
-
-    fig = new_figure(figsize=(12, 3.6))
-    panels = (("params", "parameters (% of original)", lambda p: 100 * p.nonzero / result.baseline["nonzero"]),
-              ("macs", "MACs (% of original)", lambda p: 100 * p.macs / result.baseline["macs"]),
-              ("latency", "latency (% of original, timed in turns)",
-               lambda p: 100 * p.latency_ms / p.latency_original_ms))
-    for i, (_, label, get) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for c in result.criteria:
-            xs, ys = result.series(c, get)
-            if xs:
-                ax.plot(xs, ys, "-o", color=colours[c], label=c)
-        ax.set(xlabel="sparsity (%)", title=label)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=7)
-    figures["cost"] = fig
-
-    drawn = [m for m in result.methods if m not in result.skipped_methods]
-    fig = new_figure(figsize=(9, 2.8 * max(len(drawn), 1)))
-    for row, method in enumerate(drawn):
-        for col, key in enumerate(("spearman", "ssim")):
-            ax = fig.add_subplot(max(len(drawn), 1), 2, 2 * row + col + 1)
-            for c in result.criteria:
-                xs, ys = result.series(c, lambda p, m=method, k=key: p.drift.get(m, {}).get(k, float("nan")))
-                if xs:
-                    ax.plot(xs, ys, "-o", color=colours[c], label=c)
-            ax.set(xlabel="sparsity (%)", ylim=(-0.05, 1.05),
-                   title=f"{method}: {'Spearman' if key == 'spearman' else 'SSIM'} vs original")
-            ax.grid(alpha=0.3)
-    if fig.axes:
-        fig.axes[0].legend(fontsize=7)
-    figures["drift"] = fig
-
-    fig = new_figure(figsize=(6, 3.8))
-    ax = fig.add_subplot(1, 1, 1)
-    for c in result.criteria:
-        xs, ys = result.series(c, "pathway_iou")
-        if xs:
-            ax.plot(xs, ys, "-o", color=colours[c], label=c)
-    ax.set(xlabel="sparsity (%)", ylabel="IoU", ylim=(-0.05, 1.05),
-           title="critical pathway overlap with the original")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    figures["pathway"] = fig
-    for fig in figures.values():
-        fig.tight_layout()
-    return figures
+    plots = figures.save(figures.sweep(result), folder, dpi=110, bbox_inches="tight")
+    return [*plots, write_text(folder / "sweep.json", json.dumps(result.to_json(), indent=1))]
