@@ -78,3 +78,20 @@ def test_two_gloo_ranks_equal_one_process(trained, tmp_path, tmp_path_factory): 
     for split in ("train", "test"):
         a, b = ((results["roar", n] / "maps" / f"gradient.{split}.npy").read_bytes() for n in (1, 2))
         assert a == b
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_dissect_as_one_process(trained, tmp_path, tmp_path_factory):  # noqa: F811
+    cache = synthetic_cache(tmp_path_factory)
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"dissect{nproc}"
+        done = _launch(nproc, "dissect", "--concepts", "synthetic", "--cache-dir", str(cache),
+                       "--device", "cpu", "--quiet", "--limit", "37", "--batch-size", "8",
+                       "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[nproc] = json.loads((out / "dissection.json").read_text())
+    assert results[2]["world_size"] == 2
+    one, two = ({k: v for k, v in r.items() if k not in VOLATILE} for r in results.values())
+    assert one["images"] == 37 and len(one["image_names"]) == 37
+    assert one == two
