@@ -1,18 +1,20 @@
-"""One channel up close: the concept a dissection found for it, its top-activating images in a
+"""Concepts in the app. One channel up close: the concept a dissection found for it, its top-activating images in a
 reference folder (computed once per model and folder, then cached on disk) and its conditional
 map on the current image (the target's gradient through the pathway, through that channel only).
+And the Evaluate tab's box that dissects the current model.
 """
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QProgressBar, QPushButton, QSizePolicy, QVBoxLayout)
+from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
+                               QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+                               QSizePolicy, QSpinBox, QVBoxLayout)
 from superqt import QElidingLabel
 
 from core import display
-from gui.context import PRIORITY_VIEW
+from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, JobFeedback
 
 PICTURE_SIDE = 260
 CROP_SIDE = 84
@@ -187,3 +189,93 @@ class ChannelDialog(QDialog):
 
     def _tops_failed(self, err) -> None:
         self.note.setText(f"Top images: {err}")
+
+
+class DissectBox(JobFeedback, QGroupBox):
+    """Evaluate tab: dissect the current model on concept masks; the result labels the Explain
+    tab's channel tiles."""
+
+    status = Signal(str)
+    dissected = Signal(object)  # core.dissection.Dissection
+    job_key = "dissect"
+
+    def __init__(self, context, parent=None):
+        super().__init__("Network dissection of this model", parent)
+        self.context = context
+        self.concepts = QLineEdit()
+        self.concepts.setPlaceholderText("synthetic, a Broden folder or MASKS/<concept>/<stem>.png")
+        self.concepts.setText("synthetic")
+        self.concepts.setToolTip("Where the concept masks come from: 'synthetic' (generated scenes), "
+                                 "a Broden folder (index.csv), or a mask folder for the images below")
+        self.images = QLineEdit()
+        self.images.setPlaceholderText("the images a mask folder masks")
+        browse_concepts, browse_images = QPushButton("…"), QPushButton("…")
+        for button, line in ((browse_concepts, self.concepts), (browse_images, self.images)):
+            button.setFixedWidth(28)
+            button.clicked.connect(lambda _c=False, target=line: self._browse(target))
+        self.limit = QSpinBox()
+        self.limit.setRange(1, 100_000)
+        self.limit.setValue(200)
+        self.limit.setToolTip("At most this many images")
+        self.run_button = QPushButton("Dissect")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.message = QLabel("Concepts per channel, as `prunescope dissect` finds them.")
+        self.message.setWordWrap(True)
+        form = QFormLayout(self)
+        for label, line, button in (("Concepts", self.concepts, browse_concepts),
+                                    ("Images", self.images, browse_images)):
+            row = QHBoxLayout()
+            row.addWidget(line, 1)
+            row.addWidget(button)
+            form.addRow(label, row)
+        form.addRow("Images at most", self.limit)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+        form.addRow(self.progress)
+        form.addRow(self.message)
+
+    def _browse(self, line) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder", line.text())
+        if folder:
+            line.setText(folder)
+
+    def _busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if not busy:
+            self.progress.setValue(0)
+
+    def run(self) -> None:
+        model = self.context.current_model()
+        if model is None:
+            self.message.setText("Load a model first.")
+            return
+        spec, images, limit = self.concepts.text().strip(), self.images.text().strip() or None, self.limit.value()
+
+        def job():
+            from core.concepts import open_concepts
+            from core.dissection import iter_dissect
+
+            source = open_concepts(spec, images, limit)
+            return (yield from iter_dissect(model, source))
+
+        self._busy(True)
+        self.context.run_job(job, self._show, self._progressed, self._failed, key=self.job_key,
+                             priority=PRIORITY_BACKGROUND)
+
+    def _show(self, dissection) -> None:
+        self._busy(False)
+        lines = [f"{s['layer']}: {s['detectors']}/{s['units']} units, {s['unique_concepts']} concepts"
+                 for s in dissection.summary()]
+        self.message.setText(f"{dissection.images} images in {dissection.seconds:.0f} s. "
+                             + "; ".join(lines) + ". The Explain tab's channel tiles now show them.")
+        self.status.emit("dissection done")
+        self.dissected.emit(dissection)

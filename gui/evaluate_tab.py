@@ -23,6 +23,7 @@ from core.figures import grid_steps
 from core.methods import ALL_METHODS, DEFAULTS
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, JobFeedback
+from gui.dissection import DissectBox
 
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = DEFAULTS["sanity"]
@@ -278,6 +279,8 @@ class EvaluateTab(JobFeedback, QWidget):
         controls = QWidget()
         column = QVBoxLayout(controls)
         column.addWidget(self._sanity_box())
+        self.dissect = DissectBox(context)
+        column.addWidget(self.dissect)
         column.addWidget(self._results_box())
         column.addStretch(1)
         scroll = QScrollArea()

@@ -68,7 +68,11 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_status_bar()
         for index in range(self.tabs.count()):  # every tab has a status line for the status bar
-            self.tabs.widget(index).status.connect(self.show_message)
+            widget = self.tabs.widget(index)
+            widget.status.connect(self.show_message)
+            if hasattr(widget, "dissect"):  # a dissection computed in the Evaluate tab
+                widget.dissect.status.connect(self.show_message)
+                widget.dissect.dissected.connect(self.explain.set_dissection)
         self.context.job_error.connect(self._job_failed)
         self.context.busy_changed.connect(self._busy)
         self.context.progress.connect(self._progress)

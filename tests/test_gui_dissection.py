@@ -93,5 +93,14 @@ def test_a_dissection_labels_the_tiles_and_a_click_shows_the_channel(qapp, setti
         other.write_text(path.read_text().replace('"efficientnet_lite0"', '"resnet18"'))
         assert not window.open_dissection(other)
         assert "not the current model" in window.statusBar().currentMessage()
+        # computed in the Evaluate tab, it reaches the Explain tab's tiles
+        box = next(window.tabs.widget(i) for i in range(window.tabs.count())
+                   if hasattr(window.tabs.widget(i), "dissect")).dissect
+        box.concepts.setText(str(images.parent / "masks"))
+        box.images.setText(str(images))
+        before = window.explain.dissection
+        box.run_button.click()
+        wait_until(qapp, lambda: window.explain.dissection is not before)
+        assert "units" in box.message.text() and window.explain.dissection.images == len(PHOTOS)
     finally:
         window.close()

@@ -149,9 +149,9 @@ def run_dissect(args) -> int:
 
     result.seconds = time.perf_counter() - started
     with locked(out):
-        figures.save(figures.dissect(result, _best_units(model, source, result), sweep), out)
         if sweep is not None:
             write_text(out / "sweep.json", json.dumps(sweep.to_json(), indent=1))
+        figures.save(figures.dissect(result, _best_units(model, source, result), sweep), out)
         # last: the mark of a complete dissection
         write_text(out / "dissection.json", json.dumps({**result.to_json(), "world_size": ctx.world}))
     if not args.quiet:
