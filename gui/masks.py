@@ -362,7 +362,8 @@ def _small_font():
     from PySide6.QtGui import QFont
 
     font = QFont()
-    font.setPointSize(6)
+    font.setPointSize(7)
+    font.setBold(True)
     return font
 
 
