@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from core.model_pruning import Recovery, calibrate, load_pruned, prune_model, save_pruned
 from core.model_pruning.pipeline import Calibration, predict
@@ -15,6 +14,7 @@ from core.model_pruning.recovery import distill, held_out_split, recalibrate_bn,
 from core.progress import run
 
 from conftest import tiny_net  # noqa: E402
+from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 
 def test_bn_recalibration_has_the_known_answer_and_keeps_the_predictions(tiny):
@@ -65,76 +65,30 @@ def test_iterative_pruning_ends_at_the_target_and_each_step_loads(tiny, tmp_path
     assert json.loads(json.dumps(report.summary()))["held_out_count"] == 2
 
 
-class Stripes(nn.Module):
-    """A small CNN for 4 stripe patterns."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, 4)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """16x16 images of horizontal or vertical stripes or a checkerboard (classes 0-2; class 3
-    unused), with random period, phase, colours and noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (n,), generator=g)
-    u = torch.arange(16.0).view(1, 16, 1)
-    v = torch.arange(16.0).view(1, 1, 16)
-    period = 4 + 2 * torch.rand(n, 1, 1, generator=g)
-    phase = 6.28 * torch.rand(n, 1, 1, generator=g)
-    rows, cols = torch.sin(u * 6.28 / period + phase), torch.sin(v * 6.28 / period + phase)
-    waves = torch.stack([rows.expand(n, 16, 16), cols.expand(n, 16, 16), rows * cols], 1)
-    pattern = waves[torch.arange(n), labels] > 0
-    fg, bg = torch.rand(n, 3, 1, 1, generator=g), torch.rand(n, 3, 1, 1, generator=g)
-    x = torch.where(pattern.unsqueeze(1), fg, bg) + 0.05 * torch.randn(n, 3, 16, 16, generator=g)
-    return x, labels
-
-
 @pytest.mark.slow
-def test_distillation_on_unlabelled_images_recovers_a_pruned_models_accuracy(tiny):
-    import dataclasses
+def test_the_synthetic_model_pruned_half_by_l1_distils_back_within_two_points(trained):  # noqa: F811
+    """Known answer of the seed's remedy: pruned 50 % by L1 the benchmark CNN loses about half its
+    test accuracy; distilled from the original on unlabelled generated images it gets it back."""
+    from core.synthetic import SyntheticConfig, make_split, to_input
 
-    torch.manual_seed(0)
-    net = Stripes()
-    x, y = stripes(640, seed=0)
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for epoch in range(4):
-        for rows in torch.randperm(len(y)).split(32):
-            loss = nn.functional.cross_entropy(net(x[rows]), y[rows])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    net.eval().requires_grad_(False)
-    test_x, test_y = stripes(300, seed=1)
-    accuracy = lambda m: float((predict(m, test_x) == test_y).float().mean())  # noqa: E731
-    original = accuracy(net)
-    assert original > 0.9
-
-    model = dataclasses.replace(tiny, module=net, name="stripes", input_size=16, resize_size=16,
-                                class_names=[str(i) for i in range(4)])
-    calib_x, _ = stripes(64, seed=2)  # unlabelled
-    calib = Calibration([], calib_x, None, predict(net, calib_x))
-    pruned = run(prune_model(model, "l1", 50, calib, "per-layer", ["none"], settings=Recovery("none")))
-    one_shot = accuracy(pruned.model.module)
+    model = trained.model
+    test = make_split(SyntheticConfig(), "test", 500)
+    test_x = to_input(torch.from_numpy(test.images), model.mean, model.std)
+    accuracy = lambda m: float((predict(m, test_x) == torch.from_numpy(test.labels)).float().mean())  # noqa: E731
+    original = accuracy(model.module)
+    train = make_split(SyntheticConfig(), "train", 1024)  # their labels are never used
+    x = to_input(torch.from_numpy(train.images), model.mean, model.std)
+    calib = Calibration([], x[:256], None, predict(model.module, x[:256]))
+    pruned = run(prune_model(model, "l1", 50, calib, settings=Recovery("none")))
     student = pruned.model.module
-    run(recalibrate_bn(student, calib_x))
-    unlabelled, _ = stripes(512, seed=3)
-    run(distill(student, net, unlabelled, steps=150, lr=3e-3, batch=32))
+    one_shot = accuracy(student)
+    run(recalibrate_bn(student, x[:256]))
+    run(distill(student, model.module, x, steps=200, lr=1e-3, batch=32))
     recovered = accuracy(student)
     print(f"accuracy: original {original:.3f}, pruned 50 % by L1 {one_shot:.3f}, distilled {recovered:.3f}")
-    # Measured: 98.0 % original, 55.7 % pruned, 94.7 % distilled (150 steps): a 3.3-point gap,
-    # not the 2 points hoped for; the bound leaves room for thread-count differences.
+    # Measured: 100.0 % original, 55.4 % pruned, 77.0 % after bn, 98.8 % distilled (200 steps)
     assert one_shot < original - 0.2  # pruning did cost accuracy ...
-    assert recovered >= original - 0.05  # ... and distillation without labels brought most back
+    assert recovered >= original - 0.02  # ... and distillation without labels brought it back
 
 
 def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny_cli, monkeypatch):
