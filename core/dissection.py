@@ -124,10 +124,10 @@ class TopImages:
         order = value.argsort(dim=1, descending=True, stable=True)[:, :self.n]
         self.value, self.index, self.where = (t.gather(1, order) for t in (value, index, where))
 
-    def add_maps(self, maps: torch.Tensor, first: int) -> None:
-        """maps: B x units x H x W for images first..first+B-1."""
+    def add_maps(self, maps: torch.Tensor, index: list[int]) -> None:
+        """maps: B x units x H x W of the images numbered `index`."""
         peak, where = maps.flatten(2).max(dim=2)
-        index = torch.arange(first, first + maps.shape[0]).expand(maps.shape[1], -1)
+        index = torch.tensor(index).expand(maps.shape[1], -1)
         self.add(peak.T, index, where.T)
 
     def merge(self, other: "TopImages") -> None:
@@ -260,6 +260,7 @@ class Dissection:
     quantile: float = QUANTILE
     iou_min: float = IOU_MIN
     resolution: int = RESOLUTION
+    skipped: dict = field(default_factory=dict)  # image index -> why it could not be used
 
     @property
     def categories(self) -> list[str]:
@@ -276,6 +277,7 @@ class Dissection:
             "format": FORMAT, "model": self.model, "source": self.source, "images": self.images,
             "quantile": self.quantile, "iou_min": self.iou_min, "resolution": self.resolution,
             "seconds": round(self.seconds, 2), "concepts": [list(c) for c in self.concepts],
+            "skipped": self.skipped,
             "summary": self.summary(), "image_names": self.image_names,
             "layers": [{"name": layer.name, "shape": list(layer.shape), "thresholds": layer.thresholds,
                         "units": [{"unit": u.unit, "concept": u.concept, "category": u.category,
@@ -297,7 +299,7 @@ class Dissection:
             return cls(str(data["model"]), str(data["source"]), int(data["images"]),
                        [tuple(c) for c in data["concepts"]], layers, list(data["image_names"]),
                        float(data.get("seconds", 0.0)), float(data["quantile"]),
-                       float(data["iou_min"]), int(data["resolution"]))
+                       float(data["iou_min"]), int(data["resolution"]), dict(data.get("skipped", {})))
         except (KeyError, TypeError, ValueError) as err:
             raise PruneScopeError(f"dissection file is damaged ({type(err).__name__}: {err})") from None
 
@@ -314,16 +316,18 @@ def _inputs(model, items) -> torch.Tensor:
     return torch.cat([model.preprocess(item.rgb)[0] for item in items])
 
 
-def _load(source, rows):
-    from core.errors import ImageError
+def _load(source, rows, skipped: dict) -> tuple[list[int], list]:
+    """The items of `rows` that load; the others go into skipped (index -> why)."""
+    from core.errors import reason
 
-    items = []
+    kept, items = [], []
     for i in rows:
         try:
             items.append(source.load(i))
-        except (ImageError, PruneScopeError) as err:
-            raise PruneScopeError(f"image {i} of {source.name}: {err}") from None
-    return items
+            kept.append(i)
+        except Exception as err:  # one unreadable image or mask must not cost the dissection
+            skipped[i] = reason(err)
+    return kept, items
 
 
 def above(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -343,7 +347,10 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
         raise PruneScopeError(f"{source.name}: no images")
     started = time.perf_counter()
     module = model.module.eval()
-    first = _load(source, [0])
+    skipped: dict[int, str] = {}
+    first = next((items for _, items in (_load(source, [i], {}) for i in range(source.count)) if items), None)
+    if first is None:
+        raise PruneScopeError(f"{source.name}: none of its {source.count} images can be read")
     layers = neurons.discover_layers(module, _inputs(model, first))
     chosen = choose_layers(layers, layer_names)
     batches = _batches(source.count, batch, ctx)
@@ -355,20 +362,23 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     names: list[tuple[int, str]] = []
     for b, rows in enumerate(batches):
         yield Progress(b / len(batches) / passes, f"thresholds: images {rows.start + 1}-{rows.stop}")
-        items = _load(source, rows)
-        names += [(i, item.name) for i, item in zip(rows, items)]
+        index, items = _load(source, rows, skipped)
+        if not items:
+            continue
+        names += [(i, item.name) for i, item in zip(index, items)]
         acts = activations(module, _inputs(model, items), chosen)
         for i in chosen:
             a = acts[i]
             tops[i].add(a.transpose(0, 1).reshape(a.shape[1], -1))
-            images[i].add_maps(a, rows.start)
-    gathered = distributed.gather((tops, images, names), ctx)
+            images[i].add_maps(a, index)
+    gathered = distributed.gather((tops, images, names, skipped), ctx)
     if gathered is not None:
-        for other_tops, other_images, other_names in gathered[1:]:
+        for other_tops, other_images, other_names, other_skipped in gathered[1:]:
             for i in chosen:
                 tops[i].merge(other_tops[i])
                 images[i].merge(other_images[i])
             names += other_names
+            skipped.update(other_skipped)
     thresholds = distributed.broadcast({i: tops[i].threshold() for i in chosen}
                                        if ctx.is_main else None, ctx)
     concepts = source.concepts
@@ -378,7 +388,9 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     resolution = min(model.input_size, RESOLUTION)
     for b, rows in enumerate(batches if not top_only else []):
         yield Progress(0.5 + 0.5 * b / len(batches), f"concepts: images {rows.start + 1}-{rows.stop}")
-        items = _load(source, rows)
+        _, items = _load(source, rows, {})  # the same images load as in the first pass
+        if not items:
+            continue
         acts = activations(module, _inputs(model, items), chosen)
         masks = [align_masks(item.masks, view_box(model, *item.rgb.shape[:2]), resolution)
                  .flatten(1).to(model.device) for item in items]
@@ -404,9 +416,11 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
                                       _units(iou, [] if top_only else concepts),
                                       {"value": images[i].value.tolist(), "index": images[i].index.tolist(),
                                        "where": images[i].where.tolist()}))
-    image_names = [name for _, name in sorted(names)]
+    image_names = dict(names)
     return Dissection(model.name, source.name, source.count, [(c.name, c.category) for c in concepts],
-                      result, image_names, time.perf_counter() - started, quantile, IOU_MIN, resolution)
+                      result, [image_names.get(i, "") for i in range(source.count)],
+                      time.perf_counter() - started, quantile, IOU_MIN, resolution,
+                      {str(i): why for i, why in sorted(skipped.items())})
 
 
 def _units(iou: torch.Tensor, concepts) -> list[Unit]:

@@ -74,7 +74,7 @@ def test_streaming_accumulators_equal_a_direct_computation():
     tops, images = TopValues(5, k), TopImages(5, n=4)
     for b, a in enumerate(batches):
         tops.add(a.transpose(0, 1).reshape(5, -1))
-        images.add_maps(a, 4 * b)
+        images.add_maps(a, list(range(4 * b, 4 * b + 4)))
     flat = every.transpose(0, 1).reshape(5, -1)
     assert torch.equal(tops.threshold(), flat.sort(dim=1, descending=True).values[:, k - 1])
     peaks = every.flatten(2).amax(2).T  # units x images
@@ -238,3 +238,20 @@ def test_the_pathway_runs_through_the_red_detector():
     ranked = pathway_concepts(result, engine.layers, engine.masks(50.0), engine.scores())
     assert [e["concept"] for e in ranked] == ["red"] and ranked[0]["units"] == [(result.layers[0].name, 0)]
     assert 0 < ranked[0]["share"] <= 1
+
+
+def test_an_unreadable_image_is_left_out_and_named():
+    from core.errors import ImageError
+
+    source = patch_source(8)
+    load = source.load
+
+    def flaky(i: int):
+        if i == 3:
+            raise ImageError("patch3.png: truncated")
+        return load(i)
+
+    source.load = flaky
+    result = run(iter_dissect(as_model(colour_net()), source, ["0"], batch=3))
+    assert result.skipped == {"3": "patch3.png: truncated"} and result.image_names[3] == ""
+    assert result.layers[0].units[0].concept == "red" and 3 not in sum(result.layers[0].top_images["index"], [])

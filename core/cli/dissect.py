@@ -7,6 +7,7 @@ processes and rank 0 writes the results, the same as one process would.
 import sys
 from pathlib import Path
 
+from core.cli import EXIT_BAD_INPUT, fail
 from core.cli.options import (MODEL_HELP, add_model_details, add_synthetic_options, out_path,
                               positive_int, synthetic_model)
 
@@ -159,7 +160,9 @@ def run_dissect(args) -> int:
         print(f"results in {out}")
     for note in sweep.notes if sweep else []:
         print(f"prunescope: note: {note}", file=sys.stderr)
-    return 0
+    for index, why in result.skipped.items():
+        fail(f"image {index} of {source.name} left out: {why}")
+    return EXIT_BAD_INPUT if result.skipped else 0
 
 
 def _sweep(args, model, source, data, layers):
