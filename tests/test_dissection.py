@@ -17,6 +17,7 @@ from core.synthetic import SyntheticConfig
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 SIZE = 64
+PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 
 
 def colour_net() -> nn.Module:
@@ -255,3 +256,51 @@ def test_an_unreadable_image_is_left_out_and_named():
     result = run(iter_dissect(as_model(colour_net()), source, ["0"], batch=3))
     assert result.skipped == {"3": "patch3.png: truncated"} and result.image_names[3] == ""
     assert result.layers[0].units[0].concept == "red" and 3 not in sum(result.layers[0].top_images["index"], [])
+
+
+def colour_masks(folder, photo):
+    """A user mask folder: each photo's strongly red, yellow, blue and white pixels."""
+    import cv2
+    from PIL import Image
+
+    from core.images import load_image
+
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir()
+    rules = {"red": lambda h, s, v: ((h < 10) | (h > 170)) & (s > 120) & (v > 60),
+             "yellow": lambda h, s, v: (h >= 20) & (h < 35) & (s > 120) & (v > 80),
+             "blue": lambda h, s, v: (h >= 95) & (h < 130) & (s > 100) & (v > 50),
+             "white": lambda h, s, v: (s < 30) & (v > 220)}
+    for name in PHOTOS:
+        rgb = load_image(photo(name))
+        stem = name.rsplit(".", 1)[0]
+        Image.fromarray(rgb).save(images / f"{stem}.png")
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(int)
+        for concept, rule in rules.items():
+            (masks / concept).mkdir(parents=True, exist_ok=True)
+            mask = rule(hsv[..., 0], hsv[..., 1], hsv[..., 2])
+            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / concept / f"{stem}.png")
+    return images, masks
+
+
+def test_the_dissect_command_writes_its_files_and_names_a_bad_image(tiny_cli, tmp_path, capsys):
+    import json
+
+    import main
+    from tests.conftest import photo_path
+
+    images, masks = colour_masks(tmp_path, photo_path)
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = main.main(["dissect", "--model", "tiny", "--concepts", str(masks), "--images", str(images),
+                      "--out", str(out), "--sparsities", "0,50", "--criteria", "l1", "--quiet",
+                      "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.png" in err and err.count("error:") == 1
+    for name in ("dissection.json", "concepts.png", "sweep.json", "sweep.png"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "dissection.json").read_text())
+    assert result["images"] == len(PHOTOS) + 1 and len(result["skipped"]) == 1
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(p["criterion"], p["sparsity"]) for p in sweep["points"]] == [("l1", 0.0), ("l1", 50.0)]
+    assert all(p["agreement"] is not None and p["detectors"] >= 0 for p in sweep["points"])

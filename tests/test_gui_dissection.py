@@ -8,35 +8,10 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
+from tests.test_dissection import PHOTOS, colour_masks  # noqa: E402
 from tests.test_gui import lean_window, settings_dir, wait_until  # noqa: E402,F401
 
 LAYER = "_relu1"  # the embedded model's last activation (7 x 7 maps)
-PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
-
-
-def colour_masks(folder, photo):
-    """A user mask folder: each photo's strongly red, yellow, blue and white pixels."""
-    import cv2
-    from PIL import Image
-
-    from core.images import load_image
-
-    images, masks = folder / "images", folder / "masks"
-    images.mkdir()
-    rules = {"red": lambda h, s, v: ((h < 10) | (h > 170)) & (s > 120) & (v > 60),
-             "yellow": lambda h, s, v: (h >= 20) & (h < 35) & (s > 120) & (v > 80),
-             "blue": lambda h, s, v: (h >= 95) & (h < 130) & (s > 100) & (v > 50),
-             "white": lambda h, s, v: (s < 30) & (v > 220)}
-    for name in PHOTOS:
-        rgb = load_image(photo(name))
-        stem = name.rsplit(".", 1)[0]
-        Image.fromarray(rgb).save(images / f"{stem}.png")
-        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(int)
-        for concept, rule in rules.items():
-            (masks / concept).mkdir(parents=True, exist_ok=True)
-            mask = rule(hsv[..., 0], hsv[..., 1], hsv[..., 2])
-            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / concept / f"{stem}.png")
-    return images, masks
 
 
 @pytest.fixture(scope="module")

@@ -97,8 +97,9 @@ def _folder_calibration(model, source, count: int):
 
     from core.model_pruning.pipeline import Calibration, predict
 
-    rows = range(min(count, source.count))
-    items = [source.load(i) for i in rows]
+    from core.model_pruning.concepts import loadable
+
+    items = loadable(source, range(min(count, source.count)))
     x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
     labels = [item.label for item in items]
     return Calibration([Path(item.name) for item in items], x,

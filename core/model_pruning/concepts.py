@@ -49,14 +49,26 @@ def nonzero_parameters(module: torch.nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in module.parameters())
 
 
+def loadable(source, rows) -> list:
+    """The items of `rows` that load (the dissection names the others)."""
+    items = []
+    for i in rows:
+        try:
+            items.append(source.load(i))
+        except Exception:  # noqa: BLE001  left out, as the dissection leaves it out
+            continue
+    return items
+
+
 def predictions(model, source, batch: int = 32) -> tuple[torch.Tensor, list]:
-    """The model's top-1 on every image of a concept source, and the images' labels."""
+    """The model's top-1 on every image of a concept source that loads, and their labels."""
     preds, labels = [], []
     for start in range(0, source.count, batch):
-        items = [source.load(i) for i in range(start, min(source.count, start + batch))]
-        x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
-        preds.append(pipeline.predict(model.module, x))
-        labels += [item.label for item in items]
+        items = loadable(source, range(start, min(source.count, start + batch)))
+        if items:
+            x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
+            preds.append(pipeline.predict(model.module, x))
+            labels += [item.label for item in items]
     return torch.cat(preds), labels
 
 
