@@ -10,7 +10,7 @@ from captum.attr import IntegratedGradients
 from torch import nn
 
 from core.attribution import collapse_channels
-from core.engine import Engine, compute_map
+from core.engine import Engine, _Scores, compute_map
 from core.errors import PruneScopeError
 from core.images import load_image
 from core.models import LoadedModel
@@ -125,6 +125,34 @@ def test_exact_ties_prune_the_fraction_asked_dead_neurons_first(resnet_engine, m
         if bool((tied & ~kept).any()) and float(low_kept) == 0.0:
             # among zero scores: dead ones go before live ones, then smaller |a| first
             assert size[tied & ~kept].max() <= size[tied & kept].min()
+
+
+def _reference_kept(scores, magnitudes, sparsity):
+    """The exact order by a full sort: score, then |a| among zero scores (dead first), then
+    position; the first floor(p % of n) go."""
+    n = scores.numel()
+    secondary = torch.where(scores == 0, magnitudes, torch.zeros_like(magnitudes))
+    order = np.lexsort((np.arange(n), secondary.numpy(), scores.numpy()))
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[torch.from_numpy(order[:int(sparsity / 100 * n)])] = False
+    return kept
+
+
+def test_selected_and_sorted_thresholds_equal_a_full_sort_on_many_ties():
+    # Small integers: long ties among zero and non-zero scores and among |a|, cut everywhere.
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(4, 5, 5), (7, 3), (50,)]
+    scores = [torch.randint(0, 4, s, generator=generator).float() for s in shapes]
+    magnitudes = [torch.randint(0, 3, s, generator=generator).float() for s in shapes]
+    magnitudes = [torch.where(s > 0, a + 1, a) for s, a in zip(scores, magnitudes)]  # live if scored
+    flat_s, flat_a = torch.cat([s.flatten() for s in scores]), torch.cat([a.flatten() for a in magnitudes])
+    sorted_once = _Scores(scores, magnitudes)
+    sorted_once.masks(50.0, "global")  # the first request selects; the next ones read a sort
+    for sparsity in np.arange(0.0, 100.0, 1.7):
+        selected = _Scores(scores, magnitudes).masks(sparsity, "global")
+        expected = _reference_kept(flat_s, flat_a, sparsity)
+        for masks in (selected, sorted_once.masks(sparsity, "global")):
+            assert torch.equal(torch.cat([m.flatten() for m in masks]), expected), sparsity
 
 
 def test_exact_ties_give_every_slider_position_its_own_pathway(lite0, photo):
