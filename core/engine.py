@@ -15,7 +15,7 @@ from captum.attr import IntegratedGradients
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
-from core.neurons import intercept, trace_layers, intgrad_scores, taylor_scores
+from core.neurons import hooked, intercept, layer_modules, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
@@ -220,6 +220,7 @@ class Engine:
             self.probs = torch.softmax(logits.float(), dim=1)[0]
         else:
             self.probs, self.layers = shared
+        self._layer_modules = layer_modules(model.module, self.layers)
         n_classes = self.probs.numel()
         self.target = int(self.probs.argmax()) if target is None else int(target)
         if not 0 <= self.target < n_classes:
@@ -280,9 +281,18 @@ class Engine:
         # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
         # of a forward and backward of the embedded model).
         factors = [m.to(self.x.dtype) for m in masks]
+        modules = self._layer_modules
+
+        def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+            return out * factors[i]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with intercept(lambda i, out: out * factors[i]):
+            if modules is not None:  # the cheaper hooks, unless a layer did not run once
+                with hooked(modules, scale) as fired:
+                    out = module(x)
+                if sorted(fired) == list(range(len(modules))):
+                    return out
+            with intercept(scale):
                 return module(x)
 
         return forward
@@ -449,6 +459,7 @@ class Engine:
             key = (float(p), mode, selector, self.ties, steps, baseline)
             if key not in self._sweep:
                 path = self.pathway(p, mode, selector)
+                yield Progress(0.1 + 0.9 * i / len(sparsities), f"sweep: {float(p):g} %")  # a step of its own
                 curves = yield from scaled(
                     self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds),
                     0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))

@@ -301,6 +301,19 @@ def test_no_hooks_or_tensors_are_left_behind(resnet):
     assert _live_tensors() <= before + 5
 
 
+def test_hooks_stand_in_for_intercept_where_each_layer_is_its_own_module(lite0, photo, resnet_engine):
+    engine = Engine(lite0, load_image(photo("coffee.png")))
+    assert engine._layer_modules is not None  # Lite0: one ReLU6 module per layer
+    assert resnet_engine._layer_modules is None  # ResNet calls each block's ReLU twice
+    masks = engine.masks(70.0)
+    with torch.no_grad():
+        by_hooks = engine.masked_forward(masks)(engine.x)
+        engine._layer_modules = None
+        by_intercept = engine.masked_forward(masks)(engine.x)
+    assert torch.equal(by_hooks, by_intercept)
+    assert _hook_count(lite0.module) == 0
+
+
 def test_intercept_restores_the_plain_forward():
     net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
     x = torch.randn(2, 3)
