@@ -144,7 +144,8 @@ class IntegratedGradientsRun:
     def steps(self, step_seconds: float):
         """Job: advances in chunks of about step_seconds; returns the 1xCxHxW attribution."""
         while self.done < len(self.alphas):
-            size = 1 if self._per_node is None else int(max(1, step_seconds / self._per_node))
+            per_node = self._per_node
+            size = 1 if per_node is None else int(max(1, min(len(self.alphas), step_seconds / per_node)))
             chunk = slice(self.done, min(self.done + size, len(self.alphas)))
             began = time.perf_counter()
             scaled = (self.alphas[chunk].view(-1, 1, 1, 1) * self.x).requires_grad_(True)

@@ -230,6 +230,7 @@ class Engine:
         self._curves: dict[tuple, Curves] = {}
         self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
         self._ig_run = None  # integrated gradients under way in steps (attribution.IntegratedGradientsRun)
+        self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
@@ -371,9 +372,19 @@ class Engine:
             self._maps[method] = attribution.attribute(method, self.model, self.x, self.target)
         return self._maps[method]
 
-    def iter_attribution(self, method: str, step_seconds: float | None = None) -> Job[np.ndarray]:
+    def iter_attribution(self, method: str, step_seconds: float | None = None,
+                         nodes: int | None = None) -> Job[np.ndarray]:
         """attribution() of a classic method; with step_seconds, integrated gradients runs in
-        steps of about that long, and a stopped run resumes where it was."""
+        steps of about that long, and a stopped run resumes where it was. nodes: integrated
+        gradients on fewer nodes than its IG_STEPS, a coarser map for a first look, kept apart
+        from the method's own (the finished full map is returned instead when there is one)."""
+        if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
+                and method not in self._maps):
+            if nodes not in self._coarse_ig:
+                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes)
+                grads = yield from ig.steps(step_seconds or math.inf)
+                self._coarse_ig[nodes] = attribution.collapse_channels(grads)
+            return self._coarse_ig[nodes]
         if method != "integrated-gradients" or not step_seconds or method in self._maps:
             return self.attribution(method)
         if self._ig_run is None:
@@ -384,16 +395,18 @@ class Engine:
         return self._maps[method]
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
-                    baseline: str = "mean", step_seconds: float | None = None) -> Job[Curves]:
-        """Deletion/insertion for a map; classic methods' curves are cached. step_seconds: see
+                    baseline: str = "mean", step_seconds: float | None = None,
+                    cache: bool = True) -> Job[Curves]:
+        """Deletion/insertion for a map; classic methods' curves are cached (cache=False: for a
+        map that is not the method's own, e.g. a coarse one). step_seconds: see
         core.perturbation.iter_curves."""
         key = (method, steps, baseline)
-        if key in self._curves:
+        if cache and key in self._curves:
             return self._curves[key]
         curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
                                         std=self.model.std, step_seconds=step_seconds)
-        if method not in PATHWAY_METHODS:
+        if cache and method not in PATHWAY_METHODS:
             self._curves[key] = curves
         return curves
 

@@ -46,6 +46,8 @@ class ExplainTab(QWidget):
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
         self._curves: dict = {}  # method -> Curves drawn: classic and pathway come from two jobs
+        self._coarse_maps: dict = {}  # method -> a map shown for now, coarser than its own
+        self._coarse_curves: set = set()  # methods whose curves shown are of a coarse map
         self._sweep_fine = False
         self._announced = False
         self._refining = False  # everything was on screen: full-resolution curves and sweep follow
@@ -123,7 +125,8 @@ class ExplainTab(QWidget):
 
     def is_refined(self) -> bool:
         """is_complete, and the curves and sweep are at full resolution."""
-        return (self.is_complete() and self._sweep_fine
+        return (self.is_complete() and self._sweep_fine and not self._coarse_maps
+                and not self._coarse_curves & set(self.methods())
                 and all(c.steps == self.curve_steps for c in self.curves.curves().values()))
 
     def _check_complete(self) -> None:
@@ -133,9 +136,12 @@ class ExplainTab(QWidget):
             self._refine()
 
     def _refine(self) -> None:
-        """Full-resolution curves and sweep, as the lowest-priority jobs."""
+        """Full-resolution maps, curves and sweep, as the lowest-priority jobs."""
         self._refining = True
-        self._request_curves(PRIORITY_BACKGROUND)
+        if self._coarse_maps:  # the curves follow the maps
+            self._request_maps(list(self._coarse_maps), PRIORITY_BACKGROUND)
+        else:
+            self._request_curves()
         self._request_pathway_curves(PRIORITY_BACKGROUND)
         self._request_sweep()
 
@@ -146,6 +152,7 @@ class ExplainTab(QWidget):
     def _on_engine(self, engine) -> None:
         self._engine = engine
         self._maps, self._unavailable, self._live, self._curves = {}, {}, None, {}
+        self._coarse_maps, self._coarse_curves = {}, set()
         self._announced = self._refining = self._sweep_fine = False
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
@@ -158,8 +165,7 @@ class ExplainTab(QWidget):
         for method in self._panel_names():
             self.heatmaps.set_note(method, "computing…")
         self._request_live()
-        self._request_maps()
-        self._request_curves()
+        self._request_maps()  # their curves follow them
         self._request_pathway_curves()
         self._request_sweep()
 
@@ -189,8 +195,7 @@ class ExplainTab(QWidget):
     def _on_methods(self) -> None:
         self._show_panels()
         self._draw_maps()
-        self._request_maps()
-        self._request_curves()
+        self._request_maps()  # their curves follow them
 
     def _request_live(self) -> None:
         """A running live job is kept (one masked backward cannot be interrupted, and its map
@@ -214,21 +219,27 @@ class ExplainTab(QWidget):
         self.context.run_job(lambda: jobs.layer_at(engine, params, index), self._show_layer,
                              key="layer", priority=PRIORITY_LIVE)
 
-    def _request_maps(self) -> None:
-        """One job per map, the cheap ones first: each is drawn as soon as it is done."""
+    def _request_maps(self, methods=None, priority: int = PRIORITY_VIEW) -> None:
+        """One job per map, the cheap ones first: each is drawn as soon as it is done. Until
+        everything is on screen, integrated gradients is computed coarse."""
         engine = self._engine
         if engine is None:
             return
-        for method in jobs.cheap_first(self.methods()):
-            self.context.run_job(lambda method=method: jobs.maps(engine, [method]), self._show_maps,
-                                 key=f"map:{method}", priority=PRIORITY_VIEW, preemptible=True)
+        for method in jobs.cheap_first(self.methods() if methods is None else methods):
+            if method == "integrated-gradients" and not self._refining:
+                job = lambda method=method: jobs.coarse_map(engine, method)  # noqa: E731
+            else:
+                job = lambda method=method: jobs.maps(engine, [method])  # noqa: E731
+            self.context.run_job(job, self._show_maps, key=f"map:{method}", priority=priority,
+                                 preemptible=True)
 
-    def _request_curves(self, priority: int = PRIORITY_CURVES) -> None:
-        """The classic maps' curves: the slider does not touch them."""
+    def _request_curves(self) -> None:
+        """The classic maps' curves, of the maps on screen: the slider does not touch them."""
         engine, methods, steps = self._engine, self.methods(), self._steps()
         if engine is None or not methods:
             return
-        self.context.run_job(lambda: jobs.classic_curves(engine, methods, steps), self._show_curves,
+        coarse, priority = dict(self._coarse_maps), PRIORITY_BACKGROUND if self._refining else PRIORITY_CURVES
+        self.context.run_job(lambda: jobs.classic_curves(engine, methods, steps, coarse), self._show_curves,
                              key="curves", priority=priority, preemptible=True)
 
     def _request_pathway_curves(self, priority: int = PRIORITY_CURVES) -> None:
@@ -286,6 +297,11 @@ class ExplainTab(QWidget):
         if engine is not self._engine:
             return
         self._maps.update(maps)
+        for method, attr in maps.items():
+            if self._refining:
+                self._coarse_maps.pop(method, None)
+            elif method == "integrated-gradients":
+                self._coarse_maps[method] = attr
         for method in maps:  # a retry that worked
             self._unavailable.pop(method, None)
         self._unavailable.update({m: "not available for this model" for m in skipped})
@@ -295,24 +311,32 @@ class ExplainTab(QWidget):
             self.status.emit(f"{method} skipped: {why}")
         for method, why in failed.items():
             self.status.emit(f"{method} failed: {why}")
+        if all(m in self._maps or m in self._unavailable for m in self.methods()):
+            self._request_curves()
         self._check_complete()
 
     def _draw_maps(self) -> None:
-        self.heatmaps.set_maps({m: (self._maps[m], "") for m in self.methods() if m in self._maps})
+        coarse = f"coarse ({jobs.COARSE_IG_NODES} nodes), refining…"
+        self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
+                                for m in self.methods() if m in self._maps})
         for method in self.methods():
             if method in self._unavailable:
                 self.heatmaps.set_note(method, self._unavailable[method])
 
     def _show_curves(self, result) -> None:
-        engine, curves = result
+        engine, curves, of_coarse_maps = result
         if engine is not self._engine:
             return
+        self._coarse_curves = (self._coarse_curves - set(curves)) | of_coarse_maps
         pathway = self.params().method_name
         self._curves = {m: c for m, c in self._curves.items() if m in self.methods() or m == pathway}
         self._curves.update(curves)
         self.curves.set_curves(self._curves)
         coarse = sorted({c.steps for c in self._curves.values() if c.steps < self.curve_steps})
-        self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…" if coarse else "")
+        if coarse:
+            self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…")
+        else:
+            self.curves.set_note("of coarse maps, refining…" if self._coarse_curves else "")
         self._check_complete()
 
     def _show_sweep(self, result) -> None:
