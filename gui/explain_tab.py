@@ -2,9 +2,10 @@
 
 It turns user actions into jobs (gui.jobs) on the context's worker and draws their results:
 the slider's live preview runs as fast as it can, the pathway curves wait until the slider settles
-(debounced), and every result that no longer matches the engine on screen is dropped. Curves
-and sweep come coarse first, so that everything is on screen sooner, and are refined once all
-of it is (the coarse ones are labelled so; the export keeps full resolution).
+(debounced), and every result that no longer matches the engine on screen is dropped. Integrated
+gradients, the curves and the sweep come coarse first, so that everything is on screen sooner,
+and are refined once all of it is (the coarse ones are labelled so; the export keeps full
+resolution).
 """
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class ExplainTab(QWidget):
         self._coarse_curves: set = set()  # methods whose curves shown are of a coarse map
         self._sweep_fine = False
         self._announced = False
-        self._refining = False  # everything was on screen: full-resolution curves and sweep follow
+        self._refining = False  # everything was on screen: full-resolution maps, curves and sweep follow
         self.curve_steps = CURVE_STEPS
         self.sweep_sparsities = SWEEP_SPARSITIES
 
