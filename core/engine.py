@@ -1,6 +1,6 @@
 """The engine: what is expensive for one (model, image, target), computed once and kept.
 
-Neuron scores depend only on (model, input, target), so they are cached and sorted once; a new
+Neuron scores depend only on (model, input, target), so they are cached and ranked once; a new
 sparsity then costs a threshold lookup and one masked forward and backward. Classic maps and
 their curves are cached too. The GUI and the CLI both drive this object.
 """
@@ -15,7 +15,7 @@ from captum.attr import IntegratedGradients
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
-from core.neurons import intercept, trace_layers, intgrad_scores, taylor_scores
+from core.neurons import hooked, intercept, layer_modules, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
@@ -81,9 +81,9 @@ class Sweep:
 
 
 class _Group:
-    """The neurons one threshold ranks (all layers pooled, or one layer), flat, with what each
-    sparsity is read from, sorted lazily: scores are >= 0 and often exactly 0 (on the embedded
-    model half of them), so the zero and non-zero scores are ranked apart.
+    """The neurons one threshold ranks (all layers pooled, or one layer), flat. Scores are >= 0
+    and often exactly 0 (on the embedded model half of them), so the zero and non-zero scores
+    are ranked apart, each tier by its own order statistics (_Order).
 
     Exact order: dead neurons (a = 0) first, then the other zero scores by |a| (live but
     gradient-blocked, e.g. saturated ReLU6), then the non-zero scores; remaining ties (equal
@@ -92,48 +92,75 @@ class _Group:
 
     def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor):
         self.scores, self.magnitudes = scores, magnitudes
-        zero = scores == 0
-        self.dead = zero & (magnitudes == 0)
-        self.live_zero = zero & ~self.dead
-        self.nonzero = ~zero
-        self.counts = [int(m.sum()) for m in (self.dead, self.live_zero, self.nonzero)]
-        self._sorted: dict[int, torch.Tensor] = {}
+        self.zero = scores == 0
+        self.dead = self.zero & (magnitudes == 0)
+        dead, zeros = int(torch.count_nonzero(self.dead)), int(torch.count_nonzero(self.zero))
+        self.counts = [dead, zeros - dead, scores.numel() - zeros]
+        self._orders: dict[int, _Order] = {}
 
-    def _sorted_of(self, tier: int) -> torch.Tensor:
-        if tier not in self._sorted:
-            members = self.live_zero if tier == 1 else self.nonzero
+    def _order(self, tier: int) -> "_Order":
+        if tier not in self._orders:
+            members = self.zero & ~self.dead if tier == 1 else ~self.zero
             values = self.magnitudes if tier == 1 else self.scores
-            self._sorted[tier] = values[members].sort().values
-        return self._sorted[tier]
+            self._orders[tier] = _Order(values.cpu().numpy()[members.cpu().numpy()])
+        return self._orders[tier]
 
-    def pruned(self, sparsity: float, ties: str) -> torch.Tensor:
-        """Flat bool: the neurons sparsity % prunes. Two comparisons over the group and a
-        binary search, whatever the tier: this runs on every slider move."""
+    def kept(self, sparsity: float, ties: str) -> torch.Tensor:
+        """Flat bool: the neurons left after pruning sparsity %. One comparison over the group
+        (and a second where a tie straddles the cut): this runs on every slider move."""
         k = math.floor(sparsity / 100.0 * self.scores.numel())
         dead, live, _ = self.counts
         zeros = dead + live
         if k <= 0:
-            return torch.zeros_like(self.dead)
+            return torch.ones_like(self.zero)
         if ties == "paper":
             if k <= zeros:
-                return ~self.nonzero
-            return self.scores <= self._sorted_of(2)[k - zeros - 1]
+                return ~self.zero
+            return self.scores > self._order(2).at(k - zeros - 1)[0]
         if k <= dead:
-            return _first(self.dead, k)
+            return ~self.dead | _all_but_first(self.dead, k)
         if k <= zeros:  # every dead neuron, then live zero scores by |a|
-            cut = self._sorted_of(1)[k - dead - 1]
-            below = dead + int(torch.searchsorted(self._sorted_of(1), cut))
-            zero = ~self.nonzero
-            return (zero & (self.magnitudes < cut)) | _first(zero & (self.magnitudes == cut), k - below)
-        cut = self._sorted_of(2)[k - zeros - 1]
-        below = zeros + int(torch.searchsorted(self._sorted_of(2), cut))
-        return (self.scores < cut) | _first(self.scores == cut, k - below)
+            cut, below, equal = self._order(1).at(k - dead - 1)
+            kept = ~self.zero | (self.magnitudes > cut)
+            if dead + below + equal > k:  # the cut falls inside a tie: its first ones go
+                kept |= _all_but_first(self.zero & (self.magnitudes == cut), k - dead - below)
+            return kept
+        cut, below, equal = self._order(2).at(k - zeros - 1)
+        kept = self.scores > cut
+        if zeros + below + equal > k:
+            kept |= _all_but_first(self.scores == cut, k - zeros - below)
+        return kept
 
 
-def _first(members: torch.Tensor, count: int) -> torch.Tensor:
-    """The first `count` True entries of a flat bool tensor (ties taken by position)."""
+class _Order:
+    """One tier's values, for their order statistics. The first request selects (O(n)), so a
+    new image's first map costs no sort; a second one sorts them once (numpy's sort: torch's
+    took 0.45 s for the embedded model's 3 M non-zero scores, numpy's 0.04 s), so that the
+    slider's later moves are binary searches."""
+
+    def __init__(self, values: np.ndarray):
+        self._values = values
+        self._sorted: np.ndarray | None = None
+        self._asked = False
+
+    def at(self, index: int) -> tuple[float, int, int]:
+        """The index-th smallest value (from 0), how many are smaller and how many equal it."""
+        if self._asked and self._sorted is None:
+            self._sorted, self._values = np.sort(self._values), None
+        self._asked = True
+        if self._sorted is None:
+            cut = np.partition(self._values, index)[index]
+            return (float(cut), int(np.count_nonzero(self._values < cut)),
+                    int(np.count_nonzero(self._values == cut)))
+        cut = self._sorted[index]
+        below = int(np.searchsorted(self._sorted, cut, "left"))
+        return float(cut), below, int(np.searchsorted(self._sorted, cut, "right")) - below
+
+
+def _all_but_first(members: torch.Tensor, count: int) -> torch.Tensor:
+    """The True entries of a flat bool tensor after its first `count` (ties go by position)."""
     out = torch.zeros_like(members)
-    out[members.nonzero().squeeze(1)[:count]] = True
+    out[members.nonzero().squeeze(1)[count:]] = True
     return out
 
 
@@ -160,10 +187,10 @@ class _Scores:
         """Bool masks of the kept neurons, one per layer, in the layers' shapes."""
         groups = self._ranked(mode)
         if mode == "global":
-            kept = ~groups[0].pruned(sparsity, ties)
+            kept = groups[0].kept(sparsity, ties)
             flat = kept.split([s.numel() for s in self.per_layer])
         else:
-            flat = [~g.pruned(sparsity, ties) for g in groups]
+            flat = [g.kept(sparsity, ties) for g in groups]
         return [m.view(s.shape) for m, s in zip(flat, self.per_layer)]
 
 
@@ -193,6 +220,7 @@ class Engine:
             self.probs = torch.softmax(logits.float(), dim=1)[0]
         else:
             self.probs, self.layers = shared
+        self._layer_modules = layer_modules(model.module, self.layers)
         n_classes = self.probs.numel()
         self.target = int(self.probs.argmax()) if target is None else int(target)
         if not 0 <= self.target < n_classes:
@@ -202,6 +230,7 @@ class Engine:
         self._curves: dict[tuple, Curves] = {}
         self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
         self._ig_run = None  # integrated gradients under way in steps (attribution.IntegratedGradientsRun)
+        self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
@@ -253,9 +282,18 @@ class Engine:
         # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
         # of a forward and backward of the embedded model).
         factors = [m.to(self.x.dtype) for m in masks]
+        modules = self._layer_modules
+
+        def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+            return out * factors[i]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with intercept(lambda i, out: out * factors[i]):
+            if modules is not None:  # the cheaper hooks, unless a layer did not run once
+                with hooked(modules, scale) as fired:
+                    out = module(x)
+                if sorted(fired) == list(range(len(modules))):
+                    return out
+            with intercept(scale):
                 return module(x)
 
         return forward
@@ -367,9 +405,19 @@ class Engine:
             self._maps[method] = attribution.attribute(method, self.model, self.x, self.target)
         return self._maps[method]
 
-    def iter_attribution(self, method: str, step_seconds: float | None = None) -> Job[np.ndarray]:
+    def iter_attribution(self, method: str, step_seconds: float | None = None,
+                         nodes: int | None = None) -> Job[np.ndarray]:
         """attribution() of a classic method; with step_seconds, integrated gradients runs in
-        steps of about that long, and a stopped run resumes where it was."""
+        steps of about that long, and a stopped run resumes where it was. nodes: integrated
+        gradients on fewer nodes than its IG_STEPS, a coarser map for a first look, kept apart
+        from the method's own (the finished full map is returned instead when there is one)."""
+        if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
+                and method not in self._maps):
+            if nodes not in self._coarse_ig:
+                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes)
+                grads = yield from ig.steps(step_seconds or math.inf)
+                self._coarse_ig[nodes] = attribution.collapse_channels(grads)
+            return self._coarse_ig[nodes]
         if method != "integrated-gradients" or not step_seconds or method in self._maps:
             return self.attribution(method)
         if self._ig_run is None:
@@ -380,16 +428,18 @@ class Engine:
         return self._maps[method]
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
-                    baseline: str = "mean", step_seconds: float | None = None) -> Job[Curves]:
-        """Deletion/insertion for a map; classic methods' curves are cached. step_seconds: see
+                    baseline: str = "mean", step_seconds: float | None = None,
+                    cache: bool = True) -> Job[Curves]:
+        """Deletion/insertion for a map; classic methods' curves are cached (cache=False: for a
+        map that is not the method's own, e.g. a coarse one). step_seconds: see
         core.perturbation.iter_curves."""
         key = (method, steps, baseline)
-        if key in self._curves:
+        if cache and key in self._curves:
             return self._curves[key]
         curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
                                         std=self.model.std, step_seconds=step_seconds)
-        if method not in PATHWAY_METHODS:
+        if cache and method not in PATHWAY_METHODS:
             self._curves[key] = curves
         return curves
 
@@ -455,6 +505,7 @@ class Engine:
             key = (float(p), mode, selector, self.ties, steps, baseline)
             if key not in self._sweep:
                 path = self.pathway(p, mode, selector)
+                yield Progress(0.1 + 0.9 * i / len(sparsities), f"sweep: {float(p):g} %")  # a step of its own
                 curves = yield from scaled(
                     self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds),
                     0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))

@@ -72,6 +72,7 @@ class _Request:
     on_progress: Callable[[Progress], None] | None
     on_error: Callable[[Exception], None] | None
     on_end: Callable[[], None] | None
+    keep_running: bool = False  # delivered even after a newer request with its key, unless cancelled
 
 
 class AppContext(QObject):
@@ -131,12 +132,17 @@ class AppContext(QObject):
     def is_idle(self) -> bool:
         return self._runner.is_idle()
 
+    def longest_steps(self) -> dict[str, float]:
+        """Job key -> seconds of the longest step the worker ran for it (what a slider move may
+        wait behind)."""
+        return dict(self._runner.longest_steps)
+
     # -- jobs ----------------------------------------------------------------------------------
     def run_job(self, job_factory: Callable[[], Any], on_result: Callable[[Any], None],
                 on_progress: Callable[[Progress], None] | None = None,
                 on_error: Callable[[Exception], None] | None = None, key: str = "default",
                 priority: int = PRIORITY_BACKGROUND, preemptible: bool = False,
-                on_end: Callable[[], None] | None = None) -> int:
+                on_end: Callable[[], None] | None = None, keep_running: bool = False) -> int:
         """Run a job on the single background worker; returns its request id.
 
         job_factory: called on the worker with no arguments; returns a generator that yields
@@ -146,18 +152,24 @@ class AppContext(QObject):
             same key cancels this one at its next step and its result is never delivered.
             Without on_error the error goes to `job_error` (the window shows it).
         priority: lower runs first (PRIORITY_ENGINE < LIVE < VIEW < CURVES < BACKGROUND).
-        preemptible: a job that may be stopped and restarted from scratch (factory called
-            again) when a more urgent one arrives; leave False for long jobs such as benchmarks.
+        preemptible: a job that a more urgent one may pause between two of its steps (it then
+            resumes where it was); leave False for jobs that must not wait, such as benchmarks.
         on_end(): called on the GUI thread once the job is over for any reason (delivered,
             failed, cancelled or superseded), after on_result / on_error.
+        keep_running: once it runs, a newer request with this key queues behind it instead of
+            cancelling it, and its result is still delivered (a computation that cannot be
+            interrupted is not thrown away, and the next one starts the moment it ends).
         """
-        job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible)
-        self._requests[job_id] = _Request(key, on_result, on_progress, on_error, on_end)
+        job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible, keep_running)
+        self._requests[job_id] = _Request(key, on_result, on_progress, on_error, on_end, keep_running)
         self._latest[key] = job_id
         return job_id
 
     def cancel(self, key: str | None = None) -> None:
         """Cancel the jobs with this key (every job when None); their results are dropped."""
+        for request in self._requests.values():
+            if key is None or request.key == key:
+                request.keep_running = False
         if key is None:
             self._latest.clear()
         else:
@@ -265,7 +277,7 @@ class AppContext(QObject):
     # -- worker signals (GUI thread) -----------------------------------------------------------
     def _current(self, job_id: int) -> _Request | None:
         request = self._requests.get(job_id)
-        if request is None or self._latest.get(request.key) != job_id:
+        if request is None or not (request.keep_running or self._latest.get(request.key) == job_id):
             return None  # stale: a newer request with this key exists, or it was cancelled
         return request
 

@@ -25,10 +25,10 @@ def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
 class CurvesView(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.deletion = _plot("Deletion · AUC, lower is better", "fraction of pixels removed",
-                              "p(target)")
-        self.insertion = _plot("Insertion · AUC, higher is better", "fraction of pixels revealed",
-                               "p(target)")
+        self._titles = {"deletion": "Deletion · AUC, lower is better",
+                        "insertion": "Insertion · AUC, higher is better"}
+        self.deletion = _plot(self._titles["deletion"], "fraction of pixels removed", "p(target)")
+        self.insertion = _plot(self._titles["insertion"], "fraction of pixels revealed", "p(target)")
         self.sweep = _plot("Sparsity sweep", "sparsity (%)", "")
         for plot in (self.deletion, self.insertion):
             plot.setXRange(0, 1, padding=0.02)
@@ -93,8 +93,14 @@ class CurvesView(QWidget):
                 label = f"{method}  {auc:.3f}"
             self._legends[self._plots[name]].getLabel(line).setText(label)
 
+    def set_note(self, note: str) -> None:
+        """A word after the deletion and insertion titles (that the curves are coarse), or none."""
+        for name, plot in self._plots.items():
+            plot.setTitle(self._titles[name] + (f" · {note}" if note else ""), size="9pt")
+
     def clear(self) -> None:
         self.set_curves({})
+        self.set_note("")
         self.sweep_change.setData([], [])
         self.sweep_auc.setData([], [])
         self._has_sweep = False

@@ -1,14 +1,17 @@
 """The Explain tab: controls on the left; heatmaps and curves above, neuron masks below.
 
 It turns user actions into jobs (gui.jobs) on the context's worker and draws their results:
-the slider's live preview is throttled, the curves wait until the slider settles (debounced),
-and every result that no longer matches the engine on screen is dropped.
+the slider's live preview runs as fast as it can, the pathway curves wait until the slider settles
+(debounced), and every result that no longer matches the engine on screen is dropped. Integrated
+gradients, the curves and the sweep come coarse first, so that everything is on screen sooner,
+and are refined once all of it is (the coarse ones are labelled so; the export keeps full
+resolution).
 """
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
-from superqt.utils import qdebounced, qthrottled
+from superqt.utils import qdebounced
 
 from core import display
 from gui import jobs
@@ -19,9 +22,10 @@ from gui.heatmaps import HeatmapGrid
 from gui.masks import MaskView, default_layer
 
 CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
+COARSE_CURVE_STEPS = 10  # the first curves of an image (labelled coarse); 20 follow once all is shown
 SWEEP_SPARSITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
-COARSE_EVERY = 2  # the first sweep takes every other point (labelled coarse); the rest follow
-LIVE_INTERVAL_MS = 80  # at most one live pathway request per interval while the slider drags
+COARSE_EVERY = 3  # the first sweep takes every third point and the last (labelled coarse)
+COARSE_SWEEP_STEPS = 5  # curve steps per point of the coarse sweep (jobs.SWEEP_STEPS when refined)
 SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
 
@@ -42,9 +46,12 @@ class ExplainTab(QWidget):
         self._unavailable: dict = {}  # method -> the note its panel shows instead of a map
         self._live = None  # the latest jobs.LiveResult drawn
         self._memo = jobs.LiveMemo()  # used on the worker only
+        self._curves: dict = {}  # method -> Curves drawn: classic and pathway come from two jobs
+        self._coarse_maps: dict = {}  # method -> a map shown for now, coarser than its own
+        self._coarse_curves: set = set()  # methods whose curves shown are of a coarse map
+        self._sweep_fine = False
         self._announced = False
-        self._live_running = False
-        self._live_again = False
+        self._refining = False  # everything was on screen: full-resolution maps, curves and sweep follow
         self.curve_steps = CURVE_STEPS
         self.sweep_sparsities = SWEEP_SPARSITIES
 
@@ -111,7 +118,8 @@ class ExplainTab(QWidget):
         self.curves.set_methods(self._panel_names())
 
     def is_complete(self) -> bool:
-        """Everything of the current engine is on screen: maps, masks, curves and sweep."""
+        """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
+        ones count, labelled as such)."""
         if self._engine is None or self._live is None or self.masks.layer() is None:
             return False
         shown = self.heatmaps.shown_maps()
@@ -119,10 +127,30 @@ class ExplainTab(QWidget):
             return False
         return self.curves.ready([m for m in self._panel_names() if m in shown])
 
+    def is_refined(self) -> bool:
+        """is_complete, and the curves and sweep are at full resolution."""
+        return (self.is_complete() and self._sweep_fine and not self._coarse_maps
+                and not self._coarse_curves & set(self.methods())
+                and all(c.steps == self.curve_steps for c in self.curves.curves().values()))
+
     def _check_complete(self) -> None:
         if not self._announced and self.is_complete():
             self._announced = True
             self.analysis_shown.emit()
+            self._refine()
+
+    def _refine(self) -> None:
+        """Full-resolution maps, curves and sweep, as the lowest-priority jobs."""
+        self._refining = True
+        if self._coarse_maps:  # the curves follow the maps
+            self._request_maps(list(self._coarse_maps), PRIORITY_BACKGROUND)
+        else:
+            self._request_curves()
+        self._request_pathway_curves(PRIORITY_BACKGROUND)
+        self._request_sweep()
+
+    def _steps(self) -> int:
+        return self.curve_steps if self._refining else min(COARSE_CURVE_STEPS, self.curve_steps)
 
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
@@ -130,8 +158,9 @@ class ExplainTab(QWidget):
         if self.dissection is not None and self.dissection.model != engine.model.name:
             self.set_dissection(None)
             self.status.emit("the dissection was of another model: its concepts are no longer shown")
-        self._maps, self._unavailable, self._live = {}, {}, None
-        self._announced = False
+        self._maps, self._unavailable, self._live, self._curves = {}, {}, None, {}
+        self._coarse_maps, self._coarse_curves = {}, set()
+        self._announced = self._refining = self._sweep_fine = False
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
         self.controls.set_prediction(prediction, predicted)
@@ -143,8 +172,8 @@ class ExplainTab(QWidget):
         for method in self._panel_names():
             self.heatmaps.set_note(method, "computing…")
         self._request_live()
-        self._request_maps()
-        self._request_curves()
+        self._request_maps()  # their curves follow them
+        self._request_pathway_curves()
         self._request_sweep()
         self._request_concepts()
 
@@ -157,54 +186,39 @@ class ExplainTab(QWidget):
     # -- requests ------------------------------------------------------------------------------
     def _on_sparsity(self, value: float) -> None:
         self.curves.set_marker(value)
-        self.context.cancel("curves")  # curves of a sparsity being left behind are not wanted
-        self._throttled_live()
+        self.context.cancel("pathway-curves")  # of a sparsity being left behind: not wanted
+        self._request_live()  # not throttled: a request only replaces the one waiting
         self._settled()
-
-    @qthrottled(timeout=LIVE_INTERVAL_MS, leading=True)
-    def _throttled_live(self) -> None:
-        self._request_live()
 
     @qdebounced(timeout=SETTLE_MS)
     def _settled(self) -> None:
-        self._request_curves()
+        self._request_pathway_curves()
         self._request_concepts()
 
     def _on_pruning(self) -> None:
         self._show_panels()
         self._request_live()
-        self._request_curves()
+        self._request_pathway_curves()
         self._request_sweep()
 
     def _on_methods(self) -> None:
         self._show_panels()
         self._draw_maps()
-        self._request_maps()
-        self._request_curves()
+        self._request_maps()  # their curves follow them
 
     def _request_live(self) -> None:
-        """One live job at a time: a request while one runs is coalesced into the next job,
-        which starts from the settings of the moment it ends. So a drag shows a new map as
-        fast as they can be computed, each for the latest value asked when it started, and
-        no result is thrown away half-way (one masked backward cannot be interrupted)."""
+        """A running live job is kept (one masked backward cannot be interrupted, and its map
+        is newer than the one shown); this request waits behind it, replacing any request that
+        waited before it, and starts the moment it ends. So a drag shows a new map as fast as
+        they can be computed, each for the latest value asked when it started."""
         engine = self._engine
         if engine is None:
-            return
-        if self._live_running:
-            self._live_again = True
             return
         params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
         if layer is None or layer >= len(engine.layers):  # none yet, or the last model had more
             layer = default_layer(len(engine.layers))
-        self._live_running = True
         self.context.run_job(lambda: jobs.live(engine, params, layer, memo), self._show_live,
-                             key="live", priority=PRIORITY_LIVE, on_end=self._live_ended)
-
-    def _live_ended(self) -> None:
-        self._live_running = False
-        if self._live_again:
-            self._live_again = False
-            self._request_live()
+                             key="live", priority=PRIORITY_LIVE, keep_running=True)
 
     def _request_layer(self, index: int) -> None:
         engine = self._engine
@@ -214,31 +228,48 @@ class ExplainTab(QWidget):
         self.context.run_job(lambda: jobs.layer_at(engine, params, index), self._show_layer,
                              key="layer", priority=PRIORITY_LIVE)
 
-    def _request_maps(self) -> None:
-        engine, methods = self._engine, self.methods()
-        if engine is None or not methods:
-            return
-        self.context.run_job(lambda: jobs.maps(engine, methods), self._show_maps, key="maps",
-                             priority=PRIORITY_VIEW, preemptible=True)
-
-    def _request_curves(self) -> None:
+    def _request_maps(self, methods=None, priority: int = PRIORITY_VIEW) -> None:
+        """One job per map, the cheap ones first: each is drawn as soon as it is done. Until
+        everything is on screen, integrated gradients is computed coarse."""
         engine = self._engine
         if engine is None:
             return
-        methods, params, memo, steps = self.methods(), self.params(), self._memo, self.curve_steps
-        self.context.run_job(lambda: jobs.curves(engine, methods, params, memo, steps),
-                             self._show_curves, key="curves", priority=PRIORITY_CURVES,
-                             preemptible=True)
+        for method in jobs.cheap_first(self.methods() if methods is None else methods):
+            if method == "integrated-gradients" and not self._refining:
+                job = lambda method=method: jobs.coarse_map(engine, method)  # noqa: E731
+            else:
+                job = lambda method=method: jobs.maps(engine, [method])  # noqa: E731
+            self.context.run_job(job, self._show_maps, key=f"map:{method}", priority=priority,
+                                 preemptible=True)
 
-    def _request_sweep(self, fine: bool = False) -> None:
-        """The sweep, coarse first so that everything is on screen sooner; the fine one (the
-        coarse points are kept by the engine) follows as the lowest-priority job."""
+    def _request_curves(self) -> None:
+        """The classic maps' curves, of the maps on screen: the slider does not touch them."""
+        engine, methods, steps = self._engine, self.methods(), self._steps()
+        if engine is None or not methods:
+            return
+        coarse, priority = dict(self._coarse_maps), PRIORITY_BACKGROUND if self._refining else PRIORITY_CURVES
+        self.context.run_job(lambda: jobs.classic_curves(engine, methods, steps, coarse), self._show_curves,
+                             key="curves", priority=priority, preemptible=True)
+
+    def _request_pathway_curves(self, priority: int = PRIORITY_CURVES) -> None:
+        engine, params, memo, steps = self._engine, self.params(), self._memo, self._steps()
+        if engine is None:
+            return
+        self.context.run_job(lambda: jobs.pathway_curves(engine, params, memo, steps), self._show_curves,
+                             key="pathway-curves", priority=priority, preemptible=True)
+
+    def _request_sweep(self) -> None:
+        """The sweep: coarse (fewer points, fewer curve steps) until everything is on screen,
+        then at full resolution, as the lowest-priority job."""
         engine, params, sparsities = self._engine, self.params(), self.sweep_sparsities
         if engine is None:
             return
-        if not fine:
-            sparsities = sparsities[::COARSE_EVERY] + sparsities[-1:] * (len(sparsities) % COARSE_EVERY == 0)
-        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities), self._show_sweep,
+        steps = jobs.SWEEP_STEPS
+        if not self._refining:
+            coarse = tuple(sparsities[::COARSE_EVERY])
+            sparsities = coarse + tuple(sparsities[-1:]) * (coarse[-1:] != tuple(sparsities[-1:]))
+            steps = min(COARSE_SWEEP_STEPS, steps)
+        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities, steps), self._show_sweep,
                              key="sweep", priority=PRIORITY_BACKGROUND, preemptible=True)
 
     def set_dissection(self, dissection) -> None:
@@ -308,6 +339,11 @@ class ExplainTab(QWidget):
         if engine is not self._engine:
             return
         self._maps.update(maps)
+        for method, attr in maps.items():
+            if self._refining:
+                self._coarse_maps.pop(method, None)
+            elif method == "integrated-gradients":
+                self._coarse_maps[method] = attr
         for method in maps:  # a retry that worked
             self._unavailable.pop(method, None)
         self._unavailable.update({m: "not available for this model" for m in skipped})
@@ -317,33 +353,44 @@ class ExplainTab(QWidget):
             self.status.emit(f"{method} skipped: {why}")
         for method, why in failed.items():
             self.status.emit(f"{method} failed: {why}")
+        if all(m in self._maps or m in self._unavailable for m in self.methods()):
+            self._request_curves()
         self._check_complete()
 
     def _draw_maps(self) -> None:
-        self.heatmaps.set_maps({m: (self._maps[m], "") for m in self.methods() if m in self._maps})
+        coarse = f"coarse ({jobs.COARSE_IG_NODES} nodes), refining…"
+        self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
+                                for m in self.methods() if m in self._maps})
         for method in self.methods():
             if method in self._unavailable:
                 self.heatmaps.set_note(method, self._unavailable[method])
 
     def _show_curves(self, result) -> None:
-        engine, _params, curves = result
+        engine, curves, of_coarse_maps = result
         if engine is not self._engine:
             return
-        self.curves.set_curves(curves)
+        self._coarse_curves = (self._coarse_curves - set(curves)) | of_coarse_maps
+        pathway = self.params().method_name
+        self._curves = {m: c for m, c in self._curves.items() if m in self.methods() or m == pathway}
+        self._curves.update(curves)
+        self.curves.set_curves(self._curves)
+        coarse = sorted({c.steps for c in self._curves.values() if c.steps < self.curve_steps})
+        if coarse:
+            self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…")
+        else:
+            self.curves.set_note("of coarse maps, refining…" if self._coarse_curves else "")
         self._check_complete()
 
     def _show_sweep(self, result) -> None:
         engine, params, sweep = result
         if engine is not self._engine:
             return
-        fine = len(sweep.sparsities) == len(self.sweep_sparsities)
-        coarse = "" if fine else f" · coarse ({len(sweep.sparsities)} points), refining…"
+        self._sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
+        coarse = "" if self._sweep_fine else f" · coarse ({len(sweep.sparsities)} points), refining…"
         self.curves.sweep.setTitle(f"Sparsity sweep · pathway-gradient · {params.mode}, "
                                    f"{params.selector}{coarse}", size="9pt")
         self.curves.set_sweep(sweep)
         self._check_complete()
-        if not fine:
-            self._request_sweep(fine=True)
 
     def _show_auto(self, result) -> None:
         engine, auto = result

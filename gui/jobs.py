@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import UnsupportedMethod, reason
 from core.progress import Progress, scaled
 
 SWEEP_STEPS = 10  # curve steps per sweep point: the sweep is an overview, 12 points of it
@@ -163,6 +164,17 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
     return values.reshape(-1, 1, 1)
 
 
+# Maps that take many passes (tens of forwards and backwards) are computed after the others,
+# so that the cheap ones are on screen first.
+MANY_PASSES = ("integrated-gradients", "smoothgrad")
+# Integrated gradients is first shown on this many of its 50 nodes (labelled coarse), then refined.
+COARSE_IG_NODES = 16
+
+
+def cheap_first(methods) -> list[str]:
+    return sorted(methods, key=lambda method: method in MANY_PASSES)
+
+
 def maps(engine, methods):
     """The classic maps (cached by the engine); skipped: method -> why it cannot run here;
     failed: method -> why it failed this time (the other maps are kept)."""
@@ -170,29 +182,48 @@ def maps(engine, methods):
     return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
 
 
-def curves(engine, methods, params: Params, memo: LiveMemo, steps: int):
-    """Deletion/insertion curves of every classic map (cached by the engine) and of the pathway
-    map at params. A classic map that cannot be had (the maps job said why) has no curves."""
+def coarse_map(engine, method: str):
+    """Integrated gradients on COARSE_IG_NODES nodes, as maps() returns it."""
+    yield Progress(0.0, f"{method} (coarse)")
+    try:
+        attr = yield from engine.iter_attribution(method, STEP_SECONDS, nodes=COARSE_IG_NODES)
+    except UnsupportedMethod as why:
+        return engine, {}, {method: str(why)}, {}
+    except Exception as error:
+        return engine, {}, {}, {method: reason(error)}
+    return engine, {method: attr}, {}, {}
+
+
+def classic_curves(engine, methods, steps: int, coarse_maps: dict):
+    """Deletion/insertion curves of every classic map (cached by the engine; those of the coarse
+    maps shown for now are not, and are named in the result): they do not depend on the slider.
+    A map that cannot be had (its maps job said why) has no curves."""
     out = {}
-    todo = list(methods) + [params.method_name]
-    for i, method in enumerate(todo):
-        start, end = i / len(todo), (i + 1) / len(todo)
+    for i, method in enumerate(methods):
+        start, end = i / len(methods), (i + 1) / len(methods)
         yield Progress(start, f"curves: {method}")
-        if method == params.method_name:
-            attr = memo.pathway(engine, params).map
-        else:
-            try:
-                attr = engine.attribution(method)
-            except Exception:  # unsupported here, or failed: the maps job has told the user
-                continue
-        out[method] = yield from scaled(engine.iter_curves(method, attr, steps, step_seconds=STEP_SECONDS),
-                                        start, end)
-    return engine, params, out
+        try:
+            attr = coarse_maps[method] if method in coarse_maps else engine.attribution(method)
+        except Exception:  # unsupported here, or failed: the maps job has told the user
+            continue
+        out[method] = yield from scaled(engine.iter_curves(method, attr, steps, step_seconds=STEP_SECONDS,
+                                                           cache=method not in coarse_maps), start, end)
+    return engine, out, set(coarse_maps) & set(out)
 
 
-def sweep(engine, params: Params, sparsities):
+def pathway_curves(engine, params: Params, memo: LiveMemo, steps: int):
+    """Deletion/insertion curves of the pathway map at params (the live map, when it is that)."""
+    yield Progress(0.0, f"curves: {params.method_name}")
+    attr = memo.pathway(engine, params).map
+    yield Progress(0.1, f"curves: {params.method_name}")  # the masked backward was a step of its own
+    curves = yield from scaled(engine.iter_curves(params.method_name, attr, steps, step_seconds=STEP_SECONDS),
+                               0.1, 1.0)
+    return engine, {params.method_name: curves}, set()
+
+
+def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):
     result = yield from ruled(engine, params).iter_sweep(
-        sparsities, mode=params.mode, selector=params.selector, steps=SWEEP_STEPS,
+        sparsities, mode=params.mode, selector=params.selector, steps=steps,
         step_seconds=STEP_SECONDS)
     return engine, params, result
 

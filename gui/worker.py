@@ -4,13 +4,15 @@ A job is a zero-argument factory returning a core Progress generator; it is crea
 on this thread, one `next()` per step. superqt's GeneratorWorker drives one generator per
 runnable; we need a single thread (torch state, the engine's caches and `neurons.intercept`
 are not safe to share between threads) that picks the most urgent queued job, drops jobs that a
-newer request made stale, and lets a live slider request pre-empt a long, restartable job.
-So this small scheduler is hand-written.
+newer request made stale, and lets a live slider request pre-empt a long job between two of its
+steps (the job is paused, not restarted: its generator resumes where it was). So this small
+scheduler is hand-written.
 """
 import itertools
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
 
 from PySide6.QtCore import QObject, QThread, Signal
 
@@ -29,8 +31,11 @@ class Job:
     factory: Callable[[], Any]
     priority: int
     preemptible: bool
+    keep_running: bool = False  # a newer request with its key waits for it instead of cancelling it
     cancelled: bool = False
+    paused: bool = False  # pre-empted: back in the queue at its next step, its generator kept
     finished: bool = False  # its result is being delivered: no cancel or pre-emption reaches it
+    gen: Generator | None = field(default=None, repr=False)  # made on the worker at its first run
 
 
 class JobRunner(QThread):
@@ -49,19 +54,21 @@ class JobRunner(QThread):
         self._running: Job | None = None
         self._cond = threading.Condition()
         self._stopping = False
+        self._to_close: list[Generator] = []  # generators of paused jobs since cancelled
+        self.longest_steps: dict[str, float] = {}  # job key -> seconds of its longest step
 
-    def submit(self, factory, key: str, priority: int, preemptible: bool) -> int:
-        """Queue a job; an older job with the same key is cancelled (the latest request wins)."""
+    def submit(self, factory, key: str, priority: int, preemptible: bool,
+               keep_running: bool = False) -> int:
+        """Queue a job; an older job with the same key is cancelled (the latest request wins),
+        except a running one submitted with keep_running: that one finishes and delivers first."""
         with self._cond:
-            job = Job(next(self._ids), key, factory, priority, preemptible)
-            self._cancel_where(lambda other: other.key == key)
-            self._queue.append(job)
+            job = Job(next(self._ids), key, factory, priority, preemptible, keep_running)
             running = self._running
+            self._cancel_where(lambda other: other.key == key and not (other is running and other.keep_running))
+            self._queue.append(job)
             if (running is not None and not running.cancelled and not running.finished
                     and running.preemptible and priority < running.priority):
-                running.cancelled = True  # closed at its next step, then queued again
-                self._queue.append(Job(running.id, running.key, running.factory,
-                                       running.priority, True))
+                running.paused = True  # back in the queue at its next step
             self._cond.notify()
             return job.id
 
@@ -90,6 +97,8 @@ class JobRunner(QThread):
         for job in self._queue:
             if match(job):
                 self._emit_dropped(job)
+                if job.gen is not None:
+                    self._to_close.append(job.gen)  # closed on the worker, where it ran
         self._queue = [job for job in self._queue if not match(job)]
         if self._running is not None and not self._running.finished and match(self._running):
             self._running.cancelled = True
@@ -101,7 +110,9 @@ class JobRunner(QThread):
     def _next_job(self) -> Job | None:
         with self._cond:
             while not self._queue and not self._stopping:
+                self._close_dropped()
                 self._cond.wait()
+            self._close_dropped()
             if self._stopping:
                 return None
             job = min(self._queue, key=lambda j: (j.priority, j.id))
@@ -109,41 +120,61 @@ class JobRunner(QThread):
             self._running = job
             return job
 
+    def _close_dropped(self) -> None:
+        while self._to_close:
+            self._to_close.pop().close()  # runs the generator's finally/with exits here
+
     def run(self) -> None:
         while (job := self._next_job()) is not None:
             self.started_job.emit(job.id)
+            paused = False
             try:
-                self._drive(job)
+                paused = self._drive(job)
             finally:
                 with self._cond:
                     self._running = None
-                    requeued = any(j.id == job.id for j in self._queue)  # pre-empted, not over
+                    requeued = paused and not job.cancelled
+                    if requeued:
+                        job.paused = False
+                        self._queue.append(job)
+                if paused and not requeued:
+                    job.gen.close()  # cancelled as it paused
                 if not requeued:
                     self.ended.emit(job.id)
 
-    def _drive(self, job: Job) -> None:
+    def _drive(self, job: Job) -> bool:
+        """Steps the job until it returns, fails, is cancelled, or is paused (then True)."""
         try:
-            gen = job.factory()
+            if job.gen is None:
+                job.gen = job.factory()
+            gen = job.gen
             while True:
                 if job.cancelled:
                     gen.close()  # runs the generator's finally/with exits here
-                    return
+                    return False
+                if job.paused:
+                    return True  # resumed from here when it is picked again
+                began = time.perf_counter()
                 try:
                     step = next(gen)
                 except StopIteration as stop:
-                    # Decided under the lock: a job is either cancelled (and re-queued if
-                    # pre-empted) or delivered, never both (which would deliver it twice).
+                    # Decided under the lock: a job is either cancelled or delivered, never
+                    # both (which would deliver it twice).
                     with self._cond:
                         if job.cancelled:
-                            return
+                            return False
                         job.finished = True
                         commit = getattr(stop.value, "commit", None)
                         if commit is not None:
                             commit()  # what the job changes takes effect exactly when it is delivered
                     self.returned.emit(job.id, stop.value)
-                    return
+                    return False
+                finally:
+                    took = time.perf_counter() - began
+                    self.longest_steps[job.key] = max(took, self.longest_steps.get(job.key, 0.0))
                 if not job.cancelled:
                     self.progressed.emit(job.id, step)
         except Exception as exc:  # any failure of a job is reported, the thread goes on
             if not job.cancelled:
                 self.failed.emit(job.id, exc)
+            return False

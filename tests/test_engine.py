@@ -10,7 +10,7 @@ from captum.attr import IntegratedGradients
 from torch import nn
 
 from core.attribution import collapse_channels
-from core.engine import Engine, compute_map
+from core.engine import Engine, _Scores, compute_map
 from core.errors import PruneScopeError
 from core.images import load_image
 from core.models import LoadedModel
@@ -127,6 +127,34 @@ def test_exact_ties_prune_the_fraction_asked_dead_neurons_first(resnet_engine, m
             assert size[tied & ~kept].max() <= size[tied & kept].min()
 
 
+def _reference_kept(scores, magnitudes, sparsity):
+    """The exact order by a full sort: score, then |a| among zero scores (dead first), then
+    position; the first floor(p % of n) go."""
+    n = scores.numel()
+    secondary = torch.where(scores == 0, magnitudes, torch.zeros_like(magnitudes))
+    order = np.lexsort((np.arange(n), secondary.numpy(), scores.numpy()))
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[torch.from_numpy(order[:int(sparsity / 100 * n)])] = False
+    return kept
+
+
+def test_selected_and_sorted_thresholds_equal_a_full_sort_on_many_ties():
+    # Small integers: long ties among zero and non-zero scores and among |a|, cut everywhere.
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(4, 5, 5), (7, 3), (50,)]
+    scores = [torch.randint(0, 4, s, generator=generator).float() for s in shapes]
+    magnitudes = [torch.randint(0, 3, s, generator=generator).float() for s in shapes]
+    magnitudes = [torch.where(s > 0, a + 1, a) for s, a in zip(scores, magnitudes)]  # live if scored
+    flat_s, flat_a = torch.cat([s.flatten() for s in scores]), torch.cat([a.flatten() for a in magnitudes])
+    sorted_once = _Scores(scores, magnitudes)
+    sorted_once.masks(50.0, "global")  # the first request selects; the next ones read a sort
+    for sparsity in np.arange(0.0, 100.0, 1.7):
+        selected = _Scores(scores, magnitudes).masks(sparsity, "global")
+        expected = _reference_kept(flat_s, flat_a, sparsity)
+        for masks in (selected, sorted_once.masks(sparsity, "global")):
+            assert torch.equal(torch.cat([m.flatten() for m in masks]), expected), sparsity
+
+
 def test_exact_ties_give_every_slider_position_its_own_pathway(lite0, photo):
     engine = Engine(lite0, load_image(photo("chelsea.png")))
     zeros = float(torch.cat([s.flatten() for s in engine.scores()]).eq(0).float().mean())
@@ -196,6 +224,20 @@ def test_auto_sparsity_stays_within_the_tolerance(resnet_engine):
     auto = run(resnet_engine.iter_auto_sparsity(tolerance=0.10))
     assert 0.0 <= auto.sparsity <= 99.9
     assert resnet_engine.output_change(auto.sparsity) == auto.output_change <= 0.10
+
+
+def test_coarse_integrated_gradients_is_kept_apart_from_the_full_map(resnet):
+    named = LoadedModel("resnet18", resnet.module, torch.device("cpu"), [f"c{i}" for i in range(10)],
+                        8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
+    engine = Engine.from_tensor(named, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    coarse = run(engine.iter_attribution("integrated-gradients", 0.05, nodes=8))
+    assert "integrated-gradients" not in engine._maps  # not taken for the method's own map
+    full = engine.attribution("integrated-gradients")
+    expected = compute_map(engine.model, engine.x, engine.target, "integrated-gradients")
+    np.testing.assert_allclose(full, expected, rtol=1e-5, atol=1e-7)
+    assert coarse is not full and np.abs(coarse - full).max() <= 0.05 * np.abs(full).max()
+    # once the full map exists, it is what a coarse request gets
+    assert run(engine.iter_attribution("integrated-gradients", 0.05, nodes=8)) is full
 
 
 def test_another_target_reuses_the_forward_and_gives_another_map(resnet_engine):
@@ -271,6 +313,19 @@ def test_no_hooks_or_tensors_are_left_behind(resnet):
     assert _hook_count(resnet.module) == 0
     assert not torch._C._is_torch_function_mode_enabled()
     assert _live_tensors() <= before + 5
+
+
+def test_hooks_stand_in_for_intercept_where_each_layer_is_its_own_module(lite0, photo, resnet_engine):
+    engine = Engine(lite0, load_image(photo("coffee.png")))
+    assert engine._layer_modules is not None  # Lite0: one ReLU6 module per layer
+    assert resnet_engine._layer_modules is None  # ResNet calls each block's ReLU twice
+    masks = engine.masks(70.0)
+    with torch.no_grad():
+        by_hooks = engine.masked_forward(masks)(engine.x)
+        engine._layer_modules = None
+        by_intercept = engine.masked_forward(masks)(engine.x)
+    assert torch.equal(by_hooks, by_intercept)
+    assert _hook_count(lite0.module) == 0
 
 
 def test_intercept_restores_the_plain_forward():

@@ -439,6 +439,28 @@ def test_clicking_a_top5_class_explains_that_class(window, qapp):
     np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw, expected.map)
 
 
+def test_integrated_gradients_is_shown_coarse_first_then_refined(window, qapp):
+    tab = window.explain
+    box = tab.controls.method_boxes["integrated-gradients"]
+    at_first = []
+    tab.analysis_shown.connect(lambda: at_first.append(tab.heatmaps.panel("integrated-gradients").note))
+    box.setChecked(True)
+    try:
+        other = next(c for c, _, _ in window.context.current_prediction().top5 if c != tab._engine.target)
+        window.context.set_target(other)  # a new engine: its first maps and curves come coarse
+        wait_until(qapp, lambda: tab._engine.target == other and tab.is_refined())
+        assert at_first and "coarse" in at_first[-1]
+        engine = window.context.current_engine()
+        full = as_on_worker(lambda: engine.attribution("integrated-gradients"))
+        np.testing.assert_array_equal(tab.heatmaps.panel("integrated-gradients").raw, full)
+        assert tab.heatmaps.panel("integrated-gradients").note == ""
+        # the curves shown are the full map's (the engine caches only those)
+        cached = engine._curves[("integrated-gradients", tab.curve_steps, "mean")]
+        np.testing.assert_array_equal(tab.curves.curves()["integrated-gradients"].deletion, cached.deletion)
+    finally:
+        box.setChecked(False)
+
+
 def test_out_of_gpu_memory_offers_to_retry_on_the_cpu(window, qapp):
     from PySide6.QtWidgets import QMessageBox
 

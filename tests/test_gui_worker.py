@@ -1,5 +1,5 @@
 """The GUI's single background worker: latest request wins, stale results are dropped, errors are
-reported, urgent jobs pre-empt restartable ones, shutdown ends the thread. No torch needed."""
+reported, urgent jobs pause preemptible ones, shutdown ends the thread. No torch needed."""
 import threading
 import time
 
@@ -81,23 +81,72 @@ def test_error_without_handler_is_signalled(qtbot, context):
     assert blocker.args[0] == "RuntimeError: boom"
 
 
-def test_urgent_job_preempts_and_restarts_a_preemptible_one(qtbot, context):
-    starts, results = [], []
+def test_urgent_job_pauses_a_preemptible_one_which_resumes_where_it_was(qtbot, context):
+    starts, steps, results = [], [], []
 
     def long_job():
         starts.append(time.monotonic())
         for i in range(40):
             time.sleep(0.01)
+            steps.append(i)
             yield Progress(i / 40)
         return "long"
 
     context.run_job(long_job, results.append, key="curves", priority=PRIORITY_BACKGROUND,
                     preemptible=True)
-    qtbot.waitUntil(lambda: len(starts) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: len(steps) > 2, timeout=5000)
     context.run_job(counting("live"), results.append, key="live", priority=PRIORITY_LIVE)
     qtbot.waitUntil(lambda: len(results) == 2, timeout=5000)
     assert results == ["live", "long"]
-    assert len(starts) == 2  # the long job was stopped and started again after the live one
+    assert len(starts) == 1 and steps == list(range(40))  # no step was run twice
+
+
+def test_a_paused_job_cancelled_in_the_queue_is_closed_on_the_worker(qtbot, context):
+    closed, gate, results = [], threading.Event(), []
+
+    def long_job():
+        try:
+            for i in range(40):
+                time.sleep(0.01)
+                yield Progress(i / 40)
+        finally:
+            closed.append(threading.get_ident())
+
+    def blocker():
+        gate.wait(5)
+        yield Progress(1.0)
+        return "live"
+
+    context.run_job(long_job, results.append, key="curves", priority=PRIORITY_BACKGROUND,
+                    preemptible=True)
+    qtbot.wait(50)
+    context.run_job(blocker, results.append, key="live", priority=PRIORITY_LIVE)
+    qtbot.wait(50)  # the long job is paused in the queue, the blocker runs
+    context.cancel("curves")
+    gate.set()
+    qtbot.waitUntil(context.is_idle, timeout=5000)
+    qtbot.wait(50)
+    assert results == ["live"]
+    assert len(closed) == 1 and closed[0] != threading.get_ident()
+
+
+def test_a_kept_running_job_delivers_and_the_next_request_follows_it(qtbot, context):
+    gate, results = threading.Event(), []
+
+    def first():
+        gate.wait(5)
+        yield Progress(1.0)
+        return "first"
+
+    context.run_job(first, results.append, key="live", priority=PRIORITY_LIVE, keep_running=True)
+    qtbot.wait(50)
+    for value in ("second", "third"):  # "second" waits, then "third" replaces it
+        context.run_job(counting(value), results.append, key="live", priority=PRIORITY_LIVE,
+                        keep_running=True)
+    gate.set()
+    qtbot.waitUntil(context.is_idle, timeout=5000)
+    qtbot.wait(50)
+    assert results == ["first", "third"]
 
 
 def test_cancel_stops_a_job_at_its_next_step(qtbot, context):

@@ -1,7 +1,7 @@
 """`prunescope bench`: the engine's speed as ratios measured side by side, printed as JSON.
 `--gui` (the real window's latency as a person meets it, gui/bench.py) is run by main.py: core
 never imports the GUI."""
-from core.cli.options import add_model_options, model_from_args
+from core.cli.options import add_model_options, model_from_args, positive_int
 
 
 def register(subparsers) -> None:
@@ -13,6 +13,10 @@ def register(subparsers) -> None:
                    help="drive the real window offscreen instead: time to the first map and to "
                         "everything on screen, slider-to-map latency at three paces, GUI stalls")
     p.add_argument("--image", metavar="FILE", help="the photo --gui opens (default: chelsea.png)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads for the engine figures (default: torch's own); the app's "
+                        "worker uses one fewer than the cores, as threads that outnumber free cores "
+                        "spin on a busy machine")
     p.set_defaults(run=run_bench_command)
 
 
@@ -21,6 +25,10 @@ def run_bench_command(args) -> int:
 
     from core.bench import run_bench
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = model_from_args(args)
     print(json.dumps(run_bench(model, repeats=max(1, args.repeats)), indent=2))
     return 0
