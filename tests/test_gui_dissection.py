@@ -33,7 +33,8 @@ def dissection_file(lite0, tmp_path_factory):
 
 
 def test_a_dissection_labels_the_tiles_and_a_click_shows_the_channel(qapp, settings_dir, dissection_file,  # noqa: F811
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the top images' cache
     path, images = dissection_file
     window = lean_window([images / "coffee.png"])
     try:
@@ -58,6 +59,7 @@ def test_a_dissection_labels_the_tiles_and_a_click_shows_the_channel(qapp, setti
         wait_until(qapp, lambda: not dialog.crops[0].pixmap().isNull())
         assert f"channel {channel}" in dialog.header.text() and "Detects" in dialog.concept.text()
         assert sum(not c.pixmap().isNull() for c in dialog.crops) == len(PHOTOS)
+        assert len(list((tmp_path / "cache" / "prunescope" / "reference").glob("*.json"))) == 1
         shot = dialog.grab().toImage()
         pixels = np.array([shot.pixelColor(x, y).value() for x in range(0, shot.width(), 7)
                            for y in range(0, shot.height(), 7)])
