@@ -316,8 +316,9 @@ def _inputs(model, items) -> torch.Tensor:
     return torch.cat([model.preprocess(item.rgb)[0] for item in items])
 
 
-def _load(source, rows, skipped: dict) -> tuple[list[int], list]:
-    """The items of `rows` that load; the others go into skipped (index -> why)."""
+def load_items(source, rows, skipped: dict | None = None) -> tuple[list[int], list]:
+    """The items of `rows` that load, with their indices; the others go into skipped
+    (index -> why), when given."""
     from core.errors import reason
 
     kept, items = [], []
@@ -326,7 +327,8 @@ def _load(source, rows, skipped: dict) -> tuple[list[int], list]:
             items.append(source.load(i))
             kept.append(i)
         except Exception as err:  # one unreadable image or mask must not cost the dissection
-            skipped[i] = reason(err)
+            if skipped is not None:
+                skipped[i] = reason(err)
     return kept, items
 
 
@@ -348,8 +350,11 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     started = time.perf_counter()
     module = model.module.eval()
     skipped: dict[int, str] = {}
-    first = next((items for _, items in (_load(source, [i], {}) for i in range(source.count)) if items), None)
-    if first is None:
+    for i in range(source.count):  # the first image that loads shows the layers
+        _, first = load_items(source, [i])
+        if first:
+            break
+    else:
         raise PruneScopeError(f"{source.name}: none of its {source.count} images can be read")
     layers = neurons.discover_layers(module, _inputs(model, first))
     chosen = choose_layers(layers, layer_names)
@@ -362,7 +367,7 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     names: list[tuple[int, str]] = []
     for b, rows in enumerate(batches):
         yield Progress(b / len(batches) / passes, f"thresholds: images {rows.start + 1}-{rows.stop}")
-        index, items = _load(source, rows, skipped)
+        index, items = load_items(source, rows, skipped)
         if not items:
             continue
         names += [(i, item.name) for i, item in zip(index, items)]
@@ -388,7 +393,7 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     resolution = min(model.input_size, RESOLUTION)
     for b, rows in enumerate(batches if not top_only else []):
         yield Progress(0.5 + 0.5 * b / len(batches), f"concepts: images {rows.start + 1}-{rows.stop}")
-        _, items = _load(source, rows, {})  # the same images load as in the first pass
+        _, items = load_items(source, rows)  # the same images load as in the first pass
         if not items:
             continue
         acts = activations(module, _inputs(model, items), chosen)

@@ -58,6 +58,7 @@ class ChannelDialog(QDialog):
         self.context = context
         self.folder: Path | None = None
         self._target = None  # (engine, params, layer index, layer name, channel)
+        self._tops: dict = {}  # the last (module, folder, layer) -> (its top images, receptive field)
         self.header = QLabel("")
         self.header.setTextFormat(Qt.TextFormat.RichText)
         self.concept = QLabel("")
@@ -153,11 +154,16 @@ class ChannelDialog(QDialog):
         self.progress.setValue(0)
         self.progress.show()
 
-        def job():
+        known, key = self._tops, (model.module, folder, layer_name)
+
+        def job():  # the worker's only, so the dict needs no lock
             from core.concepts import image_folder
 
-            layer = yield from iter_reference_tops(model, folder, layer_name)
-            side = receptive_field(model, layer_name)
+            if key not in known:
+                layer = yield from iter_reference_tops(model, folder, layer_name)
+                known.clear()  # one layer's at a time: clicks stay within a layer
+                known[key] = layer, receptive_field(model, layer_name)
+            layer, side = known[key]
             return layer, unit_crops(model, image_folder(folder), layer, channel, side, CROP_SIDE), side
 
         self.context.run_job(job, self._show_tops, key="channel-tops", priority=PRIORITY_VIEW,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
@@ -23,7 +23,7 @@ from core.figures import grid_steps
 from core.methods import ALL_METHODS, DEFAULTS
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, JobFeedback
-from gui.dissection import DissectBox
+from gui.dissection import DissectBox, pixmap
 
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = DEFAULTS["sanity"]
@@ -86,11 +86,8 @@ def parse_steps(text: str, count: int) -> list[int]:
 
 
 def _pixmap(rgb: np.ndarray, side: int) -> QPixmap:
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1],
-                   QImage.Format.Format_RGB888).copy()
-    return QPixmap.fromImage(image).scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio,
-                                           Qt.TransformationMode.SmoothTransformation)
+    return pixmap(rgb).scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio,
+                              Qt.TransformationMode.SmoothTransformation)
 
 
 class SimilarityPlot(pg.PlotWidget):

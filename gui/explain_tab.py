@@ -200,6 +200,7 @@ class ExplainTab(QWidget):
         self._request_live()
         self._request_pathway_curves()
         self._request_sweep()
+        self._request_concepts()
 
     def _on_methods(self) -> None:
         self._show_panels()

@@ -97,9 +97,9 @@ def _folder_calibration(model, source, count: int):
 
     from core.model_pruning.pipeline import Calibration, predict
 
-    from core.model_pruning.concepts import loadable
+    from core.dissection import load_items
 
-    items = loadable(source, range(min(count, source.count)))
+    _, items = load_items(source, range(min(count, source.count)))
     x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
     labels = [item.label for item in items]
     return Calibration([Path(item.name) for item in items], x,

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from core.dissection import Dissection, iter_dissect
+from core.dissection import Dissection, iter_dissect, load_items
 from core.model_pruning import pipeline
 from core.progress import Job, Progress, scaled
 
@@ -49,22 +49,11 @@ def nonzero_parameters(module: torch.nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in module.parameters())
 
 
-def loadable(source, rows) -> list:
-    """The items of `rows` that load (the dissection names the others)."""
-    items = []
-    for i in rows:
-        try:
-            items.append(source.load(i))
-        except Exception:  # noqa: BLE001  left out, as the dissection leaves it out
-            continue
-    return items
-
-
 def predictions(model, source, batch: int = 32) -> tuple[torch.Tensor, list]:
     """The model's top-1 on every image of a concept source that loads, and their labels."""
     preds, labels = [], []
     for start in range(0, source.count, batch):
-        items = loadable(source, range(start, min(source.count, start + batch)))
+        _, items = load_items(source, range(start, min(source.count, start + batch)))
         if items:
             x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
             preds.append(pipeline.predict(model.module, x))
