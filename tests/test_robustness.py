@@ -331,6 +331,25 @@ def test_an_unexpected_error_outside_any_item_is_one_line(capsys):
                                        "the same device\n")
 
 
+def test_an_interrupt_leaves_no_traceback_from_objects_it_cut_half_built(monkeypatch, capsys):
+    import argparse
+
+    from core.cli import EXIT_INTERRUPTED, dispatch
+
+    class HalfBuilt:  # as a progress bar interrupted in __init__: its __del__ misses an attribute
+        def __del__(self):
+            return self.pos
+
+    def interrupted(_args):
+        bar = HalfBuilt()  # noqa: F841 (freed when the interrupt's traceback goes)
+        raise KeyboardInterrupt
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    assert dispatch(argparse.Namespace(run=interrupted)) == EXIT_INTERRUPTED
+    assert reported == [] and "interrupted" in capsys.readouterr().err
+
+
 def test_a_pruned_checkpoint_with_string_metadata_is_one_line(tmp_path, capsys):
     weights = tmp_path / "pruned.pt"
     torch.save({"prunescope_pruned": "resnet18", "state_dict": {}}, weights)

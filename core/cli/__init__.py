@@ -6,6 +6,7 @@ Command modules import only the standard library at top level, so that `--help` 
 start fast; they import torch and the engine inside their run functions.
 """
 import argparse
+import gc
 import importlib
 import signal
 import sys
@@ -34,6 +35,9 @@ class Terminated(KeyboardInterrupt):
 # An interrupt that Python dropped because it fired inside a destructor (a progress bar's
 # __del__, say): raised again before the next item, so that it is not lost.
 _dropped: list[KeyboardInterrupt] = []
+# Set once an interrupt stops the command: the destructors of objects it cut half-built (a
+# progress bar interrupted in __init__ fails in __del__) then fail silently, not with a traceback.
+_stopping: list[bool] = []
 
 
 def check_interrupted() -> None:
@@ -108,7 +112,7 @@ def _unraisable(previous):
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             _dropped.append(unraisable.exc_value)  # no "Exception ignored" traceback: kept for later
-        else:
+        elif not _stopping:
             previous(unraisable)
     return hook
 
@@ -118,6 +122,7 @@ def dispatch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     _dropped.clear()
+    _stopping.clear()
     try:
         code = int(args.run(args) or 0)
         check_interrupted()
@@ -125,9 +130,11 @@ def dispatch(args: argparse.Namespace) -> int:
     except PruneScopeError as err:
         return fail(reason(err))
     except Terminated:
+        _stopping.append(True)
         say("prunescope: terminated; unfinished results removed")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
+        _stopping.append(True)
         say("prunescope: interrupted; unfinished results removed")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -135,5 +142,7 @@ def dispatch(args: argparse.Namespace) -> int:
     except Exception as err:  # a failure outside any one item: still one line, not a traceback
         return fail(reason(err))
     finally:
+        if _stopping:
+            gc.collect()  # the interrupted frames' objects go now, while the hook still silences them
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = previous_hook
