@@ -2,6 +2,7 @@
 distillation brings a pruned model's accuracy back, iterative schedules end at the target, and
 nothing is measured on an image it was calibrated or trained on."""
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,31 +10,51 @@ import pytest
 import torch
 
 from core.model_pruning import Recovery, calibrate, load_pruned, prune_model, save_pruned
-from core.model_pruning.pipeline import Calibration, predict
-from core.model_pruning.recovery import distill, held_out_split, recalibrate_bn, without
+from core.model_pruning.pipeline import Calibration, predict, prune_copy
+from core.model_pruning.recovery import correct_bn, distill, held_out_split, without
 from core.progress import run
 
 from conftest import tiny_net  # noqa: E402
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 
-def test_bn_recalibration_has_the_known_answer_and_keeps_the_predictions(tiny):
-    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    module = copy.deepcopy(tiny.module)
-    run(recalibrate_bn(module, x, passes=1, batch=8, augmented=False))
-    first = tiny.module.conv1(x)
-    assert torch.allclose(module.bn1.running_mean, first.mean((0, 2, 3)), atol=1e-5)
-    assert torch.allclose(module.bn1.running_var, first.var((0, 2, 3), unbiased=True), atol=1e-5)
-    assert not module.training and module.bn1.momentum == tiny.module.bn1.momentum
+def _against_running(norm, inputs):
+    """Where a batch sits against a batch norm's running statistics: mean offset, variance ratio."""
+    mean, var = inputs.mean((0, 2, 3)), inputs.var((0, 2, 3), unbiased=False)
+    return mean - norm.running_mean, (var + norm.eps) / (norm.running_var + norm.eps)
 
-    # A model whose statistics are those of its data keeps its predictions when re-estimated on
-    # that data, exactly without augmentation and nearly with flips and crops.
-    own = predict(module, x)
-    again = copy.deepcopy(module)
-    run(recalibrate_bn(again, x, passes=1, batch=8, augmented=False))
-    assert torch.allclose(again(x), module(x), atol=1e-5)
-    run(recalibrate_bn(again, x))
-    assert float((predict(again, x) == own).float().mean()) >= 0.75
+
+def test_bn_correction_has_the_known_answer_and_keeps_an_unpruned_model(tiny):
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    # Against itself, nothing moved: statistics and predictions unchanged, even with augmentation.
+    same = copy.deepcopy(tiny.module)
+    assert run(correct_bn(same, tiny.module, x)) == 2
+    for ours, theirs in ((same.bn1, tiny.module.bn1), (same.bn2, tiny.module.bn2)):
+        assert torch.allclose(ours.running_mean, theirs.running_mean, atol=1e-6)
+        assert torch.allclose(ours.running_var, theirs.running_var, rtol=1e-5)
+    assert torch.equal(predict(same, x), predict(tiny.module, x)) and not same.training
+
+    # Pruned, half of conv1's channels gone: bn1 sees what it saw (its own channels, fewer of them)
+    # and keeps the source's statistics of those; bn2's input moved, and after the correction it
+    # sits against bn2's statistics where the source's input sat against the source's.
+    source = copy.deepcopy(tiny.module)
+    g = torch.Generator().manual_seed(1)
+    for norm in (source.bn1, source.bn2):  # statistics of some other data, each channel its own
+        norm.running_mean.copy_(torch.randn(8, generator=g))
+        norm.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+    calib = Calibration([], x, None, predict(source, x))
+    pruned, done = run(prune_copy(dataclasses.replace(tiny, module=source), calib, "l1", 50, "per-layer", ["none"]))
+    run(correct_bn(pruned, source, x, done.norms, passes=1, augmented=False))
+    kept1 = [c for c in range(8) if c not in done.removed["conv1"]]
+    kept2 = [c for c in range(8) if c not in done.removed["conv2"]]
+    assert len(kept1) == len(kept2) == 4 and done.norms == {"bn1": done.removed["conv1"], "bn2": done.removed["conv2"]}
+    assert torch.allclose(pruned.bn1.running_mean, source.bn1.running_mean[kept1], atol=1e-6)
+    assert torch.allclose(pruned.bn1.running_var, source.bn1.running_var[kept1])
+    ours = _against_running(pruned.bn2, pruned.conv2(torch.relu(pruned.bn1(pruned.conv1(x)))))
+    theirs = _against_running(source.bn2, source.conv2(torch.relu(source.bn1(source.conv1(x)))))
+    assert not torch.allclose(pruned.bn2.running_mean, source.bn2.running_mean[kept2], atol=1e-3)
+    assert torch.allclose(ours[0], theirs[0][kept2], atol=1e-5)
+    assert torch.allclose(ours[1], theirs[1][kept2], rtol=1e-4)
 
 
 def test_held_out_images_are_never_calibrated_or_distilled_on(tiny_cli, tiny):
@@ -82,7 +103,7 @@ def test_the_synthetic_model_pruned_half_by_l1_distils_back_within_two_points(tr
     pruned = run(prune_model(model, "l1", 50, calib, settings=Recovery("none")))
     student = pruned.model.module
     one_shot = accuracy(student)
-    run(recalibrate_bn(student, x[:256]))
+    run(correct_bn(student, model.module, x[:256]))
     run(distill(student, model.module, x, steps=200, lr=1e-3, batch=32))
     recovered = accuracy(student)
     print(f"accuracy: original {original:.3f}, pruned 50 % by L1 {one_shot:.3f}, distilled {recovered:.3f}")

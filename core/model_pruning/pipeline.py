@@ -324,20 +324,23 @@ def recovery_images(model, settings: Recovery, calib: Calibration, held_out) -> 
 
 
 def recover(original: nn.Module, model, settings: Recovery, calib: Calibration,
-            images: Calibration, held_out, unit: str = "channels") -> Job[None]:
-    """Recover model.module in place: bn re-estimates batch-norm statistics on the calibration
-    images; distill does that, then distils on `images`; finetune trains on labelled images."""
+            images: Calibration, held_out, done=None, source: nn.Module | None = None) -> Job[None]:
+    """Recover model.module in place. bn corrects batch-norm statistics for the shift pruning
+    made, measured on the calibration images against `source`, the model it was cut from (by
+    default the original; `done`, the Surgery of that cut, says which channels went). distill
+    does that, then distils `original` on `images`; finetune trains on labelled images."""
     if settings.method == "none":
         return
-    if settings.method in ("distill", "finetune") and unit == "weights":
+    if settings.method in ("distill", "finetune") and done is not None and done.unit == "weights":
         raise PruneScopeError(f"{settings.method} would regrow the zeroed weights of unstructured "
                               "pruning; use --recover bn or none with magnitude")
     if settings.method == "finetune":
         yield from finetune(model, settings.images, settings.epochs, settings.lr or 1e-3,
                             exclude=held_out.paths if held_out is not None else [])
         return
-    yield from scaled(recovery.recalibrate_bn(model.module, calib.x), 0.0,
-                      1.0 if settings.method == "bn" else 0.1)
+    removed = done.norms if done is not None else None
+    yield from scaled(recovery.correct_bn(model.module, original if source is None else source, calib.x, removed),
+                      0.0, 1.0 if settings.method == "bn" else 0.1)
     if settings.method == "distill":
         yield from scaled(recovery.distill(model.module, original, images.x, settings.steps,
                                            settings.lr or recovery.DISTILL_LR), 0.1, 1.0)
@@ -368,13 +371,14 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
     for k, goal in enumerate(goals):
         lo = 0.05 + k * share
         step = goal if done is None or done.unit == "weights" else _next_step(done, goal)
+        source = current.module
         module, step_done = yield from scaled(prune_copy(current, used, criterion, step, mode, protect,
                                                          pathway_sparsity=pathway_sparsity), lo, lo + share / 2)
         done = step_done if done is None or done.unit == "weights" else done.then(step_done)
         current = dataclasses.replace(model, module=module)
         measured = (_quality(module, held, agreement), _quality(module, held, accuracy))
         began = time.perf_counter()
-        yield from scaled(recover(model.module, current, settings, used, images, held, done.unit),
+        yield from scaled(recover(model.module, current, settings, used, images, held, step_done, source),
                           lo + share / 2, lo + share)
         recovery_s += time.perf_counter() - began
         steps.append(Step(module, done, _reached(done, goal), measured[0], _quality(module, held, agreement)))

@@ -1,7 +1,7 @@
 """Getting a pruned model's decisions back without labels, and measuring that honestly.
 
-bn: re-estimate batch-norm running statistics on the calibration images (augmented), since
-removing channels shifts every later layer's input distribution; no gradient, cheap.
+bn: correct batch-norm running statistics for the shift that removing channels makes in every
+later layer's input, measured on the calibration images (augmented); no gradient, cheap.
 distill: after bn, knowledge distillation from the original model (KL divergence between
 softened logits) on any unlabelled images, augmented.
 finetune: cross-entropy on a labelled ImageFolder (pipeline.finetune).
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from core.errors import PruneScopeError
 from core.progress import Job, Progress
 
 HELD_OUT_EVERY = 3          # every third image (at least one) is held out for measurement
-BN_PASSES = 8               # augmented passes over the images to estimate BN statistics
+BN_PASSES = 8               # augmented passes over the images to measure the BN shift
 DISTILL_STEPS = 60
 DISTILL_LR = 1e-4           # Adam; measured on EfficientNet-Lite0 (README)
 DISTILL_BATCH = 8
@@ -72,36 +73,99 @@ def augment(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
 
 
 def _batch_norms(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
 
 
-def recalibrate_bn(module: nn.Module, x: torch.Tensor, passes: int = BN_PASSES, batch: int = 16,
-                   augmented: bool = True, seed: int = 0) -> Job[int]:
-    """Replace every batch norm's running mean and variance by their average over `passes`
-    (augmented) passes of x, in place; only the batch norms run in train mode, without gradient.
-    Returns how many batch norms were re-estimated."""
-    norms = _batch_norms(module)
+def correct_bn(pruned: nn.Module, source: nn.Module, x: torch.Tensor, removed: dict | None = None,
+               passes: int = BN_PASSES, batch: int = 16, augmented: bool = True, seed: int = 0) -> Job[int]:
+    """Correct every batch norm of `pruned` (a pruned copy of `source`) for the shift that the
+    pruning made in its input, in place; returns how many were corrected.
+
+    A few photos are no estimate of the statistics a model was trained with: re-estimating them
+    from scratch on 12 photos cost the unpruned EfficientNet-Lite0 4 of its 6 held-out decisions.
+    So only the change is estimated: both models see the same (augmented) batches of x, and each
+    batch norm keeps the source's statistics, moved by the difference between the two models'
+    batch means and scaled by the ratio of their batch variances. Layer by layer within each
+    forward, as a training-mode pass would, so that each layer's shift is measured on inputs
+    already corrected upstream. removed: batch norm name -> the source's channels it lost
+    (Surgery.norms). A batch norm with no counterpart in `source` is re-estimated."""
+    sources = {name: m for name, m in source.named_modules() if isinstance(m, _BatchNorm)}
+    norms = {name: m for name, m in pruned.named_modules()
+             if isinstance(m, _BatchNorm) and m.track_running_stats}
     if not norms:
         return 0
+    kept = {name: _kept_channels(m, sources.get(name), (removed or {}).get(name, []))
+            for name, m in norms.items()}
+    start = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in norms.items()}
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the source's batch statistics
+    totals = {name: [0.0, 0.0] for name in norms}
+
+    def record(name):
+        def hook(_m, inputs):
+            seen[name] = _batch_stats(inputs[0])
+        return hook
+
+    def shift(name):
+        def hook(m, inputs):
+            mean, var = _batch_stats(inputs[0])
+            if kept[name] is not None:
+                mean0, var0 = start[name]
+                other_mean, other_var = seen[name]
+                index = kept[name]
+                mean = mean0 + mean - other_mean[index]
+                var = var0 * (var + m.eps) / (other_var[index] + m.eps)
+            m.running_mean.copy_(mean)  # this forward is normalised with them, as in training
+            m.running_var.copy_(var)
+            totals[name][0] += mean
+            totals[name][1] += var
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in sources.items()]
+    hooks += [m.register_forward_pre_hook(shift(name)) for name, m in norms.items()]
     rng = random.Random(seed)
-    momenta = [m.momentum for m in norms]
     chunks = [x[s:s + batch] for s in range(0, x.shape[0], batch)]
-    # A single image gives a spatial-only variance; still better than stale ImageNet statistics.
+    count = 0
+    source.eval(), pruned.eval()
     try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over every batch, not an exponential one
-            m.train()
         with torch.no_grad():
             for p in range(passes):
                 for chunk in chunks:
-                    module(augment(chunk, rng) if augmented else chunk)
-                yield Progress((p + 1) / passes, f"re-estimating batch norm, pass {p + 1}/{passes}")
+                    inputs = augment(chunk, rng) if augmented else chunk
+                    seen.clear()
+                    source(inputs)
+                    pruned(inputs)
+                    count += 1
+                yield Progress((p + 1) / passes, f"correcting batch norm, pass {p + 1}/{passes}")
+        for name, m in norms.items():
+            m.running_mean.copy_(totals[name][0] / count)
+            m.running_var.copy_(totals[name][1] / count)
+    except BaseException:
+        for name, m in norms.items():  # stopped part way: the model is left as it was
+            m.running_mean.copy_(start[name][0])
+            m.running_var.copy_(start[name][1])
+        raise
     finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        module.eval()
+        for hook in hooks:
+            hook.remove()
     return len(norms)
+
+
+def _batch_stats(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of a batch norm's input, channels on axis 1."""
+    a = a.transpose(0, 1).flatten(1)
+    return a.mean(1), a.var(1, unbiased=False)
+
+
+def _kept_channels(norm: nn.Module, original: nn.Module | None, removed) -> torch.Tensor | None:
+    """Which of `original`'s channels the pruned copy `norm` has, in order; None when that
+    does not add up (a layer that is not a pruned copy of it)."""
+    if original is None or not original.track_running_stats:
+        return None
+    gone = set(removed)
+    index = [c for c in range(original.num_features) if c not in gone]
+    if len(index) != norm.num_features:
+        return None
+    return torch.tensor(index, dtype=torch.long, device=norm.running_mean.device)
 
 
 def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int = DISTILL_STEPS,
@@ -109,7 +173,7 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, steps: int 
             seed: int = 0) -> Job[float]:
     """Train `student` in place to match `teacher`'s softened outputs on augmented batches of x
     (no labels): KL(teacher || student) at `temperature`, times temperature². Batch norms stay
-    in eval mode (their statistics come from recalibrate_bn: a few small batches would only
+    in eval mode (their statistics come from correct_bn: a few small batches would only
     make them worse). Returns the last loss."""
     if steps < 1:
         raise PruneScopeError(f"recovery steps must be at least 1, got {steps}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from core.errors import ModelError, PruneScopeError
 from core.model_pruning.criteria import Scores, forward_order, producers
@@ -33,6 +34,9 @@ class Surgery:
     skipped: dict[str, str] = field(default_factory=dict)  # group root -> why it was kept whole
     ranked: int = 0                        # channels of the groups that were ranked (structured)
     cut: int = 0                           # of which removed: sparsity reached = cut / ranked
+    # batch norm -> channels the last pruning removed from it (numbered as before that pruning),
+    # so that recovery knows which of the source's channels each batch norm kept
+    norms: dict[str, list[int]] = field(default_factory=dict)
 
     def then(self, later: "Surgery") -> "Surgery":
         """This pruning followed by `later` (on the pruned model), in the original numbering."""
@@ -44,7 +48,7 @@ class Surgery:
             removed[name] = sorted(gone | {kept[i] for i in later.removed.get(name, [])})
         layers = [(name, kept, totals[name]) for name, kept, _ in later.layers]
         return Surgery(removed, layers, self.unit, self.protected, {**self.skipped, **later.skipped},
-                       self.ranked, self.cut + later.cut)
+                       self.ranked, self.cut + later.cut, later.norms)
 
 
 def check_sparsity(sparsity: float, mode: str) -> None:
@@ -202,18 +206,22 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
         ranked.append((group, s))
     chosen = _choose(ranked, float(sparsity) / 100.0, mode)
     removed: dict[str, list[int]] = {}
+    norms: dict[str, list[int]] = {}
     for (group, _), idxs in zip(ranked, chosen):
         if not idxs:
             continue
         root = group[0].dep
         pruning = DG.get_pruning_group(root.target.module, root.handler, idxs)
         for item in pruning:
-            name = names.get(item.dep.target.module)
-            if isinstance(item.dep.target.module, prunable) and DG.is_out_channel_pruning_fn(item.dep.handler):
+            target = item.dep.target.module
+            name = names.get(target)
+            if isinstance(target, prunable) and DG.is_out_channel_pruning_fn(item.dep.handler):
                 removed[name] = sorted(set(removed.get(name, [])) | set(item.idxs))
+            elif isinstance(target, _BatchNorm):
+                norms[name] = sorted(set(norms.get(name, [])) | set(item.idxs))
         pruning.prune()
     return Surgery(removed, _channel_table(module, order, removed), "channels", sorted(protected), skipped,
-                   sum(len(s) for _, s in ranked), sum(len(c) for c in chosen))
+                   sum(len(s) for _, s in ranked), sum(len(c) for c in chosen), norms)
 
 
 def _channel_table(module: nn.Module, order: list[str], removed: dict) -> list[tuple[str, int, int]]:

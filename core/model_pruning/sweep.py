@@ -226,7 +226,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 pruned = dataclasses.replace(model, module=module)
                 before = pipeline.agreement(module, held), pipeline.accuracy(module, held)
                 began = time.perf_counter()
-                yield from scaled(pipeline.recover(model.module, pruned, settings, used, images, held, done.unit),
+                yield from scaled(pipeline.recover(model.module, pruned, settings, used, images, held, done),
                                   at + 0.2 * step, at + 0.4 * step)
                 recovery_s = time.perf_counter() - began
                 original, stats = pipeline.measure_pair(model.module, module, x, timed)
