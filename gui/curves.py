@@ -22,6 +22,15 @@ def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     return plot
 
 
+def _refit(legend: pg.LegendItem) -> None:
+    """Resize a legend to its labels and anchor it again: pyqtgraph sizes a legend when an
+    entry is added, not when a label's text changes, so a longer label (an AUC added) would
+    run past the plot's edge."""
+    legend.layout.activate()
+    legend.updateSize()
+    legend.setOffset(legend.opts["offset"])
+
+
 class CurvesView(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -92,6 +101,8 @@ class CurvesView(QWidget):
                 line.setData(np.asarray(c.fractions), np.asarray(values))
                 label = f"{method}  {auc:.3f}"
             self._legends[self._plots[name]].getLabel(line).setText(label)
+        for legend in self._legends.values():
+            _refit(legend)
 
     def set_note(self, note: str) -> None:
         """A word after the deletion and insertion titles (that the curves are coarse), or none."""

@@ -34,7 +34,8 @@ MAP_OPACITY = 0.6
 # pathway 10 % with bn kept 4 of 6; Taylor 30 %, the former default, none even after distill).
 DEFAULT_CRITERION, DEFAULT_SPARSITY, DEFAULT_RECOVERY, DEFAULT_STEPS = "pathway", 10, "bn", 60
 RECOVERY_TIPS = {
-    "bn": "re-estimate batch-norm statistics on the calibration images (seconds, no labels)",
+    "bn": "correct batch-norm statistics for the shift pruning made, measured on the calibration images "
+          "(seconds, no labels)",
     "distill": "batch norm, then distil the original model on unlabelled images (minutes, no labels)",
     "finetune": "fine-tune on a labelled ImageFolder (Recovery images)",
     "none": "no recovery: the one-shot pruned model",

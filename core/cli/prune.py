@@ -36,8 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="layers kept whole: first, last, none, or module paths, comma-separated "
                         "(default first,last)")
     p.add_argument("--recover", choices=RECOVERIES, default=DEFAULT_RECOVERY,
-                   help="after pruning, without labels: bn (re-estimate batch-norm statistics on the "
-                        "calibration images, the default), distill (bn, then distil the original model "
+                   help="after pruning, without labels: bn (correct batch-norm statistics for the shift "
+                        "pruning made, measured on the calibration images; the default), distill (bn, then distil the original model "
                         "on unlabelled images); finetune (labelled ImageFolder); none")
     p.add_argument("--recover-images", metavar="DIR", help="distill: unlabelled images (default: the "
                    "calibration images); finetune: the labelled ImageFolder")
