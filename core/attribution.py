@@ -166,6 +166,40 @@ class IntegratedGradientsRun:
         return (self.total * self.x).detach()
 
 
+class SmoothGradRun:
+    """SmoothGrad as Captum's NoiseTunnel(Saliency) computes it (the same noise, drawn at once
+    from the same seed), a few samples per step, so that the app's worker can stop between
+    them; Captum's one call takes seconds on a CPU."""
+
+    def __init__(self, model, x: torch.Tensor, target: int, samples: int = SMOOTHGRAD_SAMPLES,
+                 noise: float = SMOOTHGRAD_NOISE, seed: int = 0):
+        x, self.target = _prepared("smoothgrad", model, x, target)
+        self.model, self.x, self.samples = model, x, samples
+        self.stdev = noise * float(x.max() - x.min())
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        self.noise = torch.empty((samples, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        self.noise.normal_(0.0, 1.0, generator=generator).mul_(self.stdev)
+        self.done = 0
+        self.total = torch.zeros_like(x)
+        self._per_sample = None  # measured seconds of one sample's forward and backward
+
+    def steps(self, step_seconds: float):
+        """Job: advances in chunks of about step_seconds; returns the 1xCxHxW mean gradient."""
+        while self.done < self.samples:
+            per = self._per_sample
+            size = 1 if per is None else int(max(1, min(self.samples - self.done, step_seconds / per)))
+            began = time.perf_counter()
+            noisy = (self.x + self.noise[self.done:self.done + size]).requires_grad_(True)
+            with torch.enable_grad():
+                out = self.model.module(noisy)[:, self.target].sum()
+                (grads,) = torch.autograd.grad(out, noisy)
+            self.total += grads.sum(0, keepdim=True)
+            self._per_sample = (time.perf_counter() - began) / size
+            self.done += size
+            yield Progress(self.done / self.samples, f"smoothgrad {self.done}/{self.samples}")
+        return (self.total / self.samples).detach()
+
+
 # --- batching -------------------------------------------------------------------------------------
 
 def _batch_size(module: nn.Module, x: torch.Tensor, wanted: int) -> int:

@@ -26,6 +26,9 @@ IG_STEPS = 50
 IG_BATCH = 10
 AUTO_GRID = 1.0  # points of sparsity between the auto search's probes
 AUTO_RESOLUTION = 0.1
+# Classic methods that take many passes, computed in steps where the caller asks for it (the app)
+STEPPED = {"integrated-gradients": attribution.IntegratedGradientsRun,
+           "smoothgrad": attribution.SmoothGradRun}
 
 
 @dataclass
@@ -229,7 +232,7 @@ class Engine:
         self._maps: dict[str, np.ndarray] = {}
         self._curves: dict[tuple, Curves] = {}
         self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
-        self._ig_run = None  # integrated gradients under way in steps (attribution.IntegratedGradientsRun)
+        self._runs: dict = {}  # method -> its run under way in steps (STEPPED)
         self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
 
     def with_target(self, target: int) -> "Engine":
@@ -407,10 +410,11 @@ class Engine:
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
                          nodes: int | None = None) -> Job[np.ndarray]:
-        """attribution() of a classic method; with step_seconds, integrated gradients runs in
-        steps of about that long, and a stopped run resumes where it was. nodes: integrated
-        gradients on fewer nodes than its IG_STEPS, a coarser map for a first look, kept apart
-        from the method's own (the finished full map is returned instead when there is one)."""
+        """attribution() of a classic method; with step_seconds, integrated gradients and
+        SmoothGrad run in steps of about that long, and a stopped run resumes where it was.
+        nodes: integrated gradients on fewer nodes than its IG_STEPS, a coarser map for a first
+        look, kept apart from the method's own (the finished full map is returned instead when
+        there is one)."""
         if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
                 and method not in self._maps):
             if nodes not in self._coarse_ig:
@@ -418,13 +422,13 @@ class Engine:
                 grads = yield from ig.steps(step_seconds or math.inf)
                 self._coarse_ig[nodes] = attribution.collapse_channels(grads)
             return self._coarse_ig[nodes]
-        if method != "integrated-gradients" or not step_seconds or method in self._maps:
+        if method not in STEPPED or not step_seconds or method in self._maps:
             return self.attribution(method)
-        if self._ig_run is None:
-            self._ig_run = attribution.IntegratedGradientsRun(self.model, self.x, self.target)
-        grads = yield from self._ig_run.steps(step_seconds)
+        if method not in self._runs:
+            self._runs[method] = STEPPED[method](self.model, self.x, self.target)
+        grads = yield from self._runs[method].steps(step_seconds)
         self._maps[method] = attribution.collapse_channels(grads)
-        self._ig_run = None
+        del self._runs[method]
         return self._maps[method]
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,

@@ -296,3 +296,21 @@ def test_integrated_gradients_in_steps_equals_captums_and_resumes():
     assert stepped.done == 5
     grads = run(stepped.steps(step_seconds=1e-9))
     np.testing.assert_allclose(collapse_channels(grads), captum, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (1, 3, 29, 31)])  # 3*29*31: not a multiple of 16
+def test_smoothgrad_in_steps_equals_captums_and_resumes(shape):
+    from core.attribution import SmoothGradRun
+    from core.progress import run
+
+    model = loaded(convnet())
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    captum = attribute("smoothgrad", model, x, 3)
+    stepped = SmoothGradRun(model, x, 3)
+    first = stepped.steps(step_seconds=1e-9)  # one sample per step
+    for _ in range(4):
+        next(first)
+    first.close()  # stopped after 4 samples, as a pre-empted job is
+    assert stepped.done == 4
+    np.testing.assert_allclose(collapse_channels(run(stepped.steps(step_seconds=1e-9))), captum,
+                               rtol=1e-4, atol=1e-7)
