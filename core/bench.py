@@ -63,7 +63,7 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
     scratch, ig = _timed_pair(pathway_from_scratch, captum_ig, max(1, repeats // 2), device)
 
     attr = np.abs(engine.pathway(70.0).map)
-    inputs = _perturbed_inputs(x, attr, steps)
+    inputs = _perturbed_inputs(x, attr, steps, ends=False)
 
     def same_forwards_batched():
         with torch.no_grad():
@@ -103,13 +103,15 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
     }
 
 
-def _perturbed_inputs(x, attr, steps):
-    """The 2(S+1) images the deletion and insertion curves feed the model, built up front."""
+def _perturbed_inputs(x, attr, steps, ends: bool = True):
+    """The 2(S+1) images of the deletion and insertion curves, built up front; without the ends
+    (the input and the baseline, which the engine forwards once per image), the 2(S-1) that
+    the curves of one more map feed the model."""
     ranks = rank_image(attr, tuple(x.shape[-2:]), device=x.device)
     base = baseline_image(x)
     total = ranks.numel()
     images = []
-    for step in range(steps + 1):
+    for step in range(0 if ends else 1, steps + 1 if ends else steps):
         top = ranks < round(step * total / steps)
         images += [torch.where(top, base, x), torch.where(top, x, base)]
     return torch.cat(images)

@@ -16,7 +16,7 @@ from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
 from core.neurons import hooked, intercept, layer_modules, trace_layers, intgrad_scores, taylor_scores
-from core.perturbation import Curves, iter_curves, output_change
+from core.perturbation import Curves, end_probs, iter_curves, output_change
 from core.progress import Job, Progress, run, scaled
 
 SELECTORS = ("taylor", "intgrad")
@@ -231,6 +231,7 @@ class Engine:
         self._scores: dict[str, _Scores] = {}
         self._maps: dict[str, np.ndarray] = {}
         self._curves: dict[tuple, Curves] = {}
+        self._ends: dict[str, tuple[float, float]] = {}  # baseline -> end_probs
         self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
         self._runs: dict = {}  # method -> its run under way in steps (STEPPED)
         self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
@@ -246,7 +247,7 @@ class Engine:
         other = Engine.__new__(Engine)
         other._setup(self.model, self.x, self.view, self.target, ties, shared=(self.probs, self.layers))
         other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
-        other._sweep = self._sweep
+        other._sweep, other._ends = self._sweep, self._ends
         return other
 
     # -- prediction ------------------------------------------------------------------------
@@ -433,17 +434,21 @@ class Engine:
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
                     baseline: str = "mean", step_seconds: float | None = None,
-                    cache: bool = True) -> Job[Curves]:
+                    cache: bool = True, insertion: bool = True) -> Job[Curves]:
         """Deletion/insertion for a map; classic methods' curves are cached (cache=False: for a
-        map that is not the method's own, e.g. a coarse one). step_seconds: see
+        map that is not the method's own, e.g. a coarse one). step_seconds, insertion: see
         core.perturbation.iter_curves."""
         key = (method, steps, baseline)
         if cache and key in self._curves:
             return self._curves[key]
+        if baseline not in self._ends:  # the curves' first and last points, the same for every map
+            self._ends[baseline] = end_probs(self.model.module, self.x, self.target, baseline,
+                                             self.model.mean, self.model.std)
         curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
-                                        std=self.model.std, step_seconds=step_seconds)
-        if cache and method not in PATHWAY_METHODS:
+                                        std=self.model.std, step_seconds=step_seconds,
+                                        ends=self._ends[baseline], insertion=insertion)
+        if cache and insertion and method not in PATHWAY_METHODS:
             self._curves[key] = curves
         return curves
 
@@ -511,7 +516,8 @@ class Engine:
                 path = self.pathway(p, mode, selector)
                 yield Progress(0.1 + 0.9 * i / len(sparsities), f"sweep: {float(p):g} %")  # a step of its own
                 curves = yield from scaled(
-                    self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds),
+                    self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds,
+                                     insertion=False),
                     0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
                 self._sweep[key] = (path.sparsity, path.output_change, curves.deletion_auc)
             points.append(self._sweep[key])

@@ -32,16 +32,16 @@ ORDERS = ("lerf", "morf")  # least / most relevant first
 class Curves:
     fractions: np.ndarray  # (S+1,) fraction of pixels removed (deletion) / revealed (insertion)
     deletion: np.ndarray   # (S+1,) target probability
-    insertion: np.ndarray  # (S+1,)
+    insertion: np.ndarray | None  # (S+1,); None when only deletion was asked for
     deletion_auc: float    # trapezoid over fractions in [0, 1]; lower is better
-    insertion_auc: float   # higher is better
+    insertion_auc: float | None  # higher is better
     steps: int
     baseline: str
 
     def to_json(self) -> dict:
         out = asdict(self)
         for key in ("fractions", "deletion", "insertion"):
-            out[key] = [float(v) for v in out[key]]
+            out[key] = None if out[key] is None else [float(v) for v in out[key]]
         return out
 
 
@@ -103,10 +103,15 @@ def _target_probs(module, inputs: torch.Tensor, target: int) -> torch.Tensor:
 
 def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int, steps: int = 20,
                 baseline: str = "mean", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                batch_size: int | None = None, step_seconds: float | None = None) -> "Job[Curves]":
+                batch_size: int | None = None, step_seconds: float | None = None,
+                ends: tuple[float, float] | None = None, insertion: bool = True) -> "Job[Curves]":
     """Deletion and insertion curves for one image; yields Progress per batch. With
     step_seconds, batches are sized from the measured time per input so that each step takes
-    about that long (the app's worker must stay free for the slider); otherwise batch_size."""
+    about that long (the app's worker must stay free for the slider); otherwise batch_size.
+
+    Both curves start or end at the input itself and at the baseline, whatever the map: ends,
+    their target probabilities (end_probs), saves those forwards for every map after the first.
+    insertion=False: the deletion curve only (insertion and its AUC are None)."""
     _check_input(x)
     if steps < 1:
         raise PruneScopeError(f"steps must be at least 1, got {steps}")
@@ -115,32 +120,46 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     height, width = x.shape[-2:]
     ranks = rank_image(attr_map, (height, width), device=device)
     base = baseline_image(x, baseline, mean, std)
+    if ends is None:
+        ends = end_probs(module, x, target, baseline, mean, std)
     total = height * width
     counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * total / steps).long()
-    # one bool mask per step: True where the pixel is among the top-ranked counts[i]
-    top = ranks.unsqueeze(0) < counts.to(device).view(-1, 1, 1)
+    # one bool mask per inner step: True where the pixel is among the top-ranked counts[i]
+    top = ranks.unsqueeze(0) < counts[1:-1].to(device).view(-1, 1, 1)
     # deletion puts the baseline on the top pixels; insertion puts the input there
-    keep_input = torch.cat([~top, top]).unsqueeze(1)  # (2(S+1), 1, H, W)
+    keep_input = (torch.cat([~top, top]) if insertion else ~top).unsqueeze(1)
     batch = batch_size or default_batch(device)
-    probs = []
+    probs = [torch.zeros(0)]
     n_inputs = keep_input.shape[0]
     done, size = 0, 1 if step_seconds else batch
     while done < n_inputs:
         chunk = keep_input[done:done + size]
         began = time.perf_counter()
-        probs.append(_target_probs(module, torch.where(chunk, x, base), target))
+        probs.append(_target_probs(module, torch.where(chunk, x, base), target).cpu())
         done += len(chunk)
         if step_seconds:
             per_input = (time.perf_counter() - began) / len(chunk)
             size = int(max(1, min(batch, step_seconds / max(per_input, 1e-6))))
         yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
-    probs = torch.cat(probs).cpu().numpy().astype(np.float64)
+    inner = torch.cat(probs).numpy().astype(np.float64)
     fractions = (counts.double() / total).numpy()
-    deletion, insertion = probs[:steps + 1], probs[steps + 1:]
-    return Curves(fractions=fractions, deletion=deletion, insertion=insertion,
+    p_input, p_base = ends
+    deletion = np.concatenate([[p_input], inner[:steps - 1], [p_base]])
+    rising = np.concatenate([[p_base], inner[steps - 1:], [p_input]]) if insertion else None
+    return Curves(fractions=fractions, deletion=deletion, insertion=rising,
                   deletion_auc=float(np.trapezoid(deletion, fractions)),
-                  insertion_auc=float(np.trapezoid(insertion, fractions)),
+                  insertion_auc=float(np.trapezoid(rising, fractions)) if insertion else None,
                   steps=steps, baseline=baseline)
+
+
+def end_probs(module: torch.nn.Module, x: torch.Tensor, target: int, baseline: str = "mean",
+              mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[float, float]:
+    """The target probability of the input and of the baseline image: where the curves of
+    every map start and end."""
+    _check_input(x)
+    x = x.to(_device_of(module, x))
+    p_input, p_base = _target_probs(module, torch.cat([x, baseline_image(x, baseline, mean, std)]), target).tolist()
+    return float(p_input), float(p_base)
 
 
 def curves(module, x, attr_map, target, steps=20, baseline="mean", mean=IMAGENET_MEAN,

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError
-from core.perturbation import (BASELINES, Curves, baseline_image, curves, iter_curves,
+from core.perturbation import (BASELINES, Curves, baseline_image, curves, end_probs, iter_curves,
                                output_change)
 from core.progress import Progress, run
 
@@ -89,9 +89,12 @@ def test_batched_curves_match_one_image_loop(baseline):
     batched_inputs = torch.cat(recorder.seen)
     base = baseline_image(x, baseline, MEAN, STD)
     deletion, insertion, loop_inputs = deletion_loop_reference(recorder.inner, x, attr, 2, 8, base)
-    # the same perturbed images, bit for bit
-    assert torch.equal(batched_inputs[:9], torch.cat(loop_inputs[0::2]))
-    assert torch.equal(batched_inputs[9:], torch.cat(loop_inputs[1::2]))
+    # the same perturbed images, bit for bit; the input and the baseline, where both curves start
+    # and end, are forwarded once
+    assert len(batched_inputs) == 2 + 2 * 7
+    assert torch.equal(batched_inputs[:2], torch.cat([x, base]))
+    assert torch.equal(batched_inputs[2:9], torch.cat(loop_inputs[0::2][1:-1]))
+    assert torch.equal(batched_inputs[9:], torch.cat(loop_inputs[1::2][1:-1]))
     # a batched forward may round differently from a single-image one in the last float bit
     np.testing.assert_allclose(result.deletion, deletion, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(result.insertion, insertion, rtol=1e-6, atol=1e-7)
@@ -151,7 +154,7 @@ def test_removed_pixels_take_baseline_values(baseline):
     inputs = torch.cat(recorder.seen)
     base = baseline_image(x, baseline, MEAN, STD)
     quarter = SIDE // 4  # step 1 of 4 removes the last 4 rows
-    deletion_1, insertion_1 = inputs[1], inputs[5 + 1]
+    deletion_1, insertion_1 = inputs[2], inputs[2 + 3]  # after the input and the baseline
     assert torch.equal(deletion_1[:, -quarter:], base[0, :, -quarter:])
     assert torch.equal(deletion_1[:, :-quarter], x[0, :, :-quarter])
     assert torch.equal(insertion_1[:, -quarter:], x[0, :, -quarter:])
@@ -163,7 +166,7 @@ def test_progress_per_batch_and_result():
     job = iter_curves(net, x, np.ones((SIDE, SIDE)), target=0, steps=9, batch_size=6)
     steps = []
     result = run(job, steps.append)
-    assert len(steps) == 4  # 20 inputs in batches of 6
+    assert len(steps) == 3  # 16 inner inputs in batches of 6 (the two ends are forwarded first)
     assert all(isinstance(s, Progress) for s in steps)
     assert [s.done for s in steps] == sorted(s.done for s in steps) and steps[-1].done == 1.0
     assert isinstance(result, Curves)
@@ -194,3 +197,15 @@ def test_bad_inputs_raise_clear_errors():
         output_change(net, x, np.ones((SIDE, SIDE)), target=0, order="random")
     with pytest.raises(PruneScopeError, match="baseline"):
         curves(net, x, np.ones((SIDE, SIDE)), target=0, baseline="white")
+
+
+def test_deletion_only_with_known_ends_forwards_only_the_inner_steps():
+    recorder, x = Recorder(small_cnn()), image()
+    attr = np.random.default_rng(1).normal(size=(SIDE, SIDE))
+    full = curves(recorder.inner, x, attr, target=1, steps=6)
+    ends = end_probs(recorder.inner, x, 1)
+    only = run(iter_curves(recorder, x, attr, target=1, steps=6, ends=ends, insertion=False))
+    assert len(torch.cat(recorder.seen)) == 5  # deletion steps 1..5
+    np.testing.assert_allclose(only.deletion, full.deletion, rtol=1e-6, atol=1e-7)
+    assert only.insertion is None and only.insertion_auc is None
+    assert only.to_json()["insertion"] is None
