@@ -127,15 +127,15 @@ def correct_bn(pruned: nn.Module, source: nn.Module, x: torch.Tensor, removed: d
     count = 0
     source.eval(), pruned.eval()
     try:
-        with torch.no_grad():
-            for p in range(passes):
-                for chunk in chunks:
-                    inputs = augment(chunk, rng) if augmented else chunk
-                    seen.clear()
+        for p in range(passes):
+            for chunk in chunks:
+                inputs = augment(chunk, rng) if augmented else chunk
+                seen.clear()
+                with torch.no_grad():  # not around the yield: grad mode is the thread's
                     source(inputs)
                     pruned(inputs)
-                    count += 1
-                yield Progress((p + 1) / passes, f"correcting batch norm, pass {p + 1}/{passes}")
+                count += 1
+            yield Progress((p + 1) / passes, f"correcting batch norm, pass {p + 1}/{passes}")
         for name, m in norms.items():
             m.running_mean.copy_(totals[name][0] / count)
             m.running_var.copy_(totals[name][1] / count)
