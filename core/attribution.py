@@ -147,12 +147,13 @@ class IntegratedGradientsRun:
         self.done = 0
         self.total = torch.zeros_like(x)
         self._per_node = None  # measured seconds of one node's forward and backward
+        self._most = _batch_size(model.module, x, steps)  # nodes per step that fit in memory
 
     def steps(self, step_seconds: float):
         """Job: advances in chunks of about step_seconds; returns the 1xCxHxW attribution."""
         while self.done < len(self.alphas):
             per_node = self._per_node
-            size = 1 if per_node is None else int(max(1, min(len(self.alphas), step_seconds / per_node)))
+            size = 1 if per_node is None else int(max(1, min(self._most, step_seconds / per_node)))
             chunk = slice(self.done, min(self.done + size, len(self.alphas)))
             began = time.perf_counter()
             scaled = (self.alphas[chunk].view(-1, 1, 1, 1) * self.x).requires_grad_(True)
@@ -182,12 +183,13 @@ class SmoothGradRun:
         self.done = 0
         self.total = torch.zeros_like(x)
         self._per_sample = None  # measured seconds of one sample's forward and backward
+        self._most = _batch_size(model.module, x, samples)  # samples per step that fit in memory
 
     def steps(self, step_seconds: float):
         """Job: advances in chunks of about step_seconds; returns the 1xCxHxW mean gradient."""
         while self.done < self.samples:
             per = self._per_sample
-            size = 1 if per is None else int(max(1, min(self.samples - self.done, step_seconds / per)))
+            size = 1 if per is None else int(max(1, min(self._most, self.samples - self.done, step_seconds / per)))
             began = time.perf_counter()
             noisy = (self.x + self.noise[self.done:self.done + size]).requires_grad_(True)
             with torch.enable_grad():

@@ -57,6 +57,57 @@ def test_bn_correction_has_the_known_answer_and_keeps_an_unpruned_model(tiny):
     assert torch.allclose(ours[1], theirs[1][kept2], rtol=1e-4)
 
 
+class _Concat(torch.nn.Module):
+    """Two convs concatenated into one batch norm (as in a DenseNet): the norm is in two groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3)))
+
+
+class _Twice(torch.nn.Module):
+    """One batch norm called twice per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.fc(self.bn(torch.relu(y) * 3).mean((2, 3)))
+
+
+def test_bn_correction_maps_the_channels_of_a_norm_after_a_concatenation(tiny):
+    torch.manual_seed(0)
+    module = _Concat().eval()
+    module.bn.running_mean.copy_(torch.arange(8.0))
+    model = dataclasses.replace(tiny, module=module)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    pruned, done = run(prune_copy(model, Calibration([], x, None, predict(module, x)), "l1", 50,
+                                  "per-layer", ["none"]))
+    cut = sorted(done.removed["a"] + [4 + c for c in done.removed["b"]])
+    assert len(cut) == 4 and done.norms == {"bn": cut}  # in the original numbering
+    kept = [c for c in range(8) if c not in cut]
+    run(correct_bn(pruned, module, x, done.norms, passes=1, augmented=False))
+    # Its inputs are the convs' kept outputs, unchanged: it keeps the source's statistics of those.
+    assert torch.allclose(pruned.bn.running_mean, module.bn.running_mean[kept], atol=1e-5)
+
+
+def test_bn_correction_of_a_norm_called_twice_keeps_an_unpruned_model():
+    torch.manual_seed(0)
+    module = _Twice().eval()
+    module.bn.running_mean.fill_(1.0), module.bn.running_var.fill_(2.0)
+    same = copy.deepcopy(module)
+    run(correct_bn(same, module, torch.rand(4, 3, 16, 16)))
+    assert torch.allclose(same.bn.running_mean, module.bn.running_mean, atol=1e-5)
+    assert torch.allclose(same.bn.running_var, module.bn.running_var, rtol=1e-5)
+
+
 def test_held_out_images_are_never_calibrated_or_distilled_on(tiny_cli, tiny):
     calib = run(calibrate(tiny, tiny_cli))
     used, held = held_out_split(calib)

@@ -142,7 +142,9 @@ def dispatch(args: argparse.Namespace) -> int:
     except Exception as err:  # a failure outside any one item: still one line, not a traceback
         return fail(reason(err))
     finally:
-        if _stopping:
-            gc.collect()  # the interrupted frames' objects go now, while the hook still silences them
-        signal.signal(signal.SIGTERM, previous)
-        sys.unraisablehook = previous_hook
+        try:
+            if _stopping:
+                gc.collect()  # the interrupted frames' objects go now, while the hook silences them
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = previous_hook

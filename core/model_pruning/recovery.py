@@ -97,48 +97,53 @@ def correct_bn(pruned: nn.Module, source: nn.Module, x: torch.Tensor, removed: d
     kept = {name: _kept_channels(m, sources.get(name), (removed or {}).get(name, []))
             for name, m in norms.items()}
     start = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in norms.items()}
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the source's batch statistics
-    totals = {name: [0.0, 0.0] for name in norms}
+    # Per forward, the source's batch statistics at each call of each batch norm (a module
+    # may be called more than once), and how many calls of the pruned one have come.
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    calls: dict[str, int] = {}
+    totals = {name: [0.0, 0.0, 0] for name in norms}  # sums of mean and variance, and count
 
     def record(name):
         def hook(_m, inputs):
-            seen[name] = _batch_stats(inputs[0])
+            seen.setdefault(name, []).append(_batch_stats(inputs[0]))
         return hook
 
     def shift(name):
         def hook(m, inputs):
             mean, var = _batch_stats(inputs[0])
-            if kept[name] is not None:
+            call = calls[name] = calls.get(name, -1) + 1
+            theirs = seen.get(name, [])
+            if kept[name] is not None and call < len(theirs):
                 mean0, var0 = start[name]
-                other_mean, other_var = seen[name]
+                other_mean, other_var = theirs[call]
                 index = kept[name]
                 mean = mean0 + mean - other_mean[index]
                 var = var0 * (var + m.eps) / (other_var[index] + m.eps)
-            m.running_mean.copy_(mean)  # this forward is normalised with them, as in training
+            m.running_mean.copy_(mean)  # this call is normalised with them, as in training
             m.running_var.copy_(var)
-            totals[name][0] += mean
-            totals[name][1] += var
+            total = totals[name]
+            total[0], total[1], total[2] = total[0] + mean, total[1] + var, total[2] + 1
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in sources.items()]
     hooks += [m.register_forward_pre_hook(shift(name)) for name, m in norms.items()]
     rng = random.Random(seed)
     chunks = [x[s:s + batch] for s in range(0, x.shape[0], batch)]
-    count = 0
     source.eval(), pruned.eval()
     try:
         for p in range(passes):
             for chunk in chunks:
                 inputs = augment(chunk, rng) if augmented else chunk
-                seen.clear()
+                seen.clear(), calls.clear()
                 with torch.no_grad():  # not around the yield: grad mode is the thread's
                     source(inputs)
                     pruned(inputs)
-                count += 1
             yield Progress((p + 1) / passes, f"correcting batch norm, pass {p + 1}/{passes}")
         for name, m in norms.items():
-            m.running_mean.copy_(totals[name][0] / count)
-            m.running_var.copy_(totals[name][1] / count)
+            mean, var, count = totals[name]
+            if count:  # a batch norm that never ran keeps what it had
+                m.running_mean.copy_(mean / count)
+                m.running_var.copy_(var / count)
     except BaseException:
         for name, m in norms.items():  # stopped part way: the model is left as it was
             m.running_mean.copy_(start[name][0])

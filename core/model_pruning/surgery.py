@@ -206,7 +206,10 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
         ranked.append((group, s))
     chosen = _choose(ranked, float(sparsity) / 100.0, mode)
     removed: dict[str, list[int]] = {}
-    norms: dict[str, list[int]] = {}
+    # A batch norm after a concatenation is in several groups, and a later group numbers its
+    # channels after the earlier cuts: the channels still there, in the original numbering.
+    alive: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
     for (group, _), idxs in zip(ranked, chosen):
         if not idxs:
             continue
@@ -218,8 +221,12 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
             if isinstance(target, prunable) and DG.is_out_channel_pruning_fn(item.dep.handler):
                 removed[name] = sorted(set(removed.get(name, [])) | set(item.idxs))
             elif isinstance(target, _BatchNorm):
-                norms[name] = sorted(set(norms.get(name, [])) | set(item.idxs))
+                sizes.setdefault(name, target.num_features)
+                channels = alive.setdefault(name, list(range(target.num_features)))
+                gone = set(item.idxs)
+                alive[name] = [c for i, c in enumerate(channels) if i not in gone]
         pruning.prune()
+    norms = {name: sorted(set(range(sizes[name])) - set(channels)) for name, channels in alive.items()}
     return Surgery(removed, _channel_table(module, order, removed), "channels", sorted(protected), skipped,
                    sum(len(s) for _, s in ranked), sum(len(c) for c in chosen), norms)
 
