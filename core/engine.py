@@ -247,7 +247,7 @@ class Engine:
         other = Engine.__new__(Engine)
         other._setup(self.model, self.x, self.view, self.target, ties, shared=(self.probs, self.layers))
         other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
-        other._sweep, other._ends = self._sweep, self._ends
+        other._sweep, other._ends, other._runs = self._sweep, self._ends, self._runs
         return other
 
     # -- prediction ------------------------------------------------------------------------
