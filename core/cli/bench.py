@@ -14,9 +14,8 @@ def register(subparsers) -> None:
                         "everything on screen, slider-to-map latency at three paces, GUI stalls")
     p.add_argument("--image", metavar="FILE", help="the photo --gui opens (default: chelsea.png)")
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="torch threads for the engine figures (default: torch's own); the app's "
-                        "worker uses one fewer than the cores, as threads that outnumber free cores "
-                        "spin on a busy machine")
+                   help="torch threads for the engine figures (default: torch's own; the app's worker "
+                        "uses every core up to 4, one fewer above)")
     p.set_defaults(run=run_bench_command)
 
 
