@@ -11,9 +11,18 @@ PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#1
            "#7f7f7f", "#bcbd22")
 
 
+def _titled(plot: pg.PlotWidget, title: str, note: str = "") -> None:
+    """A title, with a note (that the curves are coarse) on a second, smaller line. The title
+    must not set the plot's width: pyqtgraph makes a title's text width its minimum, and a plot
+    wider than its widget is drawn cut off at the right, legend and all."""
+    text = title + (f"<br><span style='font-size:7.5pt; color:#666'>{note}</span>" if note else "")
+    plot.setTitle(text, size="9pt")
+    plot.getPlotItem().titleLabel.setMinimumWidth(0)
+
+
 def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     plot = pg.PlotWidget()
-    plot.setTitle(title, size="9pt")
+    _titled(plot, title)
     plot.setLabel("bottom", x_label)
     plot.setLabel("left", y_label)
     plot.showGrid(x=True, y=True, alpha=0.25)
@@ -105,9 +114,12 @@ class CurvesView(QWidget):
             _refit(legend)
 
     def set_note(self, note: str) -> None:
-        """A word after the deletion and insertion titles (that the curves are coarse), or none."""
+        """A line under the deletion and insertion titles (that the curves are coarse), or none."""
         for name, plot in self._plots.items():
-            plot.setTitle(self._titles[name] + (f" · {note}" if note else ""), size="9pt")
+            _titled(plot, self._titles[name], note)
+
+    def set_sweep_title(self, mode: str, selector: str, note: str = "") -> None:
+        _titled(self.sweep, f"Sparsity sweep · pathway-gradient · {mode}, {selector}", note)
 
     def clear(self) -> None:
         self.set_curves({})

@@ -387,9 +387,8 @@ class ExplainTab(QWidget):
         if engine is not self._engine:
             return
         self._sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
-        coarse = "" if self._sweep_fine else f" · coarse ({len(sweep.sparsities)} points), refining…"
-        self.curves.sweep.setTitle(f"Sparsity sweep · pathway-gradient · {params.mode}, "
-                                   f"{params.selector}{coarse}", size="9pt")
+        coarse = "" if self._sweep_fine else f"coarse ({len(sweep.sparsities)} points), refining…"
+        self.curves.set_sweep_title(params.mode, params.selector, coarse)
         self.curves.set_sweep(sweep)
         self._check_complete()
 
