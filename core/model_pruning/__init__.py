@@ -2,8 +2,8 @@
 
 names: the choices (no torch); criteria: channel scores (L1, Taylor, LRP, pathway frequency);
 surgery: removing channels with Torch-Pruning, zeroing weights, export and load_pruned;
-pipeline: prune a loaded model (in steps), recover and measure it; recovery: batch-norm
-re-estimation, distillation and the held-out split; sweep: accuracy, cost and explanation drift
+pipeline: prune a loaded model (in steps), recover and measure it; recovery: the batch-norm
+shift correction, distillation and the held-out split; sweep: accuracy, cost and explanation drift
 along a sparsity axis.
 
 Exports resolve on first use, so that importing core.model_pruning.names (CLI --help, the GUI)
