@@ -132,74 +132,90 @@ def _prepared(method: str, model, x: torch.Tensor, target: int) -> tuple[torch.T
 
 # --- integrated gradients in steps ---------------------------------------------------------------
 
-class IntegratedGradientsRun:
-    """Integrated gradients from the zero (dataset-mean) baseline, on Captum's default
-    Gauss-Legendre nodes, computed a few nodes at a time so that the app's worker can stop
-    between them and a stopped run resumes where it was. Captum computes the same sum in one
-    call that cannot be interrupted (seconds on a CPU), hence this."""
+class _SteppedRun:
+    """A sum of the target's input gradients over `count` inputs made from x, computed a few
+    inputs at a time (as many as take about step_seconds, measured) so that the app's worker can
+    stop between them, and a stopped run resumes where it was. Captum computes these sums in
+    one call that cannot be interrupted (seconds on a CPU), hence this."""
 
-    def __init__(self, model, x: torch.Tensor, target: int, steps: int = IG_STEPS):
-        x, self.target = _prepared("integrated-gradients", model, x, target)
-        self.model, self.x = model, x
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        self.alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
-        self.weights = torch.tensor(weights / 2, dtype=x.dtype, device=x.device)
+    label = ""
+
+    def __init__(self, method: str, model, x: torch.Tensor, target: int, count: int):
+        x, self.target = _prepared(method, model, x, target)
+        self.model, self.x, self.count = model, x, count
         self.done = 0
         self.total = torch.zeros_like(x)
-        self._per_node = None  # measured seconds of one node's forward and backward
-        self._most = _batch_size(model.module, x, steps)  # nodes per step that fit in memory
+        self._per_input = None  # measured seconds of one input's forward and backward
+        self._most = _batch_size(model.module, x, count)  # inputs per step that fit in memory
+
+    def _inputs(self, rows: slice) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _summed(self, grads: torch.Tensor, rows: slice) -> torch.Tensor:
+        return grads.sum(0, keepdim=True)
+
+    def _result(self) -> torch.Tensor:
+        raise NotImplementedError
 
     def steps(self, step_seconds: float):
         """Job: advances in chunks of about step_seconds; returns the 1xCxHxW attribution."""
-        while self.done < len(self.alphas):
-            per_node = self._per_node
-            size = 1 if per_node is None else int(max(1, min(self._most, step_seconds / per_node)))
-            chunk = slice(self.done, min(self.done + size, len(self.alphas)))
+        while self.done < self.count:
+            per = self._per_input
+            size = 1 if per is None else int(max(1, min(self._most, step_seconds / per)))
+            rows = slice(self.done, min(self.done + size, self.count))
             began = time.perf_counter()
-            scaled = (self.alphas[chunk].view(-1, 1, 1, 1) * self.x).requires_grad_(True)
+            inputs = self._inputs(rows).requires_grad_(True)
             with torch.enable_grad():
-                out = self.model.module(scaled)[:, self.target].sum()
-                (grads,) = torch.autograd.grad(out, scaled)
-            self.total += (grads * self.weights[chunk].view(-1, 1, 1, 1)).sum(0, keepdim=True)
-            self._per_node = (time.perf_counter() - began) / (chunk.stop - chunk.start)
-            self.done = chunk.stop
-            yield Progress(self.done / len(self.alphas), f"integrated gradients {self.done}/{len(self.alphas)}")
-        return (self.total * self.x).detach()
+                out = self.model.module(inputs)[:, self.target].sum()
+                (grads,) = torch.autograd.grad(out, inputs)
+            self.total += self._summed(grads, rows)
+            self._per_input = (time.perf_counter() - began) / (rows.stop - rows.start)
+            self.done = rows.stop
+            yield Progress(self.done / self.count, f"{self.label} {self.done}/{self.count}")
+        return self._result().detach()
 
 
-class SmoothGradRun:
+class IntegratedGradientsRun(_SteppedRun):
+    """Integrated gradients from the zero (dataset-mean) baseline, on Captum's default
+    Gauss-Legendre nodes, in steps."""
+
+    label = "integrated gradients"
+
+    def __init__(self, model, x: torch.Tensor, target: int, steps: int = IG_STEPS):
+        super().__init__("integrated-gradients", model, x, target, steps)
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        self.alphas = torch.tensor((nodes + 1) / 2, dtype=self.x.dtype, device=self.x.device)
+        self.weights = torch.tensor(weights / 2, dtype=self.x.dtype, device=self.x.device)
+
+    def _inputs(self, rows: slice) -> torch.Tensor:
+        return self.alphas[rows].view(-1, 1, 1, 1) * self.x
+
+    def _summed(self, grads: torch.Tensor, rows: slice) -> torch.Tensor:
+        return (grads * self.weights[rows].view(-1, 1, 1, 1)).sum(0, keepdim=True)
+
+    def _result(self) -> torch.Tensor:
+        return self.total * self.x
+
+
+class SmoothGradRun(_SteppedRun):
     """SmoothGrad as Captum's NoiseTunnel(Saliency) computes it (the same noise, drawn at once
-    from the same seed), a few samples per step, so that the app's worker can stop between
-    them; Captum's one call takes seconds on a CPU."""
+    from the same seed), in steps."""
+
+    label = "smoothgrad"
 
     def __init__(self, model, x: torch.Tensor, target: int, samples: int = SMOOTHGRAD_SAMPLES,
                  noise: float = SMOOTHGRAD_NOISE, seed: int = 0):
-        x, self.target = _prepared("smoothgrad", model, x, target)
-        self.model, self.x, self.samples = model, x, samples
-        self.stdev = noise * float(x.max() - x.min())
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        self.noise = torch.empty((samples, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        self.noise.normal_(0.0, 1.0, generator=generator).mul_(self.stdev)
-        self.done = 0
-        self.total = torch.zeros_like(x)
-        self._per_sample = None  # measured seconds of one sample's forward and backward
-        self._most = _batch_size(model.module, x, samples)  # samples per step that fit in memory
+        super().__init__("smoothgrad", model, x, target, samples)
+        stdev = noise * float(self.x.max() - self.x.min())
+        generator = torch.Generator(device=self.x.device).manual_seed(seed)
+        self.noise = torch.empty((samples, *self.x.shape[1:]), device=self.x.device, dtype=self.x.dtype)
+        self.noise.normal_(0.0, 1.0, generator=generator).mul_(stdev)
 
-    def steps(self, step_seconds: float):
-        """Job: advances in chunks of about step_seconds; returns the 1xCxHxW mean gradient."""
-        while self.done < self.samples:
-            per = self._per_sample
-            size = 1 if per is None else int(max(1, min(self._most, self.samples - self.done, step_seconds / per)))
-            began = time.perf_counter()
-            noisy = (self.x + self.noise[self.done:self.done + size]).requires_grad_(True)
-            with torch.enable_grad():
-                out = self.model.module(noisy)[:, self.target].sum()
-                (grads,) = torch.autograd.grad(out, noisy)
-            self.total += grads.sum(0, keepdim=True)
-            self._per_sample = (time.perf_counter() - began) / size
-            self.done += size
-            yield Progress(self.done / self.samples, f"smoothgrad {self.done}/{self.samples}")
-        return (self.total / self.samples).detach()
+    def _inputs(self, rows: slice) -> torch.Tensor:
+        return self.x + self.noise[rows]
+
+    def _result(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 # --- batching -------------------------------------------------------------------------------------

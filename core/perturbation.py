@@ -121,7 +121,7 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     ranks = rank_image(attr_map, (height, width), device=device)
     base = baseline_image(x, baseline, mean, std)
     if ends is None:
-        ends = end_probs(module, x, target, baseline, mean, std)
+        ends = _end_probs(module, x, base, target)
     total = height * width
     counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * total / steps).long()
     # one bool mask per inner step: True where the pixel is among the top-ranked counts[i]
@@ -158,7 +158,11 @@ def end_probs(module: torch.nn.Module, x: torch.Tensor, target: int, baseline: s
     every map start and end."""
     _check_input(x)
     x = x.to(_device_of(module, x))
-    p_input, p_base = _target_probs(module, torch.cat([x, baseline_image(x, baseline, mean, std)]), target).tolist()
+    return _end_probs(module, x, baseline_image(x, baseline, mean, std), target)
+
+
+def _end_probs(module, x: torch.Tensor, base: torch.Tensor, target: int) -> tuple[float, float]:
+    p_input, p_base = _target_probs(module, torch.cat([x, base]), target).tolist()
     return float(p_input), float(p_base)
 
 

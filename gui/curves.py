@@ -32,12 +32,11 @@ def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
 
 
 def _refit(legend: pg.LegendItem) -> None:
-    """Resize a legend to its labels and anchor it again: pyqtgraph sizes a legend when an
+    """Resize a legend to its labels (its anchor follows): pyqtgraph sizes a legend when an
     entry is added, not when a label's text changes, so a longer label (an AUC added) would
     run past the plot's edge."""
     legend.layout.activate()
     legend.updateSize()
-    legend.setOffset(legend.opts["offset"])
 
 
 class CurvesView(QWidget):
