@@ -59,7 +59,7 @@ def test_two_gloo_ranks_equal_one_process(trained, tmp_path, tmp_path_factory): 
     evaluate = ["evaluate", *common, "--images", "5", "--sanity-images", "2", "--steps", "5",
                 "--methods", "gradient,grad-cam,smoothgrad,random,oracle"]
     roar = ["roar", *common, "--methods", "gradient,oracle", "--fractions", "30,70",
-            "--train-images", "192", "--test-images", "64", "--epochs", "1"]
+            "--train-images", "96", "--test-images", "32", "--epochs", "1"]
     results = {}
     for nproc in (1, 2):
         for name, args in (("evaluate", evaluate), ("roar", roar)):
