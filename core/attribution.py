@@ -34,12 +34,15 @@ SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (S
 CPU_MEMORY_BUDGET = 1 << 30  # bytes one batched forward+backward may use on the CPU
 
 
-def attribute(method: str, model, x: torch.Tensor, target: int, **opts) -> np.ndarray:
+def attribute(method: str, model, x: torch.Tensor, target: int, module: nn.Module | None = None,
+              **opts) -> np.ndarray:
     """The `method` map of class `target` for input x (1x3xHxW): HxW float32, raw and signed.
 
-    opts: steps (integrated-gradients), samples / noise / seed (smoothgrad)."""
+    module: what gradient-type methods differentiate instead of model.module, the same function
+    (the engine's batch-norm-folded copy). opts: steps (integrated-gradients), samples / noise /
+    seed (smoothgrad)."""
     if method in GRADIENT_METHODS:
-        return collapse_channels(input_attribution(method, model, x, target, **opts))
+        return collapse_channels(input_attribution(method, model, x, target, module, **opts))
     x, target = _prepared(method, model, x, target)
     with torch.enable_grad():
         if method == "grad-cam":
@@ -79,20 +82,20 @@ def collapse_channels(grad: torch.Tensor) -> np.ndarray:
     return best.float().cpu().numpy()
 
 
-def input_attribution(method: str, model, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
+def input_attribution(method: str, model, x: torch.Tensor, target: int, module: nn.Module | None = None,
+                      **opts) -> torch.Tensor:
     """The 1x3xHxW attribution of a gradient-type method, before the channels are collapsed."""
     if method not in GRADIENT_METHODS:
         raise UnsupportedMethod(
             f"'{method}' is not a gradient-type method: choose one of {', '.join(GRADIENT_METHODS)}")
     x, target = _prepared(method, model, x, target)
     with torch.enable_grad():
-        return _input_attribution(method, model, x, target, **opts)
+        return _input_attribution(method, model.module if module is None else module, x, target, **opts)
 
 
-def _input_attribution(method: str, model, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
+def _input_attribution(method: str, forward: nn.Module, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
     from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
-    forward = model.module
     x = x.requires_grad_(True)  # as Captum wants it (x is already a private copy)
     if method == "gradient":
         return Saliency(forward).attribute(x, target=target, abs=False).detach()
@@ -103,7 +106,7 @@ def _input_attribution(method: str, model, x: torch.Tensor, target: int, **opts)
         # The zero baseline in normalised space is the dataset-mean image.
         return IntegratedGradients(forward).attribute(
             x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
-            internal_batch_size=_batch_size(model.module, x, steps)).detach()
+            internal_batch_size=_batch_size(forward, x, steps)).detach()
     if method == "smoothgrad":
         samples = opts.get("samples", SMOOTHGRAD_SAMPLES)
         noise = opts.get("noise", SMOOTHGRAD_NOISE) * float(x.detach().max() - x.detach().min())
@@ -111,8 +114,8 @@ def _input_attribution(method: str, model, x: torch.Tensor, target: int, **opts)
         with seeded(opts.get("seed", 0), x.device):
             return NoiseTunnel(Saliency(forward)).attribute(
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
-                nt_samples_batch_size=_batch_size(model.module, x, samples)).detach()
-    return _guided_backprop(model, x, target)
+                nt_samples_batch_size=_batch_size(forward, x, samples)).detach()
+    return _guided_backprop(forward, x, target)
 
 
 def _prepared(method: str, model, x: torch.Tensor, target: int) -> tuple[torch.Tensor, int]:
@@ -140,13 +143,15 @@ class _SteppedRun:
 
     label = ""
 
-    def __init__(self, method: str, model, x: torch.Tensor, target: int, count: int):
+    def __init__(self, method: str, model, x: torch.Tensor, target: int, count: int,
+                 module: nn.Module | None):
         x, self.target = _prepared(method, model, x, target)
-        self.model, self.x, self.count = model, x, count
+        self.module = model.module if module is None else module  # see attribute()
+        self.x, self.count = x, count
         self.done = 0
         self.total = torch.zeros_like(x)
         self._per_input = None  # measured seconds of one input's forward and backward
-        self._most = _batch_size(model.module, x, count)  # inputs per step that fit in memory
+        self._most = _batch_size(self.module, x, count)  # inputs per step that fit in memory
 
     def _inputs(self, rows: slice) -> torch.Tensor:
         raise NotImplementedError
@@ -166,7 +171,7 @@ class _SteppedRun:
             began = time.perf_counter()
             inputs = self._inputs(rows).requires_grad_(True)
             with torch.enable_grad():
-                out = self.model.module(inputs)[:, self.target].sum()
+                out = self.module(inputs)[:, self.target].sum()
                 (grads,) = torch.autograd.grad(out, inputs)
             self.total += self._summed(grads, rows)
             self._per_input = (time.perf_counter() - began) / (rows.stop - rows.start)
@@ -181,8 +186,9 @@ class IntegratedGradientsRun(_SteppedRun):
 
     label = "integrated gradients"
 
-    def __init__(self, model, x: torch.Tensor, target: int, steps: int = IG_STEPS):
-        super().__init__("integrated-gradients", model, x, target, steps)
+    def __init__(self, model, x: torch.Tensor, target: int, steps: int = IG_STEPS,
+                 module: nn.Module | None = None):
+        super().__init__("integrated-gradients", model, x, target, steps, module)
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         self.alphas = torch.tensor((nodes + 1) / 2, dtype=self.x.dtype, device=self.x.device)
         self.weights = torch.tensor(weights / 2, dtype=self.x.dtype, device=self.x.device)
@@ -204,8 +210,8 @@ class SmoothGradRun(_SteppedRun):
     label = "smoothgrad"
 
     def __init__(self, model, x: torch.Tensor, target: int, samples: int = SMOOTHGRAD_SAMPLES,
-                 noise: float = SMOOTHGRAD_NOISE, seed: int = 0):
-        super().__init__("smoothgrad", model, x, target, samples)
+                 noise: float = SMOOTHGRAD_NOISE, seed: int = 0, module: nn.Module | None = None):
+        super().__init__("smoothgrad", model, x, target, samples, module)
         stdev = noise * float(self.x.max() - self.x.min())
         generator = torch.Generator(device=self.x.device).manual_seed(seed)
         self.noise = torch.empty((samples, *self.x.shape[1:]), device=self.x.device, dtype=self.x.dtype)
@@ -267,13 +273,13 @@ class _PositiveGradient(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-def _guided_backprop(model, x: torch.Tensor, target: int) -> torch.Tensor:
+def _guided_backprop(forward: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     # Captum's GuidedBackprop only overrides nn.ReLU modules, so ReLU6, GELU and functional
     # activations would silently give the plain gradient; core.neurons.intercept sees them all.
     from captum.attr import Saliency
 
     with intercept(lambda _index, out: _PositiveGradient.apply(out)):
-        return Saliency(model.module).attribute(x, target=target, abs=False).detach()
+        return Saliency(forward).attribute(x, target=target, abs=False).detach()
 
 
 # --- Grad-CAM -------------------------------------------------------------------------------------

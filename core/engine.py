@@ -200,30 +200,33 @@ class _Scores:
 class Engine:
     """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper"."""
 
-    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None, ties: str = "exact"):
+    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None, ties: str = "exact",
+                 fold: bool = True):
         x, view = model.preprocess(image_rgb)
-        self._setup(model, x, view, target, ties)
+        self._setup(model, x, view, target, ties, _module_of(model, x, fold))
 
     @classmethod
     def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
-                    ties: str = "exact") -> "Engine":
-        engine = cls.__new__(cls)
-        engine._setup(model, x.to(model.device), _view_of(model, x), target, ties)
+                    ties: str = "exact", fold: bool = True) -> "Engine":
+        """fold=False: the model's own module, for a single map (folding costs about as much)."""
+        engine, x = cls.__new__(cls), x.to(model.device)
+        engine._setup(model, x, _view_of(model, x), target, ties, _module_of(model, x, fold))
         return engine
 
-    def _setup(self, model, x, view, target, ties, shared=None):
+    def _setup(self, model, x, view, target, ties, module, shared=None):
         if ties not in TIES:
             raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
         self.ties = ties
         self.model = model
+        self.module = module
         self.x = x
         self.view = view
         if shared is None:
-            self.layers, logits = trace_layers(model.module, x)
+            self.layers, logits = trace_layers(self.module, x)
             self.probs = torch.softmax(logits.float(), dim=1)[0]
         else:
             self.probs, self.layers = shared
-        self._layer_modules = layer_modules(model.module, self.layers)
+        self._layer_modules = layer_modules(self.module, self.layers)
         n_classes = self.probs.numel()
         self.target = int(self.probs.argmax()) if target is None else int(target)
         if not 0 <= self.target < n_classes:
@@ -239,13 +242,15 @@ class Engine:
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
         other = Engine.__new__(Engine)
-        other._setup(self.model, self.x, self.view, target, self.ties, shared=(self.probs, self.layers))
+        other._setup(self.model, self.x, self.view, target, self.ties, self.module,
+                     shared=(self.probs, self.layers))
         return other
 
     def with_ties(self, ties: str) -> "Engine":
         """The same explanation under another tie rule; scores, maps and curves are shared."""
         other = Engine.__new__(Engine)
-        other._setup(self.model, self.x, self.view, self.target, ties, shared=(self.probs, self.layers))
+        other._setup(self.model, self.x, self.view, self.target, ties, self.module,
+                     shared=(self.probs, self.layers))
         other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
         other._sweep, other._ends, other._runs = self._sweep, self._ends, self._runs
         return other
@@ -263,7 +268,7 @@ class Engine:
         if selector not in SELECTORS:
             raise PruneScopeError(f"unknown selector '{selector}': choose {' or '.join(SELECTORS)}")
         if selector not in self._scores:
-            module = self.model.module
+            module = self.module
             if selector == "taylor":
                 per_layer, magnitudes = taylor_scores(module, self.x, self.target, with_activations=True)
             else:
@@ -282,7 +287,7 @@ class Engine:
     # -- the pathway map ---------------------------------------------------------------------
     def masked_forward(self, masks: list[torch.Tensor]):
         """The pruned network: each activation output multiplied by its mask."""
-        module = self.model.module
+        module = self.module
         # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
         # of a forward and backward of the embedded model).
         factors = [m.to(self.x.dtype) for m in masks]
@@ -355,7 +360,7 @@ class Engine:
 
         x = self.x.detach().requires_grad_(True)
         with torch.enable_grad(), intercept(transform):
-            logits = self.model.module(x)
+            logits = self.module(x)
             (grad,) = torch.autograd.grad(logits[0, self.target], x)
         return grad
 
@@ -406,7 +411,8 @@ class Engine:
         if method not in CLASSIC_METHODS:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
         if method not in self._maps:
-            self._maps[method] = attribution.attribute(method, self.model, self.x, self.target)
+            self._maps[method] = attribution.attribute(method, self.model, self.x, self.target,
+                                                       module=self.module)
         return self._maps[method]
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
@@ -419,14 +425,15 @@ class Engine:
         if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
                 and method not in self._maps):
             if nodes not in self._coarse_ig:
-                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes)
+                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes,
+                                                        module=self.module)
                 grads = yield from ig.steps(step_seconds or math.inf)
                 self._coarse_ig[nodes] = attribution.collapse_channels(grads)
             return self._coarse_ig[nodes]
         if method not in STEPPED or not step_seconds or method in self._maps:
             return self.attribution(method)
         if method not in self._runs:
-            self._runs[method] = STEPPED[method](self.model, self.x, self.target)
+            self._runs[method] = STEPPED[method](self.model, self.x, self.target, module=self.module)
         grads = yield from self._runs[method].steps(step_seconds)
         self._maps[method] = attribution.collapse_channels(grads)
         del self._runs[method]
@@ -442,9 +449,9 @@ class Engine:
         if cache and key in self._curves:
             return self._curves[key]
         if baseline not in self._ends:  # the curves' first and last points, the same for every map
-            self._ends[baseline] = end_probs(self.model.module, self.x, self.target, baseline,
+            self._ends[baseline] = end_probs(self.module, self.x, self.target, baseline,
                                              self.model.mean, self.model.std)
-        curves = yield from iter_curves(self.model.module, self.x, self._ranking(method, attr_map),
+        curves = yield from iter_curves(self.module, self.x, self._ranking(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
                                         std=self.model.std, step_seconds=step_seconds,
                                         ends=self._ends[baseline], insertion=insertion)
@@ -455,7 +462,7 @@ class Engine:
     def output_change_measure(self, method: str, attr_map: np.ndarray, baseline: str = "mean"):
         """NeuronMCT's measure: output change after removing 1..10 % least / most relevant pixels."""
         ranking = self._ranking(method, attr_map)
-        return tuple(output_change(self.model.module, self.x, ranking, self.target, order=order,
+        return tuple(output_change(self.module, self.x, ranking, self.target, order=order,
                                    baseline=baseline, mean=self.model.mean, std=self.model.std)
                      for order in ("lerf", "morf"))
 
@@ -530,7 +537,13 @@ def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: f
     """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
     if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
         return attribution.attribute(method, model, x.to(model.device), target)
-    return Engine.from_tensor(model, x, target).attribution(method, sparsity, mode, selector)
+    return Engine.from_tensor(model, x, target, fold=False).attribution(method, sparsity, mode, selector)
+
+
+def _module_of(model, x: torch.Tensor, fold: bool):
+    # Every pass of the engine's own runs on the batch-norm-folded module: the same function,
+    # faster (core.folding). Classic maps that read layers (Grad-CAM, LRP) keep the model's.
+    return model.folded(x) if fold else model.module
 
 
 def _check(sparsity: float, mode: str) -> None:

@@ -9,7 +9,7 @@ PruneScope never falls back to random weights for a model that has published one
 import json
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -44,10 +44,24 @@ class LoadedModel:
     gradcam_tokens: int | None = None  # prefix tokens when the Grad-CAM layer outputs tokens
     gradcam_reason: str = ""           # why there is no Grad-CAM layer
     card: ModelCard | None = None      # what opens this model again
+    _folded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    def folded(self, like: torch.Tensor) -> nn.Module:
+        """The module with its batch norms folded into their convolutions (core.folding): the
+        same function, faster, for the engine's passes; checked on noise shaped like `like`.
+        Made once, and again if the module's weights, buffers or mode changed since."""
+        from core.folding import fold_batchnorm
+
+        state = _state_of(self.module)
+        if self._folded is None or self._folded[0] != state:
+            generator = torch.Generator().manual_seed(0)
+            probe = torch.randn(tuple(like.shape), generator=generator, dtype=like.dtype)
+            self._folded = (state, fold_batchnorm(self.module, probe.to(like.device)))
+        return self._folded[1]
 
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Resize the short side to resize_size, centre-crop input_size (as torchvision's
@@ -72,6 +86,13 @@ class LoadedModel:
         x = ((x - mean) / std).unsqueeze(0).to(self.device)
         view = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
         return x, np.ascontiguousarray(view)
+
+
+def _state_of(module: nn.Module) -> tuple:
+    """Changes whenever a tensor of the module is replaced or modified in place (an optimiser
+    step, a BN statistics update) or its mode changes."""
+    tensors = (*module.parameters(), *module.buffers())
+    return id(module), module.training, tuple((id(t), t._version) for t in tensors)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def user_files(tmp_path_factory):
 
 def top_maps(model):
     engine = Engine(model, load_image(SAMPLE))
-    return engine, engine.pathway(0.0).map, attribute("gradient", model, engine.x, engine.target)
+    return engine, engine.pathway(0.0).map, engine.attribution("gradient")
 
 
 # --- SPECs and cards ----------------------------------------------------------------------------

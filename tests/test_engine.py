@@ -88,7 +88,7 @@ def resnet_engine(resnet):
 def test_sparsity_zero_is_exactly_the_plain_gradient(resnet_engine):
     x = resnet_engine.x.clone().requires_grad_(True)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(resnet_engine.model.module(x)[0, resnet_engine.target], x)
+        (grad,) = torch.autograd.grad(resnet_engine.module(x)[0, resnet_engine.target], x)
     result = resnet_engine.pathway(0.0)
     np.testing.assert_array_equal(result.map, collapse_channels(grad))
     assert result.output_change == 0.0
@@ -99,7 +99,7 @@ def test_sparsity_zero_is_exactly_the_plain_gradient_on_the_embedded_model(lite0
     engine = Engine(lite0, load_image(photo("coffee.png")))
     x = engine.x.clone().requires_grad_(True)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(lite0.module(x)[0, engine.target], x)
+        (grad,) = torch.autograd.grad(engine.module(x)[0, engine.target], x)
     np.testing.assert_array_equal(engine.pathway(0.0).map, collapse_channels(grad))
     assert engine.prediction.name == "espresso"
 
