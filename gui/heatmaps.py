@@ -173,6 +173,7 @@ class HeatmapGrid(QWidget):
         self.colorbar = pg.ColorBarItem(values=(0, 1), width=14, interactive=False,
                                         colorMapMenu=False)
         self.colorbar_canvas.addItem(self.colorbar)
+        self._colorbar_lut, self._colorbar_shown = None, None  # what the colour bar shows now
         self.fit = Fit(self._add_panel(IMAGE_PANEL).view)
         self.fit.watch(self._panels[IMAGE_PANEL].view)
         self._order = [IMAGE_PANEL]
@@ -275,13 +276,21 @@ class HeatmapGrid(QWidget):
                 self._view_rgb, raw, display.mode_for(name, self._mode), self._sign, scale,
                 self._lut_rgb, self._opacity, self._top_percent))
         self._update_large()
-        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(self._lut_rgb)), self._lut_rgb))
         if scale:
-            self.colorbar.setLevels((-scale, scale) if signed else (0, scale))
-            self.colorbar.axis.setLabel(f"{self._sign} value (shared scale)")
+            self._set_colorbar((-scale, scale) if signed else (0, scale), f"{self._sign} value (shared scale)")
         else:
+            self._set_colorbar(levels, f"{self._sign}, each map to its own scale")
+
+    def _set_colorbar(self, levels: tuple, label: str) -> None:
+        """Only what changed: a pyqtgraph ColorMap takes ~12 ms to build, and the slider redraws
+        a map many times a second on the GUI thread, which the worker then waits for."""
+        if self._colorbar_lut is not self._lut_rgb:
+            self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(self._lut_rgb)), self._lut_rgb))
+            self._colorbar_lut = self._lut_rgb
+        if self._colorbar_shown != (levels, label):
             self.colorbar.setLevels(levels)
-            self.colorbar.axis.setLabel(f"{self._sign}, each map to its own scale")
+            self.colorbar.axis.setLabel(label)
+            self._colorbar_shown = (levels, label)
 
     # -- the large view ------------------------------------------------------------------------
     def open_large(self, name: str) -> LargeView:

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from core import attribution
 from core.engine import Engine
 from core.images import load_image
 from core.model_sources import build
@@ -99,8 +98,7 @@ def case(request, photo_rgb, tmp_path_factory):
     model = load_model(spec, weights=path, device="cpu", input_size=size, resize=size)
     path.unlink()  # the largest files are gigabytes
     engine = Engine(model, photo_rgb)
-    gradient = attribution.attribute("gradient", model, engine.x, engine.target)
-    return Case(spec, model, engine, size, gradient)
+    return Case(spec, model, engine, size, engine.attribution("gradient"))
 
 
 def test_builds_and_predicts(case):
@@ -112,6 +110,9 @@ def test_builds_and_predicts(case):
     prediction = engine.prediction
     assert prediction.target == int(engine.probs.argmax()) and len(prediction.top5) == 5
     assert engine.layers, "no activation layer found"
+    with torch.no_grad():  # the engine's passes run on a batch-norm-folded copy: the same function
+        torch.testing.assert_close(torch.softmax(model.module(engine.x), 1)[0], engine.probs,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_pathway_at_zero_sparsity_is_the_gradient(case):
