@@ -50,19 +50,17 @@ class LoadedModel:
     def channels(self) -> int:
         return len(self.mean)
 
-    def folded(self, like: torch.Tensor | None = None) -> nn.Module:
+    def folded(self, like: torch.Tensor) -> nn.Module:
         """The module with its batch norms folded into their convolutions (core.folding): the
-        same function, faster, for the engine's passes; checked on noise shaped like `like`
-        (default: one input of the model's size). Made once, and again if the module's weights,
-        buffers or mode changed since."""
+        same function, faster, for the engine's passes; checked on noise shaped like `like`.
+        Made once, and again if the module's weights, buffers or mode changed since."""
         from core.folding import fold_batchnorm
 
         state = _state_of(self.module)
         if self._folded is None or self._folded[0] != state:
-            shape = (1, self.channels, self.input_size, self.input_size) if like is None else tuple(like.shape)
             generator = torch.Generator().manual_seed(0)
-            probe = torch.randn(shape, generator=generator, dtype=torch.float32 if like is None else like.dtype)
-            self._folded = (state, fold_batchnorm(self.module, probe.to(self.device if like is None else like.device)))
+            probe = torch.randn(tuple(like.shape), generator=generator, dtype=like.dtype)
+            self._folded = (state, fold_batchnorm(self.module, probe.to(like.device)))
         return self._folded[1]
 
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

@@ -208,7 +208,6 @@ class AppContext(QObject):
                 while len(self._models) >= MODEL_CACHE_SIZE:
                     self._models.pop(next(iter(self._models)))
                 self._models[choice] = model
-            model.folded()  # made here, so that the first image's map does not wait for it
             engine, path = None, self._work.image_path
             if path is not None:
                 yield Progress(0.6, "predicting")
