@@ -7,6 +7,7 @@ their curves are cached too. The GUI and the CLI both drive this object.
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
 from core.neurons import hooked, intercept, layer_modules, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, end_probs, iter_curves, output_change
-from core.progress import Job, Progress, run, scaled
+from core.progress import Job, Progress, Stopped, run, scaled
 
 SELECTORS = ("taylor", "intgrad")
 MODES = ("global", "per-layer")
@@ -285,8 +286,9 @@ class Engine:
         return run(self.iter_scores(selector)).masks(sparsity, mode, self.ties)
 
     # -- the pathway map ---------------------------------------------------------------------
-    def masked_forward(self, masks: list[torch.Tensor]):
-        """The pruned network: each activation output multiplied by its mask."""
+    def masked_forward(self, masks: list[torch.Tensor], stop: Callable[[], bool] | None = None):
+        """The pruned network: each activation output multiplied by its mask. stop: checked at
+        every layer of each forward; when it returns True the forward raises Stopped."""
         module = self.module
         # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
         # of a forward and backward of the embedded model).
@@ -294,6 +296,8 @@ class Engine:
         modules = self._layer_modules
 
         def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+            if stop is not None and stop():
+                raise Stopped(f"stopped at layer {i}")
             return out * factors[i]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -308,9 +312,11 @@ class Engine:
         return forward
 
     def pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
-                method: str = "gradient") -> PathwayResult:
+                method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:
+        """stop: see masked_forward; the app's slider gives up a map still in its forward when a
+        newer position is asked for (the backward, once begun, runs to the end)."""
         masks = self.masks(sparsity, mode, selector)
-        forward = self.masked_forward(masks)
+        forward = self.masked_forward(masks, stop)
         if method == "integrated-gradients":
             grads = IntegratedGradients(forward).attribute(
                 self.x, target=self.target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH)

@@ -1,6 +1,7 @@
 """Long computations are generators that yield Progress and return their result.
 
-A caller stops one by no longer iterating it (the GUI worker quits at the next yield).
+A caller stops one by no longer iterating it (the GUI worker quits at the next yield); a step
+that cannot yield may take a `stop` check instead and raise Stopped when it says so.
 """
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ class Progress:
 
 
 Job = Generator[Progress, None, T]
+
+
+class Stopped(Exception):
+    """A step abandoned half-way because its caller's stop check asked: nothing was changed."""
 
 
 def run(job: "Job[T]", on_progress=None) -> T:

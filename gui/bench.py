@@ -23,7 +23,7 @@ def run_gui_bench(image: str, model=None) -> dict:
 
     from gui.app import make_app
 
-    app = make_app()
+    make_app()
     import tempfile
 
     settings = tempfile.mkdtemp(prefix="prunescope-bench-")  # the user's settings stay untouched
@@ -44,10 +44,10 @@ def run_gui_bench(image: str, model=None) -> dict:
 
     window.context.image_changed.connect(image_open)
     try:
-        first = _wait(app, lambda: tab._live is not None, started)
-        complete = _wait(app, tab.is_complete, started)
-        refined = _wait(app, tab.is_refined, started)
-        moves = {f"every_{pace}_ms": _drag(app, tab, pace, MOVES[pace]) for pace in PACES_MS}
+        first = _wait(lambda: tab._live is not None, started)
+        complete = _wait(tab.is_complete, started)
+        refined = _wait(tab.is_refined, started)
+        moves = {f"every_{pace}_ms": _drag(tab, pace, MOVES[pace]) for pace in PACES_MS}
     finally:
         stalls.stop()
         window.close()
@@ -69,47 +69,74 @@ def run_gui_bench(image: str, model=None) -> dict:
     }
 
 
-def _wait(app, condition, since: float) -> float:
-    while not condition():
-        if time.perf_counter() - since > TIMEOUT_S:
-            raise TimeoutError(f"the window did not get there within {TIMEOUT_S} s")
-        app.processEvents()
-        time.sleep(0.002)
-    return time.perf_counter() - since
+def _wait(condition, since: float) -> float:
+    """Seconds from `since` until condition() holds, checked every 5 ms from the window's own
+    event loop (a busy loop here would take CPU from the window and the worker)."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop, timer = QEventLoop(), QTimer()
+    reached = []
+
+    def check() -> None:
+        now = time.perf_counter()
+        if condition() or now - since > TIMEOUT_S:
+            reached.append(now)
+            timer.stop()
+            loop.quit()
+
+    timer.timeout.connect(check)
+    timer.start(5)
+    check()
+    if not reached:
+        loop.exec()
+    if not condition():
+        raise TimeoutError(f"the window did not get there within {TIMEOUT_S} s")
+    return reached[0] - since
 
 
-def _drag(app, tab, pace_ms: int, moves: int) -> dict:
-    """Slider moves every pace_ms, alternating up and down; latency of each until its map
-    (or a later position's) is drawn."""
+def _drag(tab, pace_ms: int, moves: int) -> dict:
+    """Slider moves every pace_ms (timers of the event loop, as a person's moves arrive),
+    alternating up and down; latency of each until its map (or a later position's) is drawn."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
     values = [round(20 + (i * 7.3) % 70, 1) for i in range(moves)]
     asked: list[tuple[float, float]] = []  # (time, value)
-    latencies = []
-    pending = 0
-    next_move = time.perf_counter()
-    while len(latencies) < moves:
+    latencies: list[float] = []
+    loop = QEventLoop()
+    start = time.perf_counter()
+
+    def move() -> None:
+        tab.controls.sparsity.setValue(values[len(asked)])
+        asked.append((time.perf_counter(), tab.params().sparsity))
+        if len(asked) < moves:  # on the pace's grid, whatever this move took
+            due = start + len(asked) * pace_ms / 1000
+            QTimer.singleShot(max(0, round(1000 * (due - time.perf_counter()))), move)
+
+    def drawn(result) -> None:
         now = time.perf_counter()
-        if len(asked) < moves and now >= next_move:
-            tab.controls.sparsity.setValue(values[len(asked)])
-            asked.append((now, tab.params().sparsity))
-            next_move = now + pace_ms / 1000
-        live = tab._live
-        while pending < len(asked) and live is not None and _drawn(live, asked, pending):
-            latencies.append(now - asked[pending][0])
-            pending += 1
-        if now - asked[0][0] > TIMEOUT_S:
-            raise TimeoutError("slider moves were not answered")
-        app.processEvents()
-        time.sleep(0.001)
+        shown = result.params.sparsity
+        while len(latencies) < len(asked) and any(v == shown for _, v in asked[len(latencies):]):
+            latencies.append(now - asked[len(latencies)][0])
+        if len(latencies) == moves:
+            loop.quit()
+
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    deadline.start(TIMEOUT_S * 1000)
+    tab.live_shown.connect(drawn)
+    QTimer.singleShot(0, move)
+    try:
+        loop.exec()
+    finally:
+        deadline.stop()
+        tab.live_shown.disconnect(drawn)
+    if len(latencies) < moves:
+        raise TimeoutError("slider moves were not answered")
     latencies.sort()
     return {"moves": moves, "p50": round(statistics.median(latencies), 3),
             "p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
             "max": round(latencies[-1], 3)}
-
-
-def _drawn(live, asked, index: int) -> bool:
-    """The live map shows move `index`'s position, or one asked after it."""
-    shown = live.params.sparsity
-    return any(value == shown for _, value in asked[index:])
 
 
 class _StallMeter:

@@ -165,6 +165,10 @@ class AppContext(QObject):
         self._latest[key] = job_id
         return job_id
 
+    def stop_requested(self) -> bool:
+        """Called by a job on the worker, inside a step: whether to stop now (JobRunner)."""
+        return self._runner.stop_requested()
+
     def cancel(self, key: str | None = None) -> None:
         """Cancel the jobs with this key (every job when None); their results are dropped."""
         for request in self._requests.values():

@@ -31,6 +31,7 @@ SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
 class ExplainTab(QWidget):
     analysis_shown = Signal()  # heatmaps, masks, curves and sweep of the current engine are all drawn
+    live_shown = Signal(object)  # the jobs.LiveResult just drawn
     status = Signal(str)  # a line for the status bar
 
     def __init__(self, context, parent=None):
@@ -208,17 +209,20 @@ class ExplainTab(QWidget):
         self._request_maps()  # their curves follow them
 
     def _request_live(self) -> None:
-        """A running live job is kept (one masked backward cannot be interrupted, and its map
-        is newer than the one shown); this request waits behind it, replacing any request that
-        waited before it, and starts the moment it ends. So a drag shows a new map as fast as
-        they can be computed, each for the latest value asked when it started."""
+        """A running live job still in its masked forward gives up for this newer request;
+        one in its backward (which cannot be interrupted, and whose map is newer than the one
+        shown) is kept, and this request waits behind it, replacing any request that waited
+        before it, and starts the moment it ends. A job that took the place of one that gave up
+        is always finished. So a drag shows a new map as fast as they can be computed, each for
+        the latest value asked when it started."""
         engine = self._engine
         if engine is None:
             return
         params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
+        stop = self.context.stop_requested
         if layer is None or layer >= len(engine.layers):  # none yet, or the last model had more
             layer = default_layer(len(engine.layers))
-        self.context.run_job(lambda: jobs.live(engine, params, layer, memo), self._show_live,
+        self.context.run_job(lambda: jobs.live(engine, params, layer, memo, stop), self._show_live,
                              key="live", priority=PRIORITY_LIVE, keep_running=True)
 
     def _request_layer(self, index: int) -> None:
@@ -328,6 +332,7 @@ class ExplainTab(QWidget):
         self.masks.set_kept(result.kept)
         if result.layer is not None:
             self.masks.set_layer(result.layer)
+        self.live_shown.emit(result)
         self._check_complete()
 
     def _show_layer(self, result) -> None:

@@ -112,19 +112,20 @@ class LiveMemo:
         self._key = None
         self._result = None
 
-    def pathway(self, engine, params: Params):
+    def pathway(self, engine, params: Params, stop=None):
         key = (id(engine), params)
         if self._key != key:
             self._result = ruled(engine, params).pathway(params.sparsity, params.mode,
-                                                         params.selector, params.method)
+                                                         params.selector, params.method, stop)
             self._key = key
         return self._result
 
 
-def live(engine, params: Params, layer_index: int | None, memo: LiveMemo):
-    """The pathway map at params, and the selected layer's kept neurons."""
+def live(engine, params: Params, layer_index: int | None, memo: LiveMemo, stop=None):
+    """The pathway map at params, and the selected layer's kept neurons. stop: given up (core's
+    Stopped) while the masked forward runs if stop() says so, for a newer slider position."""
     yield Progress(0.0, f"pruning {params.sparsity:.1f} %")
-    result = memo.pathway(engine, params)
+    result = memo.pathway(engine, params, stop)
     layer = None
     if layer_index is not None and 0 <= layer_index < len(engine.layers):
         layer = layer_view(engine, result.masks, params.selector, layer_index)

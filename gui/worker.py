@@ -4,9 +4,10 @@ A job is a zero-argument factory returning a core Progress generator; it is crea
 on this thread, one `next()` per step. superqt's GeneratorWorker drives one generator per
 runnable; we need a single thread (torch state, the engine's caches and `neurons.intercept`
 are not safe to share between threads) that picks the most urgent queued job, drops jobs that a
-newer request made stale, and lets a live slider request pre-empt a long job between two of its
-steps (the job is paused, not restarted: its generator resumes where it was). So this small
-scheduler is hand-written.
+newer request made stale, lets a live slider request pre-empt a long job between two of its
+steps (the job is paused, not restarted: its generator resumes where it was), and lets a newer
+slider position stop the map being made for an older one, inside its step, while it still can.
+So this small scheduler is hand-written.
 """
 import itertools
 import threading
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
 from PySide6.QtCore import QObject, QThread, Signal
+
+from core.progress import Stopped
 
 # Lower runs first. The engine must exist before the live map, the live map before the rest.
 PRIORITY_ENGINE = 0
@@ -32,6 +35,10 @@ class Job:
     priority: int
     preemptible: bool
     keep_running: bool = False  # a newer request with its key waits for it instead of cancelling it
+    # ... and asks it to stop where it can (JobRunner.stop_requested), unless it took the place
+    # of one that did: then it finishes, so that requests faster than jobs still get answers.
+    interrupted: bool = False
+    protected: bool = False
     cancelled: bool = False
     paused: bool = False  # pre-empted: back in the queue at its next step, its generator kept
     finished: bool = False  # its result is being delivered: no cancel or pre-emption reaches it
@@ -55,6 +62,7 @@ class JobRunner(QThread):
         self._cond = threading.Condition()
         self._stopping = False
         self._to_close: list[Generator] = []  # generators of paused jobs since cancelled
+        self._stopped_keys: set[str] = set()  # keys whose last job stopped for a newer request
         self.longest_steps: dict[str, float] = {}  # job key -> seconds of its longest step
 
     def submit(self, factory, key: str, priority: int, preemptible: bool,
@@ -65,6 +73,8 @@ class JobRunner(QThread):
             job = Job(next(self._ids), key, factory, priority, preemptible, keep_running)
             running = self._running
             self._cancel_where(lambda other: other.key == key and not (other is running and other.keep_running))
+            if running is not None and running.key == key and running.keep_running and not running.protected:
+                running.interrupted = True
             self._queue.append(job)
             if (running is not None and not running.cancelled and not running.finished
                     and running.preemptible and priority < running.priority):
@@ -76,6 +86,12 @@ class JobRunner(QThread):
         """Cancel queued and running jobs with this key (all jobs when key is None)."""
         with self._cond:
             self._cancel_where(lambda job: key is None or job.key == key)
+
+    def stop_requested(self) -> bool:
+        """On the worker, inside a step: whether the running job should stop now (cancelled, or
+        a newer request with its key is waiting); a step that can stop raises Stopped then."""
+        running = self._running
+        return running is not None and (running.cancelled or running.interrupted)
 
     def running_key(self) -> str | None:
         running = self._running
@@ -117,6 +133,9 @@ class JobRunner(QThread):
                 return None
             job = min(self._queue, key=lambda j: (j.priority, j.id))
             self._queue.remove(job)
+            if job.key in self._stopped_keys:
+                self._stopped_keys.discard(job.key)
+                job.protected = True
             self._running = job
             return job
 
@@ -174,6 +193,11 @@ class JobRunner(QThread):
                     self.longest_steps[job.key] = max(took, self.longest_steps.get(job.key, 0.0))
                 if not job.cancelled:
                     self.progressed.emit(job.id, step)
+        except Stopped:  # it gave up for a newer request (or a cancel): nothing to deliver
+            with self._cond:
+                if job.interrupted:
+                    self._stopped_keys.add(job.key)
+            return False
         except Exception as exc:  # any failure of a job is reported, the thread goes on
             if not job.cancelled:
                 self.failed.emit(job.id, exc)

@@ -15,7 +15,7 @@ from core.errors import PruneScopeError
 from core.images import load_image
 from core.models import LoadedModel
 from core.neurons import discover_layers, intercept, taylor_scores
-from core.progress import run
+from core.progress import Stopped, run
 
 
 def wrap(module: nn.Module, name: str = "test-net") -> LoadedModel:
@@ -93,6 +93,23 @@ def test_sparsity_zero_is_exactly_the_plain_gradient(resnet_engine):
     np.testing.assert_array_equal(result.map, collapse_channels(grad))
     assert result.output_change == 0.0
     assert all(kept == total for _, kept, total in result.kept)
+
+
+def test_a_stopped_pathway_raises_in_its_forward_and_changes_nothing(resnet_engine):
+    calls = []
+
+    def stop_at_third_layer():
+        calls.append(1)
+        return len(calls) == 3
+
+    expected = resnet_engine.pathway(60.0)
+    with pytest.raises(Stopped):
+        resnet_engine.pathway(45.0, stop=stop_at_third_layer)
+    assert len(calls) == 3  # checked at every layer until it said stop
+    again = resnet_engine.pathway(60.0, stop=lambda: False)
+    np.testing.assert_array_equal(again.map, expected.map)
+    assert not resnet_engine.module._forward_hooks and all(
+        not m._forward_hooks for m in resnet_engine.module.modules())  # nothing left hooked
 
 
 def test_sparsity_zero_is_exactly_the_plain_gradient_on_the_embedded_model(lite0, photo):

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from core.progress import Progress  # noqa: E402
+from core.progress import Progress, Stopped  # noqa: E402
 from gui.context import AppContext  # noqa: E402
 from gui.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE  # noqa: E402
 
@@ -147,6 +147,41 @@ def test_a_kept_running_job_delivers_and_the_next_request_follows_it(qtbot, cont
     qtbot.waitUntil(context.is_idle, timeout=5000)
     qtbot.wait(50)
     assert results == ["first", "third"]
+
+
+def test_a_kept_running_job_may_stop_for_a_newer_request_and_the_one_after_it_finishes(qtbot, context):
+    """A job that polls stop_requested inside its step gives up for a newer request (nothing is
+    delivered for it); the job that takes its place is not asked to stop, so that requests
+    arriving faster than jobs finish still get answers."""
+    results, asked = [], []
+    started = [threading.Event() for _ in range(3)]
+
+    def stoppable(value, index):
+        def factory():
+            started[index].set()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # one long step, as a masked forward is
+                if context.stop_requested():
+                    asked.append(value)
+                    raise Stopped(value)
+                time.sleep(0.005)
+            yield Progress(1.0)
+            return value
+        return factory
+
+    def submit(value, index):
+        context.run_job(stoppable(value, index), results.append, key="live", priority=PRIORITY_LIVE,
+                        keep_running=True)
+
+    submit("first", 0)
+    assert started[0].wait(5)
+    submit("second", 1)  # "first" stops for it
+    assert started[1].wait(5)
+    submit("third", 2)  # "second" took the place of a job that stopped: it finishes
+    qtbot.waitUntil(context.is_idle, timeout=10000)
+    qtbot.wait(50)
+    assert asked == ["first"] and results == ["second", "third"]
+    assert not context.stop_requested()  # outside a job, nothing asks
 
 
 def test_cancel_stops_a_job_at_its_next_step(qtbot, context):
