@@ -32,6 +32,8 @@ class LayerBars(pg.PlotWidget):
         self.setLabel("bottom", "layer, input → output")
         self.setYRange(0, 100, padding=0.02)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=BAR_COLOR)
+        # made once: the bars are redrawn at every slider move
+        self._brush, self._selected_brush = pg.mkBrush(BAR_COLOR), pg.mkBrush(SELECTED_COLOR)
         self.addItem(self.bars)
         self._kept: list = []
         self.scene().sigMouseClicked.connect(self._clicked)
@@ -42,7 +44,7 @@ class LayerBars(pg.PlotWidget):
         self._kept = kept
         x = np.arange(len(kept))
         percent = np.array([100.0 * k / max(t, 1) for _, k, t in kept])
-        brushes = [pg.mkBrush(SELECTED_COLOR if i == selected else BAR_COLOR) for i in x]
+        brushes = [self._selected_brush if i == selected else self._brush for i in x]
         self.bars.setOpts(x=x, height=percent, width=0.8, brushes=brushes)
         self.setXRange(-0.6, max(len(kept), 1) - 0.4, padding=0)
 
