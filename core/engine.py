@@ -209,7 +209,8 @@ class Engine:
     @classmethod
     def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
                     ties: str = "exact", fold: bool = True) -> "Engine":
-        """fold=False: the model's own module, for a single map (folding costs about as much)."""
+        """fold=False: the model's own module, for a single map of a model made for it (the
+        folded copy is made once per model and costs about as much as a map)."""
         engine, x = cls.__new__(cls), x.to(model.device)
         engine._setup(model, x, _view_of(model, x), target, ties, _module_of(model, x, fold))
         return engine

@@ -24,26 +24,27 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module:
     """A copy of module (in eval mode) with every foldable batch norm folded into its
-    convolution and replaced by an identity; module itself when nothing folds, or when the
-    copy's activations or outputs on `probe` differ from the module's (or it cannot run)."""
-    if module.training:
-        return module
+    convolution and replaced by an identity; module itself when nothing folds, when some part
+    of it is in training mode, or when the copy's activations or outputs on `probe` differ from
+    the module's (or it cannot be made or run)."""
+    if any(m.training for m in module.modules()):
+        return module  # a training BN normalises by the batch, and the probe would update it
     try:
         pairs = _conv_bn_pairs(module, probe)
-    except Exception:  # an optimisation only: whatever stops the probe, the model is used as it is
+        if not pairs:
+            return module
+        folded = copy.deepcopy(module)
+        named = dict(folded.named_modules())
+        for conv_name, norm_name in pairs:
+            conv, norm = named[conv_name], named[norm_name]
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                                norm.running_var, norm.eps, norm.weight, norm.bias)
+            conv.weight, conv.bias = weight, bias
+            parent, _, leaf = norm_name.rpartition(".")
+            setattr(named[parent] if parent else folded, leaf, nn.Identity())
+        return folded if _same_function(module, folded, probe) else module
+    except Exception:  # an optimisation only: whatever stops it, the model is used as it is
         return module
-    if not pairs:
-        return module
-    folded = copy.deepcopy(module)
-    named = dict(folded.named_modules())
-    for conv_name, norm_name in pairs:
-        conv, norm = named[conv_name], named[norm_name]
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
-                                            norm.running_var, norm.eps, norm.weight, norm.bias)
-        conv.weight, conv.bias = weight, bias
-        parent, _, leaf = norm_name.rpartition(".")
-        setattr(named[parent] if parent else folded, leaf, nn.Identity())
-    return folded if _same_function(module, folded, probe) else module
 
 
 def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
@@ -68,9 +69,10 @@ def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, st
     handles = []
     try:
         for name, m in module.named_modules():
-            if isinstance(m, _CONVS) and not _parametrized(m):
+            if isinstance(m, _CONVS) and not _parametrized(m):  # padding variants, e.g. Lite0's
                 handles.append(m.register_forward_hook(conv_hook(name)))
-            elif isinstance(m, _NORMS) and m.track_running_stats and m.running_mean is not None:
+            # exact types: subclasses such as timm's BatchNormAct2d do more than normalise
+            elif type(m) in _NORMS and m.track_running_stats and m.running_mean is not None:
                 handles.append(m.register_forward_pre_hook(norm_hook(name)))
         with torch.no_grad():
             module(probe)
@@ -100,7 +102,7 @@ def _trace(module: nn.Module, probe: torch.Tensor) -> list[torch.Tensor]:
     outputs: list[torch.Tensor] = []
 
     def keep(_index, out):
-        outputs.append(out.detach().float())
+        outputs.append(out.detach().float().clone())  # later in-place ops must not change it
         return out
 
     with torch.no_grad(), intercept(keep):

@@ -89,10 +89,11 @@ class LoadedModel:
 
 
 def _state_of(module: nn.Module) -> tuple:
-    """Changes whenever a tensor of the module is replaced or modified in place (an optimiser
-    step, a BN statistics update) or its mode changes."""
+    """Changes whenever a tensor of the module is replaced, moved, converted or modified in
+    place (an optimiser step, a BN statistics update, .to(), .data = ...), or a mode changes."""
     tensors = (*module.parameters(), *module.buffers())
-    return id(module), module.training, tuple((id(t), t._version) for t in tensors)
+    return (id(module), tuple(m.training for m in module.modules()),
+            tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ def _drag(tab, pace_ms: int, moves: int) -> dict:
     start = time.perf_counter()
 
     def move() -> None:
+        if not loop.isRunning():  # the deadline passed
+            return
         tab.controls.sparsity.setValue(values[len(asked)])
         asked.append((time.perf_counter(), tab.params().sparsity))
         if len(asked) < moves:  # on the pace's grid, whatever this move took

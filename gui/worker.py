@@ -62,15 +62,17 @@ class JobRunner(QThread):
         self._cond = threading.Condition()
         self._stopping = False
         self._to_close: list[Generator] = []  # generators of paused jobs since cancelled
-        self._stopped_keys: set[str] = set()  # keys whose last job stopped for a newer request
         self.longest_steps: dict[str, float] = {}  # job key -> seconds of its longest step
 
     def submit(self, factory, key: str, priority: int, preemptible: bool,
                keep_running: bool = False) -> int:
         """Queue a job; an older job with the same key is cancelled (the latest request wins),
-        except a running one submitted with keep_running: that one finishes and delivers first."""
+        except a running one submitted with keep_running: that one finishes and delivers first,
+        or stops inside its step where it can (stop_requested), unless it is protected."""
         with self._cond:
             job = Job(next(self._ids), key, factory, priority, preemptible, keep_running)
+            # replacing a waiting request that a stopped job gave up for, it inherits its right to finish
+            job.protected = any(other.protected for other in self._queue if other.key == key)
             running = self._running
             self._cancel_where(lambda other: other.key == key and not (other is running and other.keep_running))
             if running is not None and running.key == key and running.keep_running and not running.protected:
@@ -133,9 +135,6 @@ class JobRunner(QThread):
                 return None
             job = min(self._queue, key=lambda j: (j.priority, j.id))
             self._queue.remove(job)
-            if job.key in self._stopped_keys:
-                self._stopped_keys.discard(job.key)
-                job.protected = True
             self._running = job
             return job
 
@@ -193,10 +192,14 @@ class JobRunner(QThread):
                     self.longest_steps[job.key] = max(took, self.longest_steps.get(job.key, 0.0))
                 if not job.cancelled:
                     self.progressed.emit(job.id, step)
-        except Stopped:  # it gave up for a newer request (or a cancel): nothing to deliver
+        except Stopped as exc:  # it gave up for a newer request (or a cancel): nothing to deliver
             with self._cond:
-                if job.interrupted:
-                    self._stopped_keys.add(job.key)
+                if job.interrupted and not job.cancelled:
+                    for other in self._queue:  # the request it gave up for: that one finishes
+                        if other.key == job.key:
+                            other.protected = True
+            if not (job.interrupted or job.cancelled):
+                self.failed.emit(job.id, exc)  # nobody asked: a fault of the job's
             return False
         except Exception as exc:  # any failure of a job is reported, the thread goes on
             if not job.cancelled:

@@ -95,21 +95,23 @@ def test_sparsity_zero_is_exactly_the_plain_gradient(resnet_engine):
     assert all(kept == total for _, kept, total in result.kept)
 
 
-def test_a_stopped_pathway_raises_in_its_forward_and_changes_nothing(resnet_engine):
+def test_a_stopped_pathway_raises_in_its_forward_and_changes_nothing(lite0, photo):
+    engine = Engine(lite0, load_image(photo("coffee.png")))
+    assert engine._layer_modules is not None  # the hooked path, whose hooks must come off
     calls = []
 
     def stop_at_third_layer():
         calls.append(1)
         return len(calls) == 3
 
-    expected = resnet_engine.pathway(60.0)
+    expected = engine.pathway(60.0)
     with pytest.raises(Stopped):
-        resnet_engine.pathway(45.0, stop=stop_at_third_layer)
+        engine.pathway(45.0, stop=stop_at_third_layer)
     assert len(calls) == 3  # checked at every layer until it said stop
-    again = resnet_engine.pathway(60.0, stop=lambda: False)
+    assert all(not m._forward_hooks for m in engine.module.modules())
+    assert torch._C._len_torch_function_stack() == 0
+    again = engine.pathway(60.0, stop=lambda: False)
     np.testing.assert_array_equal(again.map, expected.map)
-    assert not resnet_engine.module._forward_hooks and all(
-        not m._forward_hooks for m in resnet_engine.module.modules())  # nothing left hooked
 
 
 def test_sparsity_zero_is_exactly_the_plain_gradient_on_the_embedded_model(lite0, photo):

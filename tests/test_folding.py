@@ -1,4 +1,6 @@
 """Batch norms folded into convolutions: the same function, and nothing folded that would not be."""
+import threading
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,9 +61,20 @@ def test_nothing_is_folded_where_the_result_would_differ():
     skip = ConvBN(skip=True).eval()  # the conv's output is also used without its BN
     shared = ConvBN(shared_norm=True).eval()  # one BN after two convolutions
     training = ConvBN().train()
+    half_training = ConvBN().eval()
+    half_training.bn2.train()
+    before = half_training.bn2.running_mean.clone()
     assert fold_batchnorm(skip, probe) is skip
     assert fold_batchnorm(shared, probe) is shared
     assert fold_batchnorm(training, probe) is training
+    assert fold_batchnorm(half_training, probe) is half_training
+    assert torch.equal(half_training.bn2.running_mean, before)  # the probe did not update it
+
+
+def test_a_model_that_cannot_be_copied_is_used_as_it_is():
+    net = ConvBN().eval()
+    net.lock = threading.Lock()  # deepcopy cannot copy it
+    assert fold_batchnorm(net, _probe()) is net
 
 
 def test_the_embedded_model_folds_and_keeps_its_activations_and_gradient(lite0, photo):
@@ -73,6 +86,7 @@ def test_the_embedded_model_folds_and_keeps_its_activations_and_gradient(lite0, 
         with torch.no_grad(), intercept(lambda _i, out: kept.append(out) or out):
             kept.append(module(engine.x))
         acts[key] = kept
+    assert len(acts["folded"]) == len(acts["model"]) == len(engine.layers) + 1
     for ours, theirs in zip(acts["folded"], acts["model"]):
         assert float((ours - theirs).abs().max()) <= 1e-4 * float(theirs.abs().max())
     # A ReLU6 network's input gradient is as sensitive to rounding as to a 1e-6 change of the
@@ -94,3 +108,5 @@ def test_a_changed_model_is_folded_again():
     assert again is not first
     torch.testing.assert_close(again(x), net(x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(first(x), net(x))
+    net.double()  # the same tensors, converted
+    assert next(model.folded(x.double()).parameters()).dtype == torch.float64

@@ -184,6 +184,18 @@ def test_a_kept_running_job_may_stop_for_a_newer_request_and_the_one_after_it_fi
     assert not context.stop_requested()  # outside a job, nothing asks
 
 
+def test_a_job_that_stops_when_nobody_asked_is_reported_as_failed(qtbot, context):
+    errors = []
+
+    def faulty():
+        raise Stopped("by itself")
+        yield Progress(1.0)
+
+    context.run_job(faulty, errors.append, on_error=errors.append, key="live", keep_running=True)
+    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    assert isinstance(errors[0], Stopped)
+
+
 def test_cancel_stops_a_job_at_its_next_step(qtbot, context):
     steps, results = [], []
     closed = threading.Event()
