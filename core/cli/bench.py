@@ -8,7 +8,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure the engine's speed (JSON on stdout)")
     add_model_options(p, "; the figures are for the embedded model unless you name another",
                       quiet=False)
-    p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is kept")
+    p.add_argument("--repeats", type=int, default=5, help="timings per figure; the fastest is kept")
     p.add_argument("--gui", action="store_true",
                    help="drive the real window offscreen instead: time to the first map and to "
                         "everything on screen, slider-to-map latency at three paces, GUI stalls")
