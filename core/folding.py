@@ -30,7 +30,7 @@ def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module:
     if any(m.training for m in module.modules()):
         return module  # a training BN normalises by the batch, and the probe would update it
     try:
-        pairs = _conv_bn_pairs(module, probe)
+        pairs, reference = _conv_bn_pairs(module, probe)
         if not pairs:
             return module
         folded = copy.deepcopy(module)
@@ -42,12 +42,13 @@ def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module:
             conv.weight, conv.bias = weight, bias
             parent, _, leaf = norm_name.rpartition(".")
             setattr(named[parent] if parent else folded, leaf, nn.Identity())
-        return folded if _same_function(module, folded, probe) else module
+        return folded if _same_function(reference, folded, probe) else module
     except Exception:  # an optimisation only: whatever stops it, the model is used as it is
         return module
 
 
-def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], list]:
+    """The (conv, norm) pairs to fold, and the module's _trace on the probe, from one forward."""
     calls: dict[str, int] = {}
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # id of a conv output -> (conv, output)
     fed: dict[str, str] = {}  # norm -> the conv whose output it normalised
@@ -74,14 +75,14 @@ def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, st
             # exact types: subclasses such as timm's BatchNormAct2d do more than normalise
             elif type(m) in _NORMS and m.track_running_stats and m.running_mean is not None:
                 handles.append(m.register_forward_pre_hook(norm_hook(name)))
-        with torch.no_grad():
-            module(probe)
+        reference = _trace(module, probe)
     finally:
         for handle in handles:
             handle.remove()
     convs = list(fed.values())
-    return [(conv, norm) for norm, conv in fed.items()
-            if calls[norm] == 1 and calls[conv] == 1 and convs.count(conv) == 1]
+    pairs = [(conv, norm) for norm, conv in fed.items()
+             if calls[norm] == 1 and calls[conv] == 1 and convs.count(conv) == 1]
+    return pairs, reference
 
 
 def _parametrized(conv: nn.Module) -> bool:
@@ -89,9 +90,10 @@ def _parametrized(conv: nn.Module) -> bool:
     return hasattr(conv, "parametrizations") or not isinstance(conv.weight, nn.Parameter)
 
 
-def _same_function(module: nn.Module, folded: nn.Module, probe: torch.Tensor) -> bool:
+def _same_function(reference: list, folded: nn.Module, probe: torch.Tensor) -> bool:
+    """Whether the folded copy's _trace on the probe matches the module's (`reference`)."""
     tolerance = 1e-3 if probe.dtype in (torch.float32, torch.float64) else 3e-2
-    ours, theirs = _trace(module, probe), _trace(folded, probe)
+    ours, theirs = reference, _trace(folded, probe)
     return len(ours) == len(theirs) and all(
         a.shape == b.shape and float((a - b).abs().max()) <= tolerance * (float(a.abs().max()) + 1e-6)
         for a, b in zip(ours, theirs))
