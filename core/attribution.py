@@ -19,7 +19,6 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
 from core.device import seeded
 from core.errors import ModelError, UnsupportedMethod
-from core.methods import CLASSIC_METHODS
 from core.neurons import intercept
 from core.progress import Progress
 
@@ -27,6 +26,7 @@ from core.progress import Progress
 
 # Methods whose result is a gradient-like 1xCxHxW tensor, collapsed to HxW by collapse_channels.
 GRADIENT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop")
+BUILTIN = (*GRADIENT_METHODS, "grad-cam", "lrp")  # the methods this module computes itself
 
 IG_STEPS = 50
 SMOOTHGRAD_SAMPLES = 25
@@ -39,21 +39,22 @@ def attribute(method: str, model, x: torch.Tensor, target: int, module: nn.Modul
     """The `method` map of class `target` for input x (1x3xHxW): HxW float32, raw and signed.
 
     module: what gradient-type methods differentiate instead of model.module, the same function
-    (the engine's batch-norm-folded copy). opts: steps (integrated-gradients), samples / noise /
+    (the engine's batch-norm-folded copy), and Grad-CAM runs (it may be the engine's pruned
+    network: core.engine.MaskedNetwork). opts: steps (integrated-gradients), samples / noise /
     seed (smoothgrad)."""
     if method in GRADIENT_METHODS:
         return collapse_channels(input_attribution(method, model, x, target, module, **opts))
     x, target = _prepared(method, model, x, target)
     with torch.enable_grad():
         if method == "grad-cam":
-            return _grad_cam(model, x, target)
+            return _grad_cam(model, x, target, model.module if module is None else module)
         return _lrp(model, x, target)
 
 
 def supports(method: str, model) -> tuple[bool, str]:
     """Whether `method` can run on this model; if not, one line saying why."""
-    if method not in CLASSIC_METHODS:
-        return False, f"unknown method '{method}': choose one of {', '.join(CLASSIC_METHODS)}"
+    if method not in BUILTIN:
+        return False, f"unknown method '{method}': choose one of {', '.join(BUILTIN)}"
     if method == "grad-cam":
         if not model.gradcam_layer:
             return False, f"Grad-CAM has no layer in {model.name}: {model.gradcam_reason or 'none set'}"
@@ -115,7 +116,7 @@ def _input_attribution(method: str, forward: nn.Module, x: torch.Tensor, target:
             return NoiseTunnel(Saliency(forward)).attribute(
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
                 nt_samples_batch_size=_batch_size(forward, x, samples)).detach()
-    return _guided_backprop(forward, x, target)
+    return guided_backprop(forward, x, target)
 
 
 def _prepared(method: str, model, x: torch.Tensor, target: int) -> tuple[torch.Tensor, int]:
@@ -273,7 +274,7 @@ class _PositiveGradient(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-def _guided_backprop(forward: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def guided_backprop(forward: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     # Captum's GuidedBackprop only overrides nn.ReLU modules, so ReLU6, GELU and functional
     # activations would silently give the plain gradient; core.neurons.intercept sees them all.
     from captum.attr import Saliency
@@ -284,20 +285,33 @@ def _guided_backprop(forward: nn.Module, x: torch.Tensor, target: int) -> torch.
 
 # --- Grad-CAM -------------------------------------------------------------------------------------
 
-def _grad_cam(model, x: torch.Tensor, target: int) -> np.ndarray:
-    from captum.attr import LayerAttribution, LayerGradCam
+def grad_cam_layer(model, net: nn.Module) -> nn.Module:
+    """The model's Grad-CAM layer inside net (the engine's pruned network wraps the module as
+    `inner`, where the layer keeps its name)."""
+    return getattr(net, "inner", net).get_submodule(model.gradcam_layer)
 
-    layer = model.module.get_submodule(model.gradcam_layer)
+
+def layer_grad_cam(model, net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """Grad-CAM at the layer's resolution, 1x1xhxw, before upsampling."""
+    from captum.attr import LayerGradCam
+
+    layer = grad_cam_layer(model, net)
     x = x.requires_grad_(True)  # parameters are frozen: the input is what puts the layer in the graph
     if getattr(model, "gradcam_tokens", None) is not None:
-        cam = _token_grad_cam(model.module, layer, x, target, model.gradcam_tokens)
-    else:
-        cam = LayerGradCam(model.module, layer).attribute(x, target=target, relu_attributions=True)
-        if cam.ndim != 4:
-            raise UnsupportedMethod(
-                f"Grad-CAM needs a spatial layer; '{model.gradcam_layer}' of {model.name} "
-                f"outputs shape {tuple(cam.shape)}")
-    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        return _token_grad_cam(net, layer, x, target, model.gradcam_tokens)
+    cam = LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True)
+    if cam.ndim != 4:
+        raise UnsupportedMethod(
+            f"Grad-CAM needs a spatial layer; '{model.gradcam_layer}' of {model.name} "
+            f"outputs shape {tuple(cam.shape)}")
+    return cam.detach()
+
+
+def _grad_cam(model, x: torch.Tensor, target: int, net: nn.Module) -> np.ndarray:
+    from captum.attr import LayerAttribution
+
+    cam = LayerAttribution.interpolate(layer_grad_cam(model, net, x, target), tuple(x.shape[-2:]),
+                                       interpolate_mode="bilinear")
     return cam[0, 0].float().cpu().numpy()
 
 

@@ -1,6 +1,7 @@
 """Choosing the torch device: auto, cpu, cuda or mps; seeding torch without touching the caller's RNG."""
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from core.errors import DeviceError
@@ -35,9 +36,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @contextmanager
 def seeded(seed: int, device=None):
-    """torch's global RNG (and the CUDA device's) seeded for the block; the caller's state is
-    put back afterwards, so repeatable maps and weights change nobody else's randomness."""
+    """torch's global RNG (and the CUDA device's) and numpy's seeded for the block (Captum's
+    GradientSHAP draws from numpy's); the caller's states are put back afterwards, so repeatable
+    maps and weights change nobody else's randomness."""
     device = torch.device(device if device is not None else "cpu")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
+    saved = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(saved)

@@ -12,10 +12,11 @@ from typing import Callable
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients
+from torch import nn
 
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
-from core.methods import ALL_METHODS, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
+from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
 from core.neurons import hooked, intercept, layer_modules, trace_layers, intgrad_scores, taylor_scores
 from core.perturbation import Curves, end_probs, iter_curves, output_change
 from core.progress import Job, Progress, Stopped, run, scaled
@@ -316,27 +317,38 @@ class Engine:
                 method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:
         """stop: see masked_forward; the app's slider gives up a map still in its forward when a
         newer position is asked for (the backward, once begun, runs to the end)."""
+        if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
+            raise PruneScopeError(f"no pathway version of '{method}'")
+        _supported(method, self.model)
         masks = self.masks(sparsity, mode, selector)
+        kept = [(layer.name, int(torch.count_nonzero(m)), m.numel()) for layer, m in zip(self.layers, masks)]
+        p = float(self.probs[self.target])
+        if method != "integrated-gradients" and all(k == n for _, k, n in kept):
+            # Nothing pruned: the pruned network is the network, so this is the method's own
+            # map. Computed again it could differ in the last bits: some CPU convolution
+            # backwards are not deterministic across threads (Inception's 1x3 kernels on 1x1
+            # maps), and then two runs of one gradient differ.
+            return PathwayResult(self.attribution(method).copy(), 0.0, 0.0, p, kept, masks, float(sparsity))
         forward = self.masked_forward(masks, stop)
-        if method == "integrated-gradients":
-            grads = IntegratedGradients(forward).attribute(
-                self.x, target=self.target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH)
-            with torch.no_grad():
-                logits = forward(self.x)
-        elif method in ("gradient", "input-x-gradient"):
+        if method in ("gradient", "input-x-gradient"):
             x = self.x.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = forward(x)
                 (grad,) = torch.autograd.grad(logits[0, self.target], x)
-            grads = grad * self.x if method == "input-x-gradient" else grad
-        else:
-            raise PruneScopeError(f"no pathway version of '{method}'")
+            attr_map = attribution.collapse_channels(grad * self.x if method == "input-x-gradient" else grad)
+        elif method == "integrated-gradients":
+            attr_map = attribution.collapse_channels(IntegratedGradients(forward).attribute(
+                self.x, target=self.target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH))
+            with torch.no_grad():
+                logits = forward(self.x)
+        else:  # any other method, handed the pruned network as its model
+            net = MaskedNetwork(self.module, forward)
+            with torch.no_grad():
+                logits = net(self.x)
+            attr_map = BY_NAME[method].attribute(self.model, net, self.x, self.target)
         prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
-        p = float(self.probs[self.target])
-        kept = [(layer.name, int(torch.count_nonzero(m)), m.numel()) for layer, m in zip(self.layers, masks)]
         pruned = 100.0 * (1 - sum(k for _, k, _ in kept) / max(1, sum(n for _, _, n in kept)))
-        return PathwayResult(attribution.collapse_channels(grads), pruned,
-                             abs(prob - p) / p, prob, kept, masks, float(sparsity))
+        return PathwayResult(attr_map, pruned, abs(prob - p) / p, prob, kept, masks, float(sparsity))
 
     def channel_map(self, layer: int, channel: int, sparsity: float, mode: str = "global",
                     selector: str = "taylor") -> np.ndarray:
@@ -418,8 +430,11 @@ class Engine:
         if method not in CLASSIC_METHODS:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
         if method not in self._maps:
-            self._maps[method] = attribution.attribute(method, self.model, self.x, self.target,
-                                                       module=self.module)
+            spec = _supported(method, self.model)
+            # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
+            # folded copy (the same function, faster).
+            net = self.model.module if spec.family in ("cam", "relevance") else self.module
+            self._maps[method] = spec.attribute(self.model, net, self.x, self.target)
         return self._maps[method]
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
@@ -539,6 +554,21 @@ class Engine:
         return Sweep(pruned, changes, aucs)
 
 
+class MaskedNetwork(nn.Module):
+    """The network pruned for one input as a module, for libraries that take one (Captum's
+    DeepLIFT, pytorch-grad-cam): `inner` is the network, whose layers keep their names, and the
+    forward multiplies every activation by its mask (Engine.masked_forward). The masks are one
+    sample's, so a batch of perturbed inputs runs through the same pruned network."""
+
+    def __init__(self, inner: nn.Module, forward: Callable):
+        super().__init__()
+        self.inner = inner
+        self._masked = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._masked(x)
+
+
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
                 selector: str = "taylor", mode: str = "global") -> np.ndarray:
     """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
@@ -551,6 +581,15 @@ def _module_of(model, x: torch.Tensor, fold: bool):
     # Every pass of the engine's own runs on the batch-norm-folded module: the same function,
     # faster (core.folding). Classic maps that read layers (Grad-CAM, LRP) keep the model's.
     return model.folded(x) if fold else model.module
+
+
+def _supported(method: str, model):
+    """The method's class, if it can run on this model; else UnsupportedMethod saying why."""
+    spec = BY_NAME[method]
+    ok, why = spec.supports(model)
+    if not ok:
+        raise UnsupportedMethod(why)
+    return spec
 
 
 def _check(sparsity: float, mode: str) -> None:

@@ -159,6 +159,22 @@ def load_model(spec: str | ModelCard | None = None, weights=None, device="auto",
     return model
 
 
+def from_module(module: nn.Module, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                gradcam_layer: str | None = None, name: str | None = None) -> LoadedModel:
+    """A classifier already in memory (core.api), in eval mode and frozen, on its own device;
+    its classes and Grad-CAM layer are probed as load_model's are. Class names are ImageNet's
+    when it has 1000 classes."""
+    module.eval().requires_grad_(False)
+    device = next(iter(module.parameters()), torch.zeros(())).device
+    model = LoadedModel(name=name or type(module).__name__, module=module, device=device,
+                        class_names=[], input_size=input_size, resize_size=input_size,
+                        mean=tuple(mean), std=tuple(std), gradcam_layer=None)
+    classes, layer, tokens, reason = _probe(model, gradcam_layer)
+    model.gradcam_layer, model.gradcam_tokens, model.gradcam_reason = layer, tokens, reason
+    model.class_names = imagenet_classes() if classes == 1000 else [f"class {i}" for i in range(classes)]
+    return model
+
+
 # --- weights -------------------------------------------------------------------------------------
 
 def _recorded_card(meta: dict) -> ModelCard:

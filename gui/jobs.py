@@ -92,7 +92,7 @@ def startup():
     torch.set_num_threads(worker_threads())
     import core.engine  # noqa: F401  (Captum, zennit, torchvision)
     from core import display
-    from core.methods import CLASSIC_METHODS
+    from core.methods import INTERACTIVE
     from core.device import available_devices
     from core.images import IMAGE_SUFFIXES
     from core.models import list_models
@@ -100,7 +100,7 @@ def startup():
     models = [(info.name, info.description, info.offline) for info in list_models()]
     ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)
     luts = {name: display.colorize(ramp, name) for name in display.COLORMAPS}
-    return StartupInfo(models, available_devices(), luts, tuple(CLASSIC_METHODS),
+    return StartupInfo(models, available_devices(), luts, INTERACTIVE,
                        tuple(IMAGE_SUFFIXES))
 
 

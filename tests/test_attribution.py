@@ -9,7 +9,7 @@ from torchvision.models import DenseNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from core import attribution
-from core.attribution import CLASSIC_METHODS, attribute, collapse_channels, input_attribution, supports
+from core.attribution import BUILTIN, attribute, collapse_channels, input_attribution, supports
 from core.errors import ModelError, UnsupportedMethod
 from core.models import LoadedModel
 
@@ -204,7 +204,7 @@ def coffee(lite0):
     return x, target
 
 
-@pytest.mark.parametrize("method", CLASSIC_METHODS)
+@pytest.mark.parametrize("method", BUILTIN)
 def test_every_method_on_efficientnet_lite0_and_a_real_photo(lite0, coffee, method):
     x, target = coffee
     opts = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}.get(method, {})
@@ -241,7 +241,7 @@ def test_bad_requests_raise_one_line_errors():
         attribute("gradient", model, image()[0], 0)
 
 
-@pytest.mark.parametrize("method", CLASSIC_METHODS)
+@pytest.mark.parametrize("method", BUILTIN)
 def test_no_hooks_remain_and_the_input_is_untouched(method):
     model, x = loaded(tiny_resnet(), gradcam_layer="layer4"), image()
     kept = x.clone()

@@ -18,9 +18,10 @@ from core.neurons import discover_layers, intercept, taylor_scores
 from core.progress import Stopped, run
 
 
-def wrap(module: nn.Module, name: str = "test-net") -> LoadedModel:
+def wrap(module: nn.Module, name: str = "test-net", classes: int = 10) -> LoadedModel:
     module.eval().requires_grad_(False)
-    return LoadedModel(name, module, torch.device("cpu"), [], 8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
+    return LoadedModel(name, module, torch.device("cpu"), [f"class {i}" for i in range(classes)], 8, 8,
+                       (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
 
 
 def tiny_pathway_net() -> nn.Module:
@@ -40,7 +41,7 @@ def tiny_pathway_net() -> nn.Module:
 
 
 def test_tiny_net_gives_the_known_pathway():
-    model = wrap(tiny_pathway_net())
+    model = wrap(tiny_pathway_net(), classes=2)
     x = torch.ones(1, 3, 2, 2)
     engine = Engine.from_tensor(model, x, target=0)
     np.testing.assert_allclose(engine.scores()[0].numpy(), [3.0, 2.0, 0.01, 0.02], rtol=1e-6)
@@ -56,7 +57,7 @@ def test_tiny_net_gives_the_known_pathway():
 
 def test_intgrad_selector_equals_taylor_when_the_rest_is_linear():
     # After the ReLU the net is linear, so dy/d(alpha a) does not depend on alpha.
-    model = wrap(tiny_pathway_net())
+    model = wrap(tiny_pathway_net(), classes=2)
     engine = Engine.from_tensor(model, torch.rand(1, 3, 2, 2), target=0)
     taylor = engine.scores("taylor")[0]
     intgrad = run(engine.iter_scores("intgrad")).per_layer[0]

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
+from core.attribution import input_attribution
 from core.engine import Engine
 from core.images import load_image
 from core.model_sources import build
@@ -121,6 +122,15 @@ def test_pathway_at_zero_sparsity_is_the_gradient(case):
     assert all(kept == total for _name, kept, total in path.kept)
     assert np.isfinite(case.gradient).all() and np.any(case.gradient)
     np.testing.assert_array_equal(path.map, case.gradient)
+    # The masks themselves, all kept, are the identity: the same gradient up to float rounding
+    # (some CPU convolution backwards differ in the last bits from one run to the next).
+    engine = case.engine
+    x = engine.x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = engine.masked_forward(path.masks)(x)
+        (grad,) = torch.autograd.grad(logits[0, engine.target], x)
+    plain = input_attribution("gradient", case.model, engine.x, engine.target, module=engine.module)
+    torch.testing.assert_close(grad, plain, rtol=1e-3, atol=1e-4 * float(plain.abs().max()))
 
 
 def test_pathway_at_70_percent_differs(case):

@@ -1,0 +1,54 @@
+"""Every attribution method by name: the one list the engine, the CLI and the app read.
+
+A method is one class (core.methods.base.Method) in its family's module: gradients, cams or
+perturbation. Adding one is a class there and a line here. Every method computed through the
+network also has a `pathway-<name>` version: the same method on the network pruned for the input.
+Standard library only, so that `--help` and the window's first paint need no torch.
+"""
+from core.methods import cams, gradients, perturbation
+from core.methods.base import PATHWAY, Method, Pathway
+
+PLAIN = (
+    gradients.Gradient(), gradients.InputXGradient(), gradients.IntegratedGradients(),
+    gradients.SmoothGrad(), gradients.GuidedBackprop(), gradients.GradCam(), gradients.Lrp(),
+    gradients.DeepLift(), gradients.GradientShap(), gradients.GuidedGradCam(),
+    cams.GradCamPlusPlus(), cams.XGradCam(), cams.HiResCam(), cams.LayerCam(), cams.EigenCam(),
+    cams.ScoreCam(), cams.AblationCam(),
+    perturbation.Occlusion(), perturbation.Rise(), perturbation.KernelShap(), perturbation.Lime(),
+)
+# The pathway versions of the three gradients the engine runs itself come first, as before.
+_FIRST = ("gradient", "input-x-gradient", "integrated-gradients")
+METHODS: tuple[Method, ...] = (
+    *PLAIN,
+    *(Pathway(m) for m in PLAIN if m.name in _FIRST),
+    *(Pathway(m) for m in PLAIN if m.through_network and m.name not in _FIRST),
+)
+BY_NAME = {m.name: m for m in METHODS}
+ALL_METHODS = tuple(BY_NAME)
+CLASSIC_METHODS = tuple(m.name for m in PLAIN)
+PATHWAY_METHODS = {m.name: m.of.name for m in METHODS if isinstance(m, Pathway)}
+MAGNITUDE_RANKED = frozenset(m.name for m in METHODS if m.magnitude_ranked)
+INTERACTIVE = tuple(m.name for m in PLAIN if m.interactive)  # what the app's map job offers
+
+# What each command and tab computes when the user names no methods, in display order.
+DEFAULTS = {
+    "explain": ("pathway-gradient", "gradient", "input-x-gradient", "integrated-gradients",
+                "smoothgrad", "guided-backprop", "grad-cam", "lrp"),
+    "evaluate": ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad",
+                 "guided-backprop", "grad-cam", "lrp", "pathway-gradient"),
+    "roar": ("gradient", "grad-cam", "pathway-gradient"),
+    "sanity": ("pathway-gradient", "gradient", "guided-backprop", "grad-cam"),
+    "prune-sweep": ("gradient", "grad-cam", "pathway-gradient"),
+    "app": ("gradient", "integrated-gradients", "grad-cam"),  # beside the pathway map
+}
+
+
+def unknown(names) -> list[str]:
+    return [n for n in names if n not in BY_NAME]
+
+
+def supports(name: str, model) -> tuple[bool, str]:
+    """Whether method `name` can run on this loaded model; if not, one line saying why."""
+    if name not in BY_NAME:
+        return False, f"unknown method '{name}': choose from {', '.join(ALL_METHODS)}"
+    return BY_NAME[name].supports(model)
