@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core import display, figures
+from core.methods import BY_NAME
 
 
 def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
@@ -72,6 +73,11 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
     methods = {}
     for method, r in analysis.results.items():
         entry = {"seconds": round(r.seconds, 4)}
+        if method in BY_NAME:  # what reproduces the map: the CAMs' layer, the others' settings
+            settings_of = dict(BY_NAME[method].settings(engine.model))
+            if "layer" in settings_of:
+                entry["layer"] = settings_of.pop("layer")
+            entry["params"] = settings_of
         if r.curves is not None:
             entry.update(deletion_auc=r.curves.deletion_auc, insertion_auc=r.curves.insertion_auc)
         if r.lerf is not None:

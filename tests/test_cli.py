@@ -172,3 +172,18 @@ def test_bad_display_options_are_refused_with_one_error_line(tmp_path, capsys, a
         main.build_parser().parse_args(["explain", "x.png", "--out", str(tmp_path), *argv])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert exit_.value.code == 2 and len(errors) == 1 and "--display" in errors[0]
+
+
+def test_report_records_each_methods_layer_and_settings(tiny_cli, photo, tmp_path, capsys):
+    methods = "grad-cam++,pathway-grad-cam++,occlusion,deeplift,gradient"
+    argv = ["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--methods", methods,
+            "--steps", "2", "--quiet"]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "coffee" / "report.json").read_text())
+    entries = report["methods"]
+    assert entries["grad-cam++"]["layer"] == entries["pathway-grad-cam++"]["layer"] == "conv2"
+    assert entries["occlusion"]["params"]["window"] == 5 and entries["occlusion"]["params"]["stride"] == 2
+    assert "layer" not in entries["gradient"] and entries["pathway-grad-cam++"]["pathway"]["sparsity"] > 60
+    # the tiny net calls torch.relu, which Captum's DeepLIFT cannot hook: skipped with its reason
+    assert "deeplift" not in entries and "function call" in report["skipped"]["deeplift"]

@@ -24,8 +24,8 @@ def register(subparsers) -> None:
                    help="replace result folders that already exist (default: refuse them)")
     add_model_options(p)
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
-                   help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}; also "
-                        "pathway-input-x-gradient, pathway-integrated-gradients)")
+                   help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}); any of "
+                        f"{', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)}")
     p.add_argument("--sparsity", type=sparsity_value, default=70.0,
                    help="percent of neurons pruned, or 'auto' (default 70)")
     p.add_argument("--tolerance", type=tolerance_percent, default=15.0,
