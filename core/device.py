@@ -44,7 +44,7 @@ def seeded(seed: int, device=None):
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            np.random.seed(seed)
+            np.random.seed(seed % 2**32)  # numpy takes 32 bits, torch 64
             yield
     finally:
         np.random.set_state(saved)
