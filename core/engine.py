@@ -573,7 +573,7 @@ def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: f
                 selector: str = "taylor", mode: str = "global") -> np.ndarray:
     """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
     if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
-        return attribution.attribute(method, model, x.to(model.device), target)
+        return _supported(method, model).attribute(model, model.module, x.to(model.device), target)
     return Engine.from_tensor(model, x, target, fold=False).attribution(method, sparsity, mode, selector)
 
 

@@ -131,12 +131,35 @@ def evaluate(result: dict, examples: list, sanity_example, class_names) -> dict:
     """bars and curves; with a sanity check, sanity_spearman and sanity_ssim (the per-step means
     over the checked images) and sanity_maps (the first one); maps: the example images."""
     figures = {"bars": bars(result), "curves": curves(result)}
+    if result.get("leaderboard"):
+        figures["leaderboard"] = leaderboard(result["leaderboard"]["metrics"], result["leaderboard"]["rows"],
+                                             f"{result['dataset']}: {result['images']} images")
     if result["sanity"]:
         figures.update({f"sanity_{stem}": fig
                         for stem, fig in _sanity_means(result, sanity_example).items()})
     if examples:
         figures["maps"] = example_maps(examples, class_names)
     return figures
+
+
+def leaderboard(metrics: list[str], rows: list[dict], title: str):
+    """Methods (best rank first) by metrics: each cell's colour is the method's rank on that
+    metric (dark is best), its text the mean."""
+    names = [r["method"] for r in rows]
+    cells = np.array([[r.get(m) if r.get(m) is not None else np.nan for m in metrics] for r in rows], float)
+    colour = np.array([[r["ranks"][m] for m in metrics] for r in rows], float)
+    fig = _figure(1.1 * len(metrics) + 3.0, 0.32 * len(names) + 1.8, dpi=110)
+    ax = fig.subplots()
+    ax.imshow(colour, cmap="viridis", aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(metrics)):
+            if not np.isnan(cells[i, j]):
+                ax.text(j, i, f"{cells[i, j]:.3g}", ha="center", va="center", fontsize=6,
+                        color="white" if colour[i, j] <= len(names) / 2 else "black")
+    ax.set_xticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), [f"{r['rank']}. {r['method']}" for r in rows], fontsize=7)
+    ax.set_title(f"{title}: leaderboard (colour: rank on the metric, dark is best)", fontsize=9)
+    return fig
 
 
 def bars(result: dict):

@@ -1,4 +1,5 @@
 """Ground-truth metrics, the benchmark, ROAR and the evaluate/roar commands."""
+import csv
 import json
 import os
 import subprocess
@@ -238,8 +239,18 @@ def test_evaluate_command_writes_json_and_plots(trained, tmp_path, tmp_path_fact
     assert result["model"]["cached"] and result["images"] == 6
     assert result["methods"]["oracle"]["pointing_game"] == 1.0
     for name in ("bars.png", "curves.png", "sanity_spearman.png", "sanity_ssim.png",
-                 "sanity_maps.png", "maps.png"):
+                 "sanity_maps.png", "maps.png", "leaderboard.png"):
         assert (out / name).stat().st_size > 1000
+    with (out / "leaderboard.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [row["method"] for row in table] == [row["method"] for row in result["leaderboard"]["rows"]]
+    assert {row["method"] for row in table} == {"gradient", "grad-cam", "random", "oracle"}
+    for column in ("road_morf", "average_drop", "faithfulness_correlation", "sparseness", "rank",
+                   "deletion_auc_ci", "pointing_game"):
+        assert all(row[column] != "" for row in table), column
+    assert table[0]["rank"] == "1" and table[-1]["method"] in ("random", "grad-cam")
+    lo, hi = json.loads(table[0]["deletion_auc_ci"])
+    assert lo <= float(table[0]["deletion_auc"]) <= hi
 
 
 @pytest.mark.slow

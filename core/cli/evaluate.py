@@ -150,6 +150,7 @@ def run_evaluate(args) -> int:
 
     from core import figures
     from core.distributed import setup, teardown
+    from core.evaluation import leaderboard
     from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
     from core.evaluation.sources import folder_source, synthetic_source
     from core.output import locked, output_folder
@@ -181,9 +182,11 @@ def run_evaluate(args) -> int:
     if result is None:  # not rank 0
         return 0
     examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
+    metrics, table = leaderboard.rows(result["methods"])
     result.update(command="evaluate", model=_model_info(model, trained), world_size=ctx.world,
-                  seconds=time.perf_counter() - started)
+                  seconds=time.perf_counter() - started, leaderboard={"metrics": metrics, "rows": table})
     with locked(out):
+        leaderboard.write_csv(out / "leaderboard.csv", metrics, table)
         figures.save(figures.evaluate(result, examples, sanity_example, model.class_names), out)
         _write_json(out / "results.json", result)  # last: the mark of a complete evaluation
     if not args.quiet:
@@ -199,20 +202,21 @@ def run_evaluate(args) -> int:
 
 
 def print_table(result: dict) -> None:
-    def cell(entry, key):
-        value = entry.get(key)
-        return f"{value:8.3f}" if value is not None else "       -"
-
+    """The leaderboard, best first, with the metrics most users read."""
+    shown = [("deletion_auc", "del.AUC"), ("insertion_auc", "ins.AUC"), ("road_morf", "ROAD-MoRF"),
+             ("road_lerf", "ROAD-LeRF"), ("average_drop", "AvgDrop"), ("faithfulness_correlation", "faith.r"),
+             ("sparseness", "sparse"), ("pointing_game", "pointing"), ("sanity_spearman", "sanity-rho")]
     acc = result.get("accuracy")
     print(f"{result['images']} images of {result['dataset']}"
           + (f", model accuracy {acc:.1%}" if acc is not None else "")
           + (f", pointing-game chance {result['chance_pointing']:.3f}"
              if result["chance_pointing"] is not None else ""))
-    print(f"{'method':30s} pointing     mass  del.AUC  ins.AUC  sanity-rho")
-    for method, entry in result["methods"].items():
-        print(f"{method:30s} {cell(entry, 'pointing_game')} {cell(entry, 'relevance_mass')} "
-              f"{cell(entry, 'deletion_auc')} {cell(entry, 'insertion_auc')} "
-              f"{cell(entry, 'sanity_spearman')}")
+    metrics = result["leaderboard"]["metrics"]
+    shown = [(key, label) for key, label in shown if key in metrics]
+    print(f"{'rank':>4} {'method':28s} " + " ".join(f"{label:>10s}" for _, label in shown))
+    for row in result["leaderboard"]["rows"]:
+        cells = " ".join(f"{row[key]:10.3f}" if row.get(key) is not None else f"{'-':>10s}" for key, _ in shown)
+        print(f"{row['rank']:>4} {row['method']:28s} {cells}")
 
 
 # ---- roar ----------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ import numpy as np
 
 from core.distributed import SINGLE, Context, gather_indexed, shard
 from core.errors import UnsupportedMethod, reason
+from core.evaluation.faithfulness import complexity, confidence, faithfulness_correlation, road, sparseness
+from core.evaluation.leaderboard import bootstrap_ci
 from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map,
                                      pointing_game, ranking, relevance_mass, unsupported)
 from core.evaluation.sources import Item, Source, prepare
@@ -13,6 +15,9 @@ from core.progress import Job, Progress, run
 
 DEFAULT_METHODS = DEFAULTS["evaluate"]
 EXAMPLE_ITEMS = 4  # images whose maps are kept for the example grid
+# Per-image scores averaged per method (those an image has: no mask, no pointing game).
+SCORES = ("pointing_game", "relevance_mass", "deletion_auc", "insertion_auc", "road_morf", "road_lerf",
+          "average_drop", "increase_in_confidence", "faithfulness_correlation", "sparseness", "complexity")
 
 
 @dataclass
@@ -53,6 +58,11 @@ def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, index
         if mask is not None:
             scores["pointing_game"] = float(pointing_game(values, mask))
             scores["relevance_mass"] = relevance_mass(values, mask)
+        seed = item_seed(settings.seed, "metrics", index, method)
+        scores["road_morf"], scores["road_lerf"] = road(model.module, x, values, target, seed)
+        scores["average_drop"], scores["increase_in_confidence"] = confidence(model.module, x, values, target)
+        scores["faithfulness_correlation"] = faithfulness_correlation(model.module, x, values, target, seed)
+        scores["sparseness"], scores["complexity"] = sparseness(attr), complexity(attr)
         record["methods"][method] = scores
         if keep_maps:
             record["maps"][method] = np.asarray(attr, np.float32)
@@ -133,10 +143,11 @@ def summarise_benchmark(records, sanity, errors, methods, skipped, settings, sou
             skipped[method] = next(iter(reasons - {None}), "no image could be evaluated")
             continue
         entry = {"images": len(scores)}
-        for key in ("pointing_game", "relevance_mass", "deletion_auc", "insertion_auc"):
+        for key in SCORES:
             mean, sem = _mean_sem(s.get(key) for s in scores)
             if mean is not None:
                 entry[key], entry[f"{key}_sem"] = mean, sem
+                entry[f"{key}_ci"] = bootstrap_ci([s.get(key) for s in scores], settings.seed)
         summary[method] = entry
         curves_out[method] = {
             "fractions": scores[0]["fractions"],
