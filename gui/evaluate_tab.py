@@ -24,6 +24,7 @@ from core.methods import ALL_METHODS, DEFAULTS
 from core.progress import Progress
 from gui.context import PRIORITY_BACKGROUND, JobFeedback
 from gui.dissection import DissectBox, pixmap
+from gui.leaderboard import LeaderboardTable
 
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = DEFAULTS["sanity"]
@@ -184,6 +185,9 @@ def summary_html(folder: Path) -> str:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         return f"{path.name}: unreadable ({err})"
+    if name == "results.json" and data.get("leaderboard"):  # the sortable table below shows it
+        return (f"<b>evaluate: {data.get('images')} images of {data.get('dataset')}</b>: the leaderboard, "
+                "best first; click a header to sort, hover a value for its 95 % interval")
     if name == "results.json":
         keys = ("pointing_game", "relevance_mass", "deletion_auc", "insertion_auc",
                 "sanity_spearman")
@@ -207,6 +211,13 @@ def summary_html(folder: Path) -> str:
     return f"<b>{title}</b><table cellspacing=6><tr>{cells}</tr>{body}</table>"
 
 
+def _leaderboard(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "results.json").read_text()).get("leaderboard")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _num(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -226,6 +237,8 @@ class ResultsView(QWidget):
         page = QWidget()
         column = QVBoxLayout(page)
         column.addWidget(self.summary)
+        self.leaderboard = LeaderboardTable()
+        column.addWidget(self.leaderboard)
         column.addLayout(self.figures)
         column.addStretch(1)
         scroll = QScrollArea()
@@ -244,6 +257,7 @@ class ResultsView(QWidget):
                 widget.deleteLater()
         self.folder = folder
         self.summary.setText(summary_html(folder))
+        self.leaderboard.show_leaderboard(_leaderboard(folder))
         pngs = sorted(folder.glob("*.png")) + sorted(folder.glob("*/*.png"))
         self.shown = []
         for path in pngs[:MAX_FIGURES]:
