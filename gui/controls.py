@@ -6,7 +6,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from superqt import QLabeledDoubleSlider
 
 from core import display
-from core.methods import DEFAULTS
+from core.methods import DEFAULTS, PATHWAY, PATHWAY_METHODS
 
 PATHWAY_VARIANTS = (("gradient", "gradient"), ("input × gradient", "input-x-gradient"),
                     ("integrated gradients", "integrated-gradients"))
@@ -119,6 +119,7 @@ class ControlPanel(QWidget):
         self._methods_layout = QGridLayout(box)
         self._methods_layout.setVerticalSpacing(2)
         self.method_boxes: dict[str, QCheckBox] = {}
+        self.pathway_boxes: dict[str, QCheckBox] = {}
         self._methods_note = QLabel("loading…")
         self._methods_layout.addWidget(self._methods_note)
         return box
@@ -171,8 +172,9 @@ class ControlPanel(QWidget):
         self.display_changed.emit()
 
     # -- state ---------------------------------------------------------------------------------
-    def set_methods(self, methods, checked) -> None:
-        """Offer these classic methods (from core), with `checked` ticked."""
+    def set_methods(self, methods, checked, through=()) -> None:
+        """Offer these classic methods (from core), with `checked` ticked; beside each that has a
+        pathway version, a ↝ box for it (the pathway-<method> names in `through` ticked)."""
         self._methods_note.hide()
         for method in methods:
             if method in self.method_boxes:
@@ -182,10 +184,22 @@ class ControlPanel(QWidget):
             box.toggled.connect(lambda _on: self.methods_changed.emit())
             row, col = divmod(len(self.method_boxes), 2)
             self.method_boxes[method] = box
-            self._methods_layout.addWidget(box, row, col)
+            self._methods_layout.addWidget(box, row, 2 * col)
+            if PATHWAY + method in PATHWAY_METHODS:
+                via = QCheckBox("↝")
+                via.setToolTip(f"also {PATHWAY}{method}: {method} through the network pruned for this "
+                               "input, following the slider")
+                via.setChecked(PATHWAY + method in through)
+                via.toggled.connect(lambda _on: self.methods_changed.emit())
+                self.pathway_boxes[method] = via
+                self._methods_layout.addWidget(via, row, 2 * col + 1)
 
     def chosen_methods(self) -> list[str]:
         return [m for m, box in self.method_boxes.items() if box.isChecked()]
+
+    def chosen_pathways(self) -> list[str]:
+        """The pathway-<method> rows asked for with the ↝ boxes."""
+        return [PATHWAY + m for m, box in self.pathway_boxes.items() if box.isChecked()]
 
     def set_prediction(self, prediction, predicted_id: int) -> None:
         """core.engine.Prediction of the engine in use; its target is marked in the top-5."""

@@ -103,20 +103,29 @@ class ExplainTab(QWidget):
     def methods(self) -> list[str]:
         return self.controls.chosen_methods()
 
+    def pathways(self) -> list[str]:
+        """The pathway rows asked for (↝), but the live one, which the slider draws itself."""
+        live = self.params().method_name
+        return [m for m in self.controls.chosen_pathways() if m != live]
+
     def apply_startup(self, info: jobs.StartupInfo, checked_methods) -> None:
         self._luts = info.luts
         wanted = DEFAULT_METHODS if checked_methods is None else checked_methods
-        self.controls.set_methods(info.classic_methods,
-                                  [m for m in wanted if m in info.classic_methods])
+        self.controls.set_methods(info.classic_methods, [m for m in wanted if m in info.classic_methods],
+                                  [m for m in wanted if m.startswith("pathway-")])
         self._show_panels()
         self._redraw()
 
     def _panel_names(self) -> list[str]:
+        return [*self._curve_names(), *self.pathways()]
+
+    def _curve_names(self) -> list[str]:
+        """The maps that get curves: the live pathway map and the classic ones."""
         return [self.params().method_name, *self.methods()]
 
     def _show_panels(self) -> None:
         self.heatmaps.set_methods(self._panel_names())
-        self.curves.set_methods(self._panel_names())
+        self.curves.set_methods(self._curve_names())
 
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
@@ -126,7 +135,7 @@ class ExplainTab(QWidget):
         shown = self.heatmaps.shown_maps()
         if not all(m in shown or m in self._unavailable for m in self._panel_names()):
             return False
-        return self.curves.ready([m for m in self._panel_names() if m in shown])
+        return self.curves.ready([m for m in self._curve_names() if m in shown])
 
     def is_refined(self) -> bool:
         """is_complete, and the curves and sweep are at full resolution."""
@@ -175,6 +184,7 @@ class ExplainTab(QWidget):
         self._request_live()
         self._request_maps()  # their curves follow them
         self._request_pathway_curves()
+        self._request_pathway_maps()
         self._request_sweep()
         self._request_concepts()
 
@@ -194,12 +204,14 @@ class ExplainTab(QWidget):
     @qdebounced(timeout=SETTLE_MS)
     def _settled(self) -> None:
         self._request_pathway_curves()
+        self._request_pathway_maps()
         self._request_concepts()
 
     def _on_pruning(self) -> None:
         self._show_panels()
         self._request_live()
         self._request_pathway_curves()
+        self._request_pathway_maps()
         self._request_sweep()
         self._request_concepts()
 
@@ -207,6 +219,7 @@ class ExplainTab(QWidget):
         self._show_panels()
         self._draw_maps()
         self._request_maps()  # their curves follow them
+        self._request_pathway_maps()
 
     def _request_live(self) -> None:
         """A running live job still in its masked forward gives up for this newer request;
@@ -246,6 +259,19 @@ class ExplainTab(QWidget):
                 job = lambda method=method: jobs.maps(engine, [method])  # noqa: E731
             self.context.run_job(job, self._show_maps, key=f"map:{method}", priority=priority,
                                  preemptible=True)
+
+    def _request_pathway_maps(self) -> None:
+        """The ↝ rows at the current pruning settings, one job for all, after the live map: a
+        newer request (the slider moved on) replaces one still waiting or running."""
+        engine, names = self._engine, self.pathways()
+        if engine is None or not names:
+            return
+        for name in names:
+            if name not in self.heatmaps.shown_maps():
+                self.heatmaps.set_note(name, "computing…")
+        params = self.params()
+        self.context.run_job(lambda: jobs.pathway_maps(engine, params, names), self._show_pathway_maps,
+                             key="pathway-maps", priority=PRIORITY_CURVES, preemptible=True)
 
     def _request_curves(self) -> None:
         """The classic maps' curves, of the maps on screen: the slider does not touch them."""
@@ -363,6 +389,19 @@ class ExplainTab(QWidget):
             self._request_curves()
         self._check_complete()
 
+    def _show_pathway_maps(self, result) -> None:
+        engine, params, maps, skipped, failed = result
+        if engine is not self._engine or params != self.params():
+            return  # the slider moved on: the newer request is on its way
+        for name, path in maps.items():
+            self.heatmaps.set_map(name, path.map,
+                                  f"{path.sparsity:.1f} % pruned · Δp {100 * path.output_change:.1f} %")
+        for name, why in {**skipped, **failed}.items():
+            self._unavailable[name] = "not available for this model" if name in skipped else "failed"
+            self.heatmaps.set_note(name, self._unavailable[name])
+            self.status.emit(f"{name}: {why}")
+        self._check_complete()
+
     def _draw_maps(self) -> None:
         coarse = f"coarse ({jobs.COARSE_IG_NODES} nodes), refining…"
         self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
@@ -436,7 +475,7 @@ class ExplainTab(QWidget):
     # -- settings ------------------------------------------------------------------------------
     def save_settings(self, settings) -> None:
         c = self.controls
-        settings.setValue("explain/methods", self.methods())
+        settings.setValue("explain/methods", [*self.methods(), *self.controls.chosen_pathways()])
         settings.setValue("explain/sparsity", c.sparsity.value())
         settings.setValue("explain/mode", c.mode.currentData())
         settings.setValue("explain/selector", c.selector.currentData())

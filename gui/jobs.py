@@ -186,6 +186,21 @@ def maps(engine, methods):
     return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
 
 
+def pathway_maps(engine, params: Params, names):
+    """pathway-<method> maps at params, one step each; skipped and failed as maps() has them."""
+    out, skipped, failed = {}, {}, {}
+    for i, name in enumerate(names):
+        yield Progress(i / len(names), name)
+        try:
+            out[name] = ruled(engine, params).pathway(params.sparsity, params.mode, params.selector,
+                                                      name.removeprefix("pathway-"))
+        except UnsupportedMethod as why:
+            skipped[name] = str(why)
+        except Exception as error:
+            failed[name] = reason(error)
+    return engine, params, out, skipped, failed
+
+
 def coarse_map(engine, method: str):
     """Integrated gradients on COARSE_IG_NODES nodes, as maps() returns it."""
     yield Progress(0.0, f"{method} (coarse)")

@@ -93,6 +93,28 @@ def test_opening_a_photo_fills_every_view(window):
     assert window.strip.count() >= 1
 
 
+def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
+    tab, slider = window.explain, window.explain.controls.sparsity
+    via = tab.controls.pathway_boxes["grad-cam"]
+    engine = window.context.current_engine()
+    via.setChecked(True)
+    try:
+        for value in (70.0, 40.0):
+            slider.setValue(value)
+            # the row follows once the slider settles
+            wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete()
+                       and f"{value:.1f} % pruned" in tab.heatmaps.panel("pathway-grad-cam").note)
+            shown = tab.heatmaps.shown_maps()["pathway-grad-cam"]
+            expected = as_on_worker(lambda: engine.pathway(value, method="grad-cam").map)
+            np.testing.assert_allclose(shown, expected, rtol=1e-4, atol=1e-6)
+        assert "pathway-grad-cam" not in tab.curves.curves()  # rows through the pathway: maps only
+    finally:
+        via.setChecked(False)
+        slider.setValue(70.0)
+        wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete())
+    assert "pathway-grad-cam" not in tab.heatmaps.shown_maps()
+
+
 def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp):
     tab, slider = window.explain, window.explain.controls.sparsity
     shown = []
