@@ -182,9 +182,9 @@ class ControlPanel(QWidget):
             box = QCheckBox(method)
             box.setChecked(method in checked)
             box.toggled.connect(lambda _on: self.methods_changed.emit())
-            row, col = divmod(len(self.method_boxes), 2)
+            row = len(self.method_boxes)  # one per row: the ↝ boxes make two columns too wide
             self.method_boxes[method] = box
-            self._methods_layout.addWidget(box, row, 2 * col)
+            self._methods_layout.addWidget(box, row, 0)
             if PATHWAY + method in PATHWAY_METHODS:
                 via = QCheckBox("↝")
                 via.setToolTip(f"also {PATHWAY}{method}: {method} through the network pruned for this "
@@ -192,7 +192,7 @@ class ControlPanel(QWidget):
                 via.setChecked(PATHWAY + method in through)
                 via.toggled.connect(lambda _on: self.methods_changed.emit())
                 self.pathway_boxes[method] = via
-                self._methods_layout.addWidget(via, row, 2 * col + 1)
+                self._methods_layout.addWidget(via, row, 1)
 
     def chosen_methods(self) -> list[str]:
         return [m for m, box in self.method_boxes.items() if box.isChecked()]
