@@ -75,3 +75,20 @@ def test_leaderboard_ranks_by_the_mean_of_per_metric_ranks(tmp_path):
     assert header.split(",")[0] == "method" and header.endswith("mean_rank,rank")
     lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert 1.0 <= lo < 2.5 < hi <= 4.0 and bootstrap_ci([]) is None
+
+
+def test_road_equals_pytorch_grad_cam_at_each_percentile():
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from core.device import seeded
+    from core.evaluation import faithfulness
+
+    model, x = Linear(), torch.randn(1, 3, 16, 16)
+    values = np.random.default_rng(1).random((16, 16))
+    cams, targets = faithfulness.unit(values)[None], [ClassifierOutputSoftmaxTarget(2)]
+    with seeded(0):  # the same noise draws, in the same order, as road() makes them
+        morf = [ROADMostRelevantFirst(p)(x, cams, targets, model)[0] for p in faithfulness.ROAD_PERCENTILES]
+        lerf = [ROADLeastRelevantFirst(p)(x, cams, targets, model)[0] for p in faithfulness.ROAD_PERCENTILES]
+    ours = road(model, x, values, 2)
+    np.testing.assert_allclose(ours, (np.mean(morf), np.mean(lerf)), rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from core.cli import EXIT_BAD_INPUT, fail, say
 from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synthetic_options,
                               curve_steps, method_list, out_path, positive_int, sparsity_percent,
                               synthetic_model)
+from core.evaluation import EXTRA_METRICS
 from core.methods import DEFAULTS
 
 SYNTHETIC = "synthetic"
@@ -27,6 +28,17 @@ def percent_list(text: str) -> list[float]:
     if not values or any(not 0 < v < 100 for v in values):
         raise argparse.ArgumentTypeError(f"fractions must be percentages in (0, 100): {text}")
     return [v / 100 for v in values]
+
+
+def metric_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if names == ["none"]:
+        return []
+    bad = [m for m in names if m not in EXTRA_METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(bad) or text!r}: choose from "
+                                         f"{', '.join(EXTRA_METRICS)} or none")
+    return names
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,6 +84,11 @@ def register(subparsers) -> None:
                    help=f"deletion/insertion steps, 1-{MAX_STEPS} (default 20)")
     p.add_argument("--baseline", choices=("mean", "blur", "black"), default="mean",
                    help="what deleted pixels become (default: the dataset mean)")
+    p.add_argument("--metrics", type=metric_list, default=list(EXTRA_METRICS),
+                   help="besides deletion/insertion and the ground-truth metrics, comma-separated: "
+                        "road (ROAD MoRF and LeRF, the slowest), confidence (Average Drop, Increase "
+                        "in Confidence), faithfulness (faithfulness correlation), complexity "
+                        "(sparseness, complexity), or none (default: all)")
     p.set_defaults(run=run_evaluate)
 
     r = subparsers.add_parser(
@@ -174,7 +191,7 @@ def run_evaluate(args) -> int:
             methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
             steps=args.steps, baseline=args.baseline, sparsity=args.sparsity,
             target=args.target or ("label" if args.dataset == SYNTHETIC else "predicted"),
-            seed=args.seed)
+            seed=args.seed, metrics=tuple(args.metrics))
         result = run(iter_benchmark(model, source, settings, ctx), bar)
     finally:
         bar.close()

@@ -5,6 +5,7 @@ import numpy as np
 
 from core.distributed import SINGLE, Context, gather_indexed, shard
 from core.errors import UnsupportedMethod, reason
+from core.evaluation import EXTRA_METRICS
 from core.evaluation.faithfulness import complexity, confidence, faithfulness_correlation, road, sparseness
 from core.evaluation.leaderboard import bootstrap_ci
 from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map,
@@ -30,6 +31,7 @@ class BenchmarkSettings:
     sparsity: float = 70.0
     target: str = "label"  # or "predicted"
     seed: int = 0
+    metrics: tuple = EXTRA_METRICS
 
 
 def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, index: int,
@@ -59,10 +61,14 @@ def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, index
             scores["pointing_game"] = float(pointing_game(values, mask))
             scores["relevance_mass"] = relevance_mass(values, mask)
         seed = item_seed(settings.seed, "metrics", index, method)
-        scores["road_morf"], scores["road_lerf"] = road(model.module, x, values, target, seed)
-        scores["average_drop"], scores["increase_in_confidence"] = confidence(model.module, x, values, target)
-        scores["faithfulness_correlation"] = faithfulness_correlation(model.module, x, values, target, seed)
-        scores["sparseness"], scores["complexity"] = sparseness(attr), complexity(attr)
+        if "road" in settings.metrics:
+            scores["road_morf"], scores["road_lerf"] = road(model.module, x, values, target, seed)
+        if "confidence" in settings.metrics:
+            scores["average_drop"], scores["increase_in_confidence"] = confidence(model.module, x, values, target)
+        if "faithfulness" in settings.metrics:
+            scores["faithfulness_correlation"] = faithfulness_correlation(model.module, x, values, target, seed)
+        if "complexity" in settings.metrics:
+            scores["sparseness"], scores["complexity"] = sparseness(attr), complexity(attr)
         record["methods"][method] = scores
         if keep_maps:
             record["maps"][method] = np.asarray(attr, np.float32)
