@@ -266,8 +266,6 @@ def sweep(result) -> dict:
     """headline, cost, drift, pathway: what pruning did along the sparsity axis, a line per
     criterion. result: core.model_pruning.sweep.SweepResult. Laid out (tight_layout) at 100 dpi:
     the app's Model pruning tab shows them at 90, save_sweep writes them at 110."""
-    from core.model_pruning.sweep import mean_spearman
-
     colours = {c: f"C{i}" for i, c in enumerate(result.criteria)}
     figures = {}
     quality = result.quality
@@ -282,7 +280,7 @@ def sweep(result) -> dict:
             if recovered:
                 _, raw = result.series(c, f"{quality}_before_recovery")
                 ax.plot(xs, raw, ":x", color=colours[c], alpha=0.8, label=f"{c}: {quality}, no recovery")
-            _, sim = result.series(c, mean_spearman)
+            _, sim = result.series(c, "mean_spearman")
             ax.plot(xs, sim, "--", color=colours[c], alpha=0.8, label=f"{c}: map similarity")
     ax.set(xlabel="sparsity (%)", ylabel="fraction / Spearman", ylim=(-0.05, 1.05),
            title=f"{result.model}: {quality} on {len(result.held_out)} held-out images (solid; dotted: "

@@ -273,7 +273,7 @@ def _torchvision(arch: str, input_size: int | None = None) -> Built:
     builder = tvm.get_model_builder(arch)
     weights = tvm.get_model_weights(arch).DEFAULT
     t = weights.transforms()
-    from core.models import hub_file  # torch hub's cache and the download live there
+    from core.remote import hub_file  # torch hub's cache and the download live there
 
     # A ViT's position embeddings fix its image size, and a builder given no weights builds for
     # 224: ViT-H/14's published weights (518 px) would not fit, nor would any other size asked.
@@ -321,7 +321,7 @@ def _timm(name: str) -> Built:
         defaults.update(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
     def pretrained():
-        from core.models import network_reachable
+        from core.remote import network_reachable
 
         if not network_reachable("huggingface.co"):
             raise ModelError(f"timm:{name}: no pretrained weights offline; pass --weights FILE "
@@ -398,7 +398,7 @@ def _python_module(where: str):
 
 
 def _program(path: str) -> Built:
-    from core.models import exported_module
+    from core.exported import exported_module
 
     return Built(exported_module(Path(path)), Path(path).name, weights_allowed=False)
 

@@ -7,11 +7,8 @@ the user names. Weight files are only ever read with weights_only=True (core.wei
 PruneScope never falls back to random weights for a model that has published ones.
 """
 import json
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -19,12 +16,13 @@ from torch import nn
 
 from core.device import resolve_device
 from core.errors import ModelError
+from core.exported import ExportedModule
 from core.model_sources import (BUILTIN_DESCRIPTIONS, CARD_KEYS, IMAGENET_MEAN, IMAGENET_STD,
                                 ModelCard, build, resolve_card)
+from core.remote import hub_weights_path
 from core.weights import PRUNED_KEY, classes_in, fit_state_dict, read_weights_file, state_dict_of
 
 MODEL_NAMES = tuple(BUILTIN_DESCRIPTIONS)
-REACH_TIMEOUT_S = 3.0
 DEFAULT_INPUT_SIZE = 224
 PROBE_MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens before a ViT's patch grid
 
@@ -284,90 +282,6 @@ def _modern_densenet_keys(state: dict) -> dict:
                 break
         renamed[".".join(parts)] = value
     return renamed
-
-
-# --- torchvision's weights in torch hub's cache ----------------------------------------------------
-
-def hub_weights_path(url: str) -> Path:
-    """Where torch hub keeps (and looks for) the file downloaded from `url`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def hub_file(name: str, url: str) -> Path:
-    """The weights at `url` in torch hub's cache, downloaded there first if missing.
-    Never waits on a dead network and never falls back to random weights."""
-    path = hub_weights_path(url)
-    if path.is_file():
-        return path
-    host = urlparse(url).hostname
-    if not network_reachable(host):
-        raise ModelError(f"{name}: no ImageNet weights offline; download {url} into "
-                         f"{path.parent} or pass --weights FILE")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hash_prefix = path.stem.rsplit("-", 1)[-1]  # torchvision names files <arch>-<sha256 prefix>.pth
-    try:
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix, progress=False)
-    except (OSError, RuntimeError) as err:
-        raise ModelError(f"{name}: could not download {url} ({err}); put the file into "
-                         f"{path.parent} or pass --weights FILE") from None
-    return path
-
-
-def network_reachable(host: str, port: int = 443, timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout` seconds. Name lookup ignores
-    socket timeouts, so the whole attempt runs in a thread we stop waiting for."""
-    result = []
-
-    def attempt():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-# --- torch.export programs -----------------------------------------------------------------------
-
-class ExportedModule(nn.Module):
-    """An ExportedProgram's module as the engine needs it: eval()/train() are no-ops (the
-    program was exported in the mode it runs in) and a program traced for batch 1 still takes
-    batches, one sample at a time."""
-
-    def __init__(self, graph: nn.Module, batch: int | None):
-        super().__init__()
-        self.graph = graph
-        self.batch = batch  # the traced batch size when it is fixed, else None
-
-    def train(self, mode: bool = True):
-        self.training = mode  # the program's own modules refuse train()/eval()
-        return self
-
-    def forward(self, x):
-        if self.batch is None or x.shape[0] == self.batch:
-            return self.graph(x)
-        return torch.cat([self.graph(x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)])
-
-
-def exported_module(path: Path) -> ExportedModule:
-    if not path.is_file():
-        raise ModelError(f"{path}: no such torch.export program")
-    try:
-        program = torch.export.load(str(path))
-    except Exception as err:  # bad archives fail in the zip reader, the JSON schema or torch
-        raise ModelError(f"{path}: not a torch.export program ({type(err).__name__})") from None
-    shapes = [spec for spec in program.graph_signature.input_specs
-              if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-    if len(shapes) != 1:
-        raise ModelError(f"{path}: the program takes {len(shapes)} inputs; a classifier takes one image batch")
-    value = next(n for n in program.graph.nodes if n.op == "placeholder"
-                 and n.name == shapes[0].arg.name).meta.get("val")
-    batch = value.shape[0] if value is not None and isinstance(value.shape[0], int) else None
-    return ExportedModule(program.module(), batch)
 
 
 # --- input, classes, Grad-CAM ----------------------------------------------------------------------

@@ -106,3 +106,14 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
         "failed": analysis.failed,
     }
 
+
+def save_sweep(result, folder) -> list[Path]:
+    """A prune-sweep's headline.png, cost.png, drift.png, pathway.png (core.figures), then
+    sweep.json: written last, each file whole, it marks a complete sweep.
+    result: core.model_pruning.sweep.SweepResult."""
+    from core.output import write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = figures.save(figures.sweep(result), folder, dpi=110, bbox_inches="tight")
+    return [*plots, write_text(folder / "sweep.json", json.dumps(result.to_json(), indent=1))]

@@ -496,7 +496,7 @@ class PruningTab(JobFeedback, QWidget):
         result = self.sweep_result
 
         def job():
-            from core.model_pruning.sweep import save_sweep
+            from core.report import save_sweep
 
             yield Progress(0.0, f"writing to {folder}")
             return save_sweep(result, folder)

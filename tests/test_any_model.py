@@ -307,12 +307,12 @@ def test_image_folder_classes_are_the_models_by_name(tmp_path):
 
 
 def test_published_googlenet_weights_get_its_input_transform(tmp_path, monkeypatch):
-    import core.models
+    import core.remote
 
     torch.manual_seed(0)
     torch.save(torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict(),
                tmp_path / "googlenet.pth")
-    monkeypatch.setattr(core.models, "hub_file", lambda name, url: tmp_path / "googlenet.pth")
+    monkeypatch.setattr(core.remote, "hub_file", lambda name, url: tmp_path / "googlenet.pth")
     assert load_model("torchvision:googlenet", device="cpu", **SMALL).module.transform_input
     own = load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth", device="cpu", **SMALL)
     assert not own.module.transform_input  # a user's weights: as torchvision builds without weights

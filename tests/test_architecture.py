@@ -59,3 +59,67 @@ def test_figures_are_drawn_only_in_core_figures():
     offenders = [str(p.relative_to(ROOT)) for p in app_modules()
                  if "matplotlib.figure" in imported(p) and p != CORE / "figures.py"]
     assert offenders == []
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each app module's imports of other app modules, those inside functions included (a lazy
+    import is still a dependency): `from core import figures` counts as core.figures."""
+    modules = {module_name(p): p for p in app_modules()}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for imported_name in imported(path):
+            while imported_name and imported_name not in modules:
+                imported_name = imported_name.rpartition(".")[0]
+            if imported_name and imported_name != name:
+                found.add(imported_name)
+        graph[name] = found - {n for n in found if name.startswith(n + ".")}  # a package's own __init__
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, each once, as the modules along it (depth-first search)."""
+    found, state, stack = [], {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_core_layers_never_import_upwards():
+    """Figures are drawn from results and never the other way round; where a model comes from
+    does not depend on how it is loaded; the method registry does not depend on what runs it."""
+    graph = import_graph()
+    forbidden = {
+        "core.model_pruning.sweep": {"core.figures", "core.report"},
+        "core.model_sources": {"core.models"},
+        "core.attribution": {"core.methods", "core.engine"},
+        "core.methods.base": {"core.engine", "core.api"},
+    }
+    assert {m: sorted(graph[m] & up) for m, up in forbidden.items() if graph[m] & up} == {}
+    assert not {m for m in graph if m.startswith("core.") and "core.api" in graph[m]}

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-import core.models as models
+import core.remote as remote
 from core.efficientnet_lite import EfficientNetLite0, SameConv2d, weights_path
 from core.errors import ModelError
 from core.images import load_image
 from core.model_sources import BUILTIN_GRADCAM
-from core.models import MODEL_NAMES, list_models, load_model
+from core.models import MODEL_NAMES, _modern_densenet_keys, list_models, load_model
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -174,7 +174,7 @@ def test_pruned_file_for_another_arch(tmp_path):
 
 def test_offline_without_weights_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(models, "network_reachable", lambda host: False)
+    monkeypatch.setattr(remote, "network_reachable", lambda host: False)
     with pytest.raises(ModelError) as err:
         load_model("resnet18")
     message = str(err.value)
@@ -186,7 +186,7 @@ def test_offline_without_weights_fails_clearly(tmp_path, monkeypatch):
 def test_hub_cache_file_is_used_offline(resnet18_file, tmp_path, monkeypatch):
     net, path = resnet18_file
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(models, "network_reachable", lambda host: pytest.fail("network asked"))
+    monkeypatch.setattr(remote, "network_reachable", lambda host: pytest.fail("network asked"))
     offline = {info.name: info.offline for info in list_models()}
     assert offline["efficientnet_lite0"] and not offline["resnet18"]
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
@@ -198,14 +198,14 @@ def test_hub_cache_file_is_used_offline(resnet18_file, tmp_path, monkeypatch):
 
 
 def test_unreachable_host_is_reported_not_waited_on():
-    assert models.network_reachable("prunescope.invalid", timeout=1.0) is False
+    assert remote.network_reachable("prunescope.invalid", timeout=1.0) is False
 
 
 def test_densenet_legacy_keys_are_renamed():
     legacy = {"features.denseblock1.denselayer1.norm.1.weight": 1,
               "features.denseblock4.denselayer16.conv.2.weight": 2,
               "features.norm5.weight": 3, "classifier.weight": 4}
-    assert list(models._modern_densenet_keys(legacy)) == [
+    assert list(_modern_densenet_keys(legacy)) == [
         "features.denseblock1.denselayer1.norm1.weight",
         "features.denseblock4.denselayer16.conv2.weight",
         "features.norm5.weight", "classifier.weight"]

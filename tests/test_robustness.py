@@ -435,7 +435,8 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     from core import figures
     from core.engine import Engine
     from core.model_pruning.pipeline import Calibration, predict
-    from core.model_pruning.sweep import save_sweep, sweep
+    from core.model_pruning.sweep import sweep
+    from core.report import save_sweep
     from core.progress import run
     from core.report import Look
 

@@ -180,7 +180,8 @@ def _nan_free(value):
 def run_sweep(args) -> int:
     from core.cli import fail
     from core.model_pruning import calibrate
-    from core.model_pruning.sweep import mean_spearman, save_sweep, sweep
+    from core.model_pruning.sweep import sweep
+    from core.report import save_sweep
     from core.output import locked, output_folder
     from core.progress import StderrBar, run
 
@@ -211,7 +212,7 @@ def run_sweep(args) -> int:
         print(f"{p.criterion:<10} {p.sparsity:>7g}% {p.nonzero / result.baseline['nonzero']:>7.1%} "
               f"{p.macs / result.baseline['macs']:>7.1%} {latency} "
               f"{getattr(p, quality + '_before_recovery'):>9.1%} {getattr(p, quality):>9.1%} "
-              f"{mean_spearman(p):>8.3f} {p.pathway_iou:>5.2f}")
+              f"{p.mean_spearman:>8.3f} {p.pathway_iou:>5.2f}")
     for criterion, h in data["headline"].items():
         print(f"{criterion}: {quality} below {data['drop_level']:.0%} from "
               f"{_pct(h[f'{quality}_drops_at'])}, map similarity below it from {_pct(h['explanations_drift_at'])}")

@@ -47,6 +47,12 @@ class SweepPoint:
     accuracy_before_recovery: float | None = None
     recovery_s: float = 0.0
 
+    @property
+    def mean_spearman(self) -> float:
+        """The maps' Spearman similarity to the unpruned model's, averaged over the methods."""
+        values = [d["spearman"] for d in self.drift.values()]
+        return float(np.mean(values)) if values else float("nan")
+
 
 @dataclass
 class SweepResult:
@@ -81,7 +87,7 @@ class SweepResult:
         out = {}
         for c in self.criteria:
             xs, quality = self.series(c, self.quality)
-            _, sim = self.series(c, mean_spearman)
+            _, sim = self.series(c, "mean_spearman")
             out[c] = {f"{self.quality}_drops_at": _first_below(xs, quality),
                       "explanations_drift_at": _first_below(xs, sim)}
         return out
@@ -91,11 +97,6 @@ class SweepResult:
         data["headline"] = self.headline()
         data["drop_level"] = DROP_LEVEL
         return _finite(data)
-
-
-def mean_spearman(point: SweepPoint) -> float:
-    values = [d["spearman"] for d in point.drift.values()]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def _first_below(xs, ys):
@@ -249,19 +250,3 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
 def _mean_similarity(before: list, after: list) -> dict:
     sims = [map_similarity(a, b) for a, b in zip(before, after)]
     return {k: float(np.mean([s[k] for s in sims])) for k in ("spearman", "ssim")}
-
-
-# --- files ---------------------------------------------------------------------------------------
-
-def save_sweep(result: SweepResult, folder) -> list[Path]:
-    """headline.png, cost.png, drift.png, pathway.png (core.figures), then sweep.json: written
-    last, each file whole, it marks a complete sweep."""
-    import json
-
-    from core import figures
-    from core.output import write_text
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    plots = figures.save(figures.sweep(result), folder, dpi=110, bbox_inches="tight")
-    return [*plots, write_text(folder / "sweep.json", json.dumps(result.to_json(), indent=1))]
