@@ -91,7 +91,9 @@ def startup():
 
     torch.set_num_threads(worker_threads())
     import core.engine  # noqa: F401  (Captum, zennit, torchvision)
-    import pytorch_grad_cam  # noqa: F401  (the CAMs; about a second, with scikit-learn)
+
+    yield Progress(0.6, "loading the CAM methods")  # a closing window may stop the job here
+    import pytorch_grad_cam  # noqa: F401  (about a second, with scikit-learn)
     from core import display
     from core.methods import INTERACTIVE
     from core.device import available_devices

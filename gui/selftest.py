@@ -33,7 +33,8 @@ def _check_engine() -> None:
     if name != EXPECTED[path.name]:
         raise AssertionError(f"{path.name} predicted as '{name}', expected '{EXPECTED[path.name]}'")
     for label, attr in (("pathway-gradient", engine.pathway(70.0).map),
-                        ("gradient", engine.attribution("gradient"))):
+                        ("gradient", engine.attribution("gradient")),
+                        ("grad-cam++", engine.attribution("grad-cam++"))):  # pytorch-grad-cam is there
         if not np.all(np.isfinite(attr)):
             raise AssertionError(f"the {label} map has non-finite values")
         if not np.any(attr):

@@ -166,6 +166,16 @@ def test_new_methods_on_the_embedded_model_and_a_photo(lite0):
         assert np.abs(attr[56:168, 56:168]).mean() > np.abs(attr[:24]).mean(), method
     pathway = engine.pathway(70.0, method="layer-cam")
     assert not np.array_equal(pathway.map, engine.attribution("layer-cam"))
+    # the same as pytorch-grad-cam on the model as loaded (the CAMs do not run on the folded copy)
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    for method in ("grad-cam++", "layer-cam"):
+        cls = getattr(pytorch_grad_cam, CAMS[method])
+        with cls(lite0.module, [lite0.module.get_submodule(lite0.gradcam_layer)]) as cam:
+            cam.compute_input_gradient = True
+            theirs = cam(engine.x.clone(), targets=[ClassifierOutputTarget(engine.target)])[0]
+        np.testing.assert_allclose(engine.attribution(method), theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_api_classes_are_batched_and_take_any_module(resnet, photo_x):
