@@ -91,9 +91,8 @@ def startup():
 
     torch.set_num_threads(worker_threads())
     import core.engine  # noqa: F401  (Captum, zennit, torchvision)
-
-    yield Progress(0.6, "loading the CAM methods")  # a closing window may stop the job here
-    import pytorch_grad_cam  # noqa: F401  (about a second, with scikit-learn)
+    # pytorch-grad-cam is left to the first CAM of its asked for: with scikit-learn it takes a
+    # second, which would delay every start-up (measured: the first image 1.6 s later)
     from core import display
     from core.methods import INTERACTIVE
     from core.device import available_devices
