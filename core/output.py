@@ -87,15 +87,22 @@ def staged_folder(final, overwrite: bool = False):
     final = Path(final)
     if final.exists() and not overwrite:
         raise OutputError(f"{final}: already exists (--overwrite replaces it)")
-    try:
-        staging = _new_folder(final.parent, final.name)
-    except OSError as err:
-        raise OutputError(f"{final.parent}: cannot write here ({err.strerror or err})") from None
-    try:
+    staging = None
+    try:  # from the folder's making on: an interrupt right after it must not leave it behind
+        while staging is None:
+            staging = final.parent / f"{PARTIAL_PREFIX}{final.name}-{secrets.token_hex(4)}"
+            try:
+                staging.mkdir()
+            except FileExistsError:  # another's: not ours to remove
+                staging = None
+            except OSError as err:
+                staging = None
+                raise OutputError(f"{final.parent}: cannot write here ({err.strerror or err})") from None
         yield staging
         _publish(staging, final, overwrite)
     except BaseException:  # failures and interrupts alike: nothing half-written stays behind
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -205,7 +205,8 @@ def test_a_signal_stops_explain_with_a_message_and_no_partial_folder(tmp_path, s
     assert proc.returncode == code and word in err and "Traceback" not in err
     folders = list(out.iterdir())
     assert 1 <= sum(p.is_dir() for p in folders) < len(images)
-    assert all(complete(p) for p in folders if p.is_dir()) and not leftovers(out)
+    contents = {p.name: sorted(f.name for f in p.iterdir()) if p.is_dir() else "file" for p in folders}
+    assert all(complete(p) for p in folders if p.is_dir()) and not leftovers(out), contents
 
 
 # --- 4. images whose resize would take gigabytes ---------------------------------------------------
