@@ -17,6 +17,7 @@ from core.errors import UnsupportedMethod
 from core.images import load_image
 from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, supports
 from core.models import from_module
+from core.progress import run
 
 SIZE = 64
 CAMS = {"grad-cam++": "GradCAMPlusPlus", "xgrad-cam": "XGradCAM", "hires-cam": "HiResCAM",
@@ -131,8 +132,7 @@ def test_deeplift_is_refused_where_captum_cannot_run_it(lite0, resnet, photo_x):
     engine = Engine.from_tensor(resnet, photo_x)  # one ReLU module called twice per block
     with pytest.raises(UnsupportedMethod, match="more than once"):
         engine.attribution("deeplift")
-    analysis = __import__("core.progress", fromlist=["run"]).run(
-        engine.iter_analysis(["deeplift", "gradient"], with_curves=False))
+    analysis = run(engine.iter_analysis(["deeplift", "gradient"], with_curves=False))
     assert "deeplift" in analysis.skipped and "gradient" in analysis.results
 
 

@@ -55,8 +55,10 @@ def confidence(module, x: torch.Tensor, values: np.ndarray, target: int) -> tupl
     targets = [ClassifierOutputSoftmaxTarget(target)]
     with torch.no_grad():
         y = float(torch.softmax(module(x).float(), dim=1)[0, target])
-    change = float(CamMultImageConfidenceChange()(x.detach(), unit(values)[None], targets, module)[0])
-    return 100.0 * max(0.0, -change) / max(y, 1e-12), float(change > 0)
+    # return_diff=False: O alone, so that the input's own forward (for Y) runs once, not twice
+    o = float(CamMultImageConfidenceChange()(x.detach(), unit(values)[None], targets, module,
+                                             return_diff=False)[0])
+    return 100.0 * max(0.0, y - o) / max(y, 1e-12), float(o > y)
 
 
 def faithfulness_correlation(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0,
