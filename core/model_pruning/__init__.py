@@ -13,11 +13,9 @@ import importlib
 
 _EXPORTS = {
     "channel_scores": "criteria",
-    "Calibration": "pipeline", "ModelStats": "pipeline", "PruneReport": "pipeline", "Recovery": "pipeline",
-    "calibrate": "pipeline", "finetune": "pipeline", "measure": "pipeline",
-    "prune_copy": "pipeline", "prune_model": "pipeline", "save_pruned": "pipeline",
-    "PRUNED_KEY": "surgery", "Surgery": "surgery", "checkpoint": "surgery", "load_pruned": "surgery",
-    "SweepResult": "sweep",
+    "Recovery": "pipeline", "calibrate": "pipeline", "prune_copy": "pipeline", "prune_model": "pipeline",
+    "save_pruned": "pipeline",
+    "checkpoint": "surgery", "load_pruned": "surgery",
 }
 __all__ = sorted(_EXPORTS)
 
