@@ -79,12 +79,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, rows) -> "Dataset":
-        rows = np.asarray(rows, dtype=np.int64)
-        masks = None if self.masks is None else self.masks[rows]
-        return Dataset(self.images[rows], self.labels[rows], masks, self.class_names,
-                       self.index[rows])
-
 
 # ---- generation ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Tabs and views get the context and
 
 - listen to `image_changed`, `model_changed`, `target_changed`, `engine_changed`;
-- call `current_model()`, `current_engine()`, `current_image_path()`, `current_target()`;
+- call `current_model()`, `current_engine()`, `current_image_path()`;
 - run every computation with `run_job(job_factory, on_result, ...)`.
 
 The state is one immutable Snapshot (model, engine, prediction, image, target). A job that changes
@@ -124,10 +124,6 @@ class AppContext(QObject):
     def current_image_path(self) -> Path | None:
         """The image file the current engine was built from."""
         return self._shown.image_path
-
-    def current_target(self) -> int | None:
-        """The class explained: None means the model's top prediction."""
-        return self._shown.target
 
     def is_idle(self) -> bool:
         return self._runner.is_idle()
