@@ -158,9 +158,17 @@ def test_top_pixels_never_takes_pixels_without_evidence():
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("sign", SIGNS)
-def test_every_mode_of_an_all_zero_map_is_finite_uint8(mode, sign):
-    shown = render(photo_like(), np.zeros((10, 10), np.float32), mode, sign=sign)
+def test_every_mode_of_an_all_zero_map_shows_no_evidence(mode, sign):
+    image = photo_like()
+    shown = render(image, np.zeros((10, 10), np.float32), mode, sign=sign)
     assert shown.dtype == np.uint8 and shown.shape == (10, 10, 3)
+    # "no evidence" is the colormap's low end, or a signed map's centre (white-ish for RdBu_r)
+    name, at = ("RdBu_r", 128) if sign == "signed" else ("inferno", 0)
+    none = np.rint(matplotlib.colormaps[name](np.linspace(0, 1, 256))[at, :3] * 255)
+    expected = {"map": np.broadcast_to(none if sign == "signed" else 0, image.shape),
+                "blend": np.rint(image * 0.5 + none * 0.5),  # the default opacity
+                "masked": np.zeros(image.shape), "alpha": np.zeros(image.shape)}[mode]
+    np.testing.assert_array_equal(shown, expected)
 
 
 @pytest.mark.parametrize("cmap", ["inferno", "gray", "viridis"])

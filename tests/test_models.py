@@ -119,7 +119,8 @@ def test_torchvision_from_local_file(resnet18_file, tmp_path):
         wrapped = load_model("resnet18", weights=tmp_path / f"{key}.pt", device="cpu")
         torch.testing.assert_close(wrapped.module.fc.weight, net.fc.weight)
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
-    load_model("resnet18", weights=tmp_path / "dp.pt", device="cpu")
+    parallel = load_model("resnet18", weights=tmp_path / "dp.pt", device="cpu")
+    torch.testing.assert_close(parallel.module.state_dict(), net.state_dict(), rtol=0, atol=0)
 
 
 def test_pickled_object_is_refused(tmp_path):
