@@ -1,37 +1,32 @@
 """The Explain tab: controls on the left; heatmaps and curves above, neuron masks below.
 
-It turns user actions into jobs (gui.jobs) on the context's worker and draws their results:
-the slider's live preview runs as fast as it can, the pathway curves wait until the slider settles
-(debounced), and every result that no longer matches the engine on screen is dropped. Integrated
-gradients, the curves and the sweep come coarse first, so that everything is on screen sooner,
-and are refined once all of it is (the coarse ones are labelled so; the export keeps full
-resolution).
+This module builds the tab's widgets, holds what it shows (the engine, its maps and curves) and
+turns the user's actions into requests. What it asks the worker for, and when, is in
+gui.explain_requests (the jobs themselves, which run on the worker, in gui.explain_jobs); how each
+result is drawn, in gui.explain_drawing.
 """
-from pathlib import Path
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
 from superqt.utils import qdebounced
 
 from core import display
-from gui import jobs
-from gui.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_VIEW
+from gui import explain_jobs
 from gui.controls import DEFAULT_METHODS, ControlPanel, select_data
 from gui.curves import CurvesView
+from gui.explain_drawing import ExplainDrawing
+from gui.explain_requests import ExplainRequests
 from gui.heatmaps import HeatmapGrid
-from gui.masks import MaskView, default_layer
+from gui.masks import MaskView
+from gui.window_jobs import StartupInfo
 
 CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
-COARSE_CURVE_STEPS = 10  # the first curves of an image (labelled coarse); 20 follow once all is shown
 SWEEP_SPARSITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
-COARSE_EVERY = 3  # the first sweep takes every third point and the last (labelled coarse)
-COARSE_SWEEP_STEPS = 5  # curve steps per point of the coarse sweep (jobs.SWEEP_STEPS when refined)
 SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
 
-class ExplainTab(QWidget):
+class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     analysis_shown = Signal()  # heatmaps, masks, curves and sweep of the current engine are all drawn
-    live_shown = Signal(object)  # the jobs.LiveResult just drawn
+    live_shown = Signal(object)  # the explain_jobs.LiveResult just drawn
     status = Signal(str)  # a line for the status bar
 
     def __init__(self, context, parent=None):
@@ -45,8 +40,8 @@ class ExplainTab(QWidget):
         self._luts: dict = {}
         self._maps: dict = {}
         self._unavailable: dict = {}  # method -> the note its panel shows instead of a map
-        self._live = None  # the latest jobs.LiveResult drawn
-        self._memo = jobs.LiveMemo()  # used on the worker only
+        self._live = None  # the latest explain_jobs.LiveResult drawn
+        self._memo = explain_jobs.LiveMemo()  # used on the worker only
         self._curves: dict = {}  # method -> Curves drawn: classic and pathway come from two jobs
         self._coarse_maps: dict = {}  # method -> a map shown for now, coarser than its own
         self._coarse_curves: set = set()  # methods whose curves shown are of a coarse map
@@ -95,10 +90,11 @@ class ExplainTab(QWidget):
         context.engine_changed.connect(self._on_engine)
 
     # -- state ---------------------------------------------------------------------------------
-    def params(self) -> jobs.Params:
+    def params(self) -> explain_jobs.Params:
         c = self.controls
-        return jobs.Params(round(c.sparsity.value(), 2), c.mode.currentData(),
-                           c.selector.currentData(), c.variant.currentData(), c.ties.currentData())
+        return explain_jobs.Params(round(c.sparsity.value(), 2), c.mode.currentData(),
+                                   c.selector.currentData(), c.variant.currentData(),
+                                   c.ties.currentData())
 
     def methods(self) -> list[str]:
         return self.controls.chosen_methods()
@@ -108,7 +104,7 @@ class ExplainTab(QWidget):
         live = self.params().method_name
         return [m for m in self.controls.chosen_pathways() if m != live]
 
-    def apply_startup(self, info: jobs.StartupInfo, checked_methods) -> None:
+    def apply_startup(self, info: StartupInfo, checked_methods) -> None:
         self._luts = info.luts
         wanted = DEFAULT_METHODS if checked_methods is None else checked_methods
         self.controls.set_methods(info.classic_methods, [m for m in wanted if m in info.classic_methods],
@@ -143,25 +139,6 @@ class ExplainTab(QWidget):
                 and not self._coarse_curves & set(self.methods())
                 and all(c.steps == self.curve_steps for c in self.curves.curves().values()))
 
-    def _check_complete(self) -> None:
-        if not self._announced and self.is_complete():
-            self._announced = True
-            self.analysis_shown.emit()
-            self._refine()
-
-    def _refine(self) -> None:
-        """Full-resolution maps, curves and sweep, as the lowest-priority jobs."""
-        self._refining = True
-        if self._coarse_maps:  # the curves follow the maps
-            self._request_maps(list(self._coarse_maps), PRIORITY_BACKGROUND)
-        else:
-            self._request_curves()
-        self._request_pathway_curves(PRIORITY_BACKGROUND)
-        self._request_sweep()
-
-    def _steps(self) -> int:
-        return self.curve_steps if self._refining else min(COARSE_CURVE_STEPS, self.curve_steps)
-
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
@@ -194,7 +171,7 @@ class ExplainTab(QWidget):
             return
         self.context.set_target(None if class_id == prediction.top5[0][0] else class_id)
 
-    # -- requests ------------------------------------------------------------------------------
+    # -- the user's changes --------------------------------------------------------------------
     def _on_sparsity(self, value: float) -> None:
         self.curves.set_marker(value)
         self.context.cancel("pathway-curves")  # of a sparsity being left behind: not wanted
@@ -221,109 +198,12 @@ class ExplainTab(QWidget):
         self._request_maps()  # their curves follow them
         self._request_pathway_maps()
 
-    def _request_live(self) -> None:
-        """A running live job still in its masked forward gives up for this newer request;
-        one in its backward (which cannot be interrupted, and whose map is newer than the one
-        shown) is kept, and this request waits behind it, replacing any request that waited
-        before it, and starts the moment it ends. A job that took the place of one that gave up
-        is always finished. So a drag shows a new map as fast as they can be computed, each for
-        the latest value asked when it started."""
-        engine = self._engine
-        if engine is None:
-            return
-        params, layer, memo = self.params(), self.masks.selected_layer(), self._memo
-        stop = self.context.stop_requested
-        if layer is None or layer >= len(engine.layers):  # none yet, or the last model had more
-            layer = default_layer(len(engine.layers))
-        self.context.run_job(lambda: jobs.live(engine, params, layer, memo, stop), self._show_live,
-                             key="live", priority=PRIORITY_LIVE, keep_running=True)
-
-    def _request_layer(self, index: int) -> None:
-        engine = self._engine
-        if engine is None:
-            return
-        params = self.params()
-        self.context.run_job(lambda: jobs.layer_at(engine, params, index), self._show_layer,
-                             key="layer", priority=PRIORITY_LIVE)
-
-    def _request_maps(self, methods=None, priority: int = PRIORITY_VIEW) -> None:
-        """One job per map, the cheap ones first: each is drawn as soon as it is done. Until
-        everything is on screen, integrated gradients is computed coarse."""
-        engine = self._engine
-        if engine is None:
-            return
-        for method in jobs.cheap_first(self.methods() if methods is None else methods):
-            if method == "integrated-gradients" and not self._refining:
-                job = lambda method=method: jobs.coarse_map(engine, method)  # noqa: E731
-            else:
-                job = lambda method=method: jobs.maps(engine, [method])  # noqa: E731
-            self.context.run_job(job, self._show_maps, key=f"map:{method}", priority=priority,
-                                 preemptible=True)
-
-    def _request_pathway_maps(self) -> None:
-        """The ↝ rows at the current pruning settings, one job for all, after the live map: a
-        newer request (the slider moved on) replaces one still waiting or running."""
-        engine, names = self._engine, self.pathways()
-        if engine is None or not names:
-            return
-        for name in names:
-            if name not in self.heatmaps.shown_maps():
-                self.heatmaps.set_note(name, "computing…")
-        params = self.params()
-        self.context.run_job(lambda: jobs.pathway_maps(engine, params, names), self._show_pathway_maps,
-                             key="pathway-maps", priority=PRIORITY_CURVES, preemptible=True)
-
-    def _request_curves(self) -> None:
-        """The classic maps' curves, of the maps on screen: the slider does not touch them."""
-        engine, methods, steps = self._engine, self.methods(), self._steps()
-        if engine is None or not methods:
-            return
-        coarse, priority = dict(self._coarse_maps), PRIORITY_BACKGROUND if self._refining else PRIORITY_CURVES
-        self.context.run_job(lambda: jobs.classic_curves(engine, methods, steps, coarse), self._show_curves,
-                             key="curves", priority=priority, preemptible=True)
-
-    def _request_pathway_curves(self, priority: int = PRIORITY_CURVES) -> None:
-        engine, params, memo, steps = self._engine, self.params(), self._memo, self._steps()
-        if engine is None:
-            return
-        self.context.run_job(lambda: jobs.pathway_curves(engine, params, memo, steps), self._show_curves,
-                             key="pathway-curves", priority=priority, preemptible=True)
-
-    def _request_sweep(self) -> None:
-        """The sweep: coarse (fewer points, fewer curve steps) until everything is on screen,
-        then at full resolution, as the lowest-priority job."""
-        engine, params, sparsities = self._engine, self.params(), self.sweep_sparsities
-        if engine is None:
-            return
-        steps = jobs.SWEEP_STEPS
-        if not self._refining:
-            coarse = tuple(sparsities[::COARSE_EVERY])
-            sparsities = coarse + tuple(sparsities[-1:]) * (coarse[-1:] != tuple(sparsities[-1:]))
-            steps = min(COARSE_SWEEP_STEPS, steps)
-        self.context.run_job(lambda: jobs.sweep(engine, params, sparsities, steps), self._show_sweep,
-                             key="sweep", priority=PRIORITY_BACKGROUND, preemptible=True)
-
+    # -- concepts ------------------------------------------------------------------------------
     def set_dissection(self, dissection) -> None:
         """Concepts for the channel tiles and the pathway (None: close the dissection)."""
         self.dissection = dissection
         self.masks.set_dissection(dissection)
         self._request_concepts()
-
-    def _request_concepts(self) -> None:
-        """The concepts the current pathway runs through, by the kept neurons' scores."""
-        from core.dissection import pathway_concepts
-        from gui.dissection import concepts_line
-
-        engine, params, dissection = self._engine, self.params(), self.dissection
-        if engine is None or dissection is None:
-            return
-
-        def job():
-            masks = engine.masks(params.sparsity, params.mode, params.selector)
-            return pathway_concepts(dissection, engine.layers, masks, engine.scores(params.selector))
-
-        self.context.run_job(job, lambda ranked: self.masks.set_concepts(concepts_line(ranked)),
-                             key="concepts", priority=PRIORITY_CURVES, preemptible=True)
 
     def _open_channel(self, layer: int, channel: int) -> None:
         from gui.dissection import ChannelDialog
@@ -335,142 +215,6 @@ class ExplainTab(QWidget):
             self._channel_dialog = ChannelDialog(self.context, self)
         self._channel_dialog.show_channel(engine, self.params(), layer, engine.layers[layer].name,
                                           channel, self.dissection)
-
-    def _auto(self, tolerance: float) -> None:
-        engine, params = self._engine, self.params()
-        if engine is None:
-            return
-        self.status.emit(f"searching the largest sparsity within output change {100 * tolerance:.1f} %…")
-        self.context.run_job(lambda: jobs.auto_sparsity(engine, params, tolerance),
-                             self._show_auto, key="auto", priority=PRIORITY_VIEW)
-
-    # -- results -------------------------------------------------------------------------------
-    def _show_live(self, result: jobs.LiveResult) -> None:
-        if result.engine is not self._engine:
-            return
-        self._live = result
-        p = result.params
-        kept = sum(k for _, k, _ in result.kept)
-        total = sum(t for _, _, t in result.kept)
-        self.controls.set_pruned_status(result.output_change, result.prob, kept, total)
-        self.heatmaps.set_map(p.method_name, result.map,
-                              f"{result.sparsity:.1f} % pruned · Δp {100 * result.output_change:.1f} %")
-        self.masks.set_kept(result.kept)
-        if result.layer is not None:
-            self.masks.set_layer(result.layer)
-        self.live_shown.emit(result)
-        self._check_complete()
-
-    def _show_layer(self, result) -> None:
-        engine, _params, layer = result
-        if engine is self._engine:
-            self.masks.set_layer(layer)
-
-    def _show_maps(self, result) -> None:
-        engine, maps, skipped, failed = result
-        if engine is not self._engine:
-            return
-        self._maps.update(maps)
-        for method, attr in maps.items():
-            if self._refining:
-                self._coarse_maps.pop(method, None)
-            elif method == "integrated-gradients":
-                self._coarse_maps[method] = attr
-        for method in maps:  # a retry that worked
-            self._unavailable.pop(method, None)
-        self._unavailable.update({m: "not available for this model" for m in skipped})
-        self._unavailable.update({m: "failed (see the status bar)" for m in failed})
-        self._draw_maps()
-        for method, why in skipped.items():
-            self.status.emit(f"{method} skipped: {why}")
-        for method, why in failed.items():
-            self.status.emit(f"{method} failed: {why}")
-        if all(m in self._maps or m in self._unavailable for m in self.methods()):
-            self._request_curves()
-        self._check_complete()
-
-    def _show_pathway_maps(self, result) -> None:
-        engine, params, maps, skipped, failed = result
-        if engine is not self._engine or params != self.params():
-            return  # the slider moved on: the newer request is on its way
-        for name, path in maps.items():
-            self.heatmaps.set_map(name, path.map,
-                                  f"{path.sparsity:.1f} % pruned · Δp {100 * path.output_change:.1f} %")
-        for name, why in {**skipped, **failed}.items():
-            self._unavailable[name] = "not available for this model" if name in skipped else "failed"
-            self.heatmaps.set_note(name, self._unavailable[name])
-            self.status.emit(f"{name}: {why}")
-        self._check_complete()
-
-    def _draw_maps(self) -> None:
-        coarse = f"coarse ({jobs.COARSE_IG_NODES} nodes), refining…"
-        self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
-                                for m in self.methods() if m in self._maps})
-        for method in self.methods():
-            if method in self._unavailable:
-                self.heatmaps.set_note(method, self._unavailable[method])
-
-    def _show_curves(self, result) -> None:
-        engine, curves, of_coarse_maps = result
-        if engine is not self._engine:
-            return
-        self._coarse_curves = (self._coarse_curves - set(curves)) | of_coarse_maps
-        pathway = self.params().method_name
-        self._curves = {m: c for m, c in self._curves.items() if m in self.methods() or m == pathway}
-        self._curves.update(curves)
-        self.curves.set_curves(self._curves)
-        coarse = sorted({c.steps for c in self._curves.values() if c.steps < self.curve_steps})
-        if coarse:
-            self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…")
-        else:
-            self.curves.set_note("of coarse maps, refining…" if self._coarse_curves else "")
-        self._check_complete()
-
-    def _show_sweep(self, result) -> None:
-        engine, params, sweep = result
-        if engine is not self._engine:
-            return
-        self._sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
-        coarse = "" if self._sweep_fine else f"coarse ({len(sweep.sparsities)} points), refining…"
-        self.curves.set_sweep_title(params.mode, params.selector, coarse)
-        self.curves.set_sweep(sweep)
-        self._check_complete()
-
-    def _show_auto(self, result) -> None:
-        engine, auto = result
-        if engine is self._engine:
-            self.controls.sparsity.setValue(auto.sparsity)
-            self.status.emit(f"auto sparsity: {auto.sparsity:.1f} %, output change "
-                             f"{100 * auto.output_change:.1f} % ({auto.how})")
-
-    # -- display -------------------------------------------------------------------------------
-    def _redraw(self) -> None:
-        """Colour map, opacity, display mode or normalisation changed: redraw, compute nothing."""
-        c = self.controls
-        lut = self._luts.get(c.lut_name())
-        if lut is None:
-            return
-        self.heatmaps.set_display(lut, c.opacity.value(), c.sign.currentText(),
-                                  c.scale.currentData(), c.display_mode.currentData(),
-                                  c.top_percent.value())
-        self.masks.set_colors(lut)
-
-    # -- export --------------------------------------------------------------------------------
-    def export(self, out_dir: Path, on_done, on_error) -> None:
-        engine = self._engine
-        if engine is None:
-            on_error(RuntimeError("nothing to export: open an image first"))
-            return
-        c = self.controls
-        methods, params = self.methods(), self.params()
-        image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
-        extra = {"tolerance_percent": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
-                 "values": c.sign.currentText(), "shared_scale": c.scale.currentData(),
-                 "display": c.display_mode.currentData(), "display_top_percent": c.top_percent.value()}
-        self.context.run_job(
-            lambda: jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path, cmap,
-                                alpha, extra),
-            on_done, on_error=on_error, key="export", priority=PRIORITY_VIEW)
 
     # -- settings ------------------------------------------------------------------------------
     def save_settings(self, settings) -> None:

@@ -9,65 +9,12 @@ from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy,
                                QSplitter, QVBoxLayout, QWidget)
 
+from gui.layer_bars import LayerBars
+
 PAGE_SIZE = 64  # channel tiles per page: an 8 x 8 grid stays readable at ~250 px
 TILE_GAP = 1
 GAP_COLOR = (90, 90, 90)
 MASK_COLORS = np.array([[20, 20, 20], [250, 250, 250]], np.uint8)  # pruned, kept
-BAR_COLOR = "#7aa6d6"
-SELECTED_COLOR = "#d9534f"
-
-
-class LayerBars(pg.PlotWidget):
-    """Percent of neurons kept in each activation layer, input on the left."""
-
-    layer_clicked = Signal(int)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setMenuEnabled(False)
-        self.setMouseEnabled(x=False, y=False)
-        self.hideButtons()
-        self.setTitle("Neurons kept per layer (click a bar, or ← →)", size="9pt")
-        self.setLabel("left", "kept (%)")
-        self.setLabel("bottom", "layer, input → output")
-        self.setYRange(0, 100, padding=0.02)
-        self.bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=BAR_COLOR)
-        # made once: the bars are redrawn at every slider move
-        self._brush, self._selected_brush = pg.mkBrush(BAR_COLOR), pg.mkBrush(SELECTED_COLOR)
-        self.addItem(self.bars)
-        self._kept: list = []
-        self.scene().sigMouseClicked.connect(self._clicked)
-        self.scene().sigMouseMoved.connect(self._hover)
-
-    def set_kept(self, kept: list, selected: int | None) -> None:
-        """kept: [(layer name, neurons kept, neurons)]."""
-        self._kept = kept
-        x = np.arange(len(kept))
-        percent = np.array([100.0 * k / max(t, 1) for _, k, t in kept])
-        brushes = [self._selected_brush if i == selected else self._brush for i in x]
-        self.bars.setOpts(x=x, height=percent, width=0.8, brushes=brushes)
-        self.setXRange(-0.6, max(len(kept), 1) - 0.4, padding=0)
-
-    def _index_at(self, scene_pos: QPointF) -> int | None:
-        box = self.plotItem.vb
-        if not self._kept or not box.sceneBoundingRect().contains(scene_pos):
-            return None
-        index = int(round(box.mapSceneToView(scene_pos).x()))
-        return index if 0 <= index < len(self._kept) else None
-
-    def _clicked(self, event) -> None:
-        index = self._index_at(event.scenePos())
-        if index is not None:
-            self.layer_clicked.emit(index)
-
-    def _hover(self, scene_pos: QPointF) -> None:
-        index = self._index_at(scene_pos)
-        if index is None:
-            self.setToolTip("")
-            return
-        name, kept, total = self._kept[index]
-        self.setToolTip(f"{index}: {name}\n{kept:,} of {total:,} neurons kept "
-                        f"({100.0 * kept / max(total, 1):.1f} %)")
 
 
 class MaskView(QWidget):
@@ -166,7 +113,7 @@ class MaskView(QWidget):
         return self._selected
 
     def layer(self):
-        """The gui.jobs.LayerView drawn now, or None."""
+        """The gui.explain_jobs.LayerView drawn now, or None."""
         return self._layer
 
     def kept(self) -> list:
@@ -212,7 +159,7 @@ class MaskView(QWidget):
         self.bars.set_kept(kept, self._selected)
 
     def set_layer(self, layer) -> None:
-        """A gui.jobs.LayerView; ignored unless it is the selected layer."""
+        """A gui.explain_jobs.LayerView; ignored unless it is the selected layer."""
         if layer.index != self._selected:
             return
         if self._layer is None or self._layer.index != layer.index:

@@ -123,3 +123,43 @@ def test_core_layers_never_import_upwards():
     }
     assert {m: sorted(graph[m] & up) for m, up in forbidden.items() if graph[m] & up} == {}
     assert not {m for m in graph if m.startswith("core.") and "core.api" in graph[m]}
+
+
+# The GUI's layers, lowest first, by module name: what runs on the worker (gui/*_jobs.py, one per
+# tab and one for the window), the shared parts (the worker and context, the views), how each tab
+# draws its results (*_drawing), when it asks for jobs (*_requests), the tabs, the window, and the
+# app's entry points. A module never imports one of a higher layer.
+GUI_LAYERS = ("jobs", "parts", "drawing", "requests", "tabs", "window", "entry points")
+QT = ("PySide6", "PyQt5", "PyQt6", "PySide2", "qtpy", "superqt", "pyqtgraph", "shiboken6")
+
+
+def gui_layer(module: str) -> str:
+    name = module.removeprefix("gui.")
+    if name.endswith("_jobs"):
+        return "jobs"
+    if name.endswith("_drawing"):
+        return "drawing"
+    if name.endswith("_requests"):
+        return "requests"
+    if name.endswith("_tab") or name == "tabs":
+        return "tabs"
+    if name == "window" or name.startswith("window_"):
+        return "window"
+    if name in ("app", "bench", "selftest"):
+        return "entry points"
+    return "parts"
+
+
+def test_gui_layers_never_import_upwards():
+    graph = import_graph()
+    rank = {m: GUI_LAYERS.index(gui_layer(m)) for m in graph if m.startswith("gui.")}
+    upward = {m: sorted(n for n in graph[m] if rank.get(n, -1) > rank[m]) for m in rank}
+    assert {m: up for m, up in upward.items() if up} == {}
+    assert {gui_layer(m) for m in rank} == set(GUI_LAYERS)  # every layer has its modules
+
+
+def test_gui_jobs_run_without_qt():
+    """What a tab asks the worker for never touches a widget: no Qt in gui/*_jobs.py."""
+    jobs = sorted((ROOT / "gui").glob("*_jobs.py"))
+    offenders = {p.name: sorted(imported_roots(p) & set(QT)) for p in jobs}
+    assert len(jobs) >= 4 and {k: v for k, v in offenders.items() if v} == {}

@@ -68,7 +68,7 @@ def as_on_worker(compute):
     convolution's reductions, and so the last bits of a float map, depend on it."""
     import torch
 
-    from gui.jobs import worker_threads
+    from gui.window_jobs import worker_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(worker_threads())

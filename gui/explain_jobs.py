@@ -3,7 +3,6 @@
 Everything here runs on the worker thread: it calls core.engine and turns its torch results into
 plain numpy arrays and small dataclasses that the views draw. It never touches a widget.
 """
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,15 +35,6 @@ def ruled(engine, params: Params):
 
 
 @dataclass
-class StartupInfo:
-    models: list  # [(name, description, usable offline)]
-    devices: dict  # name -> available
-    luts: dict  # colormap -> 256x3 uint8
-    classic_methods: tuple
-    image_suffixes: tuple
-
-
-@dataclass
 class LayerView:
     """One activation layer's kept neurons, laid out as channels of 2-D maps."""
     index: int
@@ -68,42 +58,6 @@ class LiveResult:
     kept: list  # [(layer name, kept, total)]
     sparsity: float  # % actually pruned
     layer: LayerView | None = field(default=None, repr=False)
-
-
-def worker_threads() -> int:
-    """Torch threads for the worker: every core on a machine of up to 4, one left to the GUI
-    thread above that. Measured in the real window on 2 cores (bench --gui, Lite0): with both,
-    everything was on screen 7.4-8.2 s after opening a photo instead of 11.5 s, and the map
-    followed a slider moved every 350 ms within 0.21 s (p95) instead of 0.29 s, with the GUI
-    thread's longest stall unchanged (~0.25 s); the GUI thread needs a core only in bursts."""
-    import torch
-
-    cores = os.cpu_count() or 2
-    return max(1, min(torch.get_num_threads(), cores if cores <= 4 else cores - 1))
-
-
-def startup():
-    """What the window needs from core before it can offer choices: models, devices, colours.
-    Everything the analysis imports is imported here, before any image is shown: an import
-    holds the interpreter lock for up to a second, which would freeze the GUI thread later."""
-    yield Progress(0.0, "loading PyTorch")
-    import torch
-
-    torch.set_num_threads(worker_threads())
-    import core.engine  # noqa: F401  (Captum, zennit, torchvision)
-    # pytorch-grad-cam is left to the first CAM of its asked for: with scikit-learn it takes a
-    # second, which would delay every start-up (measured: the first image 1.6 s later)
-    from core import display
-    from core.methods import INTERACTIVE
-    from core.device import available_devices
-    from core.images import IMAGE_SUFFIXES
-    from core.models import list_models
-
-    models = [(info.name, info.description, info.offline) for info in list_models()]
-    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)
-    luts = {name: display.colorize(ramp, name) for name in display.COLORMAPS}
-    return StartupInfo(models, available_devices(), luts, INTERACTIVE,
-                       tuple(IMAGE_SUFFIXES))
 
 
 class LiveMemo:
@@ -247,6 +201,15 @@ def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):
         sparsities, mode=params.mode, selector=params.selector, steps=steps,
         step_seconds=STEP_SECONDS)
     return engine, params, result
+
+
+def concepts(engine, params: Params, dissection):
+    """The concepts the pathway at params runs through, by the kept neurons' scores (the
+    dissection's units, core.dissection.pathway_concepts)."""
+    from core.dissection import pathway_concepts
+
+    masks = engine.masks(params.sparsity, params.mode, params.selector)
+    return pathway_concepts(dissection, engine.layers, masks, engine.scores(params.selector))
 
 
 def auto_sparsity(engine, params: Params, tolerance: float):
