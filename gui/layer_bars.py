@@ -1,5 +1,6 @@
-"""Bars per layer along the model's depth: the neurons each activation layer kept (the Explain
-tab's masks view)."""
+"""Bars per layer along the model's depth, over an axis of layer indices: the neurons each
+activation layer kept (the Explain tab's masks view). The Model pruning tab's bars use the axis
+too."""
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Signal
@@ -8,13 +9,26 @@ BAR_COLOR = "#7aa6d6"
 SELECTED_COLOR = "#d9534f"
 
 
+class LayerAxis(pg.AxisItem):
+    """An x axis of layer indices: whole numbers, and no SI prefix (pyqtgraph labels a one-layer
+    axis, -0.6..0.6, as -400..400 (x0.001))."""
+
+    def __init__(self):
+        super().__init__("bottom")
+        self.enableAutoSIPrefix(False)
+
+    def tickSpacing(self, minVal, maxVal, size):
+        whole = [level for level in super().tickSpacing(minVal, maxVal, size) if level[0] >= 1]
+        return whole or [(1.0, 0.0)]
+
+
 class LayerBars(pg.PlotWidget):
     """Percent of neurons kept in each activation layer, input on the left."""
 
     layer_clicked = Signal(int)
 
     def __init__(self, parent=None):
-        super().__init__(parent)
+        super().__init__(parent, axisItems={"bottom": LayerAxis()})
         self.setMenuEnabled(False)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()

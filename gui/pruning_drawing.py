@@ -7,6 +7,7 @@ from PySide6.QtWidgets import QLabel
 
 from core import display
 from core.model_pruning.names import LOW_AGREEMENT
+from gui.layer_bars import LayerAxis
 
 ORIGINAL, PRUNED = "original", "pruned"  # the two map panels
 MAP_OPACITY = 0.6
@@ -16,7 +17,7 @@ class ChannelBars(pg.PlotWidget):
     """Per layer, the fraction of channels (or weights) kept; hover names the layer."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(axisItems={"bottom": LayerAxis()})
         self.setLabel("left", "fraction kept")
         self.setLabel("bottom", "layer (forward order)")
         self.setYRange(0, 1.02, padding=0)

@@ -352,6 +352,34 @@ def test_hovering_a_channel_tile_names_that_channel(window):
     assert f"{int(layer.kept[first]):,} of" in masks.channel_at(centre)
 
 
+@pytest.mark.parametrize("kind", ["neurons", "channels"])
+def test_the_bars_of_a_model_with_one_layer_sit_on_a_whole_number_axis(qapp, kind):
+    """One activation layer: one bar in the middle of the axis, ticked 0 (not -400..400 x0.001)."""
+    if kind == "neurons":
+        from gui.masks import MaskView
+
+        view = MaskView()
+        view.set_kept([("relu", 30, 40)])
+        plot = view.bars
+    else:
+        from gui.pruning_drawing import ChannelBars
+
+        view = plot = ChannelBars()
+        plot.set_rows([("conv", 3, 4)], "channels")
+    view.resize(600, 300)
+    view.show()
+    qapp.processEvents()
+    try:
+        (x0, x1), _ = plot.viewRange()
+        assert x0 == pytest.approx(-x1) and 0.5 < x1 <= 1  # the bar (width 0.8) centred, little else
+        axis = plot.getAxis("bottom")
+        ticks = [v for _, values in axis.tickValues(x0, x1, axis.width()) for v in values]
+        assert 0 in ticks and all(float(v).is_integer() for v in ticks)  # layer indices only
+        assert "x0.001" not in axis.labelString() and axis.autoSIPrefixScale == 1.0
+    finally:
+        view.close()
+
+
 def test_choosing_a_layer_shows_its_channels(window, qapp):
     tab = window.explain
     engine = window.context.current_engine()
