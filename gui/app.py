@@ -1,4 +1,5 @@
 """Starting the desktop app: the window first, torch later on the worker."""
+import ctypes
 import os
 import sys
 import time
@@ -9,6 +10,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from core.cli import fail
+from core.errors import PruneScopeError
 from core.resources import resource_path, sample_images
 
 SCREENSHOT_SIZE = (1400, 900)
@@ -22,9 +24,53 @@ SCREENSHOT_TIMEOUT_S = 900  # a --screenshot run that never completes gives up w
 SWITCH_INTERVAL_S = 0.002
 
 
+# What Qt's xcb platform plugin loads besides Qt itself (ldd of PySide6's libqxcb.so), with the
+# Debian/Ubuntu packages that hold it. Without one, Qt aborts the process (SIGABRT) at the
+# QApplication, with a message about plugins that does not name what to install.
+XCB_LIBRARIES = {
+    "libxcb.so.1": "libxcb1", "libX11-xcb.so.1": "libx11-xcb1",
+    "libxcb-cursor.so.0": "libxcb-cursor0", "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-image.so.0": "libxcb-image0", "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    "libxcb-randr.so.0": "libxcb-randr0", "libxcb-render.so.0": "libxcb-render0",
+    "libxcb-render-util.so.0": "libxcb-render-util0", "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-shm.so.0": "libxcb-shm0", "libxcb-sync.so.1": "libxcb-sync1",
+    "libxcb-util.so.1": "libxcb-util1", "libxcb-xfixes.so.0": "libxcb-xfixes0",
+    "libxcb-xkb.so.1": "libxcb-xkb1", "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+}
+
+
+def missing_xcb_packages() -> list[str]:
+    """The packages of the libraries Qt's xcb plugin could not load, where Qt will use that plugin:
+    on Linux with an X display, QT_QPA_PLATFORM unset or xcb, and not in a Wayland session (where
+    Qt tries its wayland plugin first). [] elsewhere."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0]
+    wayland = os.environ.get("XDG_SESSION_TYPE") == "wayland"
+    if (not sys.platform.startswith("linux") or not os.environ.get("DISPLAY")
+            or platform not in ("", "xcb") or (platform == "" and wayland)):
+        return []
+    missing = []
+    for library, package in XCB_LIBRARIES.items():
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            missing.append(package)
+    return missing
+
+
+def check_xcb() -> None:
+    """PruneScopeError naming what to install when Qt's xcb plugin would abort the process."""
+    missing = missing_xcb_packages()
+    if missing:
+        raise PruneScopeError(f"the window cannot open: Qt's xcb platform needs {', '.join(missing)}; "
+                              f"install with: sudo apt-get install -y {' '.join(missing)}")
+
+
 def make_app() -> QApplication:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app = QApplication.instance()
+    if app is None:
+        check_xcb()
+        app = QApplication(sys.argv[:1])
     app.setApplicationName("PruneScope")
     app.setOrganizationName("PruneScope")
     app.setDesktopFileName("prunescope")

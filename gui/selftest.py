@@ -1,5 +1,6 @@
-"""`prunescope --self-test`: does this installation (or frozen bundle) work? Runs the engine on a
-bundled photo, checks the prediction and maps, renders the main window once offscreen."""
+"""`prunescope --self-test`: does this installation (or frozen bundle) work? Checks that a Linux
+desktop has the libraries Qt's xcb plugin needs, runs the engine on a bundled photo, checks the
+prediction and maps, renders the main window once offscreen."""
 import os
 import sys
 import tempfile
@@ -10,6 +11,7 @@ EXPECTED = {"coffee.png": "espresso"}
 def self_test() -> int:
     """0 when everything works; otherwise 1, with one line on stderr saying what failed."""
     try:
+        _check_desktop()
         _check_engine()
         _check_window()
     except Exception as error:  # any failure is the answer of a self-test, not a crash
@@ -17,6 +19,14 @@ def self_test() -> int:
         return 1
     print("prunescope: self-test passed", file=sys.stderr)
     return 0
+
+
+def _check_desktop() -> None:
+    """On a Linux desktop, that Qt's xcb plugin has its libraries (the window below is rendered
+    offscreen, which needs none of them)."""
+    from gui.app import check_xcb
+
+    check_xcb()
 
 
 def _check_engine() -> None:
