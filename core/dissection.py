@@ -261,6 +261,7 @@ class Dissection:
     iou_min: float = IOU_MIN
     resolution: int = RESOLUTION
     skipped: dict = field(default_factory=dict)  # image index -> why it could not be used
+    identity: dict | None = None  # model_identity of the model dissected; None in older files
 
     @property
     def categories(self) -> list[str]:
@@ -272,12 +273,28 @@ class Dissection:
     def summary(self) -> list[dict]:
         return [layer.summary(self.categories) for layer in self.layers]
 
+    def mismatch(self, model) -> str | None:
+        """Why this is not a dissection of `model`, naming what differs; None when it is. The
+        model is matched by what it is, not by its name (a model card may rename it); files
+        made before identities were recorded are matched by name."""
+        differs = f"dissects {self.model}, not the current model {model.name}"
+        if self.identity is None:
+            return None if self.model == model.name else differs
+        theirs = model_identity(model)
+        what = [f"{label} {self.identity.get(key)}{unit} (current: {theirs[key]}{unit})"
+                for key, label, unit in (("architecture", "architecture", ""),
+                                         ("input_size", "input size", " px"))
+                if self.identity.get(key) != theirs[key]]
+        if self.identity.get("weights") != theirs["weights"]:
+            what.append("other weights")
+        return f"{differs}: {', '.join(what)}" if what else None
+
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "model": self.model, "source": self.source, "images": self.images,
             "quantile": self.quantile, "iou_min": self.iou_min, "resolution": self.resolution,
             "seconds": round(self.seconds, 2), "concepts": [list(c) for c in self.concepts],
-            "skipped": self.skipped,
+            "skipped": self.skipped, "identity": self.identity,
             "summary": self.summary(), "image_names": self.image_names,
             "layers": [{"name": layer.name, "shape": list(layer.shape), "thresholds": layer.thresholds,
                         "units": [{"unit": u.unit, "concept": u.concept, "category": u.category,
@@ -299,9 +316,17 @@ class Dissection:
             return cls(str(data["model"]), str(data["source"]), int(data["images"]),
                        [tuple(c) for c in data["concepts"]], layers, list(data["image_names"]),
                        float(data.get("seconds", 0.0)), float(data["quantile"]),
-                       float(data["iou_min"]), int(data["resolution"]), dict(data.get("skipped", {})))
+                       float(data["iou_min"]), int(data["resolution"]), dict(data.get("skipped", {})),
+                       dict(data["identity"]) if data.get("identity") is not None else None)
         except (KeyError, TypeError, ValueError) as err:
             raise PruneScopeError(f"dissection file is damaged ({type(err).__name__}: {err})") from None
+
+
+def model_identity(model) -> dict:
+    """What a model is, whatever it is called: its architecture, a hash of its weights and
+    its input size."""
+    return {"architecture": type(model.module).__name__, "weights": model.weights_hash(),
+            "input_size": model.input_size}
 
 
 # --- the passes -----------------------------------------------------------------------------
@@ -425,7 +450,7 @@ def iter_dissect(model, source, layer_names=None, batch: int = 16, quantile: flo
     return Dissection(model.name, source.name, source.count, [(c.name, c.category) for c in concepts],
                       result, [image_names.get(i, "") for i in range(source.count)],
                       time.perf_counter() - started, quantile, IOU_MIN, resolution,
-                      {str(i): why for i, why in sorted(skipped.items())})
+                      {str(i): why for i, why in sorted(skipped.items())}, model_identity(model))
 
 
 def _units(iou: torch.Tensor, concepts) -> list[Unit]:
@@ -541,11 +566,10 @@ def reference_key(model, folder, layer_name: str) -> str:
     """Changes with the weights, the preprocessing, the layer and the folder's files."""
     import hashlib
 
-    from core.evaluation.roar import model_fingerprint
     from core.images import list_images
 
     files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)]
-    text = repr((FORMAT, model_fingerprint(model.module), model.input_size, model.resize_size,
+    text = repr((FORMAT, model.weights_hash(), model.input_size, model.resize_size,
                  model.mean, model.std, str(folder), layer_name, files))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -20,7 +20,8 @@ from core.exported import ExportedModule
 from core.model_sources import (BUILTIN_DESCRIPTIONS, CARD_KEYS, IMAGENET_MEAN, IMAGENET_STD,
                                 ModelCard, build, resolve_card)
 from core.remote import hub_weights_path
-from core.weights import PRUNED_KEY, classes_in, fit_state_dict, read_weights_file, state_dict_of
+from core.weights import (PRUNED_KEY, classes_in, fit_state_dict, model_fingerprint, read_weights_file,
+                          state_dict_of)
 
 MODEL_NAMES = tuple(BUILTIN_DESCRIPTIONS)
 DEFAULT_INPUT_SIZE = 224
@@ -43,6 +44,7 @@ class LoadedModel:
     gradcam_reason: str = ""           # why there is no Grad-CAM layer
     card: ModelCard | None = None      # what opens this model again
     _folded: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _weights_hash: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def channels(self) -> int:
@@ -60,6 +62,14 @@ class LoadedModel:
             probe = torch.randn(tuple(like.shape), generator=generator, dtype=like.dtype)
             self._folded = (state, fold_batchnorm(self.module, probe.to(like.device)))
         return self._folded[1]
+
+    def weights_hash(self) -> str:
+        """A short hash of the module's weights and buffers, computed again only when they
+        changed (it tells this model apart from others whatever they are called)."""
+        state = _state_of(self.module)
+        if self._weights_hash is None or self._weights_hash[0] != state:
+            self._weights_hash = (state, model_fingerprint(self.module))
+        return self._weights_hash[1]
 
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Resize the short side to resize_size, centre-crop input_size (as torchvision's

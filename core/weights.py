@@ -1,12 +1,14 @@
-"""Reading weights files safely, and fitting them to a module.
+"""Reading weights files safely, fitting them to a module, and telling weights apart by a hash.
 
 .pth/.pt files are only ever read with torch.load(weights_only=True); .safetensors files hold
 nothing but tensors. Every failure is one ModelError line.
 """
+import hashlib
 import pickle
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,3 +120,18 @@ def check_values(state: dict, own: dict, path) -> None:
             raise ModelError(f"{path}: {key} is {value.dtype}, the model needs floating-point values")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ModelError(f"{path}: {key} holds NaN or infinite values")
+
+
+def fingerprint(*arrays) -> str:
+    """A short hash of arrays' dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights and buffers."""
+    return fingerprint(*(t.detach().cpu().numpy() for t in module.state_dict().values()))

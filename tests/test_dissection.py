@@ -308,3 +308,44 @@ def test_the_dissect_command_writes_its_files_and_names_a_bad_image(tiny_cli, tm
     units = result["summary"][0]["units"]
     assert sweep["points"][0]["detectors"] == result["summary"][0]["detectors"] > 0
     assert all(p["agreement"] is not None and 0 <= p["detectors"] <= units for p in sweep["points"])
+
+
+def test_a_dissection_is_matched_to_the_model_by_what_it_is_not_by_its_name(tmp_path):
+    import json
+
+    from core.models import load_model
+    from tests.conftest import tiny_net
+
+    # A user's model file, dissected through its SPEC and opened again through a card naming it.
+    (tmp_path / "color_units.py").write_text(
+        "from torch import nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))\n")
+    torch.save(colour_net().state_dict(), tmp_path / "colour.pt")
+    (tmp_path / "card.toml").write_text('source = "color_units.py:make"\nweights = "colour.pt"\n'
+                                        'name = "color-units"\ninput_size = 64\nresize = 64\n')
+    spec = f"{tmp_path / 'color_units.py'}:make"
+    dissected = load_model(spec, weights=tmp_path / "colour.pt", input_size=SIZE, resize=SIZE, device="cpu")
+    data = json.loads(json.dumps(run(iter_dissect(dissected, patch_source(4), ["0"], batch=4)).to_json()))
+    dissection = Dissection.from_json(data)
+    card = load_model(str(tmp_path / "card.toml"), device="cpu")
+    assert card.name == "color-units" != dissected.name
+    assert dissection.mismatch(card) is None and dissection.mismatch(dissected) is None
+
+    # What differs is said.
+    smaller = load_model(str(tmp_path / "card.toml"), input_size=32, resize=32, device="cpu")
+    assert dissection.mismatch(smaller) == (f"dissects {dissected.name}, not the current model color-units: "
+                                            "input size 64 px (current: 32 px)")
+    retrained = colour_net()
+    with torch.no_grad():
+        retrained[0].bias[1] = 0.5
+    torch.save(retrained.state_dict(), tmp_path / "retrained.pt")
+    other = load_model(str(tmp_path / "card.toml"), weights=tmp_path / "retrained.pt", device="cpu")
+    assert dissection.mismatch(other).endswith("color-units: other weights")
+    assert dissection.mismatch(as_model(tiny_net())).endswith(
+        "architecture Sequential (current: Tiny), other weights")
+
+    # A dissection.json from before identities were recorded is matched by the model's name.
+    del data["identity"]
+    older = Dissection.from_json(data)
+    assert older.mismatch(dissected) is None
+    assert older.mismatch(card) == f"dissects {dissected.name}, not the current model color-units"

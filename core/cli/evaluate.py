@@ -243,10 +243,11 @@ def run_roar(args) -> int:
 
     from core import figures
     from core.distributed import setup, teardown
-    from core.evaluation.roar import RoarSettings, fingerprint, iter_roar
+    from core.evaluation.roar import RoarSettings, iter_roar
     from core.output import output_folder
     from core.progress import StderrBar, run
     from core.synthetic import SmallResNet, make_split, reinitialise
+    from core.weights import fingerprint
 
     _check_args(args)
     out = output_folder(args.out)

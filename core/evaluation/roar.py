@@ -1,6 +1,5 @@
 """RemOve And Retrain (Hooker et al. 2019): the accuracy of models retrained without each method's
 most relevant pixels."""
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -14,6 +13,7 @@ from core.errors import PruneScopeError, UnsupportedMethod
 from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map,
                                      ranking, reference_map, unsupported)
 from core.progress import Job, Progress, run, scaled
+from core.weights import model_fingerprint
 
 
 @dataclass
@@ -26,19 +26,6 @@ class RoarSettings:
     sparsity: float = 70.0
     target: str = "label"
     seed: int = 0
-
-
-def fingerprint(*arrays) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(str((array.dtype, array.shape)).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def model_fingerprint(module: torch.nn.Module) -> str:
-    return fingerprint(*(t.detach().cpu().numpy() for t in module.state_dict().values()))
 
 
 def iter_cached_maps(model, images: np.ndarray, labels: np.ndarray, masks, split: str, method: str,
