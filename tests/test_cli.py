@@ -138,6 +138,18 @@ def test_models_lists_the_embedded_model_as_offline(capsys):
     assert "yes" in line
 
 
+def test_readme_names_every_command_that_takes_model():
+    import argparse
+    import re
+
+    commands = next(a for a in main.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    taking = {name for name, parser in commands.choices.items()
+              if any("--model" in action.option_strings for action in parser._actions)}
+    text = (Path(main.__file__).parent / "README.md").read_text()
+    start = text.index("Every command that opens a model")
+    assert set(re.findall(r"`([a-z-]+)`", text[start:text.index("--model SPEC", start)])) == taking
+
+
 @pytest.mark.parametrize("mode", ["auto", "map", "blend", "masked", "alpha"])
 def test_display_option_draws_the_pngs_in_that_mode(tiny_cli, tiny, photo, tmp_path, capsys, mode):
     from PIL import Image
