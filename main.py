@@ -32,7 +32,8 @@ def _card_of(args: argparse.Namespace):
     from core.model_sources import resolve_card
 
     details = dict(weights=args.weights, labels=args.labels, input_size=args.input_size,
-                   resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
+                   resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer,
+                   output=args.output)
     if args.model or any(v is not None for v in details.values()):
         return resolve_card(args.model, **details)  # a bad SPEC or card: one line, exit 2
     return None

@@ -44,6 +44,7 @@ class ModelCard:
     channels: int | None = None
     interpolation: str | None = None
     gradcam_layer: str | None = None
+    output: int | str | None = None  # where the class scores are in a tuple, list or dict output
     name: str | None = None
 
     def with_overrides(self, **overrides) -> "ModelCard":
@@ -103,11 +104,26 @@ def read_card(path) -> ModelCard:
     return ModelCard(**values)
 
 
+def parse_output(text: str) -> int | str:
+    """Where the class scores are, as --output or the app's field gives it: an index (a whole
+    number) or a key."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _card_value(path: Path, key: str, value):
     expected = {"input_size": int, "resize": int, "channels": int}
     if key in expected:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ModelError(f"{path}: '{key}' must be a positive whole number, got {value!r}")
+        return value
+    if key == "output":
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise ModelError(f"{path}: 'output' must be an index (a whole number) or a key (a string), "
+                             f"got {value!r}")
         return value
     if key in ("mean", "std"):
         if not isinstance(value, list) or not value or not all(

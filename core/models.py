@@ -138,7 +138,7 @@ def load_model(spec: str | ModelCard | None = None, weights=None, device="auto",
     """The model a SPEC names (default: EfficientNet-Lite0), in eval mode, frozen, on the device.
 
     overrides: any ModelCard field (labels, input_size, resize, mean, std, channels,
-    interpolation, gradcam_layer, name). Without a SPEC, a pruned weights file opens the model
+    interpolation, gradcam_layer, output, name). Without a SPEC, a pruned weights file opens the model
     it was pruned from."""
     checkpoint = read_weights_file(Path(weights)) if weights is not None else None
     if spec is None and _pruned_meta(checkpoint).get("source"):
@@ -149,6 +149,9 @@ def load_model(spec: str | ModelCard | None = None, weights=None, device="auto",
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     built = build(card.source, card.input_size)
     module = _with_weights(built, card, checkpoint)
+    if card.output is not None:
+        # A hook rather than a wrapper: module names, state dict keys and Grad-CAM layers stay the model's.
+        module.register_forward_hook(_picking(card.output))
     module.eval().requires_grad_(False)
     module.to(dev)
     settings = {**built.defaults, **{k: v for k, v in vars(card).items() if v is not None}}
@@ -356,12 +359,18 @@ def _probe(model: LoadedModel, wanted_layer: str | None):
     try:
         with torch.enable_grad():
             out = module(x)
+    except ModelError:  # output names nothing the model returns
+        raise
     except Exception as err:  # the model's own code: one line, never a traceback
         raise ModelError(f"{model.name} fails on a {model.channels}x{size}x{size} input: "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     finally:
         for h in handles:
             h.remove()
+    if isinstance(out, (tuple, list, dict)):
+        how = "--output NAME (their key)" if isinstance(out, dict) else "--output N (their index)"
+        raise ModelError(f"{model.name} returns {_described(out)}: say where the class scores are with "
+                         f"{how}, or output in its model card (in the app: Class scores)")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"{model.name} is not a classifier: it returns {shape}, not one row of "
@@ -394,6 +403,31 @@ def _probe(model: LoadedModel, wanted_layer: str | None):
             raise ModelError(f"Grad-CAM layer '{wanted_layer}' outputs {tuple(value.shape)}: "
                              "neither a spatial map nor a square grid of tokens")
     return classes, None, None, "no layer gives a spatial map or token grid that reaches the output"
+
+
+def _picking(output: int | str):
+    """A forward hook that hands on, of a tuple, list or dict the model returns, the item
+    `output` (an index or a key): the class scores."""
+    def pick(_module, _inputs, out):
+        if isinstance(out, (tuple, list, dict)):
+            try:
+                return out[output]
+            except (IndexError, KeyError, TypeError):
+                pass
+        raise ModelError(f"output {output!r} names nothing in what the model returns, {_described(out)}")
+    return pick
+
+
+def _described(out) -> str:
+    """What a model returned, in words: 'a tuple of 2 (1x10, 1x64)', "a dict of 'logits', ..."."""
+    def shape(value):
+        return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+    if isinstance(out, dict):
+        return f"a dict of {', '.join(repr(k) for k in out)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} ({', '.join(shape(v) for v in out)})"
+    return f"one {shape(out)} tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
 
 
 def _is_norm(layer: nn.Module) -> bool:

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayo
                                QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from core.errors import ModelError
-from core.model_sources import ModelCard, parse_spec, write_card
+from core.model_sources import ModelCard, parse_output, parse_spec, write_card
 
 SPEC_HINT = "timm:resnet50 · torchvision:convnext_tiny · net.py:build · package.module:build · model.pt2 · card.toml"
 
@@ -43,6 +43,8 @@ class OpenModelDialog(QDialog):
         self.std.setPlaceholderText("from the model, e.g. 0.229, 0.224, 0.225")
         self.gradcam_layer = QLineEdit()
         self.gradcam_layer.setPlaceholderText("found automatically, e.g. layer4")
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("the output itself; of a tuple or list its index (0), of a dict its key")
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #b00020")
@@ -58,6 +60,7 @@ class OpenModelDialog(QDialog):
         form.addRow("Mean", self.mean)
         form.addRow("Std", self.std)
         form.addRow("Grad-CAM layer", self.gradcam_layer)
+        form.addRow("Class scores", self.output)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Open
                                         | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.accepted.connect(self._open)
@@ -80,7 +83,8 @@ class OpenModelDialog(QDialog):
             source=spec, weights=_text(self.weights), labels=_text(self.labels),
             input_size=self.input_size.value() or None, resize=self.resize_to.value() or None,
             mean=_numbers(self.mean, "Mean"), std=_numbers(self.std, "Std"),
-            gradcam_layer=_text(self.gradcam_layer))
+            gradcam_layer=_text(self.gradcam_layer),
+            output=parse_output(self.output.text()) if _text(self.output) else None)
 
     def loaded(self) -> None:
         self.accept()

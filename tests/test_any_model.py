@@ -46,6 +46,37 @@ def segmenter():
     return nn.Conv2d(3, 2, 1)
 '''
 
+TWO_OUTPUTS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """Logits and the features they come from, as much training code returns them."""
+
+    def __init__(self, as_dict):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, 3)
+        self.as_dict = as_dict
+
+    def forward(self, x):
+        features = self.features(x)
+        logits = self.head(features)
+        return {"logits": logits, "features": features} if self.as_dict else (logits, features)
+
+
+def pair():
+    return Net(as_dict=False)
+
+
+def named():
+    return Net(as_dict=True)
+'''
+
 
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):
@@ -56,6 +87,7 @@ def user_files(tmp_path_factory):
     torch.save({"state_dict": net.state_dict(), "epoch": 7}, folder / "r18_10.pt")
     (folder / "labels.txt").write_text("\n".join(f"part-{i}" for i in range(10)) + "\n")
     (folder / "gray_net.py").write_text(GRAY_NET)
+    (folder / "two_outputs.py").write_text(TWO_OUTPUTS)
     return folder, net
 
 
@@ -85,7 +117,8 @@ def test_bad_specs_say_what_to_write(spec, message):
 def test_card_round_trip_with_paths_relative_to_the_card(tmp_path):
     card = ModelCard(source=str(tmp_path / "net.py") + ":build", weights=str(tmp_path / "w.pt"),
                      labels=str(tmp_path / "l.txt"), input_size=96, resize=110, mean=(0.5,),
-                     std=(0.25,), channels=1, interpolation="bicubic", gradcam_layer="1", name="mine")
+                     std=(0.25,), channels=1, interpolation="bicubic", gradcam_layer="1", output="logits",
+                     name="mine")
     assert read_card(write_card(card, tmp_path / "card.toml")) == card
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "rel.toml").write_text('source = "net.py:build"\nweights = "../w.pt"\n')
@@ -101,7 +134,8 @@ def test_card_round_trip_with_paths_relative_to_the_card(tmp_path):
     ('source = "resnet18"\nmean = [0.5, "x"]\n', "list of numbers"),
     ('source = "resnet18"\ninterpolation = "lanczos9"\n', "interpolation"),
     ('source = "resnet18"\n[broken\n', "not a valid TOML"),
-    ('source = "other.toml"\n', "cannot be another model card")])
+    ('source = "other.toml"\n', "cannot be another model card"),
+    ('source = "resnet18"\noutput = true\n', "'output' must be an index")])
 def test_bad_cards_are_one_line(tmp_path, text, message):
     (tmp_path / "card.toml").write_text(text)
     with pytest.raises(ModelError, match=message) as err:
@@ -226,6 +260,46 @@ def test_gradcam_layer_override_and_its_errors(user_files):
         load_model(spec, gradcam_layer="6", device="cpu", **SMALL)  # the Linear head
 
 
+def test_a_model_returning_logits_and_features_is_read_through_output(user_files, tmp_path):
+    folder, _ = user_files
+    pair, named = f"{folder / 'two_outputs.py'}:pair", f"{folder / 'two_outputs.py'}:named"
+    with pytest.raises(ModelError, match=r"returns a tuple of 2 \(1x3, 1x8\).*--output N"):
+        load_model(pair, device="cpu", **SMALL)
+    with pytest.raises(ModelError, match="returns a dict of 'logits', 'features'.*--output NAME"):
+        load_model(named, device="cpu", **SMALL)
+    with pytest.raises(ModelError, match="output 'feats' names nothing in what the model returns"):
+        load_model(named, output="feats", device="cpu", **SMALL)
+    x = torch.randn(2, 3, 64, 64)
+    for spec, output in ((pair, 0), (named, "logits")):
+        model = load_model(spec, output=output, device="cpu", **SMALL)
+        assert len(model.class_names) == 3 and model.gradcam_layer == "features.3"  # names unchanged
+        with torch.no_grad():
+            logits = model.module(x)
+            assert torch.equal(logits, model.module.head(model.module.features(x)))
+        engine, at_zero, gradient = top_maps(model)
+        np.testing.assert_array_equal(at_zero, gradient)
+        assert np.any(gradient) and np.any(engine.attribution("grad-cam"))
+    # a card keeps it, and so does a pruned file: it opens without --model and --output
+    card = write_card(ModelCard(source=named, output="logits", **SMALL), tmp_path / "named.toml")
+    assert len(load_model(str(card), device="cpu").class_names) == 3
+    common = ["--input-size", "64", "--resize", "64", "--device", "cpu", "--quiet"]
+    assert main.main(["prune", "--criterion", "l1", "--sparsity", "30", "--model", pair, "--output", "0",
+                      "--out", str(tmp_path / "p.pt"), *common]) == 0
+    assert main.main(["explain", str(SAMPLE), "--weights", str(tmp_path / "p.pt"), "--methods", "gradient",
+                      "--steps", "2", "--out", str(tmp_path / "out"), *common]) == 0
+
+
+def test_the_open_model_dialog_takes_where_the_class_scores_are(qapp):
+    from gui.model_dialog import OpenModelDialog
+
+    dialog = OpenModelDialog("")
+    dialog.spec.setText("net.py:pair")
+    assert dialog.card().output is None
+    for text, output in (("0", 0), (" logits ", "logits")):
+        dialog.output.setText(text)
+        assert dialog.card().output == output
+
+
 def test_pruned_file_remembers_its_source(user_files, tmp_path):
     from core.model_pruning import calibrate, prune_model, save_pruned
     from core.progress import run
@@ -273,6 +347,8 @@ def test_cli_explains_prunes_and_explains_again_a_ten_class_model(user_files, tm
     ("{dir}/gray_net.py:not_a_module", [], "returned int, not a torch nn.Module"),
     ("{dir}/gray_net.py:nothing", [], "has no callable 'nothing'"),
     ("{dir}/gray_net.py:segmenter", [], "is not a classifier"),
+    ("{dir}/two_outputs.py:pair", [], "--output N"),
+    ("{dir}/two_outputs.py:pair", ["--output", "2"], "output 2 names nothing"),
     ("{dir}/bad.toml", [], "unknown key 'colour'"),
     ("{dir}/gray_net.py:build", ["--labels", "{dir}/labels.txt"], "10 class names for a model with 4"),
     ("timm:no_such_net_at_all", [], "timm:no_such_net_at_all"),

@@ -292,8 +292,9 @@ def test_commands_refuse_bad_input(tmp_path):
     assert done.returncode == 2 and "not 'synthetic' and not a folder" in done.stderr
     done = _main("roar", "--dataset", "synthetic", "--out", tmp_path / "o", "--fractions", "0,50")
     assert done.returncode == 2 and "fractions" in done.stderr
-    done = _main("evaluate", "--dataset", "synthetic", "--out", tmp_path / "o", "--model", "vgg16")
-    assert done.returncode == 2 and "image folder" in done.stderr
+    for model in (["--model", "vgg16"], ["--output", "0"]):
+        done = _main("evaluate", "--dataset", "synthetic", "--out", tmp_path / "o", *model)
+        assert done.returncode == 2 and "image folder" in done.stderr
 
 
 # ---- the Evaluate tab ---------------------------------------------------------------------------

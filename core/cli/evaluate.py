@@ -134,7 +134,7 @@ def _check_args(args):
 
     if args.dataset == SYNTHETIC:
         details = (args.model, args.weights, args.labels, args.input_size, args.resize, args.mean,
-                   args.std, args.gradcam_layer, args.masks)
+                   args.std, args.gradcam_layer, args.output, args.masks)
         if any(v is not None for v in details):
             raise PruneScopeError("--model, its details and --masks are for an image folder; the "
                                   "synthetic dataset brings its own model and masks")

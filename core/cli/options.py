@@ -29,6 +29,9 @@ def add_model_details(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=float_list, metavar="M[,M,M]", help="per-channel mean, in [0, 1] units")
     g.add_argument("--std", type=float_list, metavar="S[,S,S]", help="per-channel std, in [0, 1] units")
     g.add_argument("--gradcam-layer", metavar="MODULE", help="module path whose output Grad-CAM weighs")
+    g.add_argument("--output", type=model_output, metavar="N|NAME",
+                   help="for a model that returns a tuple, list or dict: the index or key of its "
+                        "class scores")
 
 
 def model_from_args(args, device=None):
@@ -37,7 +40,7 @@ def model_from_args(args, device=None):
 
     return load_model(args.model, weights=args.weights, device=device or args.device,
                       labels=args.labels, input_size=args.input_size, resize=args.resize,
-                      mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer)
+                      mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer, output=args.output)
 
 
 def add_synthetic_options(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +94,15 @@ def float_list(text: str) -> tuple[float, ...]:
     if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers: {text}")
     return values
+
+
+def model_output(text: str) -> int | str:
+    """--output: an index (a whole number) or a key."""
+    from core.model_sources import parse_output
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return parse_output(text)
 
 
 MAX_STEPS = 1000  # deletion/insertion steps: each is a forward pass, and 1000 already resolves 0.1 %
