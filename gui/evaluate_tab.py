@@ -23,6 +23,8 @@ from gui.evaluate_jobs import SanityShown, sanity_job
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = DEFAULTS["sanity"]
 GRID_COLUMNS = 5  # steps shown in the map grid until the user picks others
+NO_IMAGE = "Open an image, then run the check."
+READY = "Choose the methods, then Run sanity check on this image."
 
 
 def parse_steps(text: str, count: int) -> list[int]:
@@ -111,7 +113,7 @@ class EvaluateTab(JobFeedback, QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
-        self.message = QLabel("Open an image, then run the check.")
+        self.message = QLabel(NO_IMAGE)
         self.message.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
@@ -152,9 +154,12 @@ class EvaluateTab(JobFeedback, QWidget):
                 self.methods.addItem(item)
 
     def _engine_changed(self, _engine) -> None:
-        self.run_button.setEnabled(not self.cancel_button.isEnabled())  # not while checking
+        checking = self.cancel_button.isEnabled()
+        self.run_button.setEnabled(not checking)
         if self.shown is not None:
             self.message.setText("The image or class changed: run the check again for it.")
+        elif not checking:  # while checking, the message line shows its progress
+            self.message.setText(READY)
 
     def chosen_methods(self) -> list[str]:
         return [self.methods.item(i).text() for i in range(self.methods.count())

@@ -452,6 +452,23 @@ def test_export_writes_every_file(window, qapp, tmp_path):
     assert report["settings"]["display"] == display.AUTO
 
 
+def test_the_evaluate_tab_says_what_can_be_run(window, qtbot):
+    from gui.context import AppContext
+    from gui.evaluate_tab import EvaluateTab
+
+    context = AppContext()  # no image yet
+    try:
+        fresh = EvaluateTab(context)
+        qtbot.addWidget(fresh)
+        assert "Open an image" in fresh.message.text() and not fresh.run_button.isEnabled()
+    finally:
+        context.shutdown()
+    tab = next(w for w in map(window.tabs.widget, range(window.tabs.count())) if isinstance(w, EvaluateTab))
+    assert tab.shown is None and tab.run_button.isEnabled()  # an image is open, nothing checked yet
+    assert "Open an image" not in tab.message.text()
+    assert tab.run_button.text() in tab.message.text()  # names what the user can run
+
+
 def test_bad_weights_show_the_error_and_keep_the_previous_model(window, qapp, tmp_path):
     from PySide6.QtWidgets import QMessageBox
 
