@@ -14,7 +14,8 @@ from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QGridLayout, Q
 from superqt import QElidingLabel
 
 from core import display
-from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, JobFeedback
+from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW
+from gui.feedback import JobFeedback
 
 PICTURE_SIDE = 260
 CROP_SIDE = 84

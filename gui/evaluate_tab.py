@@ -15,10 +15,11 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGroupB
 
 from core.figures import grid_steps
 from core.methods import ALL_METHODS, DEFAULTS
-from gui.context import PRIORITY_BACKGROUND, JobFeedback
+from gui.context import PRIORITY_BACKGROUND
 from gui.dissection import DissectBox
 from gui.evaluate_drawing import MapGrid, ResultsView, SimilarityPlot
 from gui.evaluate_jobs import SanityShown, sanity_job
+from gui.feedback import JobFeedback
 
 JOB_KEY = "evaluate-sanity"
 DEFAULT_METHODS = DEFAULTS["sanity"]

@@ -17,7 +17,8 @@ from core.methods import ALL_METHODS
 from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES, RECOVERIES,
                                       SWEEP_METHODS, SWEEP_SPARSITIES)
 from gui import pruning_jobs
-from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, JobFeedback, ModelChoice, error_message
+from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, ModelChoice
+from gui.feedback import JobFeedback, error_message
 from gui.heatmaps import HeatmapGrid
 from gui.pruning_drawing import (ORIGINAL, PRUNED, ChannelBars, draw_maps, left_out, show_figures,
                                  summary_html, sweep_message)

@@ -11,9 +11,9 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QP
 from core.output import result_names
 from core.resources import resource_path, sample_images
 from gui import window_jobs
-from gui.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice, error_message, \
-    is_out_of_memory
+from gui.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice
 from gui.explain_tab import ExplainTab
+from gui.feedback import error_message, is_out_of_memory
 from gui.settings import app_settings, as_list, remember
 from gui.tabs import extra_tabs
 from gui.thumbnails import ThumbnailStrip, folder_job

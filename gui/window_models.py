@@ -6,7 +6,8 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QFileDialog, QInputDialog, QLabel, QMessageBox, QToolBar
 
-from gui.context import ModelChoice, error_message, is_out_of_memory
+from gui.context import ModelChoice
+from gui.feedback import error_message, is_out_of_memory
 from gui.model_dialog import OpenModelDialog, save_card
 from gui.settings import as_list, remember
 from gui.window_jobs import StartupInfo

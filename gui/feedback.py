@@ -1,0 +1,43 @@
+"""How the app reports jobs: one line for an error (the status bar, a tab's message line), and
+the progress bar, message line and Cancel button of a tab that runs one kind of job."""
+
+
+def error_message(error: BaseException) -> str:
+    """One line for the status bar: our own errors say it all; others get their type."""
+    from core.errors import PruneScopeError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, PruneScopeError):
+        return text
+    if is_out_of_memory(error):
+        return "out of GPU memory: " + text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    # Checked by name so the GUI thread need not import torch.
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+class JobFeedback:
+    """Progress, message and Cancel for a tab that runs one kind of job on the worker.
+
+    The tab sets `job_key` and has `context`, `progress` (a 0..1000 QProgressBar), `message`
+    (a QLabel), a `status` signal and `_busy(busy)`.
+    """
+
+    job_key = ""
+
+    def _progressed(self, step) -> None:
+        self.progress.setValue(int(1000 * step.done))
+        self.message.setText(step.message)
+
+    def _failed(self, error) -> None:
+        self._busy(False)
+        self.message.setText(error_message(error))
+        self.status.emit(error_message(error))
+
+    def cancel(self) -> None:
+        self.context.cancel(self.job_key)
+        self._busy(False)
+        self.message.setText("cancelled")
