@@ -133,9 +133,14 @@ def test_training_is_deterministic(tmp_path):
     data = make_split(SyntheticConfig(classes=3), "train", count=96)
     mean, std = channel_stats(data.images)
     config = TrainConfig(epochs=10, batch_size=32, seed=2)
-    nets = [run(iter_train(reinitialise(SmallResNet(3, width=8), 1), data.images, data.labels,
-                           mean, std, config, torch.device("cpu"))) for _ in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `trained`: on a shared machine competing threads slow it down ten times
+    try:
+        nets = [run(iter_train(reinitialise(SmallResNet(3, width=8), 1), data.images, data.labels,
+                               mean, std, config, torch.device("cpu"))) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
     a, b = (n.state_dict() for n in nets)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # and it trains: 10 epochs fit the 96 images (0.94 measured; chance is 1/3, the largest class 0.45)
+    # and it trains: 10 epochs fit the 96 images (0.92 measured; chance is 1/3, the largest class 0.45)
     assert accuracy(nets[0], data, mean, std, torch.device("cpu")) > 0.8
