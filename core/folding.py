@@ -30,7 +30,7 @@ def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module:
     if any(m.training for m in module.modules()):
         return module  # a training BN normalises by the batch, and the probe would update it
     try:
-        pairs, reference = _conv_bn_pairs(module, probe)
+        pairs, reference = conv_bn_pairs(module, probe)
         if not pairs:
             return module
         folded = copy.deepcopy(module)
@@ -47,7 +47,7 @@ def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module:
         return module
 
 
-def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], list]:
+def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], list]:
     """The (conv, norm) pairs to fold, and the module's _trace on the probe, from one forward."""
     calls: dict[str, int] = {}
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # id of a conv output -> (conv, output)

@@ -111,7 +111,9 @@ def _agreement_html(report) -> str:
     if report.agreement is None:
         return "top-1 agreement: not measured (one image: none left to hold out)"
     held = f"{len(report.held_out)} held-out images, {len(report.calibration)} used to calibrate"
+    close = f"top-5 overlap {report.fidelity['top5_overlap']:.2f}, KL to the original {report.fidelity['kl']:.2f}"
     if report.recovery == "none":
-        return f"top-1 agreement with the original: <b>{report.agreement:.0%}</b> ({held})"
+        return f"top-1 agreement with the original: <b>{report.agreement:.0%}</b>, {close} ({held})"
     return (f"top-1 agreement with the original: {report.agreement_before_recovery:.0%} pruned, "
-            f"<b>{report.agreement:.0%}</b> after {report.recovery} ({report.recovery_s:.0f} s; {held})")
+            f"<b>{report.agreement:.0%}</b> after {report.recovery}, {close} ({report.recovery_s:.0f} s; "
+            f"{held})")

@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from core.methods import ALL_METHODS
-from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DESCRIPTIONS, MODES, RECOVERIES,
-                                      SWEEP_METHODS, SWEEP_SPARSITIES)
+from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DEFAULT_RECOVERY, DESCRIPTIONS, MODES,
+                                      RECOVERY_CHOICES, SWEEP_METHODS, SWEEP_SPARSITIES)
 from gui import pruning_jobs
 from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, ModelChoice
 from gui.feedback import JobFeedback, error_message
@@ -25,16 +25,9 @@ from gui.pruning_drawing import (ORIGINAL, PRUNED, ChannelBars, draw_maps, left_
 
 JOB_KEY = "model-pruning"  # prune, sweep and export: one at a time, Cancel stops it
 MAPS_KEY = "model-pruning-maps"
-# The defaults: what kept most of EfficientNet-Lite0's decisions on held-out photos (README:
-# at 10 % with bn, pathway kept 3 of 6 and Taylor 4; at 30 % no criterion kept more than 1).
-DEFAULT_CRITERION, DEFAULT_SPARSITY, DEFAULT_RECOVERY, DEFAULT_STEPS = "pathway", 10, "bn", 60
-RECOVERY_TIPS = {
-    "bn": "correct batch-norm statistics for the shift pruning made, measured on the calibration images "
-          "(seconds, no labels)",
-    "distill": "batch norm, then distil the original model on unlabelled images (minutes, no labels)",
-    "finetune": "fine-tune on a labelled ImageFolder (Recovery images)",
-    "none": "no recovery: the one-shot pruned model",
-}
+# The defaults: what kept most of EfficientNet-Lite0's decisions on held-out photos (README's
+# pruning table); the recovery is names.DEFAULT_RECOVERY.
+DEFAULT_CRITERION, DEFAULT_SPARSITY, DEFAULT_STEPS = "pathway", 10, 60
 
 
 class PruningTab(JobFeedback, QWidget):
@@ -135,10 +128,10 @@ class PruningTab(JobFeedback, QWidget):
         calib_row.addWidget(self.calib, 1)
         calib_row.addWidget(browse)
         self.recovery = QComboBox()
-        for i, name in enumerate(RECOVERIES):
+        for i, (name, tip) in enumerate(RECOVERY_CHOICES.items()):
             self.recovery.addItem(name, name)
-            self.recovery.setItemData(i, RECOVERY_TIPS[name], Qt.ItemDataRole.ToolTipRole)
-        self.recovery.setCurrentIndex(RECOVERIES.index(DEFAULT_RECOVERY))
+            self.recovery.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.recovery.setCurrentIndex(list(RECOVERY_CHOICES).index(DEFAULT_RECOVERY))
         self.recovery_steps = QSpinBox()
         self.recovery_steps.setRange(1, 100_000)
         self.recovery_steps.setValue(DEFAULT_STEPS)

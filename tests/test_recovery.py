@@ -175,7 +175,7 @@ def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny
     qtbot.addWidget(tab)
     try:
         assert (tab.criterion.currentData(), tab.sparsity.value(), tab.recovery.currentData()) == \
-            ("pathway", 10, "bn")  # the defaults
+            ("pathway", 10, "bn+reconstruct")  # the defaults
         tab.calib.setText(str(tiny_cli))
         tab.protect.setText("none")
         tab.recovery.setCurrentIndex(tab.recovery.findData("distill"))
@@ -195,8 +195,10 @@ def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny
         report = tab.report
         assert report.recovery == "distill" and report.iterations == 2 and len(report.steps) == 2
         text = tab.summary.text()
-        assert "after distill" in text and "1 held-out images" in text
-        assert (tab.message.text().startswith("Warning:")) == (report.agreement < 0.5)
+        assert "after distill" in text and "1 held-out images" in text and "top-5 overlap" in text
+        # one held-out image says little: the tab warns, as it does when agreement is low
+        assert tab.message.text().startswith("Warning:") and "only 1 held-out image" in tab.message.text()
+        assert ("decisions" in tab.message.text()) == (report.agreement < 0.5)
     finally:
         context.shutdown()
 
@@ -213,3 +215,30 @@ def test_cli_prunes_in_steps_writes_each_step_and_reports_the_held_out_images(ti
     data = json.loads(report.read_text())
     assert data["held_out_count"] == 1 and len(data["steps"]) == 2 and data["sparsity_reached"] == 50.0
     assert (tmp_path / "p.step1.pt").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_synthetic_model_pruned_half_by_l1_is_reconstructed_within_two_points(trained):  # noqa: F811
+    """The same model and cut, recovered by bn and reconstruction from 64 unlabelled images:
+    no training steps at all."""
+    from core.model_pruning.reconstruct import reconstruct
+    from core.synthetic import SyntheticConfig, make_split, to_input
+
+    model = trained.model
+    test = make_split(SyntheticConfig(), "test", 500)
+    test_x = to_input(torch.from_numpy(test.images), model.mean, model.std)
+    accuracy = lambda m: float((predict(m, test_x) == torch.from_numpy(test.labels)).float().mean())  # noqa: E731
+    original = accuracy(model.module)
+    train = make_split(SyntheticConfig(), "train", 64)  # their labels are never used
+    x = to_input(torch.from_numpy(train.images), model.mean, model.std)
+    calib = Calibration([], x, None, predict(model.module, x))
+    pruned = run(prune_model(model, "l1", 50, calib, settings=Recovery("none")))
+    student = pruned.model.module
+    one_shot = accuracy(student)
+    run(correct_bn(student, model.module, x, pruned.surgery.norms))
+    result = run(reconstruct(student, model.module, x, pruned.surgery.removed))
+    recovered = accuracy(student)
+    print(f"accuracy: original {original:.3f}, pruned 50 % by L1 {one_shot:.3f}, reconstructed {recovered:.3f}")
+    assert result.kept
+    assert one_shot < original - 0.2
+    assert recovered >= original - 0.02

@@ -9,8 +9,8 @@ from core.cli import say
 from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
                               sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, RECOVERIES,
-                                      SWEEP_METHODS, SWEEP_SPARSITIES)
+from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, SWEEP_METHODS,
+                                      SWEEP_SPARSITIES, recovery_stages)
 
 
 def percent_list(text: str) -> list[float]:
@@ -26,19 +26,32 @@ def criterion_list(text: str) -> list[str]:
     return names
 
 
+def recovery_spec(text: str) -> str:
+    try:
+        recovery_stages(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--calib", metavar="DIR", help="calibration images: a folder, or an ImageFolder "
-                   "(one subfolder per class id or name) for accuracy; default: the bundled samples")
+                   "(one subfolder per class id or name) for accuracy; default: the bundled samples and "
+                   "scikit-image's sample photos")
+    p.add_argument("--held-out", metavar="DIR", help="images to measure agreement on, never calibrated or "
+                   "trained on (default: every third calibration image)")
     p.add_argument("--mode", choices=MODES, default="global",
                    help="rank channels over all layers together, or remove the ratio from each layer")
     p.add_argument("--protect", type=method_list, default=["first", "last"],
                    help="layers kept whole: first, last, none, or module paths, comma-separated "
                         "(default first,last)")
-    p.add_argument("--recover", choices=RECOVERIES, default=DEFAULT_RECOVERY,
-                   help="after pruning, without labels: bn (correct batch-norm statistics for the shift "
-                        "pruning made, measured on the calibration images; the default), distill (bn, then distil the original model "
-                        "on unlabelled images); finetune (labelled ImageFolder); none")
+    p.add_argument("--recover", type=recovery_spec, default=DEFAULT_RECOVERY, metavar="STAGES",
+                   help="after pruning, stages joined by +, run in this order: bn (correct batch-norm "
+                        "statistics for the shift pruning made), reconstruct (refit each layer to reproduce "
+                        "the original's output on the calibration images), distill (distil the original "
+                        "model on unlabelled images; runs after bn), finetune (labelled ImageFolder); or "
+                        f"none (default {DEFAULT_RECOVERY})")
     p.add_argument("--recover-images", metavar="DIR", help="distill: unlabelled images (default: the "
                    "calibration images); finetune: the labelled ImageFolder")
     p.add_argument("--recover-steps", type=positive_int, default=60,
@@ -130,8 +143,9 @@ def run_prune(args) -> int:
     bar = StderrBar(f"prune {args.criterion}", quiet=args.quiet)
     try:
         calib = run(calibrate(model, args.calib), bar)
+        held = run(calibrate(model, args.held_out), bar) if args.held_out else None
         report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect,
-                                 settings=settings, iterations=args.iterations), bar)
+                                 settings=settings, iterations=args.iterations, held_out=held), bar)
         sizes = save_pruned(report, out, program=args.program)
         if args.save_steps:
             for k, step in enumerate(report.steps[:-1], 1):
@@ -163,11 +177,14 @@ def quality_line(report) -> str:
     if report.agreement is None:
         return "top-1 agreement: not measured (one image: none left to hold out)"
     text = f"top-1 agreement with the original on {len(report.held_out)} held-out images: "
+    after, before = report.fidelity, report.fidelity_before_recovery
     if report.recovery != "none":
         text += f"{report.agreement_before_recovery:.1%} -> {report.agreement:.1%} after {report.recovery} " \
-                f"({report.recovery_s:.0f} s)"
+                f"({report.recovery_s:.0f} s); top-5 overlap {before['top5_overlap']:.2f} -> " \
+                f"{after['top5_overlap']:.2f}; KL to the original {before['kl']:.2f} -> {after['kl']:.2f}"
     else:
-        text += f"{report.agreement:.1%}"
+        text += f"{report.agreement:.1%}; top-5 overlap {after['top5_overlap']:.2f}; KL to the original " \
+                f"{after['kl']:.2f}"
     if report.accuracy_after is not None:
         text += f"; accuracy {report.accuracy_before:.1%} -> {report.accuracy_after:.1%}"
     return text
@@ -195,8 +212,9 @@ def run_sweep(args) -> int:
         bar = StderrBar("prune-sweep", quiet=args.quiet)
         try:
             calib = run(calibrate(model, args.calib), bar)
+            held = run(calibrate(model, args.held_out), bar) if args.held_out else None
             result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
-                               args.protect, timed=not args.no_latency, settings=settings), bar)
+                               args.protect, timed=not args.no_latency, settings=settings, held_out=held), bar)
         finally:
             bar.close()
         written = save_sweep(result, out)

@@ -14,7 +14,8 @@ from torch import nn
 
 from core.errors import ImageError, OutputError, PruneScopeError
 from core.model_pruning import criteria, recovery, surgery
-from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, RECOVERIES
+from core.model_pruning.reconstruct import reconstruct
+from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, recovery_stages
 from core.output import atomic_file
 from core.progress import Job, Progress, scaled
 
@@ -22,6 +23,7 @@ LATENCY_RUNS = 30
 WARMUP_RUNS = 3
 LATENCY_BUDGET_S = 4.0
 BATCH = 16  # images per no-grad forward when predicting
+FEW_HELD_OUT = 8  # fewer held-out images than this, and agreement says little: a warning
 
 
 # --- calibration images --------------------------------------------------------------------------
@@ -55,12 +57,13 @@ def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, in
 
 
 def calibration_files(model, folder=None) -> tuple[list[Path], list[int] | None]:
-    """The calibration images: a flat folder, a labelled ImageFolder, or the bundled samples."""
+    """The calibration images: a flat folder, a labelled ImageFolder, or by default the bundled
+    samples and scikit-image's sample photos."""
     from core.images import list_images
-    from core.resources import sample_images
+    from core.resources import calibration_images
 
     if folder is None:
-        return sample_images(), None
+        return calibration_images(), None
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder}: calibration folder does not exist")
@@ -189,6 +192,25 @@ def agreement(module: nn.Module, calib: Calibration) -> float:
     return float((predict(module, calib.x) == calib.targets).float().mean())
 
 
+def logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([module(x[start:start + BATCH]).float().cpu() for start in range(0, x.shape[0], BATCH)])
+
+
+def fidelity(module: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """How closely `module` follows the original, whose logits on x are `reference`: top-5
+    overlap (the share of the original's top 5 classes in the module's, mean over images; top
+    k for a model of k < 5 classes) and KL(original || module) of the softmax outputs, mean over
+    images."""
+    ours = logits(module, x)
+    k = min(5, reference.shape[1])
+    top = [len(set(a.tolist()) & set(b.tolist())) / k
+           for a, b in zip(reference.topk(k).indices, ours.topk(k).indices)]
+    kl = nn.functional.kl_div(torch.log_softmax(ours.double(), 1), torch.log_softmax(reference.double(), 1),
+                              log_target=True, reduction="batchmean")
+    return {"top5_overlap": float(np.mean(top)), "kl": float(kl)}
+
+
 def accuracy(module: nn.Module, calib: Calibration) -> float | None:
     if calib.labels is None:
         return None
@@ -199,7 +221,7 @@ def accuracy(module: nn.Module, calib: Calibration) -> float | None:
 
 @dataclass
 class Recovery:
-    """How the pruned model gets its decisions back (names.RECOVERIES)."""
+    """How the pruned model gets its decisions back: stages of names.RECOVERIES joined by "+"."""
     method: str = DEFAULT_RECOVERY
     images: str | None = None        # distill: unlabelled folder (default: the calibration images);
                                      # finetune: a labelled ImageFolder (required)
@@ -207,10 +229,15 @@ class Recovery:
     epochs: int = 1                  # finetune
     lr: float | None = None          # None: distill's Adam 1e-4, finetune's SGD 1e-3
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        try:
+            return recovery_stages(self.method)
+        except ValueError as err:
+            raise PruneScopeError(str(err)) from None
+
     def check(self) -> None:
-        if self.method not in RECOVERIES:
-            raise PruneScopeError(f"unknown recovery '{self.method}': choose from {', '.join(RECOVERIES)}")
-        if self.method == "finetune" and not self.images:
+        if "finetune" in self.stages and not self.images:
             raise PruneScopeError("--recover finetune needs a labelled ImageFolder (--recover-images DIR)")
         if self.steps < 1 or self.epochs < 1:
             raise PruneScopeError("recovery steps and epochs must be at least 1")
@@ -249,6 +276,9 @@ class PruneReport:
     recovery_s: float = 0.0
     recovery_images: list[str] = field(default_factory=list)  # distilled or fine-tuned on
     steps: list[Step] = field(default_factory=list)
+    # fidelity() on the held-out images, after recovery and before it (empty without any)
+    fidelity: dict = field(default_factory=dict)
+    fidelity_before_recovery: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and the checkpoint's metadata."""
@@ -263,6 +293,9 @@ class PruneReport:
             "accuracy_before": self.accuracy_before,
             "accuracy_before_recovery": self.accuracy_before_recovery,
             "accuracy_after": self.accuracy_after,
+            "top5_overlap": self.fidelity.get("top5_overlap"), "kl": self.fidelity.get("kl"),
+            "top5_overlap_before_recovery": self.fidelity_before_recovery.get("top5_overlap"),
+            "kl_before_recovery": self.fidelity_before_recovery.get("kl"),
             "steps": [{"sparsity_reached": t.sparsity_reached, "agreement": t.agreement,
                        "agreement_before_recovery": t.agreement_before_recovery} for t in self.steps],
             "calibration_images": self.calibration, "held_out_images": self.held_out,
@@ -285,11 +318,17 @@ class PruneReport:
 
     @property
     def warning(self) -> str:
-        """What to do when the pruned model lost most of the original's decisions; "" if not."""
-        if self.agreement is None or self.agreement >= LOW_AGREEMENT:
-            return ""
-        return (f"the pruned model keeps only {self.agreement:.0%} of the original's decisions on "
-                "held-out images: lower the sparsity, add iterations, or recover by distill on more images")
+        """What to do when the pruned model lost most of the original's decisions, or when too
+        few images were held out to tell; "" if neither."""
+        warnings = []
+        if self.agreement is not None and self.agreement < LOW_AGREEMENT:
+            warnings.append(f"the pruned model keeps only {self.agreement:.0%} of the original's decisions "
+                            "on held-out images: lower the sparsity, add iterations, or recover by distill "
+                            "on more images")
+        if len(self.held_out) < FEW_HELD_OUT:
+            warnings.append(f"only {len(self.held_out)} held-out image(s) to measure on: calibrate with "
+                            "24 or more images, or measure on a folder of their own (--held-out)")
+        return "; ".join(warnings)
 
 
 def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode: str = "global",
@@ -317,33 +356,49 @@ def recovery_images(model, settings: Recovery, calib: Calibration, held_out) -> 
     any held-out image."""
     from core.model_pruning.recovery import without
 
-    if settings.method != "distill" or not settings.images:
+    if "distill" not in settings.stages or not settings.images:
         return calib
     images = yield from calibrate(model, settings.images)
     return without(images, held_out)
 
 
+# Share of a recovery's progress bar per stage, by what each costs.
+STAGE_WEIGHTS = {"bn": 1.0, "reconstruct": 4.0, "distill": 6.0, "finetune": 6.0}
+
+
 def recover(original: nn.Module, model, settings: Recovery, calib: Calibration,
-            images: Calibration, held_out, done=None, source: nn.Module | None = None) -> Job[None]:
-    """Recover model.module in place. bn corrects batch-norm statistics for the shift pruning
-    made, measured on the calibration images against `source`, the model it was cut from (by
-    default the original; `done`, the Surgery of that cut, says which channels went). distill
-    does that, then distils `original` on `images`; finetune trains on labelled images."""
-    if settings.method == "none":
-        return
-    if settings.method in ("distill", "finetune") and done is not None and done.unit == "weights":
-        raise PruneScopeError(f"{settings.method} would regrow the zeroed weights of unstructured "
-                              "pruning; use --recover bn or none with magnitude")
-    if settings.method == "finetune":
-        yield from finetune(model, settings.images, settings.epochs, settings.lr or 1e-3,
-                            exclude=held_out.paths if held_out is not None else [])
-        return
-    removed = done.norms if done is not None else None
-    yield from scaled(recovery.correct_bn(model.module, original if source is None else source, calib.x, removed),
-                      0.0, 1.0 if settings.method == "bn" else 0.1)
-    if settings.method == "distill":
-        yield from scaled(recovery.distill(model.module, original, images.x, settings.steps,
-                                           settings.lr or recovery.DISTILL_LR), 0.1, 1.0)
+            images: Calibration, held_out, done=None, source: nn.Module | None = None,
+            total=None) -> Job[None]:
+    """Recover model.module in place, stage by stage. bn corrects batch-norm statistics for the
+    shift pruning made, measured on the calibration images against `source`, the model it was
+    cut from (by default the original; `done`, the Surgery of that cut, says which channels
+    went). reconstruct refits the layers to reproduce `original` on the calibration images
+    (`total`: the Surgery from the original, by default `done`). distill distils `original` on
+    `images`; finetune trains on labelled images."""
+    stages = settings.stages
+    if done is not None and done.unit == "weights":
+        if {"distill", "finetune"} & set(stages):
+            raise PruneScopeError(f"{settings.method} would regrow the zeroed weights of unstructured "
+                                  "pruning; use --recover bn or none with magnitude")
+        stages = tuple(s for s in stages if s != "reconstruct")  # no channel was removed
+    total = total or done
+    weights = [STAGE_WEIGHTS[stage] for stage in stages]
+    start = 0.0
+    for stage, weight in zip(stages, weights):
+        end = start + weight / sum(weights)
+        if stage == "bn":
+            job = recovery.correct_bn(model.module, original if source is None else source, calib.x,
+                                      done.norms if done is not None else None)
+        elif stage == "reconstruct":
+            job = reconstruct(model.module, original, calib.x, total.removed if total is not None else {})
+        elif stage == "distill":
+            job = recovery.distill(model.module, original, images.x, settings.steps,
+                                   settings.lr or recovery.DISTILL_LR)
+        else:
+            job = finetune(model, settings.images, settings.epochs, settings.lr or 1e-3,
+                           exclude=held_out.paths if held_out is not None else [])
+        yield from scaled(job, start, end)
+        start = end
 
 
 def step_sparsities(sparsity: float, iterations: int) -> list[float]:
@@ -356,14 +411,17 @@ def step_sparsities(sparsity: float, iterations: int) -> list[float]:
 
 def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode: str = "global",
                 protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY,
-                settings: Recovery = Recovery("none"), iterations: int = 1) -> Job[PruneReport]:
+                settings: Recovery = Recovery("none"), iterations: int = 1,
+                held_out: Calibration | None = None) -> Job[PruneReport]:
     """Prune a copy of `model` in `iterations` steps, recovering after each, and measure both on
     images held out from calibration and recovery: the job the CLI's and GUI's "prune" run.
     Each step after the first removes, from the already pruned model, the channels that bring
-    the total to that step's share of the target (scores recomputed on the pruned model)."""
+    the total to that step's share of the target (scores recomputed on the pruned model).
+    held_out: images to measure on (all of calib is then used); by default a share of calib."""
     settings.check()
     goals = step_sparsities(float(sparsity), iterations)
-    used, held = recovery.held_out_split(calib)
+    used, held = recovery.held_out_split(calib) if held_out is None else (calib, held_out)
+    reference = logits(model.module, held.x) if held is not None else None
     images = yield from scaled(recovery_images(model, settings, used, held), 0.0, 0.05)
     current, done, measured, steps = model, None, None, []
     recovery_s = 0.0
@@ -377,8 +435,9 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
         done = step_done if done is None or done.unit == "weights" else done.then(step_done)
         current = dataclasses.replace(model, module=module)
         measured = (_quality(module, held, agreement), _quality(module, held, accuracy))
+        first = fidelity(module, reference, held.x) if held is not None else {}
         began = time.perf_counter()
-        yield from scaled(recover(model.module, current, settings, used, images, held, step_done, source),
+        yield from scaled(recover(model.module, current, settings, used, images, held, step_done, source, done),
                           lo + share / 2, lo + share)
         recovery_s += time.perf_counter() - began
         steps.append(Step(module, done, _reached(done, goal), measured[0], _quality(module, held, agreement)))
@@ -390,7 +449,8 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
                          _quality(module, held, accuracy), [str(p) for p in used.paths],
                          [str(p) for p in held.paths] if held is not None else [], settings.method,
                          iterations, steps[-1].sparsity_reached, measured[0], measured[1], recovery_s,
-                         _trained_on(settings, used, images), steps)
+                         _trained_on(settings, used, images), steps,
+                         fidelity(module, reference, held.x) if held is not None else {}, first)
     yield Progress(1.0, "pruned")
     return report
 
@@ -403,12 +463,13 @@ def _reached(done: surgery.Surgery, goal: float) -> float:
 
 
 def _trained_on(settings: Recovery, used: Calibration, images: Calibration) -> list[str]:
-    """The images recovery used: calibration (bn), `images` (distill) or the fine-tuning folder."""
-    if settings.method == "none":
-        return []
-    if settings.method == "finetune":
-        return [settings.images]
-    return [str(p) for p in (images if settings.method == "distill" else used).paths]
+    """The images recovery used: calibration (bn, reconstruct), `images` (distill) or the
+    fine-tuning folder."""
+    stages = settings.stages
+    paths = [] if not stages else [str(p) for p in used.paths]
+    if "distill" in stages:
+        paths = list(dict.fromkeys(paths + [str(p) for p in images.paths]))
+    return paths + ([settings.images] if "finetune" in stages else [])
 
 
 def _next_step(done: surgery.Surgery, goal: float) -> float:

@@ -46,6 +46,8 @@ class SweepPoint:
     agreement_before_recovery: float | None = None
     accuracy_before_recovery: float | None = None
     recovery_s: float = 0.0
+    fidelity: dict = field(default_factory=dict)  # pipeline.fidelity: top5_overlap, kl
+    fidelity_before_recovery: dict = field(default_factory=dict)
 
     @property
     def mean_spearman(self) -> float:
@@ -183,10 +185,12 @@ def _maps(model, x, targets, methods, skipped: dict) -> dict:
 def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
           sparsities=SWEEP_SPARSITIES, methods=SWEEP_METHODS, mode: str = "global",
           protect=DEFAULT_PROTECT, timed: bool = True,
-          settings: pipeline.Recovery = pipeline.Recovery("none")) -> Job[SweepResult]:
+          settings: pipeline.Recovery = pipeline.Recovery("none"),
+          held_out: pipeline.Calibration | None = None) -> Job[SweepResult]:
     """Prune a copy of the model at each sparsity by each criterion, recover it and measure what
-    changed, on images held out from calibration and recovery. A criterion that cannot run on
-    this model (LRP on some architectures) is recorded in `errors`."""
+    changed, on images held out from calibration and recovery (`held_out`, or a share of calib).
+    A criterion that cannot run on this model (LRP on some architectures) is recorded in
+    `errors`."""
     from core.engine import ALL_METHODS
     from core.model_pruning.recovery import held_out_split
 
@@ -197,7 +201,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
             raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
     settings.check()
     sparsities = sorted(float(s) for s in sparsities)
-    used, held = held_out_split(calib)
+    used, held = held_out_split(calib) if held_out is None else (calib, held_out)
     if held is None:
         raise PruneScopeError("a sweep needs at least two images: one is held out to measure on")
     images = yield from pipeline.recovery_images(model, settings, used, held)
@@ -207,6 +211,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                          dataclasses.asdict(base), pipeline.accuracy(model.module, held),
                          [str(p) for p in used.paths], [str(p) for p in held.paths], settings.method)
     x, targets = held.x, held.targets
+    reference = pipeline.logits(model.module, x)
     yield Progress(0.02, "explaining with the original model")
     original_maps = _maps(model, x, targets, methods, result.skipped_methods)
     original_paths = pathway_masks(model, x, targets)
@@ -226,6 +231,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                     model, used, name, s, mode, protect, scores=scores), at, at + 0.2 * step)
                 pruned = dataclasses.replace(model, module=module)
                 before = pipeline.agreement(module, held), pipeline.accuracy(module, held)
+                first = pipeline.fidelity(module, reference, x)
                 began = time.perf_counter()
                 yield from scaled(pipeline.recover(model.module, pruned, settings, used, images, held, done),
                                   at + 0.2 * step, at + 0.4 * step)
@@ -240,7 +246,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                     name, s, stats.params, stats.nonzero, stats.macs, stats.latency_ms,
                     original.latency_ms,
                     pipeline.agreement(module, held), pipeline.accuracy(module, held), drift,
-                    float(np.mean(ious)), [list(row) for row in done.layers], *before, recovery_s))
+                    float(np.mean(ious)), [list(row) for row in done.layers], *before, recovery_s,
+                    pipeline.fidelity(module, reference, x), first))
         except Exception as why:  # one criterion failing (out of memory, say) spares the others
             result.errors[name] = reason(why)
     yield Progress(1.0, "sweep done")
