@@ -26,6 +26,16 @@ def criterion_list(text: str) -> list[str]:
     return names
 
 
+def sparsity_cap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], got {text}")
+    return value
+
+
 def recovery_spec(text: str) -> str:
     try:
         recovery_stages(text)
@@ -42,7 +52,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-out", metavar="DIR", help="images to measure agreement on, never calibrated or "
                    "trained on (default: every third calibration image)")
     p.add_argument("--mode", choices=MODES, default="global",
-                   help="rank channels over all layers together, or remove the ratio from each layer")
+                   help="rank channels over all layers together (global), remove the ratio from each layer "
+                        "(per-layer), or give each layer a share by what removing its channels alone costs "
+                        "on the calibration images (sensitivity)")
+    p.add_argument("--max-layer-sparsity", type=sparsity_cap, default=100.0, metavar="P",
+                   help="global ranking: remove at most P %% of any one layer's channels (default 100)")
     p.add_argument("--protect", type=method_list, default=["first", "last"],
                    help="layers kept whole: first, last, none, or module paths, comma-separated "
                         "(default first,last)")
@@ -145,7 +159,8 @@ def run_prune(args) -> int:
         calib = run(calibrate(model, args.calib), bar)
         held = run(calibrate(model, args.held_out), bar) if args.held_out else None
         report = run(prune_model(model, args.criterion, args.sparsity, calib, args.mode, args.protect,
-                                 settings=settings, iterations=args.iterations, held_out=held), bar)
+                                 settings=settings, iterations=args.iterations, held_out=held,
+                                 cap=args.max_layer_sparsity), bar)
         sizes = save_pruned(report, out, program=args.program)
         if args.save_steps:
             for k, step in enumerate(report.steps[:-1], 1):
@@ -214,7 +229,8 @@ def run_sweep(args) -> int:
             calib = run(calibrate(model, args.calib), bar)
             held = run(calibrate(model, args.held_out), bar) if args.held_out else None
             result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
-                               args.protect, timed=not args.no_latency, settings=settings, held_out=held), bar)
+                               args.protect, timed=not args.no_latency, settings=settings, held_out=held,
+                               cap=args.max_layer_sparsity), bar)
         finally:
             bar.close()
         written = save_sweep(result, out)

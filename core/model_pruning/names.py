@@ -9,7 +9,7 @@ DESCRIPTIONS = {
     "lrp": "LRP relevance: sum over the channel's map of |relevance| (Yeom et al. 2021)",
     "pathway": "pathway frequency: how often the channel's neurons are in the critical pathway",
 }
-MODES = ("global", "per-layer")
+MODES = ("global", "per-layer", "sensitivity")
 DEFAULT_PROTECT = ("first", "last")
 SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
 SWEEP_METHODS = DEFAULTS["prune-sweep"]

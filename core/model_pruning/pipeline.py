@@ -333,8 +333,10 @@ class PruneReport:
 
 def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode: str = "global",
                protect=DEFAULT_PROTECT, scores: criteria.Scores | None = None,
-               pathway_sparsity: float = criteria.PATHWAY_SPARSITY) -> Job[tuple[nn.Module, surgery.Surgery]]:
-    """A pruned copy of model.module; the original is untouched. Pass `scores` to reuse them."""
+               pathway_sparsity: float = criteria.PATHWAY_SPARSITY,
+               cap: float = 100.0) -> Job[tuple[nn.Module, surgery.Surgery]]:
+    """A pruned copy of model.module; the original is untouched. Pass `scores` to reuse them.
+    cap: at most this percent of any one group's channels (global ranking)."""
     criteria.check_criterion(criterion)
     surgery.check_sparsity(sparsity, mode)
     protected = surgery.resolve_protected(model.module, calib.x, protect)
@@ -346,7 +348,7 @@ def prune_copy(model, calib: Calibration, criterion: str, sparsity: float, mode:
     if criterion == "magnitude":
         done = surgery.prune_unstructured(module, calib.x, sparsity, mode, protected)
     else:
-        done = surgery.prune_structured(module, calib.x, scores, sparsity, mode, protected)
+        done = surgery.prune_structured(module, calib.x, scores, sparsity, mode, protected, cap)
     module.eval().requires_grad_(False)
     return module, done
 
@@ -412,7 +414,7 @@ def step_sparsities(sparsity: float, iterations: int) -> list[float]:
 def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode: str = "global",
                 protect=DEFAULT_PROTECT, pathway_sparsity: float = criteria.PATHWAY_SPARSITY,
                 settings: Recovery = Recovery("none"), iterations: int = 1,
-                held_out: Calibration | None = None) -> Job[PruneReport]:
+                held_out: Calibration | None = None, cap: float = 100.0) -> Job[PruneReport]:
     """Prune a copy of `model` in `iterations` steps, recovering after each, and measure both on
     images held out from calibration and recovery: the job the CLI's and GUI's "prune" run.
     Each step after the first removes, from the already pruned model, the channels that bring
@@ -431,7 +433,8 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
         step = goal if done is None or done.unit == "weights" else _next_step(done, goal)
         source = current.module
         module, step_done = yield from scaled(prune_copy(current, used, criterion, step, mode, protect,
-                                                         pathway_sparsity=pathway_sparsity), lo, lo + share / 2)
+                                                         pathway_sparsity=pathway_sparsity, cap=cap),
+                                              lo, lo + share / 2)
         done = step_done if done is None or done.unit == "weights" else done.then(step_done)
         current = dataclasses.replace(model, module=module)
         measured = (_quality(module, held, agreement), _quality(module, held, accuracy))

@@ -134,13 +134,15 @@ def _unreshapable(group) -> str | None:
     return None
 
 
-def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) -> list[list[int]]:
-    """Channels to remove per group: the lowest-scored ratio of each group (per-layer) or of all
-    groups together (global); every group keeps at least one channel."""
-    if mode == "per-layer":
+def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str, cap: float = 1.0,
+            counts: list[int] | None = None) -> list[list[int]]:
+    """Channels to remove per group: the lowest-scored ratio of each group (per-layer), `counts`
+    of each (sensitivity), or the lowest-scored ratio of all groups together (global), taking at
+    most `cap` of any group's channels; every group keeps at least one channel."""
+    if mode != "global":
         chosen = []
-        for _, s in ranked:
-            n = min(int(len(s) * ratio), len(s) - 1)
+        for k, (_, s) in enumerate(ranked):
+            n = min(counts[k] if counts is not None else int(len(s) * ratio), len(s) - 1)
             chosen.append(sorted(torch.argsort(s, stable=True)[:n].tolist()))
         return chosen
     flat = torch.cat([s for _, s in ranked]) if ranked else torch.zeros(0)
@@ -148,12 +150,13 @@ def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) 
     local = torch.cat([torch.arange(len(s)) for _, s in ranked]) if ranked else flat
     budget = int(len(flat) * ratio)
     left = [len(s) for _, s in ranked]
+    floor = [max(1, len(s) - int(len(s) * cap)) for _, s in ranked]  # channels each group keeps
     chosen: list[list[int]] = [[] for _ in ranked]
     for i in torch.argsort(flat, stable=True).tolist():
         if budget <= 0:
             break
         g = int(owner[i])
-        if left[g] > 1:
+        if left[g] > floor[g]:
             chosen[g].append(int(local[i]))
             left[g] -= 1
             budget -= 1
@@ -161,19 +164,22 @@ def _choose(ranked: list[tuple[object, torch.Tensor]], ratio: float, mode: str) 
 
 
 def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsity: float,
-                     mode: str = "global", protected=frozenset()) -> Surgery:
-    """Remove the lowest-scored sparsity % of output channels from `module`, in place; which
-    parameters are frozen stays as it was."""
+                     mode: str = "global", protected=frozenset(), cap: float = 100.0) -> Surgery:
+    """Remove the lowest-scored sparsity % of output channels from `module`, in place, at most
+    `cap` % of any one group's (global mode); which parameters are frozen stays as it was.
+    sensitivity: each group's share set by what removing its channels alone costs on x."""
     check_sparsity(sparsity, mode)
+    if not 0.0 < float(cap) <= 100.0:
+        raise PruneScopeError(f"the per-layer cap must be in (0, 100] percent, got {cap}")
     order = forward_order(module, x)
     if float(sparsity) == 0.0:  # nothing to remove: spare tracing the graph
         return Surgery({}, _channel_table(module, order, {}), "channels", sorted(protected))
     with _grad_flags_kept(module):
-        return _remove_channels(module, x, scores, float(sparsity), mode, protected, order)
+        return _remove_channels(module, x, scores, float(sparsity), mode, protected, order, float(cap) / 100.0)
 
 
 def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, protected,
-                     order: list[str]) -> Surgery:
+                     order: list[str], cap: float = 1.0) -> Surgery:
     names = {m: n for n, m in module.named_modules()}
     DG = _dependency_graph(module, x)
     out_layer = module.get_submodule(order[-1])  # its outputs are the classes: never removed
@@ -204,7 +210,13 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
             skipped[root] = "no score from this criterion"
             continue
         ranked.append((group, s))
-    chosen = _choose(ranked, float(sparsity) / 100.0, mode)
+    counts = None
+    if mode == "sensitivity":
+        from core.model_pruning.sensitivity import allocate, group_costs
+
+        costs = group_costs(module, x, DG, ranked, names)
+        counts = allocate(costs, [len(s) for _, s in ranked], int(sum(len(s) for _, s in ranked) * sparsity / 100.0))
+    chosen = _choose(ranked, float(sparsity) / 100.0, mode, cap, counts)
     removed: dict[str, list[int]] = {}
     # A batch norm after a concatenation is in several groups, and a later group numbers its
     # channels after the earlier cuts: the channels still there, in the original numbering.

@@ -186,7 +186,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
           sparsities=SWEEP_SPARSITIES, methods=SWEEP_METHODS, mode: str = "global",
           protect=DEFAULT_PROTECT, timed: bool = True,
           settings: pipeline.Recovery = pipeline.Recovery("none"),
-          held_out: pipeline.Calibration | None = None) -> Job[SweepResult]:
+          held_out: pipeline.Calibration | None = None, cap: float = 100.0) -> Job[SweepResult]:
     """Prune a copy of the model at each sparsity by each criterion, recover it and measure what
     changed, on images held out from calibration and recovery (`held_out`, or a share of calib).
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
@@ -228,7 +228,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
             for si, s in enumerate(sparsities):
                 at = lo + 0.15 * share + si * step
                 module, done = yield from scaled(pipeline.prune_copy(
-                    model, used, name, s, mode, protect, scores=scores), at, at + 0.2 * step)
+                    model, used, name, s, mode, protect, scores=scores, cap=cap), at, at + 0.2 * step)
                 pruned = dataclasses.replace(model, module=module)
                 before = pipeline.agreement(module, held), pipeline.accuracy(module, held)
                 first = pipeline.fidelity(module, reference, x)

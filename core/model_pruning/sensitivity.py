@@ -1,0 +1,89 @@
+"""Where to cut: how much each group of coupled channels may lose, from what losing them costs.
+
+Global ranking compares scores across layers, and can empty a layer that everything after it
+depends on. Here each group's lowest-scored quarter, half and three quarters are removed alone
+(their outputs zeroed, which is what removal does to the layers that read them), the change of
+the model's output on the calibration images is measured (KL to the unpruned output), and the
+channel budget goes first to the groups where a removed channel costs least.
+"""
+import torch
+from torch import nn
+
+from core.folding import conv_bn_pairs
+
+LEVELS = (0.25, 0.5, 0.75)  # shares of a group removed alone to measure its cost
+MAX_IMAGES = 16             # of the calibration images, for the measurement
+
+
+def group_costs(module: nn.Module, x: torch.Tensor, graph, ranked, names: dict) -> list[list[float]]:
+    """Per ranked group, the mean KL(unpruned || masked) on x with its lowest-scored LEVELS of
+    channels zeroed, one after another."""
+    x = x[:MAX_IMAGES]
+    module.eval()
+    with torch.no_grad():
+        reference = torch.log_softmax(module(x).double(), 1)
+    norms = dict(conv_bn_pairs(module, x[:1])[0])  # conv -> the batch norm after it
+    modules = dict(module.named_modules())
+    costs = []
+    for group, scores in ranked:
+        order = torch.argsort(scores, stable=True).tolist()
+        root = group[0].dep
+        row = []
+        for level in LEVELS:
+            idxs = order[:min(int(len(order) * level), len(order) - 1)]
+            zeroed = {}
+            for item in graph.get_pruning_group(root.target.module, root.handler, idxs):
+                target = item.dep.target.module
+                if isinstance(target, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
+                    name = names[target]
+                    zeroed[modules[norms[name]] if name in norms else target] = list(item.idxs)
+            row.append(_masked_kl(module, x, reference, zeroed))
+        costs.append(row)
+    return costs
+
+
+def _masked_kl(module: nn.Module, x: torch.Tensor, reference: torch.Tensor, zeroed: dict) -> float:
+    def hook(channels):
+        def zero(_m, _inputs, out):
+            out = out.clone()
+            out[:, channels] = 0
+            return out
+        return zero
+
+    handles = [m.register_forward_hook(hook(channels)) for m, channels in zeroed.items() if channels]
+    try:
+        with torch.no_grad():
+            ours = torch.log_softmax(module(x).double(), 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(nn.functional.kl_div(ours, reference, log_target=True, reduction="batchmean"))
+
+
+def allocate(costs: list[list[float]], sizes: list[int], budget: int) -> list[int]:
+    """Channels to remove per group, `budget` in all: greedily, the next level of the group whose
+    next channels cost least each (the last step taking only what the budget has left); every
+    group keeps at least one channel."""
+    steps = [[0] + [min(int(n * level), n - 1) for level in LEVELS] for n in sizes]
+    paid = [[0.0] + list(row) for row in costs]
+    at = [0] * len(sizes)
+    counts = [0] * len(sizes)
+    left = budget
+    while left > 0:
+        options = [(max(paid[g][at[g] + 1] - paid[g][at[g]], 0.0) / (steps[g][at[g] + 1] - steps[g][at[g]]), g)
+                   for g in range(len(sizes))
+                   if at[g] + 1 < len(steps[g]) and steps[g][at[g] + 1] > steps[g][at[g]]]
+        if not options:
+            break
+        _, g = min(options)
+        more = min(steps[g][at[g] + 1] - counts[g], left)
+        counts[g] += more
+        left -= more
+        at[g] += 1
+    # past the measured levels: the groups whose last measured channels cost least, first
+    last = sorted(range(len(sizes)), key=lambda g: paid[g][-1] - paid[g][-2])
+    for g in last:
+        more = min(sizes[g] - 1 - counts[g], left)
+        counts[g] += max(more, 0)
+        left -= max(more, 0)
+    return counts
