@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from core.methods import ALL_METHODS
-from core.model_pruning.names import (CRITERIA, DEFAULT_PROTECT, DEFAULT_RECOVERY, DESCRIPTIONS, MODES,
+from core.model_pruning.names import (CRITERIA, DEFAULT_MODE, DEFAULT_PROTECT, DEFAULT_RECOVERY, DESCRIPTIONS, MODES,
                                       RECOVERY_CHOICES, SWEEP_METHODS, SWEEP_SPARSITIES)
 from gui import pruning_jobs
 from gui.context import PRIORITY_BACKGROUND, PRIORITY_VIEW, ModelChoice
@@ -114,7 +114,9 @@ class PruningTab(JobFeedback, QWidget):
         self.mode = QComboBox()
         for mode in MODES:
             self.mode.addItem(mode, mode)
-        self.mode.setToolTip("Rank channels over all layers together, or take the ratio from each layer")
+        self.mode.setCurrentIndex(MODES.index(DEFAULT_MODE))
+        self.mode.setToolTip("Rank channels over all layers together, take the ratio from each layer, or give "
+                             "each layer a share by what removing its channels alone costs (sensitivity)")
         self.protect = QLineEdit(",".join(DEFAULT_PROTECT))
         self.protect.setToolTip("Layers kept whole: first, last, none, or module paths, comma-separated")
         self.calib = QLineEdit()

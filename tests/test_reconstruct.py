@@ -9,7 +9,7 @@ from core.errors import PruneScopeError
 from core.model_pruning import surgery
 from core.model_pruning.names import recovery_stages
 from core.model_pruning.pipeline import Recovery
-from core.model_pruning.reconstruct import reconstruct
+from core.model_pruning.reconstruct import OWN_FORWARD, reconstruct
 from core.progress import run
 
 
@@ -146,3 +146,88 @@ def test_recovery_stages_run_in_a_fixed_order(text, stages):
 def test_unknown_recovery_stages_are_refused(text):
     with pytest.raises(PruneScopeError):
         Recovery(text).check()
+
+
+class SelfPadded(nn.Conv2d):
+    """A convolution whose forward never calls _conv_forward (as timm's Conv2dSame does not)."""
+
+    def forward(self, x):
+        return nn.functional.conv2d(nn.functional.pad(x, (0, 2, 0, 2)), self.weight, self.bias, self.stride)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2),
+    nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.Conv2d(4, 4, 5, padding=2, groups=4),
+    nn.Conv2d(4, 6, (1, 3), padding="same"), nn.Conv2d(4, 6, 3, padding="same", padding_mode="reflect"),
+    nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular", bias=False)])
+def test_the_fit_models_each_kind_of_convolution_exactly(conv):
+    from core.model_pruning.reconstruct import _Layer, _not_linear_here
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), conv, nn.BatchNorm2d(conv.out_channels)).eval()
+    with torch.no_grad():
+        net[2].running_mean.uniform_(-1, 1), net[2].running_var.uniform_(0.5, 2)
+    layer = _Layer("1", conv, conv, net[2], None)
+    assert _not_linear_here(net, layer, net[2], torch.rand(2, 3, 9, 9)) == ""
+
+
+def test_a_convolution_with_a_forward_of_its_own_is_left_as_it_was():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 1), SelfPadded(6, 4, 3)).eval()
+    pruned = copy.deepcopy(net)
+    with torch.no_grad():
+        pruned[0] = nn.Conv2d(3, 4, 1)
+        pruned[0].weight.copy_(net[0].weight[:4]), pruned[0].bias.copy_(net[0].bias[:4])
+        pruned[1] = SelfPadded(4, 4, 3)
+        pruned[1].weight.copy_(net[1].weight[:, :4]), pruned[1].bias.copy_(net[1].bias)
+    before = copy.deepcopy(pruned)
+    result = run(reconstruct(pruned.eval(), net, torch.rand(8, 3, 8, 8), {"0": [4, 5]}))
+    assert result.skipped == {"1": OWN_FORWARD} and _same_state(pruned, before)
+
+
+class Tokens(nn.Module):
+    """An MLP on tokens (batch x tokens x channels), as in a ViT block."""
+
+    def __init__(self, hidden=16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.fc1, self.fc2 = nn.Linear(8, hidden), nn.Linear(hidden, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_linear_layers_on_tokens_are_fitted_on_their_channels():
+    torch.manual_seed(0)
+    net = Tokens().eval()
+    keep = list(range(10))
+    pruned = copy.deepcopy(net)
+    with torch.no_grad():
+        pruned.fc1 = nn.Linear(8, 10)
+        pruned.fc1.weight.copy_(net.fc1.weight[keep]), pruned.fc1.bias.copy_(net.fc1.bias[keep])
+        pruned.fc2 = nn.Linear(10, 8)
+        pruned.fc2.weight.copy_(net.fc2.weight[:, keep]), pruned.fc2.bias.copy_(net.fc2.bias)
+    x = torch.rand(12, 3, 16, 16)
+    with torch.no_grad():
+        before = (pruned(x) - net(x)).pow(2).mean()
+    result = run(reconstruct(pruned.eval(), net, x, {"fc1": list(range(10, 16))}))
+    assert result.kept and not result.skipped
+    assert any(f.name == "fc2" and f.strength is not None for f in result.layers)
+    with torch.no_grad():
+        assert (pruned(x) - net(x)).pow(2).mean() < before
+
+
+def test_fidelity_has_known_answers():
+    from core.model_pruning.pipeline import fidelity, logits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7)).eval()
+    x = torch.rand(4, 3, 2, 2)
+    same = fidelity(net, logits(net, x), x)
+    assert same["top5_overlap"] == 1.0 and abs(same["kl"]) < 1e-9
+    flipped = nn.Sequential(net, nn.Flatten()).eval()
+    with torch.no_grad():
+        other = fidelity(flipped, -logits(net, x), x)  # the reference ranks classes the other way round
+    assert other["top5_overlap"] == 3 / 5 and other["kl"] > 0.1  # 7 classes: two tops of 5 share 3

@@ -9,7 +9,7 @@ from core.cli import say
 from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
                               sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import (CRITERIA, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, SWEEP_METHODS,
+from core.model_pruning.names import (CRITERIA, DEFAULT_MODE, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, SWEEP_METHODS,
                                       SWEEP_SPARSITIES, recovery_stages)
 
 
@@ -37,35 +37,36 @@ def sparsity_cap(text: str) -> float:
 
 
 def recovery_spec(text: str) -> str:
+    """The stages as they will run (distill is bn+distill), so that reports say what ran."""
     try:
-        recovery_stages(text)
+        return "+".join(recovery_stages(text)) or "none"
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, recovery: str) -> None:
     add_model_options(p)
     p.add_argument("--calib", metavar="DIR", help="calibration images: a folder, or an ImageFolder "
                    "(one subfolder per class id or name) for accuracy; default: the bundled samples and "
                    "scikit-image's sample photos")
     p.add_argument("--held-out", metavar="DIR", help="images to measure agreement on, never calibrated or "
                    "trained on (default: every third calibration image)")
-    p.add_argument("--mode", choices=MODES, default="global",
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help="rank channels over all layers together (global), remove the ratio from each layer "
                         "(per-layer), or give each layer a share by what removing its channels alone costs "
-                        "on the calibration images (sensitivity)")
+                        "on the calibration images (sensitivity, the default)")
     p.add_argument("--max-layer-sparsity", type=sparsity_cap, default=100.0, metavar="P",
-                   help="global ranking: remove at most P %% of any one layer's channels (default 100)")
+                   help="global ranking: remove at most P %% of any one layer's channels, per pruning step "
+                        "(default 100)")
     p.add_argument("--protect", type=method_list, default=["first", "last"],
                    help="layers kept whole: first, last, none, or module paths, comma-separated "
                         "(default first,last)")
-    p.add_argument("--recover", type=recovery_spec, default=DEFAULT_RECOVERY, metavar="STAGES",
+    p.add_argument("--recover", type=recovery_spec, default=recovery, metavar="STAGES",
                    help="after pruning, stages joined by +, run in this order: bn (correct batch-norm "
                         "statistics for the shift pruning made), reconstruct (refit each layer to reproduce "
                         "the original's output on the calibration images), distill (distil the original "
                         "model on unlabelled images; runs after bn), finetune (labelled ImageFolder); or "
-                        f"none (default {DEFAULT_RECOVERY})")
+                        f"none (default {recovery})")
     p.add_argument("--recover-images", metavar="DIR", help="distill: unlabelled images (default: the "
                    "calibration images); finetune: the labelled ImageFolder")
     p.add_argument("--recover-steps", type=positive_int, default=60,
@@ -93,7 +94,7 @@ def register(subparsers) -> None:
     p.add_argument("--sparsity", type=sparsity_percent, required=True,
                    help="percent of channels removed (of weights zeroed, for magnitude)")
     p.add_argument("--out", required=True, type=out_path, metavar="FILE", help="the pruned model file (.pt)")
-    _common(p)
+    _common(p, DEFAULT_RECOVERY)
     p.add_argument("--iterations", type=positive_int, default=1,
                    help="reach the sparsity in this many pruning steps, recovering after each (default 1)")
     p.add_argument("--save-steps", action="store_true",
@@ -116,7 +117,8 @@ def register(subparsers) -> None:
     s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
                    help=f"maps compared before/after, comma-separated (default: {','.join(SWEEP_METHODS)})")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
-    _common(s)
+    # bn: a sweep prunes at every criterion x sparsity, and reconstruction takes minutes on each
+    _common(s, "bn")
     s.set_defaults(run=run_sweep)
 
 

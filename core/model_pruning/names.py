@@ -10,6 +10,7 @@ DESCRIPTIONS = {
     "pathway": "pathway frequency: how often the channel's neurons are in the critical pathway",
 }
 MODES = ("global", "per-layer", "sensitivity")
+DEFAULT_MODE = "sensitivity"  # kept the most decisions of Lite0 on held-out photos (README's table)
 DEFAULT_PROTECT = ("first", "last")
 SWEEP_SPARSITIES = (0, 30, 50, 70, 80, 90, 95)
 SWEEP_METHODS = DEFAULTS["prune-sweep"]

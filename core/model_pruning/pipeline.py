@@ -422,7 +422,8 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
     held_out: images to measure on (all of calib is then used); by default a share of calib."""
     settings.check()
     goals = step_sparsities(float(sparsity), iterations)
-    used, held = recovery.held_out_split(calib) if held_out is None else (calib, held_out)
+    used, held = recovery.held_out_split(calib) if held_out is None else \
+        (recovery.without(calib, held_out), held_out)
     reference = logits(model.module, held.x) if held is not None else None
     images = yield from scaled(recovery_images(model, settings, used, held), 0.0, 0.05)
     current, done, measured, steps = model, None, None, []
@@ -469,7 +470,7 @@ def _trained_on(settings: Recovery, used: Calibration, images: Calibration) -> l
     """The images recovery used: calibration (bn, reconstruct), `images` (distill) or the
     fine-tuning folder."""
     stages = settings.stages
-    paths = [] if not stages else [str(p) for p in used.paths]
+    paths = [str(p) for p in used.paths] if {"bn", "reconstruct"} & set(stages) else []
     if "distill" in stages:
         paths = list(dict.fromkeys(paths + [str(p) for p in images.paths]))
     return paths + ([settings.images] if "finetune" in stages else [])

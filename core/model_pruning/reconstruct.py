@@ -32,6 +32,7 @@ BATCH = 16
 MAX_POSITIONS = 1024        # per image and layer: early layers have ~12 k, all alike
 STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge, times the layer's mean input energy
 DEFAULT_STRENGTH = 1e-2     # with too few images to hold any out
+OWN_FORWARD = "its forward is not the affine map of its weights (a custom layer): left as it was"
 VALIDATE_EVERY = 4          # every fourth image is held out of the fit to choose the strength
 
 
@@ -50,7 +51,11 @@ class Reconstruction:
     kept: bool                  # False: the refitted model was further from the original; undone
 
 
-class _Reached(Exception):
+class _OwnForward(Exception):
+    """A layer computes its output its own way, not as the affine map of its weights."""
+
+
+class _Reached(BaseException):  # not Exception: a model's own `except Exception` must not catch it
     """Stops a forward once the layer being fitted has been seen."""
 
 
@@ -72,7 +77,10 @@ def reconstruct(pruned: nn.Module, original: nn.Module, x: torch.Tensor,
     fits = []
     try:
         for i, layer in enumerate(layers):
-            fits.append(_refit(pruned, original, layer, fit_batches, val_batches))
+            try:
+                fits.append(_refit(pruned, original, layer, fit_batches, val_batches))
+            except Exception as err:  # noqa: BLE001 - one layer that cannot be fitted spares the rest
+                skipped[layer.name] = f"{type(err).__name__}: {err}"[:200]
             yield Progress((i + 1) / max(len(layers), 1), f"reconstructing {layer.name} ({i + 1}/{len(layers)})")
         kept = _distance(pruned, original, x) <= before
         if not kept:
@@ -119,10 +127,35 @@ def _layers(pruned: nn.Module, original: nn.Module, probe: torch.Tensor, removed
             skipped[name] = why
             continue
         target = theirs.get(norm_name) if norm_name else twin
+        norm = pruned.get_submodule(norm_name) if norm_name else None
         pooled = isinstance(m, nn.Linear) and _pooled(pruned, m, probe) and _pooled(original, twin, probe)
-        layers.append(_Layer(name, m, target, pruned.get_submodule(norm_name) if norm_name else None, kept,
-                             pooled))
+        layer = _Layer(name, m, target, norm, kept, pooled)
+        why = _not_linear_here(pruned, layer, norm or m, probe)
+        if why:
+            skipped[name] = why
+            continue
+        layers.append(layer)
     return layers, skipped
+
+
+def _not_linear_here(pruned: nn.Module, layer: _Layer, output: nn.Module, probe: torch.Tensor) -> str:
+    """Why the fit's model of the layer (its weight, bias and batch norm as one affine map on the
+    caught input) does not reproduce its real output on the probe, if it does not: a subclass
+    whose forward pads or standardises in its own way, a norm without shift, ..."""
+    try:
+        x = _input_of(pruned, layer.module, probe, layer.pooled)
+        y = _output_of(pruned, layer.module if layer.pooled else output, probe, layer.pooled)
+        xs, ys = _samples(layer, x, y, seed=0)
+        if layer.biased:
+            xs = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
+        ours = xs @ _effective(layer).to(xs.device)
+    except _OwnForward:
+        return OWN_FORWARD
+    except Exception as err:  # noqa: BLE001 - any failure here only means: not fitted
+        return f"its output could not be modelled ({type(err).__name__}: {err})"[:200]
+    if ours.shape != ys.shape or not torch.allclose(ours, ys, rtol=1e-3, atol=1e-4 * float(ys.abs().max()) + 1e-6):
+        return OWN_FORWARD
+    return ""
 
 
 def _calls(module: nn.Module, probe: torch.Tensor) -> tuple[list[str], dict[str, int]]:
@@ -192,7 +225,7 @@ def _refit(pruned: nn.Module, original: nn.Module, layer: _Layer, fit_batches, v
     fit = _accumulate(pruned, original, layer, fit_batches)
     if val_batches:
         val = _accumulate(pruned, original, layer, val_batches)
-        energy = val.yy
+        energy = max(val.yy, 1e-12)
         errors = {s: _error(_solve(fit, current, s), val) for s in STRENGTHS}
         baseline = _error(current, val)
         strength = min(errors, key=errors.get)
@@ -201,7 +234,7 @@ def _refit(pruned: nn.Module, original: nn.Module, layer: _Layer, fit_batches, v
         total = _Stats(fit.xx + val.xx, fit.xy + val.xy, fit.yy + val.yy)
         after = errors[strength]
     else:
-        total, strength, energy = fit, DEFAULT_STRENGTH, fit.yy
+        total, strength, energy = fit, DEFAULT_STRENGTH, max(fit.yy, 1e-12)
         baseline = after = float("nan")
     _write(layer, _solve(total, current, strength))
     return LayerFit(layer.name, strength, baseline / energy, after / energy)
@@ -216,15 +249,14 @@ class _Stats:
 
 def _accumulate(pruned: nn.Module, original: nn.Module, layer: _Layer, batches) -> _Stats:
     m = layer.module
-    groups = m.groups if isinstance(m, nn.Conv2d) else 1
     xx = xy = None
     yy = 0.0
     for k, batch in enumerate(batches):
         inputs = _input_of(pruned, m, batch, layer.pooled)
         target = _output_of(original, layer.twin, batch, layer.pooled)
         if layer.kept is not None:
-            target = target.index_select(1, layer.kept.to(target.device))
-        xs, ys = _samples(m, inputs, target, groups, seed=k)
+            target = target.index_select(_channel_dim(layer), layer.kept.to(target.device))
+        xs, ys = _samples(layer, inputs, target, seed=k)
         if layer.biased:
             xs = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
         bx, by = xs.transpose(1, 2) @ xs, xs.transpose(1, 2) @ ys
@@ -258,6 +290,8 @@ def _input_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool 
         pass
     finally:
         undo()
+    if not seen:  # a subclass whose forward never calls _conv_forward (timm's Conv2dSame)
+        raise _OwnForward
     return seen[0]
 
 
@@ -266,8 +300,8 @@ def _output_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool
     position of the feature map it averages, as channels x positions (their mean is its output)."""
     if pooled:
         features = _feature_map(model, m, batch)[0].double()
-        out = nn.functional.linear(features.movedim(1, -1), m.weight.double(),
-                                   None if m.bias is None else m.bias.double())
+        out = nn.functional.linear(features.movedim(1, -1), m.weight.detach().double(),
+                                   None if m.bias is None else m.bias.detach().double())
         return out.movedim(-1, 1)
     seen = []
 
@@ -319,10 +353,18 @@ def _pooled(model: nn.Module, m: nn.Linear, probe: torch.Tensor) -> bool:
             and torch.allclose(features.mean((2, 3)), x, rtol=1e-4, atol=1e-6))
 
 
-def _samples(m: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: int, seed: int):
+def _channel_dim(layer: _Layer) -> int:
+    """Where a layer's output channels are: axis 1 of a conv's (or a pooled linear's per-position)
+    output, the last axis of a linear's (tokens or channels-last maps before it)."""
+    return -1 if isinstance(layer.module, nn.Linear) and not layer.pooled else 1
+
+
+def _samples(layer: _Layer, x: torch.Tensor, y: torch.Tensor, seed: int):
     """(inputs, targets) as groups x samples x features, one sample per output position (of a
     conv: im2col patches, ordered as the weight's flattened input dimensions)."""
-    if isinstance(m, nn.Linear) and x.dim() == 4:  # pooled: channels x positions
+    m = layer.module
+    groups = m.groups if isinstance(m, nn.Conv2d) else 1
+    if layer.pooled:  # channels x positions
         return (x.movedim(1, -1).reshape(1, -1, x.shape[1]).double(),
                 y.movedim(1, -1).reshape(1, -1, y.shape[1]))
     if isinstance(m, nn.Linear):
@@ -345,14 +387,14 @@ def _samples(m: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: int, seed: 
 
 def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """im2col of x as m's convolution sees it."""
-    if isinstance(m.padding, str):  # "valid" or "same" (stride 1): pad as torch does
+    if m.padding_mode != "zeros":  # torch fills these in for string padding too
+        x, padding = nn.functional.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
+    elif isinstance(m.padding, str):  # "valid" or "same" (stride 1): pad as torch does
         pads = []
         for k, d in zip(reversed(m.kernel_size), reversed(m.dilation)):
             total = d * (k - 1) if m.padding == "same" else 0
             pads += [total // 2, total - total // 2]
         x, padding = nn.functional.pad(x, pads), 0
-    elif m.padding_mode != "zeros":
-        x, padding = nn.functional.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
     else:
         padding = m.padding
     return nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
@@ -364,8 +406,9 @@ def _scale_shift(layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
     if layer.norm is None:
         return torch.ones(out, dtype=torch.float64), torch.zeros(out, dtype=torch.float64)
     n = layer.norm
-    a = (n.weight if n.affine else torch.ones(out)).double() / (n.running_var.double() + n.eps).sqrt()
-    c = (n.bias if n.affine else torch.zeros(out)).double() - a * n.running_mean.double()
+    var = n.running_var.detach().double()
+    a = (n.weight.detach().double() if n.affine else torch.ones_like(var)) / (var + n.eps).sqrt()
+    c = (n.bias.detach().double() if n.affine else torch.zeros_like(var)) - a * n.running_mean.detach().double()
     return a.cpu(), c.cpu()
 
 
@@ -391,7 +434,7 @@ def _solve(stats: _Stats, current: torch.Tensor, strength: float) -> torch.Tenso
 
 
 def _error(w: torch.Tensor, stats: _Stats) -> float:
-    """|XW - Y|² less |Y|², from the accumulated products alone."""
+    """|XW - Y|², from the accumulated products alone."""
     return float((w * (stats.xx @ w)).sum() - 2 * (w * stats.xy).sum() + stats.yy)
 
 

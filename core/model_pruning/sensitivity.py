@@ -38,21 +38,21 @@ def group_costs(module: nn.Module, x: torch.Tensor, graph, ranked, names: dict) 
                 target = item.dep.target.module
                 if isinstance(target, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
                     name = names[target]
-                    zeroed[modules[norms.get(name, name)]] = list(item.idxs)
+                    # a linear's channels are its last axis (tokens, channels-last maps)
+                    dim = -1 if isinstance(target, nn.Linear) else 1
+                    zeroed[modules[norms.get(name, name)]] = (list(item.idxs), dim)
             row.append(_masked_kl(measured, x, reference, zeroed))
         costs.append(row)
     return costs
 
 
 def _masked_kl(module: nn.Module, x: torch.Tensor, reference: torch.Tensor, zeroed: dict) -> float:
-    def hook(channels):
+    def hook(channels, dim):
         def zero(_m, _inputs, out):
-            out = out.clone()
-            out[:, channels] = 0
-            return out
+            return out.index_fill(dim, torch.tensor(channels, device=out.device), 0)
         return zero
 
-    handles = [m.register_forward_hook(hook(channels)) for m, channels in zeroed.items() if channels]
+    handles = [m.register_forward_hook(hook(channels, dim)) for m, (channels, dim) in zeroed.items() if channels]
     try:
         with torch.no_grad():
             ours = torch.log_softmax(module(x).double(), 1)
@@ -66,8 +66,17 @@ def allocate(costs: list[list[float]], sizes: list[int], budget: int) -> list[in
     """Channels to remove per group, `budget` in all: greedily, the next level of the group whose
     next channels cost least each (the last step taking only what the budget has left); every
     group keeps at least one channel."""
-    steps = [[0] + [min(int(n * level), n - 1) for level in LEVELS] for n in sizes]
-    paid = [[0.0] + list(row) for row in costs]
+    steps, paid = [], []
+    for n, row in zip(sizes, costs):
+        # levels that remove no more channels than the one before (small groups) are skipped
+        counts_at, costs_at = [0], [0.0]
+        for level, cost in zip(LEVELS, row):
+            count = min(int(n * level), n - 1)
+            if count > counts_at[-1]:
+                counts_at.append(count)
+                costs_at.append(cost)
+        steps.append(counts_at)
+        paid.append(costs_at)
     at = [0] * len(sizes)
     counts = [0] * len(sizes)
     left = budget
@@ -83,7 +92,8 @@ def allocate(costs: list[list[float]], sizes: list[int], budget: int) -> list[in
         left -= more
         at[g] += 1
     # past the measured levels: the groups whose last measured channels cost least, first
-    last = sorted(range(len(sizes)), key=lambda g: paid[g][-1] - paid[g][-2])
+    last = sorted(range(len(sizes)), key=lambda g: (paid[g][-1] - paid[g][-2]) / max(steps[g][-1] - steps[g][-2], 1)
+                  if len(steps[g]) > 1 else 0.0)
     for g in last:
         more = min(sizes[g] - 1 - counts[g], left)
         counts[g] += max(more, 0)

@@ -263,7 +263,7 @@ def prune_unstructured(module: nn.Module, x: torch.Tensor, sparsity: float, mode
     order = forward_order(module, x)
     targets = [(module.get_submodule(n), "weight") for n in order if n not in protected]
     if targets and amount > 0:
-        if mode == "global":
+        if mode != "per-layer":  # sensitivity allocates channels; single weights rank globally
             prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount)
         else:
             for m, attr in targets:

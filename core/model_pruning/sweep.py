@@ -192,7 +192,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
     `errors`."""
     from core.engine import ALL_METHODS
-    from core.model_pruning.recovery import held_out_split
+    from core.model_pruning.recovery import held_out_split, without
 
     for c in criteria_names:
         criteria.check_criterion(c)
@@ -201,7 +201,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
             raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
     settings.check()
     sparsities = sorted(float(s) for s in sparsities)
-    used, held = held_out_split(calib) if held_out is None else (calib, held_out)
+    used, held = held_out_split(calib) if held_out is None else (without(calib, held_out), held_out)
     if held is None:
         raise PruneScopeError("a sweep needs at least two images: one is held out to measure on")
     images = yield from pipeline.recovery_images(model, settings, used, held)
