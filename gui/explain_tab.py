@@ -142,7 +142,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
-        if self.dissection is not None and self.dissection.model != engine.model.name:
+        if self.dissection is not None and self.dissection.mismatch(engine.model):
             self.set_dissection(None)
             self.status.emit("the dissection was of another model: its concepts are no longer shown")
         self._maps, self._unavailable, self._live, self._curves = {}, {}, None, {}

@@ -148,9 +148,9 @@ class ModelChoosing:
             self.show_message(f"{Path(path).name}: {getattr(err, 'strerror', None) or err}", error=True)
             return False
         model = self.context.current_model()
-        if model is not None and dissection.model != model.name:
-            self.show_message(f"{Path(path).name} dissects {dissection.model}, not the current "
-                             f"model {model.name}", error=True)
+        problem = None if model is None else dissection.mismatch(model)
+        if problem:
+            self.show_message(f"{Path(path).name} {problem}", error=True)
             return False
         self.explain.set_dissection(dissection)
         units = sum(len(layer.detectors()) for layer in dissection.layers)

@@ -1,5 +1,7 @@
 """Concepts in the app: a real dissection of the embedded model labels the channel tiles, and a
 clicked channel shows its conditional map and its top images from the photo's folder."""
+import json
+
 import numpy as np
 import pytest
 
@@ -65,11 +67,18 @@ def test_a_dissection_labels_the_tiles_and_a_click_shows_the_channel(qapp, setti
                            for y in range(0, shot.height(), 7)])
         assert pixels.std() > 20  # pictures, not a blank dialog
         dialog.grab().save(str(tmp_path / "channel.png"))
-        # another model's dissection is refused, with a message
+        # the same model under another name (a model card's) is the same model ...
+        data = json.loads(path.read_text())
+        renamed = tmp_path / "renamed.json"
+        renamed.write_text(json.dumps({**data, "model": "lite0-card"}))
+        assert window.open_dissection(renamed)
+        # ... and another model's dissection is refused, saying what differs
         other = tmp_path / "other.json"
-        other.write_text(path.read_text().replace('"efficientnet_lite0"', '"resnet18"'))
+        other.write_text(json.dumps({**data, "model": "resnet18",
+                                     "identity": {**data["identity"], "architecture": "ResNet"}}))
         assert not window.open_dissection(other)
         assert "not the current model" in window.statusBar().currentMessage()
+        assert "architecture ResNet (current: " in window.statusBar().currentMessage()
         # computed in the Evaluate tab, it reaches the Explain tab's tiles
         box = next(window.tabs.widget(i) for i in range(window.tabs.count())
                    if hasattr(window.tabs.widget(i), "dissect")).dissect
