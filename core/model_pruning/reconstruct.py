@@ -281,15 +281,8 @@ def _input_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool 
         m._conv_forward = catch  # shadows the class's method for this forward only
         undo = lambda: delattr(m, "_conv_forward")  # noqa: E731
     else:
-        handle = m.register_forward_pre_hook(lambda _m, args: catch(args[0]))
-        undo = handle.remove
-    try:
-        with torch.no_grad():
-            model(batch)
-    except _Reached:
-        pass
-    finally:
-        undo()
+        undo = m.register_forward_pre_hook(lambda _m, args: catch(args[0])).remove
+    _stopped_forward(model, batch, [undo])
     if not seen:  # a subclass whose forward never calls _conv_forward (timm's Conv2dSame)
         raise _OwnForward
     return seen[0]
@@ -309,14 +302,7 @@ def _output_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool
         seen.append(out)
         raise _Reached
 
-    handle = m.register_forward_hook(catch)
-    try:
-        with torch.no_grad():
-            model(batch)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
+    _stopped_forward(model, batch, [m.register_forward_hook(catch).remove])
     return seen[0].double()
 
 
@@ -334,15 +320,20 @@ def _feature_map(model: nn.Module, m: nn.Module, batch: torch.Tensor) -> tuple[t
 
     handles = [other.register_forward_pre_hook(remember) for other in model.modules() if other is not m]
     handles.append(m.register_forward_pre_hook(catch))
+    _stopped_forward(model, batch, [handle.remove for handle in handles])
+    return last[0], seen[0]
+
+
+def _stopped_forward(model: nn.Module, batch: torch.Tensor, undo: list) -> None:
+    """Run model on batch until a hook raises _Reached, then undo the hooks."""
     try:
         with torch.no_grad():
             model(batch)
     except _Reached:
         pass
     finally:
-        for handle in handles:
-            handle.remove()
-    return last[0], seen[0]
+        for step in undo:
+            step()
 
 
 def _pooled(model: nn.Module, m: nn.Linear, probe: torch.Tensor) -> bool:
