@@ -1,6 +1,7 @@
 """`prunescope --self-test`: does this installation (or frozen bundle) work? Checks that a Linux
 desktop has the libraries Qt's xcb plugin needs, runs the engine on a bundled photo, checks the
-prediction and maps, renders the main window once offscreen."""
+prediction and maps, that pruning's default calibration photos are there, renders the main
+window once offscreen."""
 import os
 import sys
 import tempfile
@@ -35,8 +36,10 @@ def _check_engine() -> None:
     from core.engine import Engine
     from core.images import load_image
     from core.models import load_model
-    from core.resources import sample_images
+    from core.resources import calibration_images, sample_images
 
+    if len(calibration_images()) < 24:  # pruning's default calibration: bundled + scikit-image photos
+        raise AssertionError(f"only {len(calibration_images())} calibration photos (scikit-image's are missing)")
     path = next(p for p in sample_images() if p.name in EXPECTED)
     engine = Engine(load_model(device="cpu"), load_image(path))
     name = engine.prediction.name
