@@ -114,6 +114,9 @@ def _agreement_html(report) -> str:
     close = f"top-5 overlap {report.fidelity['top5_overlap']:.2f}, KL to the original {report.fidelity['kl']:.2f}"
     if report.recovery == "none":
         return f"top-1 agreement with the original: <b>{report.agreement:.0%}</b>, {close} ({held})"
+    r = report.reconstruction
+    refit = "" if not r else ("; reconstruction undone (further from the original)" if r["undone"] else
+                              f"; reconstruction refitted {r['refitted']} of {r['layers']} layers")
     return (f"top-1 agreement with the original: {report.agreement_before_recovery:.0%} pruned, "
             f"<b>{report.agreement:.0%}</b> after {report.recovery}, {close} ({report.recovery_s:.0f} s; "
-            f"{held})")
+            f"{held}{refit})")

@@ -242,3 +242,16 @@ def test_fidelity_has_known_answers():
     with torch.no_grad():
         other = fidelity(flipped, -logits(net, x), x)  # the reference ranks classes the other way round
     assert other["top5_overlap"] == 3 / 5 and other["kl"] > 0.1  # 7 classes: two tops of 5 share 3
+
+
+def test_prune_reports_what_reconstruction_did(tiny):
+    from core.model_pruning.pipeline import Calibration, predict, prune_model
+
+    torch.manual_seed(0)
+    x = torch.rand(12, 3, 32, 32)
+    calib = Calibration([], x, None, predict(tiny.module, x))
+    report = run(prune_model(tiny, "l1", 30, calib, protect=["none"], settings=Recovery("bn+reconstruct")))
+    done = report.summary()["reconstruction"]
+    assert report.recovery == "bn+reconstruct" and done["layers"] == 2  # conv2 and fc, after conv1's cut
+    assert 0 <= done["refitted"] <= 2 and done["undone"] in (True, False) and done["skipped"] == {}
+    assert {"top5_overlap", "kl", "top5_overlap_before_recovery", "kl_before_recovery"} <= set(report.summary())

@@ -181,6 +181,12 @@ def run_prune(args) -> int:
         say(f"prunescope: warning: {report.warning}")
     for name, why in report.surgery.skipped.items():
         print(f"kept whole: {name} ({why})")
+    if report.reconstruction:
+        r = report.reconstruction
+        print("reconstruction undone: the refitted model was further from the original" if r["undone"] else
+              f"reconstruction refitted {r['refitted']} of {r['layers']} layers (the others fitted no better)")
+        for name, why in r["skipped"].items():
+            print(f"not reconstructed: {name} ({why})")
     for path, size in sizes.items():
         print(f"wrote {path} ({size / 1e6:.2f} MB)")
     if args.json:

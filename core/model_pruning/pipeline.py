@@ -279,6 +279,7 @@ class PruneReport:
     # fidelity() on the held-out images, after recovery and before it (empty without any)
     fidelity: dict = field(default_factory=dict)
     fidelity_before_recovery: dict = field(default_factory=dict)
+    reconstruction: dict = field(default_factory=dict)  # the last step's: refitted, layers, undone, skipped
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and the checkpoint's metadata."""
@@ -296,6 +297,7 @@ class PruneReport:
             "top5_overlap": self.fidelity.get("top5_overlap"), "kl": self.fidelity.get("kl"),
             "top5_overlap_before_recovery": self.fidelity_before_recovery.get("top5_overlap"),
             "kl_before_recovery": self.fidelity_before_recovery.get("kl"),
+            "reconstruction": self.reconstruction,
             "steps": [{"sparsity_reached": t.sparsity_reached, "agreement": t.agreement,
                        "agreement_before_recovery": t.agreement_before_recovery} for t in self.steps],
             "calibration_images": self.calibration, "held_out_images": self.held_out,
@@ -370,13 +372,15 @@ STAGE_WEIGHTS = {"bn": 1.0, "reconstruct": 4.0, "distill": 6.0, "finetune": 6.0}
 
 def recover(original: nn.Module, model, settings: Recovery, calib: Calibration,
             images: Calibration, held_out, done=None, source: nn.Module | None = None,
-            total=None) -> Job[None]:
+            total=None) -> Job[dict]:
     """Recover model.module in place, stage by stage. bn corrects batch-norm statistics for the
     shift pruning made, measured on the calibration images against `source`, the model it was
     cut from (by default the original; `done`, the Surgery of that cut, says which channels
     went). reconstruct refits the layers to reproduce `original` on the calibration images
     (`total`: the Surgery from the original, by default `done`). distill distils `original` on
-    `images`; finetune trains on labelled images."""
+    `images`; finetune trains on labelled images. Returns what the stages report (reconstruct:
+    layers refitted, left as they were, or the whole fit undone)."""
+    notes: dict = {}
     stages = settings.stages
     if done is not None and done.unit == "weights":
         if {"distill", "finetune"} & set(stages):
@@ -399,8 +403,13 @@ def recover(original: nn.Module, model, settings: Recovery, calib: Calibration,
         else:
             job = finetune(model, settings.images, settings.epochs, settings.lr or 1e-3,
                            exclude=held_out.paths if held_out is not None else [])
-        yield from scaled(job, start, end)
+        result = yield from scaled(job, start, end)
+        if stage == "reconstruct":
+            fitted = sum(f.strength is not None for f in result.layers)
+            notes["reconstruct"] = {"refitted": fitted if result.kept else 0, "layers": len(result.layers),
+                                    "undone": not result.kept, "skipped": result.skipped}
         start = end
+    return notes
 
 
 def step_sparsities(sparsity: float, iterations: int) -> list[float]:
@@ -441,8 +450,8 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
         measured = (_quality(module, held, agreement), _quality(module, held, accuracy))
         first = fidelity(module, reference, held.x) if held is not None else {}
         began = time.perf_counter()
-        yield from scaled(recover(model.module, current, settings, used, images, held, step_done, source, done),
-                          lo + share / 2, lo + share)
+        notes = yield from scaled(recover(model.module, current, settings, used, images, held, step_done, source,
+                                          done), lo + share / 2, lo + share)
         recovery_s += time.perf_counter() - began
         steps.append(Step(module, done, _reached(done, goal), measured[0], _quality(module, held, agreement)))
     yield Progress(0.9, "measuring both models")
@@ -454,7 +463,8 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
                          [str(p) for p in held.paths] if held is not None else [], settings.method,
                          iterations, steps[-1].sparsity_reached, measured[0], measured[1], recovery_s,
                          _trained_on(settings, used, images), steps,
-                         fidelity(module, reference, held.x) if held is not None else {}, first)
+                         fidelity(module, reference, held.x) if held is not None else {}, first,
+                         notes.get("reconstruct", {}))
     yield Progress(1.0, "pruned")
     return report
 
