@@ -102,11 +102,7 @@ def calibrate(model, folder=None) -> Job[Calibration]:
 
 def predict(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Top-1 class per image, on the CPU."""
-    tops = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], BATCH):
-            tops.append(module(x[start:start + BATCH]).argmax(1).cpu())
-    return torch.cat(tops)
+    return logits(module, x).argmax(1)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -193,6 +189,7 @@ def agreement(module: nn.Module, calib: Calibration) -> float:
 
 
 def logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's outputs on x, BATCH images per forward, on the CPU."""
     with torch.no_grad():
         return torch.cat([module(x[start:start + BATCH]).float().cpu() for start in range(0, x.shape[0], BATCH)])
 
