@@ -3,26 +3,19 @@
 Every method returns a raw, signed HxW float32 map at the input's resolution; display scaling is
 core.display's job. Hooks that any method installs are removed before it returns, also on errors.
 """
-import copy
 import time
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import VGG, DenseNet, MobileNetV3, ResNet, VisionTransformer
-from zennit.attribution import Gradient
-from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
-from zennit.composites import EpsilonGammaBox
-from zennit.layer import Sum
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-from core.efficientnet_lite import EfficientNetLite0, MBConvBlock
 from core.device import seeded
 from core.errors import ModelError, UnsupportedMethod
 from core.neurons import intercept
 from core.progress import Progress
 
-# Captum is imported inside the functions: it takes about a second to import.
+# Captum is imported inside the functions: it takes about a second to import. LRP (core.lrp) too:
+# zennit brings torchvision, 170 MB resident.
 
 # Methods whose result is a gradient-like 1xCxHxW tensor, collapsed to HxW by collapse_channels.
 GRADIENT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop")
@@ -31,7 +24,10 @@ BUILTIN = (*GRADIENT_METHODS, "grad-cam", "lrp")  # the methods this module comp
 IG_STEPS = 50
 SMOOTHGRAD_SAMPLES = 25
 SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
-CPU_MEMORY_BUDGET = 1 << 30  # bytes one batched forward+backward may use on the CPU
+# Bytes one batched forward+backward may use on the CPU. Bigger batches buy no speed there
+# (integrated gradients of the embedded model: 2, 4 and 10 images per pass took the same time)
+# and cost resident memory (10: +600 MB).
+CPU_MEMORY_BUDGET = 512 << 20
 
 
 def attribute(method: str, model, x: torch.Tensor, target: int, module: nn.Module | None = None,
@@ -48,7 +44,9 @@ def attribute(method: str, model, x: torch.Tensor, target: int, module: nn.Modul
     with torch.enable_grad():
         if method == "grad-cam":
             return _grad_cam(model, x, target, model.module if module is None else module)
-        return _lrp(model, x, target)
+        from core.lrp import lrp
+
+        return lrp(model, x, target)
 
 
 def supports(method: str, model) -> tuple[bool, str]:
@@ -63,7 +61,9 @@ def supports(method: str, model) -> tuple[bool, str]:
         except AttributeError:
             return False, f"Grad-CAM layer '{model.gradcam_layer}' does not exist in {model.name}"
     if method == "lrp":
-        reason = _lrp_unsupported_reason(model.module)
+        from core.lrp import unsupported_reason
+
+        reason = unsupported_reason(model.module)
         if reason:
             return False, f"LRP does not support {model.name}: {reason}"
     return True, ""
@@ -107,7 +107,7 @@ def _input_attribution(method: str, forward: nn.Module, x: torch.Tensor, target:
         # The zero baseline in normalised space is the dataset-mean image.
         return IntegratedGradients(forward).attribute(
             x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
-            internal_batch_size=_batch_size(forward, x, steps)).detach()
+            internal_batch_size=batch_size(forward, x, steps)).detach()
     if method == "smoothgrad":
         samples = opts.get("samples", SMOOTHGRAD_SAMPLES)
         noise = opts.get("noise", SMOOTHGRAD_NOISE) * float(x.detach().max() - x.detach().min())
@@ -115,7 +115,7 @@ def _input_attribution(method: str, forward: nn.Module, x: torch.Tensor, target:
         with seeded(opts.get("seed", 0), x.device):
             return NoiseTunnel(Saliency(forward)).attribute(
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
-                nt_samples_batch_size=_batch_size(forward, x, samples)).detach()
+                nt_samples_batch_size=batch_size(forward, x, samples)).detach()
     return guided_backprop(forward, x, target)
 
 
@@ -152,7 +152,7 @@ class _SteppedRun:
         self.done = 0
         self.total = torch.zeros_like(x)
         self._per_input = None  # measured seconds of one input's forward and backward
-        self._most = _batch_size(self.module, x, count)  # inputs per step that fit in memory
+        self._most = batch_size(self.module, x, count)  # inputs per step that fit in memory
 
     def _inputs(self, rows: slice) -> torch.Tensor:
         raise NotImplementedError
@@ -227,7 +227,7 @@ class SmoothGradRun(_SteppedRun):
 
 # --- batching -------------------------------------------------------------------------------------
 
-def _batch_size(module: nn.Module, x: torch.Tensor, wanted: int) -> int:
+def batch_size(module: nn.Module, x: torch.Tensor, wanted: int) -> int:
     """How many copies of x one forward+backward may take at once within the memory budget."""
     per_sample = _activation_bytes(module, x)
     if x.device.type == "cuda":
@@ -335,84 +335,3 @@ def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target
     weights = patch_grads.mean(dim=1, keepdim=True)
     cam = torch.relu((patches * weights).sum(dim=-1))
     return cam.reshape(1, 1, side, side).detach()
-
-
-# --- LRP ------------------------------------------------------------------------------------------
-
-def _lrp_unsupported_reason(module: nn.Module) -> str:
-    if isinstance(module, (ResNet, VGG, EfficientNetLite0)):
-        return ""
-    if isinstance(module, DenseNet):
-        return "batch norms before convolutions and concatenated features have no zennit canonizer"
-    if isinstance(module, MobileNetV3):
-        return "Hardswish and squeeze-excitation gating are not piecewise linear, so no LRP rule applies"
-    if isinstance(module, VisionTransformer):
-        return "attention and layer norm need transformer-specific rules that zennit does not provide"
-    return f"no LRP canonizer is known for {type(module).__name__}"
-
-
-def lrp_canonizers(module: nn.Module) -> list:
-    # In all three every conv is followed directly by its batch norm (if any) in module order.
-    if isinstance(module, ResNet):
-        return [ExactMergeBatchNorm(), ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
-    if isinstance(module, VGG):
-        return [ExactMergeBatchNorm()]
-    return [ExactMergeBatchNorm(), MBConvResidualCanonizer()]
-
-
-def _lrp(model, x: torch.Tensor, target: int) -> np.ndarray:
-    """Relevance by LRP (zennit's EpsilonGammaBox: z-box at the input, gamma for convolutions,
-    epsilon for dense layers), starting from the target logit; summed over the colour channels
-    because relevance is additive (the map's sum approximates the logit)."""
-    # zennit's canonizers rewrite weights in place while active; a private copy keeps the shared
-    # model correct for anything else running on it meanwhile.
-    module = copy.deepcopy(model.module).eval()
-    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
-    low = ((0 - mean) / std).expand_as(x)
-    high = ((1 - mean) / std).expand_as(x)
-    composite = EpsilonGammaBox(low=low, high=high, canonizers=lrp_canonizers(module))
-    one_hot = torch.zeros(1, len(model.class_names), device=x.device)
-    one_hot[0, target] = 1
-    with Gradient(module, composite) as attributor:
-        _, relevance = attributor(x.clone().requires_grad_(True), lambda out: (out * one_hot).detach())
-    return relevance[0].sum(dim=0).float().cpu().numpy()
-
-
-class ExactMergeBatchNorm(SequentialMergeBatchNorm):
-    """zennit's SequentialMergeBatchNorm leaves a merged batch norm computing x / sqrt(1 + eps); with
-    EfficientNet's eps = 1e-3 over 49 layers that moves the logits by about 0.2%. A running variance
-    of 1 - eps makes it the identity, so the canonized model computes exactly what the model does."""
-
-    @staticmethod
-    def merge_batch_norm(modules, batch_norm):
-        SequentialMergeBatchNorm.merge_batch_norm(modules, batch_norm)
-        batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 1 - batch_norm.eps)
-
-
-class MBConvResidualCanonizer(AttributeCanonizer):
-    """Sends EfficientNet-Lite's residual addition through a zennit Sum module so that LRP splits
-    relevance between both branches rather than copying it into each (zennit ships this only for
-    torchvision ResNets)."""
-
-    def __init__(self):
-        super().__init__(self._attribute_map)
-
-    def copy(self):
-        return MBConvResidualCanonizer()
-
-    @classmethod
-    def _attribute_map(cls, name, module):
-        if isinstance(module, MBConvBlock) and module.has_residual:
-            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
-        return None
-
-    @staticmethod
-    def forward(self, x):
-        # MBConvBlock.forward with `out + x` as a stacked Sum; a test checks that they agree.
-        out = x
-        if self.has_expand:
-            out = self._relu0(self._bn0(self._expand_conv(out)))
-        out = self._relu1(self._bn1(self._depthwise_conv(out)))
-        out = self._bn2(self._project_conv(out))
-        return self.canonizer_sum(torch.stack([out, x], dim=-1))

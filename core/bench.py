@@ -6,7 +6,8 @@ import time
 import numpy as np
 import torch
 
-from core.engine import Engine
+from core.attribution import batch_size
+from core.engine import IG_STEPS, Engine
 from core.images import load_image
 from core.perturbation import default_batch, baseline_image, rank_image
 from core.progress import run
@@ -53,11 +54,11 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
 
     engine.scores()
     sweep = iter(SLIDER_SPARSITIES * (2 * repeats + 2))
+    # Each ratio divides the two timings of one pair: load from elsewhere hits both alike.
     plain, slider = _timed_pair(plain_forward_backward, lambda: engine.pathway(next(sweep)), repeats, device)
     # what the masks themselves cost: against a plain pass of the folded module
     folded, slider_again = _timed_pair(lambda: plain_forward_backward(module),
                                        lambda: engine.pathway(next(sweep)), repeats, device)
-    slider = min(slider, slider_again)
 
     def pathway_from_scratch():
         Engine(model, image).pathway(70.0)
@@ -65,9 +66,11 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
     def captum_ig():
         from captum.attr import IntegratedGradients
 
-        IntegratedGradients(module).attribute(x, target=target, n_steps=50, internal_batch_size=10)
+        IntegratedGradients(module).attribute(x, target=target, n_steps=IG_STEPS,
+                                             internal_batch_size=batch_size(module, x, IG_STEPS))
 
-    scratch, ig = _timed_pair(pathway_from_scratch, captum_ig, max(1, repeats // 2), device)
+    plain_again, scratch = _timed_pair(plain_forward_backward, pathway_from_scratch, repeats, device)
+    scratch_again, ig = _timed_pair(pathway_from_scratch, captum_ig, max(1, repeats // 2), device)
 
     attr = np.abs(engine.pathway(70.0).map)
     inputs = _perturbed_inputs(x, attr, steps, ends=False)
@@ -82,7 +85,6 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
     curves_again, loop = _timed_pair(lambda: run(engine.iter_curves("pathway-gradient", attr, steps)),
                                      lambda: _curves_one_image_per_step(module, x, attr, target, steps),
                                      max(1, repeats // 2), device)
-    curves = min(curves, curves_again)
 
     return {
         "model": model.name,
@@ -93,22 +95,23 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
         "seconds": {
             "plain_forward_backward": plain,
             "folded_forward_backward": folded,
-            "sparsity_change_cached_scores": slider,
-            "pathway_from_scratch": scratch,
+            "sparsity_change_cached_scores": min(slider, slider_again),
+            "pathway_from_scratch": min(scratch, scratch_again),
             "captum_integrated_gradients_50": ig,
-            "deletion_insertion_curves": curves,
+            "deletion_insertion_curves": min(curves, curves_again),
             "same_forwards_same_inputs_batched": forwards,
             "curves_one_image_per_step_loop": loop,
         },
         "ratios": {
             "sparsity_change_vs_forward_backward": slider / plain,
-            "sparsity_change_vs_folded_forward_backward": slider / folded,
-            "captum_ig50_vs_pathway_from_scratch": ig / scratch,
-            "pathway_from_scratch_vs_forward_backward": scratch / plain,
+            "sparsity_change_vs_folded_forward_backward": slider_again / folded,
+            "captum_ig50_vs_pathway_from_scratch": ig / scratch_again,
+            "pathway_from_scratch_vs_forward_backward": scratch / plain_again,
             "curves_vs_same_forwards_batched": curves / forwards,
-            "one_image_per_step_loop_vs_our_batched_curves": loop / curves,
+            "one_image_per_step_loop_vs_our_batched_curves": loop / curves_again,
         },
-        "goals": {"sparsity_change_vs_forward_backward": "<= 1.2", "pathway_from_scratch_vs_forward_backward": "<= 3",
+        "goals": {"sparsity_change_vs_folded_forward_backward": "<= 1.2",
+                  "pathway_from_scratch_vs_forward_backward": "<= 3",
                   "curves_vs_same_forwards_batched": "<= 1.2", "peak_memory_mb.process_rss": "< 1024"},
         "peak_memory_mb": _peak_memory_mb(device),
     }

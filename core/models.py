@@ -7,6 +7,7 @@ the user names. Weight files are only ever read with weights_only=True (core.wei
 PruneScope never falls back to random weights for a model that has published ones.
 """
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,16 @@ from core.exported import ExportedModule
 from core.model_sources import (BUILTIN_DESCRIPTIONS, CARD_KEYS, IMAGENET_MEAN, IMAGENET_STD,
                                 ModelCard, build, resolve_card)
 from core.remote import hub_weights_path
+from core.resources import resource_path
 from core.weights import (PRUNED_KEY, classes_in, fit_state_dict, model_fingerprint, read_weights_file,
                           state_dict_of)
 
 MODEL_NAMES = tuple(BUILTIN_DESCRIPTIONS)
 DEFAULT_INPUT_SIZE = 224
 PROBE_MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens before a ViT's patch grid
+
+# PIL's filters by torchvision's InterpolationMode names, as torchvision maps them for PIL images
+RESAMPLING = {"nearest": 0, "nearest-exact": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}
 
 
 @dataclass
@@ -75,7 +80,6 @@ class LoadedModel:
         """Resize the short side to resize_size, centre-crop input_size (as torchvision's
         ImageNet transforms do), convert to the model's channels, normalise. Returns the
         1xCxSxS input on the model's device and the SxSx3 uint8 crop it shows."""
-        import torchvision.transforms.functional as TF
         from PIL import Image
 
         rgb = np.asarray(rgb)
@@ -84,9 +88,15 @@ class LoadedModel:
         img = Image.fromarray(rgb)
         if self.channels == 1:
             img = img.convert("L")  # ITU-R 601 luma, as the grayscale models' datasets use
-        img = TF.resize(img, self.resize_size, interpolation=TF.InterpolationMode(self.interpolation),
-                        antialias=True)
-        crop = np.array(TF.center_crop(img, self.input_size), dtype=np.uint8)
+        # What torchvision's resize and center_crop do to a PIL image, without importing
+        # torchvision (170 MB resident) for a model that is not one of its own; a test compares.
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        sides = (self.resize_size, int(self.resize_size * long / short))
+        img = img.resize(sides if w <= h else sides[::-1], RESAMPLING[self.interpolation])
+        w, h = img.size
+        top, left = int(round((h - self.input_size) / 2.0)), int(round((w - self.input_size) / 2.0))
+        crop = np.array(img.crop((left, top, left + self.input_size, top + self.input_size)), dtype=np.uint8)
         pixels = crop[:, :, None] if crop.ndim == 2 else crop
         x = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
         mean = torch.tensor(self.mean).view(-1, 1, 1)
@@ -277,9 +287,8 @@ def _pruned(built, card: ModelCard, checkpoint: dict, path) -> nn.Module:
 
 
 def _is_torchvision_densenet(module: nn.Module) -> bool:
-    from torchvision.models import DenseNet
-
-    return isinstance(module, DenseNet)
+    tvm = sys.modules.get("torchvision.models")  # not imported: not one of its models
+    return tvm is not None and isinstance(module, tvm.DenseNet)
 
 
 def _modern_densenet_keys(state: dict) -> dict:
@@ -448,10 +457,8 @@ def _token_prefix(module: nn.Module, value: torch.Tensor) -> int | None:
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
-    import torchvision.models as tvm
-
-    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names, as torchvision's metadata has them (a test compares)."""
+    return resource_path("imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
 
 
 def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> list[str]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from core.errors import PruneScopeError
 from core.progress import Progress
 
 # Element-wise non-linearities whose outputs are neurons. Gates (sigmoid, hardsigmoid,
@@ -119,8 +120,11 @@ def discover_layers(module: nn.Module, x: torch.Tensor) -> list[Layer]:
     return trace_layers(module, x)[0]
 
 
-def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[Layer], torch.Tensor]:
-    """discover_layers, also returning the forward's output (no gradient)."""
+def trace_layers(module: nn.Module, x: torch.Tensor,
+                 taps: "Taps | None" = None) -> tuple[list[Layer], torch.Tensor]:
+    """discover_layers, also returning the forward's output: without taps, with no gradient;
+    with them, the forward that taps.scores completes into Taylor scores, so that an image's
+    first pathway map costs one forward less."""
     stack: list[nn.Module] = []
     names = {m: name for name, m in module.named_modules()}
     found: list[tuple[str, tuple]] = []
@@ -136,15 +140,15 @@ def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[Layer], torch
         # A functional activation inside a bigger module gets the function's kind appended.
         suffix = "" if isinstance(inner, ACTIVATION_MODULES) else "*"
         found.append((names[inner] + suffix, out.shape[1:]))
-        return out
+        return out if taps is None else taps.tap(index, out)
 
     handles = []
     try:
         for m in names:
             handles.append(m.register_forward_pre_hook(push))
             handles.append(m.register_forward_hook(pop, always_call=True))
-        with torch.no_grad(), intercept(record) as mode:
-            output = module(x)
+        with torch.set_grad_enabled(taps is not None), intercept(record) as mode:
+            output = module(x if taps is None else taps.input_of(x))
     finally:
         for h in handles:
             h.remove()
@@ -187,24 +191,61 @@ def _input_with_grad(x: torch.Tensor) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
-def taylor_scores(module: nn.Module, x: torch.Tensor, target: int,
-                  with_activations: bool = False):
-    """s = |a * dy_c/da| for every neuron of every layer, from one forward and backward.
-    With with_activations, also |a| per layer: (scores, magnitudes)."""
-    acts: list[torch.Tensor] = []
-    grads: list[list] = []
+class Taps:
+    """The activation outputs of one forward (tap is its Transform), each with the gradient
+    that reaches it in the backward from a logit: what Taylor scores are made of."""
 
-    def tap(index: int, out: torch.Tensor) -> torch.Tensor:
-        acts.append(out.detach())
-        grads.append([])
-        return _Tap.apply(out, grads[-1])
+    def __init__(self):
+        self.acts: list[torch.Tensor] = []
+        self.grads: list[list] = []
+        self.input: torch.Tensor | None = None
 
-    x = _input_with_grad(x)
-    with torch.enable_grad(), intercept(tap):
-        logits = module(x)
-    torch.autograd.grad(logits[:, target].sum(), x)
-    scores = [(a * g[0]).abs()[0] if g else torch.zeros_like(a[0]) for a, g in zip(acts, grads)]
-    return (scores, [a[0].abs() for a in acts]) if with_activations else scores
+    def input_of(self, x: torch.Tensor) -> torch.Tensor:
+        self.input = _input_with_grad(x)
+        return self.input
+
+    def tap(self, _index: int, out: torch.Tensor) -> torch.Tensor:
+        self.acts.append(out.detach())
+        self.grads.append([])
+        return _Tap.apply(out, self.grads[-1])
+
+    def scores(self, logits: torch.Tensor, target: int,
+               layers: list[Layer]) -> tuple[torch.Tensor, torch.Tensor]:
+        """s = |a * dy_c/da| and |a| of every neuron of `layers` (one sample), each flat over
+        the layers in order. Written into two flat buffers: fresh tensors per layer, then a
+        concatenation, cost as much as the backward itself on the CPU."""
+        if len(self.acts) != len(layers) or any(a.shape[1:] != layer.shape
+                                                for a, layer in zip(self.acts, layers)):
+            raise PruneScopeError("the model's activations differ from one forward to the next")
+        torch.autograd.grad(logits[:, target].sum(), self.input)
+        sizes = [layer.numel for layer in layers]
+        scores, magnitudes = self.input.new_empty(sum(sizes)), self.input.new_empty(sum(sizes))
+        for a, g, s, m in zip(self.acts, self.grads, scores.split(sizes), magnitudes.split(sizes)):
+            torch.abs(a[0].flatten(), out=m)
+            if g:
+                torch.mul(g[0][0].flatten(), m, out=s)  # |g| |a| = |a g|
+                s.abs_()
+            else:
+                s.zero_()
+        self.acts, self.grads = [], []
+        return scores, magnitudes
+
+
+def taylor_scores(module: nn.Module, x: torch.Tensor, target: int, layers: list[Layer],
+                  modules: list[nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Taps.scores from a forward of their own. modules: layer_modules(module, layers), whose
+    forward hooks cost less than intercept."""
+    taps = Taps()
+    with torch.enable_grad():
+        if modules is not None:
+            with hooked(modules, taps.tap) as fired:
+                logits = module(taps.input_of(x))
+            if fired == list(range(len(layers))):
+                return taps.scores(logits, target, layers)
+            taps = Taps()  # a layer did not run once: intercept counts them
+        with intercept(taps.tap):
+            logits = module(taps.input_of(x))
+    return taps.scores(logits, target, layers)
 
 
 def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: int,

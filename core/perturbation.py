@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from core.errors import PruneScopeError
 from core.progress import Job, Progress, run
@@ -55,6 +54,8 @@ def baseline_image(x: torch.Tensor, baseline: str = "mean", mean=IMAGENET_MEAN,
         std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return ((0.0 - mean_t) / std_t).expand_as(x).clone()
     if baseline == "blur":
+        from torchvision.transforms.functional import gaussian_blur  # torchvision: 170 MB resident
+
         side = min(x.shape[-2:])
         sigma = max(BLUR_SIGMA * side, 0.5)
         # odd kernel of ~3 sigma each side, kept small enough for the reflect padding
@@ -93,7 +94,9 @@ def _device_of(module: torch.nn.Module, x: torch.Tensor) -> torch.device:
 
 
 def default_batch(device: torch.device) -> int:
-    return 64 if device.type == "cuda" else 32
+    # On the CPU bigger batches buy no speed: the embedded model's curves took 0.42-0.54 s with
+    # 2 to 8 images per forward, 0.63 s with 32, and each image holds 15 MB more while it runs.
+    return 64 if device.type == "cuda" else 4
 
 
 def _target_probs(module, inputs: torch.Tensor, target: int) -> torch.Tensor:

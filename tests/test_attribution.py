@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import DenseNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from core import attribution
+from core import attribution, lrp
 from core.attribution import BUILTIN, attribute, collapse_channels, input_attribution, supports
 from core.errors import ModelError, UnsupportedMethod
 from core.models import LoadedModel
@@ -181,9 +181,9 @@ def test_lrp_canonizers_keep_efficientnet_lite0_outputs(lite0):
     x = image(size=64)
     with torch.no_grad():
         expected = module(x)
-    applied = [instance for canonizer in attribution.lrp_canonizers(module) for instance in canonizer.apply(module)]
+    applied = [instance for canonizer in lrp.lrp_canonizers(module) for instance in canonizer.apply(module)]
     try:
-        assert any(isinstance(i, attribution.MBConvResidualCanonizer) for i in applied)
+        assert any(isinstance(i, lrp.MBConvResidualCanonizer) for i in applied)
         with torch.no_grad():
             canonized = module(x)
     finally:

@@ -1,5 +1,6 @@
 """The pathway engine: neurons, scores, masks and maps, against known answers and invariants."""
 import gc
+import math
 import warnings
 
 import numpy as np
@@ -10,11 +11,11 @@ from captum.attr import IntegratedGradients
 from torch import nn
 
 from core.attribution import collapse_channels
-from core.engine import Engine, _Scores, compute_map
+from core.engine import Engine, _Scores, _select, compute_map
 from core.errors import PruneScopeError
 from core.images import load_image
 from core.models import LoadedModel
-from core.neurons import discover_layers, intercept, taylor_scores
+from core.neurons import Layer, discover_layers, intercept, taylor_scores
 from core.progress import Stopped, run
 
 
@@ -133,7 +134,8 @@ def _pooled(tensors, mode):
 @pytest.mark.parametrize("sparsity", [10.0, 50.0, 90.0, 99.0])
 def test_exact_ties_prune_the_fraction_asked_dead_neurons_first(resnet_engine, mode, sparsity):
     scores = resnet_engine.scores()
-    magnitudes = resnet_engine._scores["taylor"].magnitudes
+    ranked = resnet_engine._scores["taylor"]
+    magnitudes = ranked.per_layer_views(ranked.magnitudes)
     masks = resnet_engine.masks(sparsity, mode)
     for values, size, kept in zip(_pooled(scores, mode), _pooled(magnitudes, mode), _pooled(masks, mode)):
         assert values.numel() - int(kept.sum()) == int(sparsity / 100 * values.numel())
@@ -166,13 +168,27 @@ def test_selected_and_sorted_thresholds_equal_a_full_sort_on_many_ties():
     magnitudes = [torch.randint(0, 3, s, generator=generator).float() for s in shapes]
     magnitudes = [torch.where(s > 0, a + 1, a) for s, a in zip(scores, magnitudes)]  # live if scored
     flat_s, flat_a = torch.cat([s.flatten() for s in scores]), torch.cat([a.flatten() for a in magnitudes])
-    sorted_once = _Scores(scores, magnitudes)
+    layers = [Layer(f"layer{i}", "relu", shape) for i, shape in enumerate(shapes)]
+    sorted_once = _Scores(flat_s, flat_a, layers)
     sorted_once.masks(50.0, "global")  # the first request selects; the next ones read a sort
     for sparsity in np.arange(0.0, 100.0, 1.7):
-        selected = _Scores(scores, magnitudes).masks(sparsity, "global")
+        selected = _Scores(flat_s, flat_a, layers).masks(sparsity, "global")
         expected = _reference_kept(flat_s, flat_a, sparsity)
         for masks in (selected, sorted_once.masks(sparsity, "global")):
             assert torch.equal(torch.cat([m.flatten() for m in masks]), expected), sparsity
+
+
+@pytest.mark.parametrize("values", [
+    torch.rand(300_000, generator=torch.Generator().manual_seed(0)),
+    torch.randint(0, 50, (300_000,), generator=torch.Generator().manual_seed(1)).float(),  # long ties
+    torch.cat([torch.zeros(200_000), torch.full((1000,), math.inf), torch.rand(99_000)]),  # tiers' layout
+])
+def test_selection_by_sampling_equals_a_sort(values):
+    ordered = values.sort().values
+    for rank in (0, 1, 1234, 150_000, 199_999, 200_000, 250_000, values.numel() - 1):
+        cut, below, equal = _select(values, rank)
+        assert cut == float(ordered[rank])
+        assert below == int((values < cut).sum()) and equal == int((values == cut).sum())
 
 
 def test_exact_ties_give_every_slider_position_its_own_pathway(lite0, photo):
@@ -306,10 +322,24 @@ def test_in_place_activations_are_scored_from_their_own_output():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     x = torch.randn(1, 3, 8, 8)
-    (scores,) = taylor_scores(net.requires_grad_(False), x, 0)
+    net.requires_grad_(False)
+    layers = discover_layers(net, x)
     act = torch.relu(net[0](x))
     grad = net[3].weight[0].view(4, 6, 6) * (act[0] > 0)
-    torch.testing.assert_close(scores, (act[0] * grad).abs())
+    for modules in (None, [net[1]]):  # intercept, then forward hooks
+        scores, magnitudes = taylor_scores(net, x, 0, layers, modules)
+        torch.testing.assert_close(scores, (act[0] * grad).abs().flatten())
+        torch.testing.assert_close(magnitudes, act[0].flatten())
+
+
+def test_scores_from_the_trace_equal_scores_of_their_own_forward(lite0, photo):
+    engine = Engine(lite0, load_image(photo("coffee.png")))
+    assert engine._taps is not None  # its first scores reuse the trace's forward
+    traced = run(engine.iter_scores())
+    assert engine._taps is None
+    scores, magnitudes = taylor_scores(engine.module, engine.x, engine.target, engine.layers)
+    torch.testing.assert_close(traced.flat, scores)
+    torch.testing.assert_close(traced.magnitudes, magnitudes)
 
 
 def _hook_count(module: nn.Module) -> int:

@@ -1,4 +1,8 @@
+import dataclasses
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from core.efficientnet_lite import EfficientNetLite0, SameConv2d, weights_path
 from core.errors import ModelError
 from core.images import load_image
 from core.model_sources import BUILTIN_GRADCAM
-from core.models import MODEL_NAMES, _modern_densenet_keys, list_models, load_model
+from core.models import MODEL_NAMES, _modern_densenet_keys, imagenet_classes, list_models, load_model
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -86,6 +90,24 @@ def test_preprocess_crop_and_range(lite0):
     assert view[0, 0, 0] == 7 and view[0, -1, 0] == 200
     with pytest.raises(ModelError):
         lite0.preprocess(rgb[:, :, 0])
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("shape", [(300, 500), (500, 301), (256, 256), (231, 1000)])
+def test_preprocess_is_torchvisions_resize_and_centre_crop(lite0, interpolation, shape):
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    model = dataclasses.replace(lite0, interpolation=interpolation, resize_size=250, input_size=224)
+    rgb = np.random.default_rng(1).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    resized = TF.resize(Image.fromarray(rgb), 250, interpolation=TF.InterpolationMode(interpolation), antialias=True)
+    expected = np.asarray(TF.center_crop(resized, 224))
+    _, view = model.preprocess(rgb)
+    np.testing.assert_array_equal(view, expected)
+
+
+def test_imagenet_class_names_are_torchvisions():
+    assert imagenet_classes() == list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def test_unknown_model():
@@ -227,3 +249,14 @@ def test_models_command_lists_every_model(capsys):
     for name in MODEL_NAMES:
         assert name in out
     assert any(line.startswith("efficientnet_lite0") and " yes " in line for line in out.splitlines())
+
+
+def test_the_embedded_model_explains_without_importing_torchvision_or_zennit():
+    # torchvision (with torch._dynamo) and zennit hold 170 MB resident: `bench`'s memory goal
+    code = ("import sys; from core.models import load_model; from core.engine import Engine; "
+            "import numpy as np; Engine(load_model(), np.zeros((64, 64, 3), np.uint8)).pathway(50.0); "
+            "print(sorted(m for m in ('torchvision', 'zennit', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

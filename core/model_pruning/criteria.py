@@ -123,11 +123,12 @@ def lrp_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, compos
 
 
 def lrp_composite(model, module: nn.Module, x: torch.Tensor):
-    """zennit's EpsilonGammaBox with the canonizers core.attribution uses for this architecture,
+    """zennit's EpsilonGammaBox with the canonizers core.lrp uses for this architecture,
     so pruning ranks channels by the same relevance the LRP map shows."""
     from zennit.composites import EpsilonGammaBox
 
     from core import attribution
+    from core.lrp import lrp_canonizers
 
     ok, why = attribution.supports("lrp", model)
     if not ok:
@@ -136,7 +137,7 @@ def lrp_composite(model, module: nn.Module, x: torch.Tensor):
     std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
     low = ((0 - mean) / std).expand(x.shape[0], -1, *x.shape[2:])
     high = ((1 - mean) / std).expand(x.shape[0], -1, *x.shape[2:])
-    return EpsilonGammaBox(low=low, high=high, canonizers=attribution.lrp_canonizers(module))
+    return EpsilonGammaBox(low=low, high=high, canonizers=lrp_canonizers(module))
 
 
 def activation_producers(module: nn.Module, x: torch.Tensor) -> list[str | None]:
