@@ -105,12 +105,21 @@ class ExplainDrawing:
         self.curves.set_sweep(sweep)
         self._check_complete()
 
-    def _show_auto(self, result) -> None:
+    def _show_auto(self, result, moves: int) -> None:
+        """Auto's sparsity, unless the user has moved the slider since it was asked for."""
         engine, auto = result
-        if engine is self._engine:
-            self.controls.sparsity.setValue(auto.sparsity)
-            self.status.emit(f"auto sparsity: {auto.sparsity:.1f} %, output change "
-                             f"{100 * auto.output_change:.1f} % ({auto.how})")
+        if engine is not self._engine or moves != self._user_moves:
+            return
+        self._auto_search = None
+        self.controls.auto_note.setText(f"Auto: {auto.sparsity:.1f} % for this image, output change "
+                                        f"{100 * auto.output_change:.1f} % (tolerance "
+                                        f"{self.controls.tolerance.value():g} %)")
+        before = self.controls.sparsity.value()
+        self._set_sparsity(auto.sparsity)
+        if self.controls.sparsity.value() == before:
+            self._request_settled()  # the slider did not move, so it asked for nothing
+        self.status.emit(f"auto sparsity: {auto.sparsity:.1f} %, output change "
+                         f"{100 * auto.output_change:.1f} % ({auto.how})")
 
     # -- display -------------------------------------------------------------------------------
     def _redraw(self) -> None:

@@ -212,8 +212,11 @@ def concepts(engine, params: Params, dissection):
     return pathway_concepts(dissection, engine.layers, masks, engine.scores(params.selector))
 
 
-def auto_sparsity(engine, params: Params, tolerance: float):
-    auto = yield from ruled(engine, params).iter_auto_sparsity(tolerance, params.mode, params.selector)
+def auto_sparsity(engine, params: Params, tolerance: float, step: float | None = None):
+    """step: the search's grid, in points of sparsity (None: the engine's finest)."""
+    search = ruled(engine, params).iter_auto_sparsity
+    auto = yield from (search(tolerance, params.mode, params.selector) if step is None
+                       else search(tolerance, params.mode, params.selector, step))
     return engine, auto
 
 

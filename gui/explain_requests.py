@@ -15,6 +15,7 @@ from gui.masks import default_layer
 COARSE_CURVE_STEPS = 10  # the first curves of an image (labelled coarse); 20 follow once all is shown
 COARSE_EVERY = 3  # the first sweep takes every third point and the last (labelled coarse)
 COARSE_SWEEP_STEPS = 5  # curve steps per point of the coarse sweep (SWEEP_STEPS when refined)
+OPEN_AUTO_STEP = 5.0  # points of sparsity between Auto's probes on opening (the button: 1)
 
 
 class ExplainRequests:
@@ -132,13 +133,35 @@ class ExplainRequests:
                              lambda ranked: self.masks.set_concepts(concepts_line(ranked)),
                              key="concepts", priority=PRIORITY_CURVES, preemptible=True)
 
+    def _request_settled(self) -> None:
+        """What waits for the slider to settle: pathway curves, ↝ rows and concepts."""
+        self._request_pathway_curves()
+        self._request_pathway_maps()
+        self._request_concepts()
+
     def _auto(self, tolerance: float) -> None:
-        engine, params = self._engine, self.params()
+        engine, params, moves = self._engine, self.params(), self._user_moves
         if engine is None:
             return
         self.status.emit(f"searching the largest sparsity within output change {100 * tolerance:.1f} %…")
         self.context.run_job(lambda: explain_jobs.auto_sparsity(engine, params, tolerance),
-                             self._show_auto, key="auto", priority=PRIORITY_VIEW)
+                             lambda result: self._show_auto(result, moves), key="auto", priority=PRIORITY_VIEW)
+
+    def _search_on_open(self, engine) -> None:
+        """Auto for a new image, class or model, with a coarser grid than the button's: it runs
+        right after the first map, before the other maps."""
+        tolerance, params, moves = self.controls.tolerance.value(), self.params(), self._user_moves
+        self._auto_search = engine
+        self.controls.auto_note.setText(f"Auto: searching the largest sparsity within {tolerance:g} %…")
+        self.context.run_job(
+            lambda: explain_jobs.auto_sparsity(engine, params, tolerance / 100, OPEN_AUTO_STEP),
+            lambda result: self._show_auto(result, moves), on_error=self._auto_failed, key="auto",
+            priority=PRIORITY_LIVE, preemptible=True)
+
+    def _auto_failed(self, error: Exception) -> None:
+        self._auto_search = None
+        self.controls.auto_note.setText(f"Auto failed: {error}")
+        self._request_settled()
 
     # -- export --------------------------------------------------------------------------------
     def export(self, out_dir: Path, on_done, on_error) -> None:

@@ -50,6 +50,9 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._refining = False  # everything was on screen: full-resolution maps, curves and sweep follow
         self.curve_steps = CURVE_STEPS
         self.sweep_sparsities = SWEEP_SPARSITIES
+        self._setting = False  # the app, not the user, is moving the slider
+        self._user_moves = 0  # the user's own slider moves: an auto result older than the last is dropped
+        self._auto_search = None  # the engine whose Auto on opening is under way
 
         scroll = QScrollArea()
         scroll.setWidget(self.controls)
@@ -82,6 +85,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         c.methods_changed.connect(self._on_methods)
         c.display_changed.connect(self._redraw)
         c.auto_requested.connect(self._auto)
+        c.auto_open.toggled.connect(self._on_auto_open)
         c.target_clicked.connect(self._explain_class)
         self.masks.layer_selected.connect(self._request_layer)
         self.masks.channel_clicked.connect(self._open_channel)
@@ -126,7 +130,8 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
         ones count, labelled as such)."""
-        if self._engine is None or self._live is None or self.masks.layer() is None:
+        if (self._engine is None or self._live is None or self.masks.layer() is None
+                or self._auto_search is not None):
             return False
         shown = self.heatmaps.shown_maps()
         if not all(m in shown or m in self._unavailable for m in self._panel_names()):
@@ -158,12 +163,13 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._show_panels()
         for method in self._panel_names():
             self.heatmaps.set_note(method, "computing…")
-        self._request_live()
+        self._request_live()  # at the sparsity shown until Auto has found this image's
+        if self.controls.auto_open.isChecked():
+            self._search_on_open(engine)  # what depends on the sparsity follows its result
         self._request_maps()  # their curves follow them
-        self._request_pathway_curves()
-        self._request_pathway_maps()
         self._request_sweep()
-        self._request_concepts()
+        if self._auto_search is None:
+            self._request_settled()
 
     def _explain_class(self, class_id: int) -> None:
         prediction = self.context.current_prediction()
@@ -176,13 +182,33 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self.curves.set_marker(value)
         self.context.cancel("pathway-curves")  # of a sparsity being left behind: not wanted
         self._request_live()  # not throttled: a request only replaces the one waiting
+        if self._setting:  # Auto's result: nothing to wait for
+            self._request_settled()
+            return
+        self._user_moves += 1
+        self.context.cancel("auto")
+        if self._auto_search is not None:
+            self._auto_search = None
+            self.controls.auto_note.setText("")
+        if self.controls.auto_open.isChecked():  # the user set one: new images keep it
+            self.controls.auto_open.setChecked(False)
+            self.controls.auto_note.setText("Sparsity set by you: new images open at it.")
         self._settled()
+
+    def _set_sparsity(self, value: float) -> None:
+        self._setting = True
+        try:
+            self.controls.sparsity.setValue(value)
+        finally:
+            self._setting = False
 
     @qdebounced(timeout=SETTLE_MS)
     def _settled(self) -> None:
-        self._request_pathway_curves()
-        self._request_pathway_maps()
-        self._request_concepts()
+        self._request_settled()
+
+    def _on_auto_open(self, checked: bool) -> None:
+        if checked and self._engine is not None:
+            self._search_on_open(self._engine)
 
     def _on_pruning(self) -> None:
         self._show_panels()
@@ -226,6 +252,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         settings.setValue("explain/ties", c.ties.currentData())
         settings.setValue("explain/variant", c.variant.currentData())
         settings.setValue("explain/tolerance_percent", c.tolerance.value())
+        settings.setValue("explain/auto_open", "1" if c.auto_open.isChecked() else "0")
         settings.setValue("display/colormap", c.lut_name())
         settings.setValue("display/opacity", c.opacity.value())
         settings.setValue("display/sign", c.sign.currentText())
@@ -238,7 +265,8 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
 
     def restore_settings(self, settings) -> None:
         c = self.controls
-        c.sparsity.setValue(float(settings.value("explain/sparsity", 70.0)))
+        self._set_sparsity(float(settings.value("explain/sparsity", 70.0)))
+        c.auto_open.setChecked(settings.value("explain/auto_open", "1") == "1")
         select_data(c.mode, settings.value("explain/mode", "global"))
         select_data(c.selector, settings.value("explain/selector", "taylor"))
         select_data(c.ties, settings.value("explain/ties", "exact"))

@@ -14,7 +14,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from core import display  # noqa: E402
-from core.progress import Progress  # noqa: E402
+from core.progress import Progress, run  # noqa: E402
 from gui.controls import select_data  # noqa: E402
 
 ANALYSIS_TIMEOUT_MS = 600_000  # a loaded 2-core machine; normally well under a minute
@@ -91,6 +91,39 @@ def test_opening_a_photo_fills_every_view(window):
     assert tab.masks.layer() is not None
     assert set(tab.curves.curves()) == {PATHWAY, "gradient"}
     assert window.strip.count() >= 1
+
+
+def test_a_new_image_opens_at_the_auto_sparsity_unless_the_user_set_one(qapp, settings_dir):
+    from gui.explain_requests import OPEN_AUTO_STEP
+    from tests.conftest import photo_path
+
+    win = lean_window()
+    tab, controls = win.explain, win.explain.controls
+    try:
+        assert controls.auto_open.isChecked()
+        win.open_paths([photo_path("astronaut.png")])
+        wait_until(qapp, lambda: win.context.is_idle() and tab.is_complete())
+        engine, tolerance = win.context.current_engine(), controls.tolerance.value() / 100
+        auto = as_on_worker(lambda: run(engine.iter_auto_sparsity(tolerance, step=OPEN_AUTO_STEP)))
+        assert controls.sparsity.value() == auto.sparsity
+        assert f"Auto: {auto.sparsity:.1f} %" in controls.auto_note.text()
+        live = tab._live  # the map on screen is the pathway at that sparsity, within the tolerance
+        assert live.params.sparsity == auto.sparsity and live.output_change <= tolerance
+        np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw,
+                                      as_on_worker(lambda: engine.pathway(auto.sparsity).map))
+        # the user sets one during the next image's search: theirs stays, for the images after too
+        win.open_paths([photo_path("rocket.jpg")])
+        wait_until(qapp, lambda: tab._auto_search is not None)
+        controls.sparsity.setValue(40.0)
+        assert not controls.auto_open.isChecked() and "set by you" in controls.auto_note.text()
+        wait_until(qapp, lambda: win.context.is_idle() and tab.is_complete())
+        assert controls.sparsity.value() == 40.0 and tab._live.params.sparsity == 40.0
+        win.open_paths([photo_path("chelsea.png")])
+        wait_until(qapp, lambda: win.context.current_engine().target == 285 and win.context.is_idle()
+                   and tab.is_complete())  # Egyptian cat
+        assert controls.sparsity.value() == 40.0 and tab._live.params.sparsity == 40.0
+    finally:
+        win.close()
 
 
 def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
