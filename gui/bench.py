@@ -2,7 +2,7 @@
 
 Opens a photo on the embedded model and measures, from the window's creation (app start-up
 included) and from the moment the image is open (its prediction shown), the time to the first
-pathway map, to everything on screen (maps, masks, curves, sweep; coarse ones count) and to all
+pathway map, to Auto's sparsity for the image, to everything on screen (maps, masks, curves, sweep; coarse ones count) and to all
 of it at full resolution; then moves the sparsity slider at a fixed pace and measures, per move,
 the time until the map of that position (or a later one) is drawn. A 5 ms timer on the GUI
 thread records its longest stall throughout, and the worker its longest step per job.
@@ -45,6 +45,8 @@ def run_gui_bench(image: str, model=None) -> dict:
     window.context.image_changed.connect(image_open)
     try:
         first = _wait(lambda: tab._live is not None, started)
+        auto = _wait(lambda: tab._auto_search is None, started)  # Auto for the new image
+        auto_sparsity = tab.controls.sparsity.value()
         complete = _wait(tab.is_complete, started)
         refined = _wait(tab.is_refined, started)
         moves = {f"every_{pace}_ms": _drag(tab, pace, MOVES[pace]) for pace in PACES_MS}
@@ -56,10 +58,13 @@ def run_gui_bench(image: str, model=None) -> dict:
         "model": window.context.current_model().name if window.context.current_model() else None,
         "image": str(image),
         "first_pathway_map_s": round(first, 3),
+        "auto_sparsity_found_s": round(auto, 3),
+        "auto_sparsity_percent": auto_sparsity,
         "everything_on_screen_s": round(complete, 3),
         "everything_at_full_resolution_s": round(refined, 3),
         "image_open_s": round(opened[0], 3),
         "after_image_open_s": {"first_pathway_map": round(first - opened[0], 3),
+                               "auto_sparsity_found": round(auto - opened[0], 3),
                                "everything_on_screen": round(complete - opened[0], 3),
                                "everything_at_full_resolution": round(refined - opened[0], 3)},
         "slider_to_map_s": moves,
