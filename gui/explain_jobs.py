@@ -84,7 +84,7 @@ def live(engine, params: Params, layer_index: int | None, memo: LiveMemo, stop=N
     result = memo.pathway(engine, params, stop)
     layer = None
     if layer_index is not None and 0 <= layer_index < len(engine.layers):
-        layer = layer_view(engine, result.masks, params.selector, layer_index)
+        layer = layer_view(engine, result.factors, params.selector, layer_index)
     return LiveResult(engine, params, result.map, result.output_change, result.prob,
                       result.kept, result.sparsity, layer)
 
@@ -97,6 +97,7 @@ def layer_at(engine, params: Params, layer_index: int):
 
 
 def layer_view(engine, masks, selector: str, index: int) -> LayerView:
+    """masks: each layer's bool masks, or 0/1 factors (PathwayResult.factors)."""
     mask = _as_channel_maps(masks[index].detach().cpu().numpy().astype(bool))
     scores = _as_channel_maps(engine.scores(selector)[index].detach().float().cpu().numpy())
     kept = mask.reshape(mask.shape[0], -1).sum(1)
