@@ -175,10 +175,10 @@ class _Order:
         many equal it."""
         rank = self._offset + index
         if self._asked and self._sorted is None:
-            self._sorted = np.sort(self._values.float().cpu().numpy())
+            self._sorted = np.sort(_comparable(self._values).cpu().numpy())
         self._asked = True
         if self._sorted is None:
-            cut, below, equal = _select(self._values.float(), rank)
+            cut, below, equal = _select(_comparable(self._values), rank)
             return cut, below - self._offset, equal
         cut = self._sorted[rank]
         below = int(np.searchsorted(self._sorted, cut, "left"))
@@ -186,6 +186,12 @@ class _Order:
 
 
 SAMPLE = 1 << 14  # values drawn to bracket a rank (_select)
+
+
+def _comparable(values: torch.Tensor) -> torch.Tensor:
+    """Values numpy can sort and a cut compares exactly: float16 and bfloat16 as float32 (every
+    one of their values is a float32), the others as they are."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
 def _select(values: torch.Tensor, rank: int) -> tuple[float, int, int]:
@@ -315,6 +321,7 @@ class Engine:
                      shared=(self.probs, self.layers))
         other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
         other._sweep, other._ends, other._runs = self._sweep, self._ends, self._runs
+        other._taps, self._taps = self._taps, None  # the same target: its scores may come from them
         return other
 
     # -- prediction ------------------------------------------------------------------------
@@ -338,6 +345,7 @@ class Engine:
                 scores, magnitudes = taylor_scores(module, self.x, self.target, self.layers,
                                                    self._layer_modules)
             else:
+                self._taps = None  # the trace's graph is for Taylor's scores: not held for others
                 per_layer, per_layer_magnitudes = yield from intgrad_scores(
                     module, self.x, self.target, len(self.layers), steps)
                 scores = torch.cat([s.flatten() for s in per_layer])
@@ -394,8 +402,8 @@ class Engine:
             raise PruneScopeError(f"no pathway version of '{method}'")
         _supported(method, self.model)
         factors = self._factors(sparsity, mode, selector)
-        # sums: count_nonzero of floats is 30x slower; in float32 exact below 2^24 neurons
-        counts = torch.stack([f.sum(dtype=torch.float64 if f.numel() >= 1 << 24 else None).double()
+        # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24 neurons
+        counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
                               for f in factors]).tolist()
         kept = [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
         p = float(self.probs[self.target])

@@ -98,7 +98,7 @@ def layer_at(engine, params: Params, layer_index: int):
 
 def layer_view(engine, masks, selector: str, index: int) -> LayerView:
     """masks: each layer's bool masks, or 0/1 factors (PathwayResult.factors)."""
-    mask = _as_channel_maps(masks[index].detach().cpu().numpy().astype(bool))
+    mask = _as_channel_maps(masks[index].detach().bool().cpu().numpy())
     scores = _as_channel_maps(engine.scores(selector)[index].detach().float().cpu().numpy())
     kept = mask.reshape(mask.shape[0], -1).sum(1)
     score_sum = scores.reshape(scores.shape[0], -1).sum(1)

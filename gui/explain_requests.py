@@ -151,17 +151,25 @@ class ExplainRequests:
         """Auto for a new image, class or model, with a coarser grid than the button's: it runs
         right after the first map, before the other maps."""
         tolerance, params, moves = self.controls.tolerance.value(), self.params(), self._user_moves
-        self._auto_search = engine
+        self._auto_search = search = object()  # this search, until its result is shown or it ends
         self.controls.auto_note.setText(f"Auto: searching the largest sparsity within {tolerance:g} %…")
         self.context.run_job(
             lambda: explain_jobs.auto_sparsity(engine, params, tolerance / 100, OPEN_AUTO_STEP),
-            lambda result: self._show_auto(result, moves), on_error=self._auto_failed, key="auto",
-            priority=PRIORITY_LIVE, preemptible=True)
+            lambda result: self._show_auto(result, moves), key="auto", priority=PRIORITY_LIVE,
+            preemptible=True, on_error=lambda error: self._auto_failed(engine, error),
+            on_end=lambda: self._auto_ended(engine, search))
 
-    def _auto_failed(self, error: Exception) -> None:
-        self._auto_search = None
-        self.controls.auto_note.setText(f"Auto failed: {error}")
-        self._request_settled()
+    def _auto_failed(self, engine, error: Exception) -> None:
+        if engine is self._engine:
+            self.controls.auto_note.setText(f"Auto failed: {error}")
+
+    def _auto_ended(self, engine, search) -> None:
+        """The search on opening is over without its result shown (failed, cancelled, replaced
+        by the Auto button's): what waits for the sparsity goes ahead at the slider's."""
+        if self._auto_search is search:
+            self._auto_search = None
+            if engine is self._engine:
+                self._request_settled()
 
     # -- export --------------------------------------------------------------------------------
     def export(self, out_dir: Path, on_done, on_error) -> None:

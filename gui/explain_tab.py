@@ -52,7 +52,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self.sweep_sparsities = SWEEP_SPARSITIES
         self._setting = False  # the app, not the user, is moving the slider
         self._user_moves = 0  # the user's own slider moves: an auto result older than the last is dropped
-        self._auto_search = None  # the engine whose Auto on opening is under way
+        self._auto_search = None  # the Auto search on opening under way (a token)
 
         scroll = QScrollArea()
         scroll.setWidget(self.controls)
@@ -147,6 +147,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
         self._engine = engine
+        self._auto_search = None  # a search for the engine before, if any, is of no use now
         if self.dissection is not None and self.dissection.mismatch(engine.model):
             self.set_dissection(None)
             self.status.emit("the dissection was of another model: its concepts are no longer shown")
@@ -213,10 +214,11 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def _on_pruning(self) -> None:
         self._show_panels()
         self._request_live()
-        self._request_pathway_curves()
-        self._request_pathway_maps()
         self._request_sweep()
-        self._request_concepts()
+        if self._auto_search is not None:  # search again under the new settings
+            self._search_on_open(self._engine)
+        else:
+            self._request_settled()
 
     def _on_methods(self) -> None:
         self._show_panels()

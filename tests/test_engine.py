@@ -340,6 +340,14 @@ def test_scores_from_the_trace_equal_scores_of_their_own_forward(lite0, photo):
     scores, magnitudes = taylor_scores(engine.module, engine.x, engine.target, engine.layers)
     torch.testing.assert_close(traced.flat, scores)
     torch.testing.assert_close(traced.magnitudes, magnitudes)
+    # another tie rule takes the trace over (the app makes one per request); other selectors drop it
+    fresh = Engine(lite0, load_image(photo("coffee.png")))
+    paper = fresh.with_ties("paper")
+    assert fresh._taps is None and paper._taps is not None
+    torch.testing.assert_close(run(paper.iter_scores()).flat, scores)
+    other = Engine(lite0, load_image(photo("coffee.png")))
+    run(other.iter_scores("intgrad", steps=2))
+    assert other._taps is None
 
 
 def _hook_count(module: nn.Module) -> int:

@@ -365,6 +365,8 @@ def test_pruning_tab_prunes_compares_exports_and_sweeps(qtbot, tmp_path, photo):
         tab.criterion.setCurrentIndex(tab.criterion.findData("l1"))
         tab.sparsity.setValue(20)
         tab.mode.setCurrentIndex(tab.mode.findData("per-layer"))
+        # the tab's wiring, not reconstruction (tests/test_reconstruct.py), whose 2 minutes it would add
+        tab.recovery.setCurrentIndex(tab.recovery.findData("bn"))
         with qtbot.waitSignal(tab.pruned, timeout=timeout):
             tab.prune()
         report = tab.report
