@@ -457,8 +457,14 @@ def _token_prefix(module: nn.Module, value: torch.Tensor) -> int | None:
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, as torchvision's metadata has them (a test compares)."""
-    return resource_path("imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+    """The 1000 ImageNet class names, as torchvision's metadata has them (a test compares),
+    from a file: importing torchvision costs 170 MB resident."""
+    path = resource_path("imagenet_classes.txt")
+    if path.is_file():
+        return path.read_text(encoding="utf-8").splitlines()
+    import torchvision.models as tvm  # an install without the resources folder (a built wheel)
+
+    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> list[str]:

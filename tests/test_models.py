@@ -106,8 +106,13 @@ def test_preprocess_is_torchvisions_resize_and_centre_crop(lite0, interpolation,
     np.testing.assert_array_equal(view, expected)
 
 
-def test_imagenet_class_names_are_torchvisions():
-    assert imagenet_classes() == list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+def test_imagenet_class_names_are_torchvisions(monkeypatch, tmp_path):
+    expected = list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    assert imagenet_classes() == expected
+    import core.models
+
+    monkeypatch.setattr(core.models, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    assert imagenet_classes() == expected  # an install without the resources folder
 
 
 def test_unknown_model():
