@@ -17,8 +17,8 @@ from torch import nn
 from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
-from core.neurons import (Layer, Taps, hooked, intercept, layer_modules, trace_layers, intgrad_scores,
-                          taylor_scores)
+from core.neurons import (Layer, Taps, intercept, layer_modules, trace_layers, intgrad_scores,
+                          taylor_scores, transformed)
 from core.perturbation import Curves, end_probs, iter_curves, output_change
 from core.progress import Job, Progress, Stopped, run, scaled
 
@@ -233,7 +233,7 @@ class _Scores:
         self.flat, self.magnitudes = scores, magnitudes
         self.shapes = [layer.shape for layer in layers]
         self.sizes = [layer.numel for layer in layers]
-        self.per_layer = [s.view(shape) for s, shape in zip(scores.split(self.sizes), self.shapes)]
+        self.per_layer = self.per_layer_views(scores)
         self._groups: dict[str, list[_Group]] = {}
 
     def _ranked(self, mode: str) -> list[_Group]:
@@ -376,23 +376,12 @@ class Engine:
         return self._scaled_forward([m.to(self.x.dtype) for m in masks], stop)
 
     def _scaled_forward(self, factors: list[torch.Tensor], stop: Callable[[], bool] | None = None):
-        module, modules = self.module, self._layer_modules
-
         def scale(i: int, out: torch.Tensor) -> torch.Tensor:
             if stop is not None and stop():
                 raise Stopped(f"stopped at layer {i}")
             return out * factors[i]
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if modules is not None:  # the cheaper hooks, unless a layer did not run once
-                with hooked(modules, scale) as fired:
-                    out = module(x)
-                if sorted(fired) == list(range(len(modules))):
-                    return out
-            with intercept(scale):
-                return module(x)
-
-        return forward
+        return transformed(self.module, self._layer_modules, scale)
 
     def pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
                 method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:

@@ -196,38 +196,39 @@ class Taps:
     that reaches it in the backward from a logit: what Taylor scores are made of."""
 
     def __init__(self):
-        self.acts: list[torch.Tensor] = []
-        self.grads: list[list] = []
+        self.acts: dict[int, torch.Tensor] = {}  # by layer: a forward run again overwrites its own
+        self.grads: dict[int, list] = {}
         self.input: torch.Tensor | None = None
 
     def input_of(self, x: torch.Tensor) -> torch.Tensor:
         self.input = _input_with_grad(x)
         return self.input
 
-    def tap(self, _index: int, out: torch.Tensor) -> torch.Tensor:
-        self.acts.append(out.detach())
-        self.grads.append([])
-        return _Tap.apply(out, self.grads[-1])
+    def tap(self, index: int, out: torch.Tensor) -> torch.Tensor:
+        self.acts[index], self.grads[index] = out.detach(), []
+        return _Tap.apply(out, self.grads[index])
 
     def scores(self, logits: torch.Tensor, target: int,
                layers: list[Layer]) -> tuple[torch.Tensor, torch.Tensor]:
         """s = |a * dy_c/da| and |a| of every neuron of `layers` (one sample), each flat over
         the layers in order. Written into two flat buffers: fresh tensors per layer, then a
         concatenation, cost as much as the backward itself on the CPU."""
-        if len(self.acts) != len(layers) or any(a.shape[1:] != layer.shape
-                                                for a, layer in zip(self.acts, layers)):
+        acts = [self.acts.get(i) for i in range(len(layers))]
+        if len(self.acts) != len(layers) or any(a is None or a.shape[1:] != layer.shape
+                                                for a, layer in zip(acts, layers)):
             raise PruneScopeError("the model's activations differ from one forward to the next")
         torch.autograd.grad(logits[:, target].sum(), self.input)
         sizes = [layer.numel for layer in layers]
         scores, magnitudes = self.input.new_empty(sum(sizes)), self.input.new_empty(sum(sizes))
-        for a, g, s, m in zip(self.acts, self.grads, scores.split(sizes), magnitudes.split(sizes)):
+        grads = [self.grads[i] for i in range(len(layers))]
+        for a, g, s, m in zip(acts, grads, scores.split(sizes), magnitudes.split(sizes)):
             torch.abs(a[0].flatten(), out=m)
             if g:
                 torch.mul(g[0][0].flatten(), m, out=s)  # |g| |a| = |a g|
                 s.abs_()
             else:
                 s.zero_()
-        self.acts, self.grads = [], []
+        self.acts, self.grads = {}, {}
         return scores, magnitudes
 
 
@@ -237,15 +238,24 @@ def taylor_scores(module: nn.Module, x: torch.Tensor, target: int, layers: list[
     forward hooks cost less than intercept."""
     taps = Taps()
     with torch.enable_grad():
-        if modules is not None:
-            with hooked(modules, taps.tap) as fired:
-                logits = module(taps.input_of(x))
-            if fired == list(range(len(layers))):
-                return taps.scores(logits, target, layers)
-            taps = Taps()  # a layer did not run once: intercept counts them
-        with intercept(taps.tap):
-            logits = module(taps.input_of(x))
+        logits = transformed(module, modules, taps.tap)(taps.input_of(x))
     return taps.scores(logits, target, layers)
+
+
+def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: Transform):
+    """module's forward with every activation output of layer n replaced by transform(n, out):
+    by forward hooks on `modules` (layer_modules, the cheaper way) where each of them ran once,
+    else by intercept (run again: transform must not mind seeing a layer twice)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if modules is not None:
+            with hooked(modules, transform) as fired:
+                out = module(x)
+            if sorted(fired) == list(range(len(modules))):
+                return out
+        with intercept(transform):
+            return module(x)
+
+    return forward
 
 
 def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: int,
