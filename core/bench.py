@@ -53,12 +53,15 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
             torch.autograd.grad(net(xg)[0, target], xg)
 
     engine.scores()
-    sweep = iter(SLIDER_SPARSITIES * (2 * repeats + 2))
+    # A pass takes tens of milliseconds, where a busy machine's noise is a few: more turns,
+    # so that the fastest of each comes close to what it costs.
+    passes = 4 * repeats
+    sweep = iter(SLIDER_SPARSITIES * (2 * passes + 2))
     # Each ratio divides the two timings of one pair: load from elsewhere hits both alike.
-    plain, slider = _timed_pair(plain_forward_backward, lambda: engine.pathway(next(sweep)), repeats, device)
+    plain, slider = _timed_pair(plain_forward_backward, lambda: engine.pathway(next(sweep)), passes, device)
     # what the masks themselves cost: against a plain pass of the folded module
     folded, slider_again = _timed_pair(lambda: plain_forward_backward(module),
-                                       lambda: engine.pathway(next(sweep)), repeats, device)
+                                       lambda: engine.pathway(next(sweep)), passes, device)
 
     def pathway_from_scratch():
         Engine(model, image).pathway(70.0)

@@ -18,9 +18,9 @@ from core import attribution
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS
 from core.neurons import (Layer, Taps, intercept, layer_modules, trace_layers, intgrad_scores,
-                          taylor_scores, transformed)
+                          masked, taylor_scores)
 from core.perturbation import Curves, end_probs, iter_curves, output_change
-from core.progress import Job, Progress, Stopped, run, scaled
+from core.progress import Job, Progress, run, scaled
 
 SELECTORS = ("taylor", "intgrad")
 MODES = ("global", "per-layer")
@@ -93,96 +93,121 @@ class Sweep:
 class _Group:
     """The neurons one threshold ranks (all layers pooled, or one layer), flat. Scores are >= 0
     and often exactly 0 (on the embedded model half of them), so the zero and non-zero scores
-    are ranked apart, each tier by its own order statistics (_Order).
+    are ranked apart: the zero ones once and for all (_zero_rank), the others by their order
+    statistics (_Order).
 
     Exact order: dead neurons (a = 0) first, then the other zero scores by |a| (live but
     gradient-blocked, e.g. saturated ReLU6), then the non-zero scores; remaining ties (equal
     values) by position. The paper's rule instead prunes every score at or below the threshold.
     """
 
-    def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor):
-        self.scores, self.magnitudes = scores, magnitudes
+    def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor, sizes: list[int]):
+        self.scores, self.magnitudes, self.sizes = scores, magnitudes, sizes
         self.zeros = scores.numel() - int(torch.count_nonzero(scores))
-        self._orders: dict[int, _Order] = {}
-
-    # zero, dead and the order of the live zero scores matter below the zero scores' share only
-    @cached_property
-    def zero(self) -> torch.Tensor:
-        return self.scores == 0
+        self._nonzero: _Order | None = None
 
     @cached_property
-    def dead(self) -> torch.Tensor:
-        return self.zero & (self.magnitudes == 0)
+    def _zero_rank(self) -> torch.Tensor:
+        """Each zero score's place in the exact order, from 1: the dead neurons by position,
+        then the live ones by |a| and position; the non-zero scores after them all. Any
+        sparsity below the zero scores' share is then one comparison: the slider's moves there
+        took ten times as long, gathering the first k of millions of tied neurons each time."""
+        kind = torch.int32 if self.scores.numel() < torch.iinfo(torch.int32).max else torch.int64
+        rank = torch.full_like(self.scores, torch.iinfo(kind).max, dtype=kind)
+        zero = self.scores == 0
+        dead = (zero & (self.magnitudes == 0)).nonzero().squeeze(1)
+        live = (zero & (self.magnitudes != 0)).nonzero().squeeze(1)
+        live = live[torch.sort(self.magnitudes[live], stable=True).indices]
+        rank[torch.cat([dead, live])] = torch.arange(1, self.zeros + 1, dtype=kind, device=rank.device)
+        return rank
 
-    @cached_property
-    def n_dead(self) -> int:
-        return int(torch.count_nonzero(self.dead))
+    def _pruned(self, sparsity: float) -> int:
+        return math.floor(sparsity / 100.0 * self.scores.numel())
 
-    def _order(self, tier: int) -> "_Order":
-        if tier not in self._orders:
-            if tier == 1:  # live zero scores by |a|; the others above them all
-                live = self.zero & ~self.dead
-                self._orders[tier] = _Order(torch.where(live, self.magnitudes, math.inf), 0)
-            else:  # the non-zero scores, ranked after the zero ones
-                self._orders[tier] = _Order(self.scores, self.zeros)
-        return self._orders[tier]
+    def _cut(self, k: int) -> tuple[float, int, int]:
+        """The k-th smallest score (from 1) when it is not zero, how many non-zero scores are
+        smaller and how many equal it."""
+        if self._nonzero is None:
+            self._nonzero = _Order(self.scores, self.zeros, self.sizes)
+        return self._nonzero.at(k - self.zeros - 1)
 
     def kept(self, sparsity: float, ties: str, dtype: torch.dtype = torch.bool) -> torch.Tensor:
         """Flat: the neurons left after pruning sparsity % as 1, as dtype: bool, or the floats
         a masked forward multiplies by. One comparison over the group, written straight in dtype
         (and a second where a tie straddles the cut): this runs on every slider move."""
-        k = math.floor(sparsity / 100.0 * self.scores.numel())
-        zeros = self.zeros
+        k, zeros = self._pruned(sparsity), self.zeros
         if k <= 0:
             return torch.ones_like(self.scores, dtype=dtype)
-        if k > zeros:  # some non-zero scores go: under either rule, by score
-            cut, below, equal = self._order(2).at(k - zeros - 1)
-            if ties == "paper" or zeros + below + equal <= k:
-                return torch.gt(self.scores, cut, out=torch.empty_like(self.scores, dtype=dtype))
-            kept = self.scores > cut  # the cut falls inside a tie: its first ones go
-            kept |= _all_but_first(self.scores == cut, k - zeros - below)
-            return kept.to(dtype)
-        return self._kept_among_zeros(k, ties).to(dtype)
+        out = torch.empty_like(self.scores, dtype=dtype)
+        if k <= zeros:  # only zero scores go: the paper's rule takes them all
+            if ties == "paper":
+                return torch.ne(self.scores, 0, out=out)
+            return torch.gt(self._zero_rank, k, out=out)
+        # some non-zero scores go: under either rule, by score
+        cut, below, equal = self._cut(k)
+        if ties == "paper" or zeros + below + equal <= k:
+            return torch.gt(self.scores, cut, out=out)
+        kept = self.scores > cut  # the cut falls inside a tie: its first ones go
+        kept |= _all_but_first(self.scores == cut, k - zeros - below)
+        return kept.to(dtype)
 
-    def _kept_among_zeros(self, k: int, ties: str) -> torch.Tensor:
-        if ties == "paper":
-            return ~self.zero
-        dead = self.n_dead
-        if k <= dead:
-            return ~self.dead | _all_but_first(self.dead, k)
-        # every dead neuron, then live zero scores by |a|
-        cut, below, equal = self._order(1).at(k - dead - 1)
-        kept = ~self.zero | (self.magnitudes > cut)
-        if dead + below + equal > k:
-            kept |= _all_but_first(self.zero & (self.magnitudes == cut), k - dead - below)
-        return kept
+    def counts(self, sparsity: float, ties: str) -> list[int] | None:
+        """How many neurons of each layer kept() keeps, where that is known without counting
+        them; else None. A sum over the kept neurons costs a thirtieth of a pass, on every move."""
+        k, zeros, n = self._pruned(sparsity), self.zeros, self.scores.numel()
+        if k <= 0:
+            return list(self.sizes)
+        one_layer = len(self.sizes) == 1
+        if k <= zeros:
+            if not one_layer:
+                return None
+            return [n - k] if ties == "exact" else [n - zeros]
+        cut, below, equal = self._cut(k)
+        if ties == "exact" and zeros + below + equal > k:
+            return [n - k] if one_layer else None
+        if one_layer:
+            return [n - zeros - below - equal]
+        return self._nonzero.above(cut)
 
 
 class _Order:
-    """Order statistics of one tier's values, held over all the group's neurons (values >= 0):
-    the tier's members take the ranks from `offset` on, the other neurons rank below (0) or
-    above (+inf) them. The first request selects (_select: no gather, no sort), so that an
-    image's first map waits for no sort; a second one sorts them once (numpy's sort: torch's
-    took 3x as long), so that the slider's later moves are binary searches."""
+    """Order statistics of a group's non-zero scores (the zero ones rank below them all). The
+    first request selects (_select: no gather, no sort), so that an image's first map waits
+    for no sort; a new one sorts them once (numpy's sort: torch's took 3x as long), so that the
+    slider's later moves are binary searches. Each layer's scores are sorted too, so that the
+    kept counts are a search per layer."""
 
-    def __init__(self, values: torch.Tensor, offset: int):
-        self._values, self._offset = values, offset
+    def __init__(self, scores: torch.Tensor, zeros: int, sizes: list[int]):
+        self._scores, self._zeros, self._sizes = scores, zeros, sizes
         self._sorted: np.ndarray | None = None
-        self._asked = False
+        self._layers: list[np.ndarray] | None = None
+        self._last: tuple[int, tuple[float, int, int]] | None = None  # a request asked again
 
     def at(self, index: int) -> tuple[float, int, int]:
-        """The tier's index-th smallest value (from 0), how many of the tier are smaller and how
-        many equal it."""
-        rank = self._offset + index
-        if self._asked and self._sorted is None:
-            self._sorted = np.sort(_comparable(self._values).cpu().numpy())
-        self._asked = True
+        """The index-th smallest non-zero score (from 0), how many non-zero scores are smaller
+        and how many equal it."""
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
+        if self._last is not None and self._sorted is None:
+            values = _comparable(self._scores).cpu().numpy()
+            self._layers = [np.sort(v[v != 0]) for v in np.split(values, np.cumsum(self._sizes)[:-1])]
+            self._sorted = self._layers[0] if len(self._layers) == 1 else np.sort(np.concatenate(self._layers))
         if self._sorted is None:
-            cut, below, equal = _select(_comparable(self._values), rank)
-            return cut, below - self._offset, equal
-        cut = self._sorted[rank]
-        below = int(np.searchsorted(self._sorted, cut, "left"))
-        return float(cut), below - self._offset, int(np.searchsorted(self._sorted, cut, "right")) - below
+            cut, below, equal = _select(_comparable(self._scores), self._zeros + index)
+            found = cut, below - self._zeros, equal
+        else:
+            cut = self._sorted[index]
+            below = int(np.searchsorted(self._sorted, cut, "left"))
+            found = float(cut), below, int(np.searchsorted(self._sorted, cut, "right")) - below
+        self._last = index, found
+        return found
+
+    def above(self, cut: float) -> list[int] | None:
+        """How many scores of each layer are above cut, once they are sorted; else None."""
+        if self._layers is None:
+            return None
+        value = self._sorted.dtype.type(cut)  # searched in the scores' own type: exact, and no copy
+        return [len(v) - int(np.searchsorted(v, value, "right")) for v in self._layers]
 
 
 SAMPLE = 1 << 14  # values drawn to bracket a rank (_select)
@@ -239,10 +264,10 @@ class _Scores:
     def _ranked(self, mode: str) -> list[_Group]:
         if mode not in self._groups:
             if mode == "global":
-                self._groups[mode] = [_Group(self.flat, self.magnitudes)]
+                self._groups[mode] = [_Group(self.flat, self.magnitudes, self.sizes)]
             else:
-                self._groups[mode] = [_Group(s, a) for s, a in zip(self.flat.split(self.sizes),
-                                                                   self.magnitudes.split(self.sizes))]
+                self._groups[mode] = [_Group(s, a, [n]) for s, a, n in zip(
+                    self.flat.split(self.sizes), self.magnitudes.split(self.sizes), self.sizes)]
         return self._groups[mode]
 
     def kept(self, sparsity: float, mode: str, ties: str = "exact",
@@ -252,6 +277,11 @@ class _Scores:
         if mode == "global":
             return groups[0].kept(sparsity, ties, dtype)
         return torch.cat([g.kept(sparsity, ties, dtype) for g in groups])
+
+    def counts(self, sparsity: float, mode: str, ties: str = "exact") -> list[int] | None:
+        """How many neurons of each layer kept() keeps, where known without counting (_Group.counts)."""
+        counts = [group.counts(sparsity, ties) for group in self._ranked(mode)]
+        return None if None in counts else [n for layer in counts for n in layer]
 
     def per_layer_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [m.view(shape) for m, shape in zip(flat.split(self.sizes), self.shapes)]
@@ -376,12 +406,7 @@ class Engine:
         return self._scaled_forward([m.to(self.x.dtype) for m in masks], stop)
 
     def _scaled_forward(self, factors: list[torch.Tensor], stop: Callable[[], bool] | None = None):
-        def scale(i: int, out: torch.Tensor) -> torch.Tensor:
-            if stop is not None and stop():
-                raise Stopped(f"stopped at layer {i}")
-            return out * factors[i]
-
-        return transformed(self.module, self._layer_modules, scale)
+        return masked(self.module, self._layer_modules, factors, stop)
 
     def pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
                 method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:
@@ -391,9 +416,10 @@ class Engine:
             raise PruneScopeError(f"no pathway version of '{method}'")
         _supported(method, self.model)
         factors = self._factors(sparsity, mode, selector)
-        # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24 neurons
-        counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
-                              for f in factors]).tolist()
+        counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
+        if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
+            counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
+                                  for f in factors]).tolist()
         kept = [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
         p = float(self.probs[self.target])
         if method != "integrated-gradients" and all(k == n for _, k, n in kept):

@@ -6,6 +6,7 @@ block), in-place activations, and functional calls (DenseNet's final F.relu), an
 is left registered on the model afterwards. The n-th activation call of a forward is layer n;
 the models we explain have a fixed call order.
 """
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -16,7 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from core.errors import PruneScopeError
-from core.progress import Progress
+from core.progress import Progress, Stopped
 
 # Element-wise non-linearities whose outputs are neurons. Gates (sigmoid, hardsigmoid,
 # softmax) are left out: they scale other neurons rather than carry features.
@@ -39,7 +40,9 @@ ACTIVATIONS.update({getattr(torch.ops.aten, op).default: kind for op, kind in _A
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
                       nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU)
 
-Transform = Callable[[int, torch.Tensor], torch.Tensor]
+Transform = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, its output) -> what to use
+# what a forward hook does instead: (layer, the activation's input, its output) -> what to use
+HookTransform = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,15 @@ def layer_modules(module: nn.Module, layers: list[Layer]) -> list[nn.Module] | N
 
 
 @contextmanager
-def hooked(modules: list[nn.Module], transform: Transform) -> Iterator[list[int]]:
-    """intercept(transform) by forward hooks, for layers that are these modules (layer_modules);
-    yields the indices of the layers that ran, in call order, to check that all did once."""
+def hooked(modules: list[nn.Module], transform: HookTransform) -> Iterator[list[int]]:
+    """intercept by forward hooks, for layers that are these modules (layer_modules); yields
+    the indices of the layers that ran, in call order, to check that all did once."""
     fired: list[int] = []
 
     def hook_of(index: int):
-        def hook(_module, _inputs, out):
+        def hook(_module, inputs, out):
             fired.append(index)
-            return transform(index, out)
+            return transform(index, inputs[0], out)
         return hook
 
     handles = [m.register_forward_hook(hook_of(i)) for i, m in enumerate(modules)]
@@ -242,13 +245,15 @@ def taylor_scores(module: nn.Module, x: torch.Tensor, target: int, layers: list[
     return taps.scores(logits, target, layers)
 
 
-def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: Transform):
+def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: Transform,
+                by_hook: HookTransform | None = None):
     """module's forward with every activation output of layer n replaced by transform(n, out):
     by forward hooks on `modules` (layer_modules, the cheaper way) where each of them ran once,
-    else by intercept (run again: transform must not mind seeing a layer twice)."""
+    else by intercept (run again: transform must not mind seeing a layer twice). by_hook: what
+    the hooks do instead, where the activation's input helps."""
     def forward(x: torch.Tensor) -> torch.Tensor:
         if modules is not None:
-            with hooked(modules, transform) as fired:
+            with hooked(modules, by_hook or (lambda i, _x, out: transform(i, out))) as fired:
                 out = module(x)
             if sorted(fired) == list(range(len(modules))):
                 return out
@@ -256,6 +261,90 @@ def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: T
             return module(x)
 
     return forward
+
+
+def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch.Tensor],
+           stop: Callable[[], bool] | None = None):
+    """module's forward with layer n's activation output multiplied by masks[n] (0/1, in the
+    activation's dtype): the pruned network. stop: checked at every layer; when it returns
+    True the forward raises Stopped."""
+    def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+        if stop is not None and stop():
+            raise Stopped(f"stopped at layer {i}")
+        return out * masks[i]
+
+    tops = [_rectifier_top(m) for m in modules] if modules is not None else []
+    rectified: list[tuple[torch.Tensor, int]] = []  # what the backward reads, and its version
+
+    def by_hook(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if tops[i] is None or out is x or not _alone(modules[i]):
+            return scale(i, out)
+        if stop is not None and stop():
+            raise Stopped(f"stopped at layer {i}")
+        y = _MaskedRectifier.apply(x, (out.detach(),), masks[i], tops[i])
+        rectified.append((y, y._version))
+        return y
+
+    fast, plain = transformed(module, modules, scale, by_hook), transformed(module, modules, scale)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = fast(x)
+            written = any(y._version != version for y, version in rectified)
+        finally:
+            rectified.clear()
+        # where the model wrote into a masked output in place, multiplying is what stays right
+        return plain(x) if written else out
+
+    return forward
+
+
+def _alone(module: nn.Module) -> bool:
+    """Whether nothing but our hook acts on the activation: no other hooks on it, no function
+    mode around the forward (guided backprop's intercept, say). They change the activation's
+    own backward, which _MaskedRectifier leaves out of the graph."""
+    from torch.nn.modules import module as modules
+
+    return (len(module._forward_hooks) == 1 and not module._forward_pre_hooks
+            and not module._backward_hooks and not module._backward_pre_hooks
+            and not (modules._global_forward_hooks or modules._global_forward_pre_hooks
+                     or modules._global_backward_hooks or modules._global_backward_pre_hooks)
+            and not torch._C._is_torch_function_mode_enabled())
+
+
+def _rectifier_top(module: nn.Module) -> float | None:
+    """A ReLU's or ReLU6's upper bound (inf for ReLU), where it makes a new tensor; else None."""
+    if getattr(module, "inplace", False):
+        return None
+    if type(module) is nn.ReLU:
+        return math.inf
+    if type(module) in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0 < module.max_val:
+        return float(module.max_val)
+    return None
+
+
+class _MaskedRectifier(torch.autograd.Function):
+    """y = act(x) * mask for a rectifier act (0 below 0, x up to top) and a 0/1 mask. Its
+    derivative is 1 exactly where y lies strictly inside (0, top), pruned neurons being 0, so
+    the backward reads y alone: one kernel, where multiplying the activation's output takes a
+    multiplication and then the activation's own backward (the pass got ~3 % faster on the
+    embedded model). The forward masks act(x), which the module computed, in place; it comes
+    in a tuple, so that autograd does not take y for an input returned as is (a view, which
+    the model could then not write into)."""
+
+    @staticmethod
+    def forward(ctx, x, computed, mask, top):
+        y = computed[0].mul_(mask)
+        ctx.save_for_backward(y)
+        ctx.top = top
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        if ctx.top == math.inf:
+            return torch.ops.aten.threshold_backward(grad, y, 0), None, None, None
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, ctx.top), None, None, None
 
 
 def intgrad_scores(module: nn.Module, x: torch.Tensor, target: int, n_layers: int,

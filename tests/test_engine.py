@@ -15,7 +15,7 @@ from core.engine import Engine, _Scores, _select, compute_map
 from core.errors import PruneScopeError
 from core.images import load_image
 from core.models import LoadedModel
-from core.neurons import Layer, discover_layers, intercept, taylor_scores
+from core.neurons import Layer, discover_layers, intercept, layer_modules, masked, taylor_scores
 from core.progress import Stopped, run
 
 
@@ -176,6 +176,29 @@ def test_selected_and_sorted_thresholds_equal_a_full_sort_on_many_ties():
         expected = _reference_kept(flat_s, flat_a, sparsity)
         for masks in (selected, sorted_once.masks(sparsity, "global")):
             assert torch.equal(torch.cat([m.flatten() for m in masks]), expected), sparsity
+        per_layer = _Scores(flat_s, flat_a, layers).masks(sparsity, "per-layer")
+        for mask, s, a in zip(per_layer, scores, magnitudes):
+            assert torch.equal(mask.flatten(), _reference_kept(s.flatten(), a.flatten(), sparsity)), sparsity
+
+
+@pytest.mark.parametrize("ties", ["exact", "paper"])
+@pytest.mark.parametrize("mode", ["global", "per-layer"])
+def test_kept_counts_known_without_counting_are_the_masks_counts(mode, ties):
+    generator = torch.Generator().manual_seed(4)
+    shapes = [(4, 5, 5), (7, 3), (50,)]
+    scores = [torch.randint(0, 400, s, generator=generator).float() * (torch.rand(s, generator=generator) > 0.4)
+              for s in shapes]  # 40 % zeros and some ties among the others
+    magnitudes = [torch.randint(0, 3, s, generator=generator).float() + (v > 0) for s, v in zip(shapes, scores)]
+    ranked = _Scores(torch.cat([v.flatten() for v in scores]), torch.cat([a.flatten() for a in magnitudes]),
+                     [Layer(f"layer{i}", "relu", shape) for i, shape in enumerate(shapes)])
+    known = 0
+    for sparsity in np.arange(0.0, 100.0, 1.3):  # the first one selects, the later ones search
+        counts = ranked.counts(sparsity, mode, ties)
+        masks = ranked.masks(sparsity, mode, ties)
+        if counts is not None:
+            known += 1
+            assert counts == [int(m.sum()) for m in masks], sparsity
+    assert known >= 30  # of 77: all but the zero scores, and cuts inside a tie, across layers
 
 
 @pytest.mark.parametrize("values", [
@@ -384,6 +407,60 @@ def test_hooks_stand_in_for_intercept_where_each_layer_is_its_own_module(lite0, 
         by_intercept = engine.masked_forward(masks)(engine.x)
     assert torch.equal(by_hooks, by_intercept)
     assert _hook_count(lite0.module) == 0
+
+
+class _WritesIntoItsActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        a = self.act(self.conv(x))
+        a += 1.0  # into the masked output, which the rectifier's backward reads
+        return self.head(a.flatten(1))
+
+
+def _stack(activation):
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), activation(), nn.Conv2d(6, 4, 3, padding=1),
+                         activation(), nn.Flatten(), nn.Linear(4 * 36, 3))
+
+
+def _graph_nodes(tensor):
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("net, rectified", [
+    (_stack(nn.ReLU), True), (_stack(nn.ReLU6), True), (_stack(lambda: nn.Hardtanh(0.0, 0.5)), True),
+    (_stack(nn.SiLU), False), (_stack(lambda: nn.ReLU(inplace=True)), False),
+    (_WritesIntoItsActivation(), False),
+], ids=["relu", "relu6", "hardtanh-0-0.5", "silu", "relu-in-place", "written-in-place"])
+def test_masked_rectifiers_give_exactly_the_multiplied_networks_output_and_gradient(net, rectified):
+    net.eval().requires_grad_(False)
+    x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    layers = discover_layers(net, x)
+    generator = torch.Generator().manual_seed(1)
+    masks = [(torch.rand(layer.shape, generator=generator) > 0.5).float() for layer in layers]
+
+    def output_and_gradient(forward):
+        xg = x.clone().requires_grad_(True)
+        logits = forward(xg)
+        return logits.detach(), torch.autograd.grad(logits[0, 1], xg)[0], _graph_nodes(logits)
+
+    def multiplied(xg):
+        with intercept(lambda i, out: out * masks[i]):
+            return net(xg)
+
+    expected, expected_grad, _ = output_and_gradient(multiplied)
+    logits, grad, nodes = output_and_gradient(masked(net, layer_modules(net, layers), masks))
+    assert torch.equal(logits, expected) and torch.equal(grad, expected_grad)
+    assert ("_MaskedRectifierBackward" in nodes) == rectified
+    assert grad.abs().sum() > 0
 
 
 def test_intercept_restores_the_plain_forward():
