@@ -174,8 +174,9 @@ class _Order:
     """Order statistics of a group's non-zero scores (the zero ones rank below them all). The
     first request selects (_select: no gather, no sort), so that an image's first map waits
     for no sort; a new one sorts them once (numpy's sort: torch's took 3x as long), so that the
-    slider's later moves are binary searches. Each layer's scores are sorted too, so that the
-    kept counts are a search per layer."""
+    slider's later moves are binary searches. The sort is of each layer's scores, then of all,
+    so that the kept counts are a search per layer too; on the embedded model it takes as long
+    as one sort of every score did."""
 
     def __init__(self, scores: torch.Tensor, zeros: int, sizes: list[int]):
         self._scores, self._zeros, self._sizes = scores, zeros, sizes
@@ -191,7 +192,9 @@ class _Order:
         if self._last is not None and self._sorted is None:
             values = _comparable(self._scores).cpu().numpy()
             self._layers = [np.sort(v[v != 0]) for v in np.split(values, np.cumsum(self._sizes)[:-1])]
-            self._sorted = self._layers[0] if len(self._layers) == 1 else np.sort(np.concatenate(self._layers))
+            # numpy's stable sort (timsort) merges the layers' sorted runs: half the time of a sort
+            self._sorted = (self._layers[0] if len(self._layers) == 1
+                            else np.sort(np.concatenate(self._layers), kind="stable"))
         if self._sorted is None:
             cut, below, equal = _select(_comparable(self._scores), self._zeros + index)
             found = cut, below - self._zeros, equal
