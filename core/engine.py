@@ -103,7 +103,7 @@ class _Group:
 
     def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor, sizes: list[int]):
         self.scores, self.magnitudes, self.sizes = scores, magnitudes, sizes
-        self.zeros = int(torch.count_nonzero(scores == 0))  # of floats it took twice as long
+        self.zeros = int(torch.count_nonzero(scores == 0))  # count_nonzero(scores) took twice as long
         self._nonzero: _Order | None = None
 
     @cached_property
@@ -159,9 +159,10 @@ class _Group:
             return list(self.sizes)
         one_layer = len(self.sizes) == 1
         if k <= zeros:
-            if not one_layer:
-                return None
-            return [n - k] if ties == "exact" else [n - zeros]
+            if one_layer:
+                return [n - k] if ties == "exact" else [n - zeros]
+            # the paper's rule keeps the non-zero scores (all of them above 0)
+            return self._nonzero.above(0.0) if ties == "paper" and self._nonzero else None
         cut, below, equal = self._cut(k)
         if ties == "exact" and zeros + below + equal > k:
             return [n - k] if one_layer else None
@@ -209,7 +210,7 @@ class _Order:
         """How many scores of each layer are above cut, once they are sorted; else None."""
         if self._layers is None:
             return None
-        value = self._sorted.dtype.type(cut)  # searched in the scores' own type: exact, and no copy
+        value = self._sorted.dtype.type(cut)  # in the sorted values' type: exact, and no copy
         return [len(v) - int(np.searchsorted(v, value, "right")) for v in self._layers]
 
 

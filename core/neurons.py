@@ -42,7 +42,7 @@ ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hards
 
 Transform = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, its output) -> what to use
 # what a forward hook does instead: (layer, the activation's input, its output) -> what to use
-HookTransform = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+HookTransform = Callable[[int, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def hooked(modules: list[nn.Module], transform: HookTransform) -> Iterator[list[
     def hook_of(index: int):
         def hook(_module, inputs, out):
             fired.append(index)
-            return transform(index, inputs[0], out)
+            return transform(index, inputs[0] if inputs else None, out)  # None: called by keyword
         return hook
 
     handles = [m.register_forward_hook(hook_of(i)) for i, m in enumerate(modules)]
@@ -266,18 +266,21 @@ def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: T
 def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch.Tensor],
            stop: Callable[[], bool] | None = None):
     """module's forward with layer n's activation output multiplied by masks[n] (0/1, in the
-    activation's dtype): the pruned network. stop: checked at every layer; when it returns
-    True the forward raises Stopped."""
+    activation's dtype): the pruned network; where the layer is a ReLU or ReLU6 module, through
+    _MaskedRectifier. stop: checked at every layer; when it returns True the forward raises
+    Stopped."""
     def scale(i: int, out: torch.Tensor) -> torch.Tensor:
         if stop is not None and stop():
             raise Stopped(f"stopped at layer {i}")
         return out * masks[i]
 
-    tops = [_rectifier_top(m) for m in modules] if modules is not None else []
+    tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules, masks)] if modules is not None else []
     rectified: list[tuple[torch.Tensor, int]] = []  # what the backward reads, and its version
+    written = False  # the model writes into its activations' outputs: multiply from then on
 
-    def by_hook(i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if tops[i] is None or out is x or not _alone(modules[i]):
+    def by_hook(i: int, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        if (tops[i] is None or x is None or out is x or not x.requires_grad
+                or not torch.is_grad_enabled() or not _alone(modules[i])):
             return scale(i, out)
         if stop is not None and stop():
             raise Stopped(f"stopped at layer {i}")
@@ -288,12 +291,14 @@ def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch
     fast, plain = transformed(module, modules, scale, by_hook), transformed(module, modules, scale)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal written
+        if written:
+            return plain(x)
         try:
             out = fast(x)
             written = any(y._version != version for y, version in rectified)
         finally:
             rectified.clear()
-        # where the model wrote into a masked output in place, multiplying is what stays right
         return plain(x) if written else out
 
     return forward
@@ -312,14 +317,16 @@ def _alone(module: nn.Module) -> bool:
             and not torch._C._is_torch_function_mode_enabled())
 
 
-def _rectifier_top(module: nn.Module) -> float | None:
-    """A ReLU's or ReLU6's upper bound (inf for ReLU), where it makes a new tensor; else None."""
+def _rectifier_top(module: nn.Module, dtype: torch.dtype) -> float | None:
+    """A ReLU's or ReLU6's upper bound (inf for ReLU), where it makes a new tensor and the bound
+    is exact in dtype (a rounded one would let saturated neurons' gradients through); else None."""
     if getattr(module, "inplace", False):
         return None
     if type(module) is nn.ReLU:
         return math.inf
     if type(module) in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0 < module.max_val:
-        return float(module.max_val)
+        top = float(module.max_val)
+        return top if float(torch.tensor(top, dtype=dtype)) == top else None
     return None
 
 

@@ -201,6 +201,18 @@ def test_kept_counts_known_without_counting_are_the_masks_counts(mode, ties):
     assert known >= 30  # of 77: all but the zero scores, and cuts inside a tie, across layers
 
 
+def test_an_images_first_map_waits_for_no_sort_and_the_next_ones_count_by_search():
+    generator = torch.Generator().manual_seed(5)
+    flat = torch.rand(3000, generator=generator) * (torch.rand(3000, generator=generator) > 0.3)
+    ranked = _Scores(flat, flat + 1, [Layer("a", "relu", (1000,)), Layer("b", "relu", (2000,))])
+    ranked.kept(60.0, "global", dtype=torch.float32)
+    order = ranked._ranked("global")[0]._nonzero
+    assert ranked.counts(60.0, "global") is None and order._sorted is None  # asked again: still selected
+    masks = ranked.masks(80.0, "global")
+    assert order._sorted is not None
+    assert ranked.counts(80.0, "global") == [int(m.sum()) for m in masks]
+
+
 @pytest.mark.parametrize("values", [
     torch.rand(300_000, generator=torch.Generator().manual_seed(0)),
     torch.randint(0, 50, (300_000,), generator=torch.Generator().manual_seed(1)).float(),  # long ties
@@ -435,32 +447,55 @@ def _graph_nodes(tensor):
     return {type(node).__name__ for node in seen}
 
 
+class _CallsByKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        return self.head(self.act(input=self.conv(x)).flatten(1))
+
+
+def _linear_stack(activation, dtype):
+    return nn.Sequential(nn.Flatten(), nn.Linear(108, 32), activation(), nn.Linear(32, 16), activation(),
+                         nn.Linear(16, 3)).to(dtype)
+
+
 @pytest.mark.parametrize("net, rectified", [
     (_stack(nn.ReLU), True), (_stack(nn.ReLU6), True), (_stack(lambda: nn.Hardtanh(0.0, 0.5)), True),
     (_stack(nn.SiLU), False), (_stack(lambda: nn.ReLU(inplace=True)), False),
-    (_WritesIntoItsActivation(), False),
-], ids=["relu", "relu6", "hardtanh-0-0.5", "silu", "relu-in-place", "written-in-place"])
+    (_WritesIntoItsActivation(), False), (_CallsByKeyword(), False),
+    (_linear_stack(lambda: nn.Hardtanh(0.0, 0.5), torch.float16), True),
+    # 0.1 is not a float16 or bfloat16: the rounded bound would let saturated neurons through
+    (_linear_stack(lambda: nn.Hardtanh(0.0, 0.1), torch.float16), False),
+    (_linear_stack(lambda: nn.Hardtanh(0.0, 0.7), torch.bfloat16), False),
+], ids=["relu", "relu6", "hardtanh-0-0.5", "silu", "relu-in-place", "written-in-place", "called-by-keyword",
+        "half-hardtanh-0-0.5", "half-hardtanh-0-0.1", "bfloat16-hardtanh-0-0.7"])
 def test_masked_rectifiers_give_exactly_the_multiplied_networks_output_and_gradient(net, rectified):
     net.eval().requires_grad_(False)
-    x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    dtype = next(net.parameters()).dtype
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0)).to(dtype) * 4
     layers = discover_layers(net, x)
     generator = torch.Generator().manual_seed(1)
-    masks = [(torch.rand(layer.shape, generator=generator) > 0.5).float() for layer in layers]
+    masks = [(torch.rand(layer.shape, generator=generator) > 0.5).to(dtype) for layer in layers]
 
     def output_and_gradient(forward):
         xg = x.clone().requires_grad_(True)
         logits = forward(xg)
-        return logits.detach(), torch.autograd.grad(logits[0, 1], xg)[0], _graph_nodes(logits)
+        return logits.detach(), torch.autograd.grad(logits[:, 1].sum(), xg)[0], _graph_nodes(logits)
 
     def multiplied(xg):
         with intercept(lambda i, out: out * masks[i]):
             return net(xg)
 
     expected, expected_grad, _ = output_and_gradient(multiplied)
-    logits, grad, nodes = output_and_gradient(masked(net, layer_modules(net, layers), masks))
+    forward = masked(net, layer_modules(net, layers), masks)
+    logits, grad, nodes = output_and_gradient(forward)
     assert torch.equal(logits, expected) and torch.equal(grad, expected_grad)
     assert ("_MaskedRectifierBackward" in nodes) == rectified
     assert grad.abs().sum() > 0
+    with torch.inference_mode():  # no version counters there: the plain multiplication
+        assert torch.equal(forward(x), expected)
 
 
 def test_intercept_restores_the_plain_forward():
