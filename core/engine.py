@@ -113,12 +113,15 @@ class _Group:
         sparsity below the zero scores' share is then one comparison: the slider's moves there
         took ten times as long, gathering the first k of millions of tied neurons each time."""
         kind = torch.int32 if self.scores.numel() < torch.iinfo(torch.int32).max else torch.int64
-        rank = torch.full_like(self.scores, torch.iinfo(kind).max, dtype=kind)
         zero = self.scores == 0
-        dead = (zero & (self.magnitudes == 0)).nonzero().squeeze(1)
-        live = (zero & (self.magnitudes != 0)).nonzero().squeeze(1)
+        dead = zero & (self.magnitudes == 0)
+        # the dead ones' places by a running count, in place: no index per neuron (millions)
+        rank = torch.cumsum(dead, 0, dtype=kind)
+        n_dead = int(rank[-1]) if rank.numel() else 0
+        rank.masked_fill_(~dead, torch.iinfo(kind).max)
+        live = (zero & ~dead).nonzero().squeeze(1)
         live = live[torch.sort(self.magnitudes[live], stable=True).indices]
-        rank[torch.cat([dead, live])] = torch.arange(1, self.zeros + 1, dtype=kind, device=rank.device)
+        rank[live] = torch.arange(n_dead + 1, self.zeros + 1, dtype=kind, device=rank.device)
         return rank
 
     def _pruned(self, sparsity: float) -> int:
