@@ -267,29 +267,33 @@ def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch
            stop: Callable[[], bool] | None = None):
     """module's forward with layer n's activation output multiplied by masks[n] (0/1, in the
     activation's dtype): the pruned network; where the layer is a ReLU or ReLU6 module, with no
-    multiplication in the backward. stop: checked at every layer; when it returns True the forward raises
-    Stopped."""
+    multiplication in the backward. stop: checked at every layer; when it returns True the
+    forward raises Stopped."""
     def scale(i: int, out: torch.Tensor) -> torch.Tensor:
         if stop is not None and stop():
             raise Stopped(f"stopped at layer {i}")
         return out * masks[i]
 
-    tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules, masks)] if modules is not None else []
+    tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules or [], masks)]
     rectified: list[tuple[torch.Tensor, int]] = []  # what the backward reads, and its version
-    written = False  # the model writes into its activations' outputs: multiply from then on
+    # the model writes into a masked output, which a backward reads: multiply from then on
+    written = False
 
     def by_hook(i: int, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
         top = tops[i]
-        if top is None or not _alone(modules[i]):
+        # in place (out is x), the model may read x again: unmasked, as the multiplied network has it
+        if top is None or out is x or not _alone(modules[i]):
             return scale(i, out)
         if stop is not None and stop():
             raise Stopped(f"stopped at layer {i}")
-        if top == math.inf:
+        if top == math.inf and _saved_as_is():
             # ReLU's backward reads its output: masked in place, unknown to autograd, it is the
             # pruned neuron's backward too, and the pass needs no other node
             out.data.mul_(masks[i])
+            if out.requires_grad:
+                rectified.append((out, out._version))
             return out
-        if x is None or out is x or not x.requires_grad or not torch.is_grad_enabled():
+        if x is None or not x.requires_grad or not torch.is_grad_enabled():
             return scale(i, out)
         y = _MaskedRectifier.apply(x, (out.detach(),), masks[i], top)
         rectified.append((y, y._version))
@@ -322,6 +326,13 @@ def _alone(module: nn.Module) -> bool:
             and not (modules._global_forward_hooks or modules._global_forward_pre_hooks
                      or modules._global_backward_hooks or modules._global_backward_pre_hooks)
             and not torch._C._is_torch_function_mode_enabled())
+
+
+def _saved_as_is() -> bool:
+    """Whether autograd keeps saved tensors as they are: a saved-tensor hook (save_on_cpu, say)
+    would pack ReLU's output before the mask is written into it."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(False) is None
 
 
 def _rectifier_top(module: nn.Module, dtype: torch.dtype) -> float | None:

@@ -422,14 +422,16 @@ def test_hooks_stand_in_for_intercept_where_each_layer_is_its_own_module(lite0, 
 
 
 class _WritesIntoItsActivation(nn.Module):
-    def __init__(self):
+    def __init__(self, activation):
         super().__init__()
-        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Linear(4 * 36, 3)
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), activation(), nn.Linear(4 * 36, 3)
+        self.scale = nn.Linear(4 * 36, 4 * 36)
 
     def forward(self, x):
         a = self.act(self.conv(x))
-        a += 1.0  # into the masked output, which the rectifier's backward reads
-        return self.head(a.flatten(1))
+        b = self.scale(a.flatten(1))  # a read before it is written into
+        a.mul_(0.5)  # into the masked output, which the rectifier's backward reads
+        return self.head(a.flatten(1) + b)
 
 
 def _stack(activation):
@@ -462,16 +464,17 @@ def _linear_stack(activation, dtype):
 
 
 @pytest.mark.parametrize("make, unmultiplied", [
-    (lambda: _stack(nn.ReLU), True), (lambda: _stack(lambda: nn.ReLU(inplace=True)), True),
+    (lambda: _stack(nn.ReLU), True), (lambda: _stack(lambda: nn.ReLU(inplace=True)), False),
     (lambda: _stack(nn.ReLU6), True), (lambda: _stack(lambda: nn.Hardtanh(0.0, 0.5)), True),
     (lambda: _stack(nn.SiLU), False), (lambda: _stack(lambda: nn.ReLU6(inplace=True)), False),
-    (_WritesIntoItsActivation, False), (_CallsByKeyword, False),
+    (lambda: _WritesIntoItsActivation(nn.ReLU6), False), (lambda: _WritesIntoItsActivation(nn.ReLU), False),
+    (_CallsByKeyword, False),
     (lambda: _linear_stack(lambda: nn.Hardtanh(0.0, 0.5), torch.float16), True),
     # 0.3 and 0.7 are not float16 or bfloat16 numbers: a rounded bound would let saturated neurons through
     (lambda: _linear_stack(lambda: nn.Hardtanh(0.0, 0.3), torch.float16), False),
     (lambda: _linear_stack(lambda: nn.Hardtanh(0.0, 0.7), torch.bfloat16), False),
-], ids=["relu", "relu-in-place", "relu6", "hardtanh-0-0.5", "silu", "relu6-in-place", "written-in-place",
-        "called-by-keyword", "half-hardtanh-0-0.5", "half-hardtanh-0-0.3", "bfloat16-hardtanh-0-0.7"])
+], ids=["relu", "relu-in-place", "relu6", "hardtanh-0-0.5", "silu", "relu6-in-place", "relu6-written-into",
+        "relu-written-into", "called-by-keyword", "half-hardtanh-0-0.5", "half-hardtanh-0-0.3", "bfloat16-hardtanh-0-0.7"])
 def test_masked_rectifiers_give_exactly_the_multiplied_networks_output_and_gradient(make, unmultiplied):
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -498,8 +501,10 @@ def test_masked_rectifiers_give_exactly_the_multiplied_networks_output_and_gradi
     assert torch.equal(logits, expected) and torch.equal(grad, expected_grad)
     assert ("MulBackward0" not in nodes) == unmultiplied  # the masks left out of the backward
     assert grad.abs().sum() > 0
-    with torch.inference_mode():  # no version counters there: the plain multiplication
+    with torch.inference_mode():  # no gradients, and no version counters
         assert torch.equal(forward(x), expected)
+    with torch.autograd.graph.saved_tensors_hooks(torch.clone, lambda saved: saved):  # copies, when saved
+        assert torch.equal(output_and_gradient(forward)[1], expected_grad)
 
 
 def test_intercept_restores_the_plain_forward():
