@@ -9,6 +9,7 @@ the models we explain have a fixed call order.
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterator
 
 import torch
@@ -343,8 +344,14 @@ def _rectifier_top(module: nn.Module, dtype: torch.dtype) -> float | None:
     if (type(module) in (nn.ReLU6, nn.Hardtanh) and not module.inplace
             and module.min_val == 0 < module.max_val):
         top = float(module.max_val)
-        return top if float(torch.tensor(top, dtype=dtype)) == top else None
+        return top if _exact(top, dtype) else None
     return None
+
+
+@lru_cache
+def _exact(value: float, dtype: torch.dtype) -> bool:
+    """Whether dtype holds value exactly (asked of every layer on every masked pass)."""
+    return float(torch.tensor(value, dtype=dtype)) == value
 
 
 class _MaskedRectifier(torch.autograd.Function):
