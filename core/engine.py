@@ -186,7 +186,7 @@ class _Group:
 
 class _Order:
     """Order statistics of a group's non-zero scores (the zero ones rank below them all). The
-    first request selects (_select: no gather, no sort), so that an image's first map waits
+    first request selects (_select: no sort), so that an image's first map waits
     for no sort; a new one sorts them once (numpy's sort: torch's took 3x as long), so that the
     slider's later moves are binary searches. The sort is of each layer's scores, then of all,
     so that the kept counts are a search per layer too; on the embedded model it takes as long

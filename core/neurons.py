@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as global_hooks  # where nn.Module keeps hooks on every module
 from torch.overrides import TorchFunctionMode
 
 from core.errors import PruneScopeError
@@ -270,9 +271,12 @@ def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch
     activation's dtype): the pruned network; where the layer is a ReLU or ReLU6 module, with no
     multiplication in the backward. stop: checked at every layer; when it returns True the
     forward raises Stopped."""
-    def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+    def halt_if_asked(i: int) -> None:
         if stop is not None and stop():
             raise Stopped(f"stopped at layer {i}")
+
+    def scale(i: int, out: torch.Tensor) -> torch.Tensor:
+        halt_if_asked(i)
         return out * masks[i]
 
     tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules or [], masks)]
@@ -285,8 +289,7 @@ def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch
         # in place (out is x), the model may read x again: unmasked, as the multiplied network has it
         if top is None or out is x or not _alone(modules[i]):
             return scale(i, out)
-        if stop is not None and stop():
-            raise Stopped(f"stopped at layer {i}")
+        halt_if_asked(i)
         if top == math.inf and _saved_as_is():
             # ReLU's backward reads its output: masked in place, unknown to autograd, it is the
             # pruned neuron's backward too, and the pass needs no other node
@@ -320,12 +323,10 @@ def _alone(module: nn.Module) -> bool:
     """Whether nothing but our hook acts on the activation: no other hooks on it, no function
     mode around the forward (guided backprop's intercept, say). They change the activation's
     own backward, which _MaskedRectifier leaves out of the graph."""
-    from torch.nn.modules import module as modules
-
     return (len(module._forward_hooks) == 1 and not module._forward_pre_hooks
             and not module._backward_hooks and not module._backward_pre_hooks
-            and not (modules._global_forward_hooks or modules._global_forward_pre_hooks
-                     or modules._global_backward_hooks or modules._global_backward_pre_hooks)
+            and not (global_hooks._global_forward_hooks or global_hooks._global_forward_pre_hooks
+                     or global_hooks._global_backward_hooks or global_hooks._global_backward_pre_hooks)
             and not torch._C._is_torch_function_mode_enabled())
 
 
