@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _card_of(args: argparse.Namespace):
     """The model card --model and its details name, or None for the app's last model."""
-    from core.model_sources import resolve_card
+    from core.models.sources import resolve_card
 
     details = dict(weights=args.weights, labels=args.labels, input_size=args.input_size,
                    resize=args.resize, mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer,
@@ -45,8 +45,8 @@ def _card_of(args: argparse.Namespace):
 def _run_gui_bench(args: argparse.Namespace) -> int:
     import json
 
-    from core.resources import sample_images
-    from gui.bench import run_gui_bench  # Qt only for --gui
+    from core.io.resources import sample_images
+    from gui.latency import run_gui_bench  # Qt only for --gui
 
     image = args.image or str(next(p for p in sample_images() if p.name == "chelsea.png"))
     print(json.dumps(run_gui_bench(image, _card_of(args)), indent=2))

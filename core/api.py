@@ -5,7 +5,7 @@
     maps = PathwayGradient(model).attribute(x, target=labels, sparsity=70)   # N x H x W
     plain = GradCamPlusPlus(model).attribute(x, target=labels)
 
-`model` is a LoadedModel (core.models.load_model) or any image classifier as an nn.Module
+`model` is a LoadedModel (core.models.loading.load_model) or any image classifier as an nn.Module
 taking normalised N x C x H x W tensors; for a bare module, `mean` and `std` (ImageNet's by
 default) say how its inputs were normalised (KernelSHAP and LIME segment the image, LRP bounds
 it) and `gradcam_layer` names the CAMs' layer (else the last spatial one is found).
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.engine import Engine
 from core.errors import PruneScopeError
 from core.methods import ALL_METHODS, PATHWAY_METHODS
-from core.models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, from_module
+from core.models.loading import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, from_module
+from core.pathway.engine import Engine
 
 
 class Attribution:

@@ -1,4 +1,4 @@
-"""The PySide6 desktop app: a thin layer over core.engine."""
+"""The PySide6 desktop app: a thin layer over core.pathway.engine."""
 import ctypes
 import sys
 
@@ -29,6 +29,6 @@ _guard_bool_refcounts()
 
 import pyqtgraph as pg  # noqa: E402
 
-# Once, before any image item exists: arrays are (row, column) as numpy and core.display have them.
+# Once, before any image item exists: arrays are (row, column) as numpy and core.io.display have them.
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="#fbfbfb",
                     foreground="#222222")

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QApplication
 
 from core.cli import fail
 from core.errors import PruneScopeError
-from core.resources import resource_path, sample_images
+from core.io.resources import resource_path, sample_images
 
 SCREENSHOT_SIZE = (1400, 900)
 SCREENSHOT_TIMEOUT_S = 900  # a --screenshot run that never completes gives up with an error
@@ -85,7 +85,7 @@ def run_app(images=(), screenshot: str | None = None, model=None) -> int:
     not be opened, or it took over SCREENSHOT_TIMEOUT_S."""
     started = time.perf_counter()
     app = make_app()
-    from gui.window import MainWindow
+    from gui.window.main_window import MainWindow
 
     images = list(images)
     if screenshot and not images:

@@ -33,10 +33,10 @@ def _check_desktop() -> None:
 def _check_engine() -> None:
     import numpy as np
 
-    from core.engine import Engine
-    from core.images import load_image
-    from core.models import load_model
-    from core.resources import calibration_images, sample_images
+    from core.io.images import load_image
+    from core.io.resources import calibration_images, sample_images
+    from core.models.loading import load_model
+    from core.pathway.engine import Engine
 
     if len(calibration_images()) < 24:  # pruning's default calibration: bundled + scikit-image photos
         raise AssertionError(f"only {len(calibration_images())} calibration photos (scikit-image's are missing)")
@@ -64,7 +64,7 @@ def _check_window() -> None:
     with tempfile.TemporaryDirectory() as settings_dir:
         # The user's own settings are neither read nor changed by the test.
         QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, settings_dir)
-        from gui.window import MainWindow
+        from gui.window.main_window import MainWindow
 
         window = MainWindow()
         window.show()

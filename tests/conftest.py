@@ -34,7 +34,7 @@ def photo():
 def lite0():
     """EfficientNet-Lite0 with its embedded ImageNet weights, on the CPU, loaded once per run.
     Frozen and in eval mode: tests must not change it."""
-    from core.models import load_model
+    from core.models.loading import load_model
 
     return load_model("efficientnet_lite0", device="cpu")
 
@@ -73,7 +73,7 @@ def tiny_net() -> nn.Module:
 
 
 def loaded(module: nn.Module, name: str, size: int, classes: list[str], gradcam: str):
-    from core.models import LoadedModel
+    from core.models.loading import LoadedModel
 
     return LoadedModel(name, module, torch.device("cpu"), classes, size, size,
                        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), gradcam)
@@ -87,10 +87,11 @@ def tiny():
 @pytest.fixture
 def tiny_cli(tiny, tmp_path, photo, monkeypatch):
     """The CLI with load_model answering the tiny net, and a calibration folder of two photos."""
-    import core.models
     from PIL import Image
 
-    monkeypatch.setattr(core.models, "load_model", lambda *a, **k: tiny)
+    import core.models.loading
+
+    monkeypatch.setattr(core.models.loading, "load_model", lambda *a, **k: tiny)
     calib = tmp_path / "calib"
     calib.mkdir()
     for name in ("coffee.png", "chelsea.png"):

@@ -12,12 +12,12 @@ import torch
 import torchvision
 
 import main
-from core.attribution import attribute
-from core.engine import Engine
 from core.errors import ModelError
-from core.images import load_image
-from core.model_sources import ModelCard, parse_spec, read_card, write_card
-from core.models import load_model, read_labels
+from core.io.images import load_image
+from core.methods.attribution import attribute
+from core.models.loading import load_model, read_labels
+from core.models.sources import ModelCard, parse_spec, read_card, write_card
+from core.pathway.engine import Engine
 
 ROOT = Path(main.__file__).parent
 SAMPLE = ROOT / "resources" / "samples" / "chelsea.png"
@@ -290,7 +290,7 @@ def test_a_model_returning_logits_and_features_is_read_through_output(user_files
 
 
 def test_the_open_model_dialog_takes_where_the_class_scores_are(qapp):
-    from gui.model_dialog import OpenModelDialog
+    from gui.window.model_dialog import OpenModelDialog
 
     dialog = OpenModelDialog("")
     dialog.spec.setText("net.py:pair")
@@ -365,7 +365,7 @@ def test_cli_bad_specs_cost_one_line_and_exit_2(user_files, tmp_path, capsys, mo
 
 
 def test_registries_need_no_torch():
-    code = ("import sys, core.methods, core.model_sources, core.cli.options; "
+    code = ("import sys, core.methods, core.models.sources, core.cli.options; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -383,12 +383,12 @@ def test_image_folder_classes_are_the_models_by_name(tmp_path):
 
 
 def test_published_googlenet_weights_get_its_input_transform(tmp_path, monkeypatch):
-    import core.remote
+    import core.models.remote
 
     torch.manual_seed(0)
     torch.save(torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict(),
                tmp_path / "googlenet.pth")
-    monkeypatch.setattr(core.remote, "hub_file", lambda name, url: tmp_path / "googlenet.pth")
+    monkeypatch.setattr(core.models.remote, "hub_file", lambda name, url: tmp_path / "googlenet.pth")
     assert load_model("torchvision:googlenet", device="cpu", **SMALL).module.transform_input
     own = load_model("torchvision:googlenet", weights=tmp_path / "googlenet.pth", device="cpu", **SMALL)
     assert not own.module.transform_input  # a user's weights: as torchvision builds without weights

@@ -8,10 +8,10 @@ from torch import nn
 from torchvision.models import DenseNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from core import attribution, lrp
-from core.attribution import BUILTIN, attribute, collapse_channels, input_attribution, supports
 from core.errors import ModelError, UnsupportedMethod
-from core.models import LoadedModel
+from core.methods import attribution, lrp
+from core.methods.attribution import BUILTIN, attribute, collapse_channels, input_attribution, supports
+from core.models.loading import LoadedModel
 
 CLASSES = 10
 
@@ -195,7 +195,8 @@ def test_lrp_canonizers_keep_efficientnet_lite0_outputs(lite0):
 @pytest.fixture(scope="module")
 def coffee(lite0):
     from conftest import photo_path
-    from core.images import load_image
+
+    from core.io.images import load_image
 
     x, _view = lite0.preprocess(load_image(photo_path("coffee.png")))
     with torch.no_grad():
@@ -281,7 +282,7 @@ def test_smoothgrad_is_repeatable_and_leaves_the_global_rng_alone():
 
 
 def test_integrated_gradients_in_steps_equals_captums_and_resumes():
-    from core.attribution import IntegratedGradientsRun
+    from core.methods.attribution import IntegratedGradientsRun
     from core.progress import run
 
     model = loaded(convnet())
@@ -300,7 +301,7 @@ def test_integrated_gradients_in_steps_equals_captums_and_resumes():
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (1, 3, 29, 31)])  # 3*29*31: not a multiple of 16
 def test_smoothgrad_in_steps_equals_captums_and_resumes(shape):
-    from core.attribution import SmoothGradRun
+    from core.methods.attribution import SmoothGradRun
     from core.progress import run
 
     model = loaded(convnet())

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_images import png_header
 
 import main
-from core.images import load_image
-from test_images import png_header
+from core.io.images import load_image
 
 METHODS = "pathway-gradient,gradient,grad-cam"
 
@@ -59,7 +59,7 @@ def test_input_npy_is_the_exact_model_input(explained, lite0):
 
 def test_maps_are_raw_signed_float32_at_input_resolution(explained, lite0):
     _, out, coffee, _ = explained
-    from core.engine import Engine
+    from core.pathway.engine import Engine
 
     engine = Engine(lite0, load_image(coffee))
     gradient = np.load(out / "gradient.npy")
@@ -154,8 +154,8 @@ def test_readme_names_every_command_that_takes_model():
 def test_display_option_draws_the_pngs_in_that_mode(tiny_cli, tiny, photo, tmp_path, capsys, mode):
     from PIL import Image
 
-    from core import display
-    from core.engine import Engine
+    from core.io import display
+    from core.pathway.engine import Engine
 
     argv = ["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--methods", "gradient,grad-cam",
             "--steps", "1", "--display", mode, "--display-top", "5", "--quiet"]

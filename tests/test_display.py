@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.display import (AUTO, COLORMAPS, MODES, SIGNS, colorize, mode_for, normalize, overlay, render,
-                          save_png, shared_scale, top_pixels)
 from core.errors import ImageError, PruneScopeError
+from core.io.display import (AUTO, COLORMAPS, MODES, SIGNS, colorize, mode_for, normalize, overlay, render,
+                             save_png, shared_scale, top_pixels)
 
 
 def ramp(low=-5.0, high=5.0, size=(20, 20)) -> np.ndarray:
@@ -217,8 +217,8 @@ def test_render_resizes_a_map_of_another_size_and_refuses_bad_maps():
 def test_comparison_titles_never_overlap_the_images_of_the_row_above():
     from types import SimpleNamespace
 
-    from core.figures import explain
-    from core.report import Look
+    from core.reporting.figures import explain
+    from core.reporting.report import Look
 
     def result(method):
         pathway = SimpleNamespace(sparsity=70.0) if method.startswith("pathway") else None

@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.concepts import Concept, ConceptItem, ConceptSource, broden, mask_folder, synthetic_concepts
-from core.dissection import (IOU_MIN, Dissection, Tally, TopImages, TopValues, align_masks,
-                             choose_layers, iter_dissect, receptive_field, unit_crops, view_box)
+from core.dissection.concepts import (Concept, ConceptItem, ConceptSource, broden, mask_folder,
+                                      synthetic_concepts)
+from core.dissection.dissect import (IOU_MIN, Dissection, Tally, TopImages, TopValues, align_masks,
+                                     choose_layers, iter_dissect, receptive_field, unit_crops, view_box)
 from core.errors import PruneScopeError
-from core.models import LoadedModel
+from core.evaluation.synthetic import SyntheticConfig
+from core.models.loading import LoadedModel
 from core.progress import run
-from core.synthetic import SyntheticConfig
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 SIZE = 64
@@ -214,7 +215,7 @@ def test_on_the_synthetic_model_the_last_stage_detects_every_class_shape(trained
 
 
 def test_channel_maps_add_up_to_the_pathway_gradient():
-    from core.engine import Engine
+    from core.pathway.engine import Engine
 
     model = as_model(colour_net())
     engine = Engine(model, patch_source(1).load(0).rgb, target=0)
@@ -230,8 +231,8 @@ def test_channel_maps_add_up_to_the_pathway_gradient():
 
 
 def test_the_pathway_runs_through_the_red_detector():
-    from core.dissection import pathway_concepts
-    from core.engine import Engine
+    from core.dissection.dissect import pathway_concepts
+    from core.pathway.engine import Engine
 
     model = as_model(colour_net())
     result = run(iter_dissect(model, patch_source(), ["0"], batch=5))
@@ -263,7 +264,7 @@ def colour_masks(folder, photo):
     import cv2
     from PIL import Image
 
-    from core.images import load_image
+    from core.io.images import load_image
 
     images, masks = folder / "images", folder / "masks"
     images.mkdir()
@@ -313,7 +314,7 @@ def test_the_dissect_command_writes_its_files_and_names_a_bad_image(tiny_cli, tm
 def test_a_dissection_is_matched_to_the_model_by_what_it_is_not_by_its_name(tmp_path):
     import json
 
-    from core.models import load_model
+    from core.models.loading import load_model
     from tests.conftest import tiny_net
 
     # A user's model file, dissected through its SPEC and opened again through a card naming it.

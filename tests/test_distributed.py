@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.distributed import SINGLE, Context, all_ok, broadcast, gather, gather_indexed, shard
+from core.runtime.distributed import SINGLE, Context, all_ok, broadcast, gather, gather_indexed, shard
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

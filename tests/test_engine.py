@@ -10,12 +10,12 @@ import torchvision
 from captum.attr import IntegratedGradients
 from torch import nn
 
-from core.attribution import collapse_channels
-from core.engine import Engine, _Scores, _select, compute_map
 from core.errors import PruneScopeError
-from core.images import load_image
-from core.models import LoadedModel
-from core.neurons import Layer, discover_layers, intercept, layer_modules, masked, taylor_scores
+from core.io.images import load_image
+from core.methods.attribution import collapse_channels
+from core.models.loading import LoadedModel
+from core.network.neurons import Layer, discover_layers, intercept, layer_modules, masked, taylor_scores
+from core.pathway.engine import Engine, _Scores, _select, compute_map
 from core.progress import Stopped, run
 
 

@@ -15,8 +15,8 @@ from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
 from core.evaluation.metrics import pointing_game, reference_map, relevance_mass
 from core.evaluation.roar import RoarSettings, iter_cached_maps, iter_roar, remove_top
 from core.evaluation.sources import folder_source, prepare, synthetic_source
+from core.evaluation.synthetic import SmallResNet, SyntheticConfig, make_item, make_split, reinitialise
 from core.progress import run
-from core.synthetic import SmallResNet, SyntheticConfig, make_item, make_split, reinitialise
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +301,7 @@ def test_commands_refuse_bad_input(tmp_path):
 
 @pytest.fixture
 def context(qtbot):
-    from gui.context import AppContext
+    from gui.parts.context import AppContext
 
     ctx = AppContext()
     yield ctx
@@ -311,8 +311,8 @@ def context(qtbot):
 @pytest.mark.slow
 def test_evaluate_tab_runs_the_sanity_check_of_the_image_on_screen(qtbot, context, photo,
                                                                   one_thread):
-    from gui.context import ModelChoice
-    from gui.evaluate_tab import EvaluateTab
+    from gui.evaluate.tab import EvaluateTab
+    from gui.parts.context import ModelChoice
 
     tab = EvaluateTab(context)
     qtbot.addWidget(tab)
@@ -341,8 +341,8 @@ def test_evaluate_tab_runs_the_sanity_check_of_the_image_on_screen(qtbot, contex
 
 
 def test_evaluate_tab_shows_a_results_folder(qtbot, context, tmp_path):
-    from core.display import save_png
-    from gui.evaluate_tab import EvaluateTab
+    from core.io.display import save_png
+    from gui.evaluate.tab import EvaluateTab
 
     tab = EvaluateTab(context)
     qtbot.addWidget(tab)

@@ -81,8 +81,8 @@ def test_road_equals_pytorch_grad_cam_at_each_percentile():
     from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    from core.device import seeded
     from core.evaluation import faithfulness
+    from core.runtime.device import seeded
 
     model, x = Linear(), torch.randn(1, 3, 16, 16)
     values = np.random.default_rng(1).random((16, 16))

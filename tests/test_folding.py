@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.attribution import attribute
-from core.engine import Engine
-from core.folding import fold_batchnorm
-from core.images import load_image
-from core.models import LoadedModel
-from core.neurons import discover_layers, intercept
+from core.io.images import load_image
+from core.methods.attribution import attribute
+from core.models.loading import LoadedModel
+from core.network.folding import fold_batchnorm
+from core.network.neurons import discover_layers, intercept
+from core.pathway.engine import Engine
 
 
 class ConvBN(nn.Module):

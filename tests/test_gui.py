@@ -13,9 +13,9 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
-from core import display  # noqa: E402
+from core.io import display  # noqa: E402
 from core.progress import Progress, run  # noqa: E402
-from gui.controls import select_data  # noqa: E402
+from gui.explain.controls import select_data  # noqa: E402
 
 ANALYSIS_TIMEOUT_MS = 600_000  # a loaded 2-core machine; normally well under a minute
 PATHWAY = "pathway-gradient"
@@ -32,7 +32,7 @@ def settings_dir(tmp_path_factory):
 
 
 def lean_window(images=()):
-    from gui.window import MainWindow
+    from gui.window.main_window import MainWindow
 
     window = MainWindow()
     window.explain.curve_steps = 10
@@ -68,7 +68,7 @@ def as_on_worker(compute):
     convolution's reductions, and so the last bits of a float map, depend on it."""
     import torch
 
-    from gui.window_jobs import worker_threads
+    from gui.window.jobs import worker_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(worker_threads())
@@ -94,7 +94,7 @@ def test_opening_a_photo_fills_every_view(window):
 
 
 def test_a_new_image_opens_at_the_auto_sparsity_unless_the_user_set_one(qapp, settings_dir):
-    from gui.explain_requests import OPEN_AUTO_STEP
+    from gui.explain.requests import OPEN_AUTO_STEP
     from tests.conftest import photo_path
 
     win = lean_window()
@@ -382,7 +382,7 @@ def test_hover_shows_every_panels_value_and_views_are_linked(window):
 def test_hovering_a_channel_tile_names_that_channel(window):
     from PySide6.QtCore import QPointF
 
-    from gui.masks import channel_text
+    from gui.explain.masks import channel_text
 
     masks = window.explain.masks
     layer = masks.layer()
@@ -398,13 +398,13 @@ def test_hovering_a_channel_tile_names_that_channel(window):
 def test_the_bars_of_a_model_with_one_layer_sit_on_a_whole_number_axis(qapp, kind):
     """One activation layer: one bar in the middle of the axis, ticked 0 (not -400..400 x0.001)."""
     if kind == "neurons":
-        from gui.masks import MaskView
+        from gui.explain.masks import MaskView
 
         view = MaskView()
         view.set_kept([("relu", 30, 40)])
         plot = view.bars
     else:
-        from gui.pruning_drawing import ChannelBars
+        from gui.pruning.drawing import ChannelBars
 
         view = plot = ChannelBars()
         plot.set_rows([("conv", 3, 4)], "channels")
@@ -435,7 +435,7 @@ def test_choosing_a_layer_shows_its_channels(window, qapp):
 
 
 def test_per_layer_threshold_and_intgrad_selector_reach_the_engine(window, qapp):
-    from gui.controls import select_data
+    from gui.explain.controls import select_data
 
     tab = window.explain
     select_data(tab.controls.mode, "per-layer")
@@ -495,8 +495,8 @@ def test_export_writes_every_file(window, qapp, tmp_path):
 
 
 def test_the_evaluate_tab_says_what_can_be_run(window, qtbot):
-    from gui.context import AppContext
-    from gui.evaluate_tab import EvaluateTab
+    from gui.evaluate.tab import EvaluateTab
+    from gui.parts.context import AppContext
 
     context = AppContext()  # no image yet
     try:
@@ -514,7 +514,7 @@ def test_the_evaluate_tab_says_what_can_be_run(window, qtbot):
 def test_bad_weights_show_the_error_and_keep_the_previous_model(window, qapp, tmp_path):
     from PySide6.QtWidgets import QMessageBox
 
-    from gui.context import ModelChoice
+    from gui.parts.context import ModelChoice
 
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")

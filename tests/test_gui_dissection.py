@@ -20,8 +20,8 @@ LAYER = "_relu1"  # the embedded model's last activation (7 x 7 maps)
 def dissection_file(lite0, tmp_path_factory):
     import json
 
-    from core.concepts import mask_folder
-    from core.dissection import iter_dissect
+    from core.dissection.concepts import mask_folder
+    from core.dissection.dissect import iter_dissect
     from core.progress import run
     from tests.conftest import photo_path
 

@@ -4,7 +4,7 @@ import json
 from PySide6.QtCore import Qt
 
 from core.evaluation.leaderboard import rows
-from gui.evaluate_drawing import ResultsView
+from gui.evaluate.drawing import ResultsView
 
 
 def test_results_view_shows_the_leaderboard_sortable(qtbot, tmp_path):

@@ -7,10 +7,10 @@ pytest.importorskip("pytestqt")
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
-
-from core.model_sources import ModelCard  # noqa: E402
 from test_any_model import GRAY_NET, SAMPLE  # noqa: E402
 from test_gui import wait_until  # noqa: E402
+
+from core.models.sources import ModelCard  # noqa: E402
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def user_model(tmp_path):
 
 @pytest.mark.slow
 def test_app_explains_a_user_model_and_opens_another(qapp, user_model):
-    from gui.window import MainWindow
+    from gui.window.main_window import MainWindow
 
     folder, card = user_model
     window = MainWindow([SAMPLE], model=card)

@@ -16,7 +16,7 @@ def run_python(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 def test_the_window_modules_do_not_import_torch():
     # The window must show before torch (seconds to import) loads; torch is imported on the worker.
-    code = ("import sys, gui.window, gui.app, gui.tabs, gui.evaluate_tab, gui.pruning_tab; "
+    code = ("import sys, gui.window.main_window, gui.app, gui.window.tabs, gui.evaluate.tab, gui.pruning.tab; "
             "heavy = [m for m in ('torch', 'torchvision', 'captum', 'matplotlib') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = run_python("-c", code, timeout=120)

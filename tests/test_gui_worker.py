@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from core.progress import Progress, Stopped  # noqa: E402
-from gui.context import AppContext  # noqa: E402
-from gui.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE  # noqa: E402
+from gui.parts.context import AppContext  # noqa: E402
+from gui.parts.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE  # noqa: E402
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_shutdown_ends_a_running_job(qtbot):
 def test_a_result_is_delivered_once_even_if_a_preemption_lands_while_it_is_sent(qtbot):
     from PySide6.QtCore import Qt
 
-    from gui.worker import JobRunner
+    from gui.parts.worker import JobRunner
 
     runner = JobRunner()
     delivered = []
@@ -261,8 +261,8 @@ def test_a_result_is_delivered_once_even_if_a_preemption_lands_while_it_is_sent(
 def test_a_cancel_as_an_image_opens_leaves_the_context_as_the_screen_is(qtbot, context, monkeypatch):
     from pathlib import Path
 
-    import core.models
-    from gui.context import ModelChoice
+    import core.models.loading
+    from gui.parts.context import ModelChoice
 
     class FakeEngine:
         def __init__(self, path):
@@ -273,7 +273,7 @@ def test_a_cancel_as_an_image_opens_leaves_the_context_as_the_screen_is(qtbot, c
             context.cancel("engine")  # the user's Cancel, just as the engine is ready
         return FakeEngine(path)
 
-    monkeypatch.setattr(core.models, "load_model", lambda *args, **kwargs: "model")
+    monkeypatch.setattr(core.models.loading, "load_model", lambda *args, **kwargs: "model")
     monkeypatch.setattr(AppContext, "_build_engine", staticmethod(build))
     shown = []
     context.load_model(ModelChoice("m"))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.errors import ImageError
-from core.images import IMAGE_SUFFIXES, list_images, load_image
+from core.io.images import IMAGE_SUFFIXES, list_images, load_image
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -149,7 +149,7 @@ def test_an_elongated_image_is_refused_from_its_header(tmp_path, size):
 
 
 def test_a_panorama_within_the_aspect_limit_loads(tmp_path):
-    from core.images import MAX_ASPECT_RATIO
+    from core.io.images import MAX_ASPECT_RATIO
 
     path = tmp_path / "panorama.png"
     Image.new("RGB", (10 * MAX_ASPECT_RATIO, 10)).save(path)

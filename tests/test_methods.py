@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import photo_path
 from torch import nn
 
-from conftest import photo_path
 from core.api import Attribution, GradCamPlusPlus, PathwayGradient, explain_func
-from core.engine import Engine
 from core.errors import UnsupportedMethod
-from core.images import load_image
+from core.io.images import load_image
 from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, supports
-from core.models import from_module
+from core.models.loading import from_module
+from core.pathway.engine import Engine
 from core.progress import run
 
 SIZE = 64
@@ -48,7 +48,7 @@ def cnn():
 
 @pytest.fixture(scope="module")
 def photo_x():
-    from core.models import IMAGENET_MEAN, IMAGENET_STD
+    from core.models.loading import IMAGENET_MEAN, IMAGENET_STD
 
     rgb = load_image(photo_path("chelsea.png")).astype(np.float32) / 255
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
@@ -86,9 +86,9 @@ def test_cams_equal_pytorch_grad_cam(resnet, photo_x, method):
 def test_perturbation_methods_equal_captum(resnet, photo_x):
     from captum.attr import KernelShap, Lime, Occlusion
 
-    from core.attribution import collapse_channels
-    from core.device import seeded
+    from core.methods.attribution import collapse_channels
     from core.methods.perturbation import superpixels
+    from core.runtime.device import seeded
 
     engine = Engine.from_tensor(resnet, photo_x, fold=False)
     t, net = engine.target, resnet.module
@@ -109,8 +109,8 @@ def test_perturbation_methods_equal_captum(resnet, photo_x):
 def test_gradient_methods_equal_captum(cnn, photo_x):
     from captum.attr import DeepLift, GradientShap, GuidedGradCam
 
-    from core.attribution import collapse_channels
-    from core.device import seeded
+    from core.methods.attribution import collapse_channels
+    from core.runtime.device import seeded
 
     engine = Engine.from_tensor(cnn, photo_x, fold=False)
     t, net, x = engine.target, cnn.module, photo_x.clone().requires_grad_(True)
@@ -146,7 +146,7 @@ def test_pathway_of_every_method_is_the_method_at_zero_and_differs_pruned(cnn, p
     np.testing.assert_array_equal(at_zero.map, plain)
     assert at_zero.output_change == 0.0
     # The masks themselves, all kept, change nothing: the same map through the masked network.
-    from core.engine import MaskedNetwork
+    from core.pathway.engine import MaskedNetwork
 
     net = MaskedNetwork(engine.module, engine.masked_forward(at_zero.masks))
     np.testing.assert_allclose(BY_NAME[method].attribute(cnn, net, engine.x, engine.target), plain,

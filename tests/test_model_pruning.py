@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import CLASSES, DEAD, UNUSED, loaded, tiny_net  # noqa: E402  (the tiny net is shared)
 from torch import nn
 
 from core.errors import ImageError, ModelError, PruneScopeError
-from core.model_pruning import (Recovery, calibrate, channel_scores, checkpoint, load_pruned,
-                                prune_copy, prune_model, save_pruned)
-from core.model_pruning import criteria, surgery
+from core.model_pruning import (Recovery, calibrate, channel_scores, checkpoint, criteria, load_pruned,
+                                prune_copy, prune_model, save_pruned, surgery)
 from core.model_pruning.pipeline import Calibration, count_ops, predict
 from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
-from core.models import LoadedModel, imagenet_classes
+from core.models.loading import LoadedModel, imagenet_classes
 from core.progress import run
 
-from conftest import CLASSES, DEAD, UNUSED, loaded, tiny_net  # noqa: E402  (the tiny net is shared)
 
 def calibration_of(model: LoadedModel, n: int = 4, seed: int = 0) -> Calibration:
     g = torch.Generator().manual_seed(seed)
@@ -36,7 +35,7 @@ def n_params(module: nn.Module) -> int:
 @pytest.mark.parametrize("criterion", ["taylor", "pathway", "lrp"])
 def test_data_driven_criteria_rank_dead_and_unused_channels_lowest(tiny, criterion):
     calib = calibration_of(tiny)
-    if criterion == "lrp":  # the tiny net has no LRP canonizer in core.attribution: plain composite
+    if criterion == "lrp":  # the tiny net has no LRP canonizer in core.methods.attribution: plain composite
         from zennit.composites import EpsilonGammaBox
 
         low, high = torch.full_like(calib.x, -1.0), torch.full_like(calib.x, 1.0)
@@ -157,7 +156,7 @@ def test_resnet18_residual_adds_stay_consistent(criterion):
 
 
 def test_efficientnet_lite0_depthwise_and_residual_stay_consistent():
-    from core.efficientnet_lite import EfficientNetLite0
+    from core.models.efficientnet_lite import EfficientNetLite0
 
     torch.manual_seed(0)
     model = loaded(EfficientNetLite0().eval().requires_grad_(False), "efficientnet_lite0", 64,
@@ -200,7 +199,7 @@ def test_vision_transformer_prunes_only_what_load_pruned_can_rebuild():
 
 
 def test_export_loads_back_with_identical_outputs(tmp_path):
-    from core.models import load_model
+    from core.models.loading import load_model
 
     model = resnet18_model()
     calib = calibration_of(model, n=2)
@@ -321,8 +320,8 @@ def test_cli_prune_refuses_bad_input(tiny_cli, tmp_path, capsys):
 def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     import json
 
-    from core.models import load_model
-    from core.resources import calibration_images
+    from core.io.resources import calibration_images
+    from core.models.loading import load_model
     from main import main
 
     out, report = tmp_path / "lite0.pt", tmp_path / "lite0.json"
@@ -349,9 +348,9 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pruning_tab_prunes_compares_exports_and_sweeps(qtbot, tmp_path, photo):
-    from core.models import load_model
-    from gui.context import AppContext, ModelChoice
-    from gui.pruning_tab import ORIGINAL, PRUNED, PruningTab
+    from core.models.loading import load_model
+    from gui.parts.context import AppContext, ModelChoice
+    from gui.pruning.tab import ORIGINAL, PRUNED, PruningTab
 
     timeout = 600_000  # a loaded 2-core machine
     context = AppContext()
@@ -495,8 +494,8 @@ def test_structured_pruning_leaves_frozen_parameters_frozen(tiny):
 
 
 def test_sweep_and_synthetic_weights_leave_torch_s_random_state_alone(tiny):
+    from core.evaluation.synthetic import SmallResNet, reinitialise
     from core.model_pruning.sweep import _maps
-    from core.synthetic import SmallResNet, reinitialise
 
     x = torch.rand(2, 3, 32, 32)
     nets = [SmallResNet(2), SmallResNet(2)]  # built (and so randomly initialised) beforehand

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from core.attribution import input_attribution
-from core.engine import Engine
-from core.images import load_image
-from core.model_sources import build
-from core.models import LoadedModel, load_model
+from core.io.images import load_image
+from core.methods.attribution import input_attribution
+from core.models.loading import LoadedModel, load_model
+from core.models.sources import build
+from core.pathway.engine import Engine
 
 SMALL = 64
 # Builders that cannot take 64 px, and why.

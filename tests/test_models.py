@@ -11,12 +11,12 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-import core.remote as remote
-from core.efficientnet_lite import EfficientNetLite0, SameConv2d, weights_path
+import core.models.remote as remote
 from core.errors import ModelError
-from core.images import load_image
-from core.model_sources import BUILTIN_GRADCAM
-from core.models import MODEL_NAMES, _modern_densenet_keys, imagenet_classes, list_models, load_model
+from core.io.images import load_image
+from core.models.efficientnet_lite import EfficientNetLite0, SameConv2d, weights_path
+from core.models.loading import MODEL_NAMES, _modern_densenet_keys, imagenet_classes, list_models, load_model
+from core.models.sources import BUILTIN_GRADCAM
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -109,9 +109,9 @@ def test_preprocess_is_torchvisions_resize_and_centre_crop(lite0, interpolation,
 def test_imagenet_class_names_are_torchvisions(monkeypatch, tmp_path):
     expected = list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
     assert imagenet_classes() == expected
-    import core.models
+    import core.models.loading
 
-    monkeypatch.setattr(core.models, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(core.models.loading, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
     assert imagenet_classes() == expected  # an install without the resources folder
 
 
@@ -258,7 +258,7 @@ def test_models_command_lists_every_model(capsys):
 
 def test_the_embedded_model_explains_without_importing_torchvision_or_zennit():
     # torchvision (with torch._dynamo) and zennit hold 170 MB resident: `bench`'s memory goal
-    code = ("import sys; from core.models import load_model; from core.engine import Engine; "
+    code = ("import sys; from core.models.loading import load_model; from core.pathway.engine import Engine; "
             "import numpy as np; Engine(load_model(), np.zeros((64, 64, 3), np.uint8)).pathway(50.0); "
             "print(sorted(m for m in ('torchvision', 'zennit', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

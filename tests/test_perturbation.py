@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError
-from core.perturbation import (BASELINES, Curves, baseline_image, curves, end_probs, iter_curves,
-                               output_change)
+from core.pathway.curves import (BASELINES, Curves, baseline_image, curves, end_probs, iter_curves,
+                                 output_change)
 from core.progress import Progress, run
 
 SIDE = 16

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_net  # noqa: E402
 
 from core.model_pruning import Recovery, calibrate, load_pruned, prune_model, save_pruned
 from core.model_pruning.pipeline import Calibration, predict, prune_copy
 from core.model_pruning.recovery import correct_bn, distill, held_out_split, without
 from core.progress import run
-
-from conftest import tiny_net  # noqa: E402
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)
 
 
@@ -143,7 +142,7 @@ def test_iterative_pruning_ends_at_the_target_and_each_step_loads(tiny, tmp_path
 def test_the_synthetic_model_pruned_half_by_l1_distils_back_within_two_points(trained):  # noqa: F811
     """Known answer of the seed's remedy: pruned 50 % by L1 the benchmark CNN loses about half its
     test accuracy; distilled from the original on unlabelled generated images it gets it back."""
-    from core.synthetic import SyntheticConfig, make_split, to_input
+    from core.evaluation.synthetic import SyntheticConfig, make_split, to_input
 
     model = trained.model
     test = make_split(SyntheticConfig(), "test", 500)
@@ -166,8 +165,8 @@ def test_the_synthetic_model_pruned_half_by_l1_distils_back_within_two_points(tr
 
 
 def test_pruning_tab_recovers_with_progress_cancel_and_summary(qtbot, tiny, tiny_cli, monkeypatch):
-    from gui.context import AppContext
-    from gui.pruning_tab import PruningTab
+    from gui.parts.context import AppContext
+    from gui.pruning.tab import PruningTab
 
     context = AppContext()
     monkeypatch.setattr(context, "current_model", lambda: tiny)
@@ -221,8 +220,8 @@ def test_cli_prunes_in_steps_writes_each_step_and_reports_the_held_out_images(ti
 def test_the_synthetic_model_pruned_half_by_l1_is_reconstructed_within_two_points(trained):  # noqa: F811
     """The same model and cut, recovered by bn and reconstruction from 64 unlabelled images:
     no training steps at all."""
+    from core.evaluation.synthetic import SyntheticConfig, make_split, to_input
     from core.model_pruning.reconstruct import reconstruct
-    from core.synthetic import SyntheticConfig, make_split, to_input
 
     model = trained.model
     test = make_split(SyntheticConfig(), "test", 500)

@@ -16,8 +16,8 @@ from PIL import Image
 
 import main
 from core.errors import ImageError
-from core.images import load_image
-from core.output import PARTIAL_PREFIX, locked, result_names, staged_folder
+from core.io.images import load_image
+from core.io.output import PARTIAL_PREFIX, locked, result_names, staged_folder
 
 ROOT = Path(main.__file__).parent
 FAST = ["--methods", "gradient", "--steps", "1", "--quiet"]
@@ -112,11 +112,11 @@ def test_a_second_run_into_a_locked_output_folder_is_refused(tiny_cli, photo, tm
                                      RuntimeError("CUDA error: an illegal memory access\nmore lines")])
 def test_a_failed_item_costs_one_line_and_leaves_no_folder_that_looks_complete(
         tiny_cli, photo, tmp_path, capsys, monkeypatch, failure):
-    import core.figures
+    import core.reporting.figures
 
     first = small_photo(photo, "coffee.png", tmp_path / "first.png")
     second = small_photo(photo, "chelsea.png", tmp_path / "second.png")
-    real, calls = core.figures.save, []
+    real, calls = core.reporting.figures.save, []
 
     def fails_once(*args, **kwargs):  # comparison.png: after input.npy, the maps and curves.csv
         calls.append(1)
@@ -124,7 +124,7 @@ def test_a_failed_item_costs_one_line_and_leaves_no_folder_that_looks_complete(
             raise failure
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.figures, "save", fails_once)
+    monkeypatch.setattr(core.reporting.figures, "save", fails_once)
     out = tmp_path / "out"
     code, err = explain([first, second, "--out", out, *FAST], capsys)
     assert code == 2 and "Traceback" not in err
@@ -224,16 +224,16 @@ def test_a_strip_costs_one_line_and_the_next_image_is_explained(tiny_cli, photo,
 
 def test_a_failing_method_is_reported_and_the_others_are_kept(tiny_cli, tiny, photo, tmp_path, capsys,
                                                               monkeypatch):
-    import core.attribution
+    import core.methods.attribution
 
-    real = core.attribution.attribute
+    real = core.methods.attribution.attribute
 
     def out_of_memory(method, *args, **kwargs):
         if method == "grad-cam":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(method, *args, **kwargs)
 
-    monkeypatch.setattr(core.attribution, "attribute", out_of_memory)
+    monkeypatch.setattr(core.methods.attribution, "attribute", out_of_memory)
     image = small_photo(photo, "coffee.png", tmp_path / "coffee.png")
     code, err = explain([image, "--out", tmp_path / "out", "--methods", "gradient,grad-cam,pathway-gradient",
                          "--steps", "1", "--quiet"], capsys)
@@ -244,9 +244,9 @@ def test_a_failing_method_is_reported_and_the_others_are_kept(tiny_cli, tiny, ph
 
 
 def test_sanity_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, monkeypatch):
-    import core.sanity
+    import core.evaluation.sanity
 
-    real, calls = core.sanity.iter_cascading_randomization, []
+    real, calls = core.evaluation.sanity.iter_cascading_randomization, []
 
     def fails_once(*args, **kwargs):
         calls.append(1)
@@ -254,7 +254,7 @@ def test_sanity_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys, 
             raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.sanity, "iter_cascading_randomization", fails_once)
+    monkeypatch.setattr(core.evaluation.sanity, "iter_cascading_randomization", fails_once)
     images = [small_photo(photo, name, tmp_path / name) for name in ("coffee.png", "chelsea.png")]
     code = main.main(["sanity", *map(str, images), "--out", str(tmp_path / "out"), "--methods",
                       "gradient", "--quiet"])
@@ -384,7 +384,7 @@ def test_bad_options_are_refused_before_any_work(argv, capsys):
 
 
 def test_tolerance_is_in_percent_as_sparsity_is(tiny_cli, tiny, photo, tmp_path, capsys):
-    from core.engine import Engine
+    from core.pathway.engine import Engine
     from core.progress import run
 
     image = small_photo(photo, "coffee.png", tmp_path / "coffee.png")
@@ -433,13 +433,12 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     import matplotlib
     from matplotlib import pyplot
 
-    from core import figures
-    from core.engine import Engine
     from core.model_pruning.pipeline import Calibration, predict
     from core.model_pruning.sweep import sweep
-    from core.report import save_sweep
+    from core.pathway.engine import Engine
     from core.progress import run
-    from core.report import Look
+    from core.reporting import figures
+    from core.reporting.report import Look, save_sweep
 
     def global_state(*_args, **_kwargs):
         raise AssertionError("pyplot or matplotlib.use was called")

@@ -7,11 +7,11 @@ import torchvision
 from scipy import ndimage
 from torch import nn
 
-from core.efficientnet_lite import EfficientNetLite0
 from core.errors import PruneScopeError
+from core.evaluation.sanity import (SanityResult, cascading_randomization, iter_cascading_randomization,
+                                    parameter_blocks, spearman_abs, ssim_abs)
+from core.models.efficientnet_lite import EfficientNetLite0
 from core.progress import Progress, run
-from core.sanity import (SanityResult, cascading_randomization, iter_cascading_randomization,
-                         parameter_blocks, spearman_abs, ssim_abs)
 
 
 def small_cnn():

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from core.errors import PruneScopeError
+from core.evaluation.synthetic import (SmallResNet, SyntheticConfig, TrainConfig, accuracy, cache_key,
+                                       iter_trained_model, make_item, make_split, reinitialise)
 from core.progress import run
-from core.synthetic import (
-    SmallResNet, SyntheticConfig, TrainConfig, accuracy, cache_key, iter_trained_model,
-    make_item, make_split, reinitialise)
 
 
 def synthetic_cache(tmp_path_factory) -> Path:
@@ -128,7 +127,7 @@ def test_missing_cache_without_training_is_a_clear_error(tmp_path):
 
 
 def test_training_is_deterministic(tmp_path):
-    from core.synthetic import channel_stats, iter_train
+    from core.evaluation.synthetic import channel_stats, iter_train
 
     data = make_split(SyntheticConfig(classes=3), "train", count=96)
     mean, std = channel_stats(data.images)

@@ -1,6 +1,6 @@
-"""`prunescope bench`: the engine's speed as ratios measured side by side, printed as JSON.
-`--gui` (the real window's latency as a person meets it, gui/bench.py) is run by main.py: core
-never imports the GUI."""
+"""`prunescope bench`: the engine's speed as ratios measured side by side (core.cli.speed), printed
+as JSON. `--gui` (the real window's latency as a person meets it, gui/latency.py) is run by
+main.py: core never imports the GUI."""
 from core.cli.options import add_model_options, model_from_args, positive_int
 
 
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 def run_bench_command(args) -> int:
     import json
 
-    from core.bench import run_bench
+    from core.cli.speed import run_bench
 
     if args.threads:
         import torch

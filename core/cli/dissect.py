@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from core.cli import EXIT_BAD_INPUT, fail
-from core.cli.options import (MODEL_HELP, add_model_details, add_synthetic_options, out_path,
-                              positive_int, synthetic_model)
+from core.cli.options import (MODEL_HELP, add_model_details, add_synthetic_options, out_path, positive_int,
+                              synthetic_model)
 
 SYNTHETIC = "synthetic"
 
@@ -85,7 +85,7 @@ def register(subparsers) -> None:
 
 
 def _source(args, model, data):
-    from core.concepts import open_concepts, synthetic_concepts
+    from core.dissection.concepts import open_concepts, synthetic_concepts
 
     if args.concepts == SYNTHETIC:
         return synthetic_concepts(data, "test", args.limit or 500)
@@ -95,9 +95,8 @@ def _source(args, model, data):
 def _folder_calibration(model, source, count: int):
     import torch
 
+    from core.dissection.dissect import load_items
     from core.model_pruning.pipeline import Calibration, predict
-
-    from core.dissection import load_items
 
     _, items = load_items(source, range(min(count, source.count)))
     x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
@@ -110,11 +109,11 @@ def run_dissect(args) -> int:
     import json
     import time
 
-    from core.distributed import setup, teardown
-    from core.dissection import iter_dissect
+    from core.dissection.dissect import iter_dissect
     from core.errors import PruneScopeError
-    from core.output import locked, output_folder, write_text
+    from core.io.output import locked, output_folder, write_text
     from core.progress import StderrBar, run
+    from core.runtime.distributed import setup, teardown
 
     if args.concepts != SYNTHETIC and not Path(args.concepts).is_dir():
         raise PruneScopeError(f"{args.concepts}: not 'synthetic' and not a folder")
@@ -147,7 +146,7 @@ def run_dissect(args) -> int:
         teardown(ctx)
     if result is None:  # not rank 0
         return 0
-    from core import figures
+    from core.reporting import figures
 
     result.seconds = time.perf_counter() - started
     with locked(out):
@@ -181,7 +180,7 @@ def _sweep(args, model, source, data, layers):
 
 def _best_units(model, source, result, rows: int = 6):
     """The last layer's strongest detectors with their top images, for top_units.png."""
-    from core.dissection import receptive_field, unit_crops
+    from core.dissection.dissect import receptive_field, unit_crops
 
     layer = result.layers[-1]
     best = sorted(layer.detectors(), key=lambda u: -u.iou)[:rows]

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from core.cli import EXIT_BAD_INPUT, fail, say
-from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synthetic_options,
-                              curve_steps, method_list, out_path, positive_int, sparsity_percent,
-                              synthetic_model)
+from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synthetic_options, curve_steps,
+                              method_list, out_path, positive_int, sparsity_percent, synthetic_model)
 from core.evaluation import EXTRA_METRICS
 from core.methods import DEFAULTS
 
@@ -154,7 +153,7 @@ def _model_info(model, trained=None) -> dict:
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    from core.output import write_text
+    from core.io.output import write_text
 
     write_text(path, json.dumps(data, indent=2))
 
@@ -165,13 +164,13 @@ def _write_json(path: Path, data: dict) -> None:
 def run_evaluate(args) -> int:
     import time
 
-    from core import figures
-    from core.distributed import setup, teardown
     from core.evaluation import leaderboard
     from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
     from core.evaluation.sources import folder_source, synthetic_source
-    from core.output import locked, output_folder
+    from core.io.output import locked, output_folder
     from core.progress import StderrBar, run
+    from core.reporting import figures
+    from core.runtime.distributed import setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)  # before the work: a bad --out must not cost an evaluation
@@ -241,13 +240,13 @@ def print_table(result: dict) -> None:
 def run_roar(args) -> int:
     import time
 
-    from core import figures
-    from core.distributed import setup, teardown
     from core.evaluation.roar import RoarSettings, iter_roar
-    from core.output import output_folder
+    from core.evaluation.synthetic import SmallResNet, make_split, reinitialise
+    from core.io.output import output_folder
+    from core.models.weights import fingerprint
     from core.progress import StderrBar, run
-    from core.synthetic import SmallResNet, make_split, reinitialise
-    from core.weights import fingerprint
+    from core.reporting import figures
+    from core.runtime.distributed import setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)

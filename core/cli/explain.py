@@ -2,10 +2,9 @@
 import sys
 from pathlib import Path
 
-from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list,
-                              model_from_args, out_path, sparsity_percent, tolerance_percent,
-                              top_percent)
-from core.display import AUTO, DEFAULT_TOP_PERCENT, MODES
+from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list, model_from_args,
+                              out_path, sparsity_percent, tolerance_percent, top_percent)
+from core.io.display import AUTO, DEFAULT_TOP_PERCENT, MODES
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 
 DEFAULT_METHODS = DEFAULTS["explain"]
@@ -53,12 +52,12 @@ def register(subparsers) -> None:
 
 def run_explain(args) -> int:
     from core.cli import Batch, fail
-    from core.engine import Engine
     from core.errors import PruneScopeError
-    from core.images import load_image
-    from core.output import locked, output_folder, result_names, staged_folder
+    from core.io.images import load_image
+    from core.io.output import locked, output_folder, result_names, staged_folder
+    from core.pathway.engine import Engine
     from core.progress import StderrBar, run
-    from core.report import write_outputs
+    from core.reporting.report import write_outputs
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")

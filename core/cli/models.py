@@ -10,8 +10,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from core.model_sources import HOW_TO_NAME
-    from core.models import list_models
+    from core.models.loading import list_models
+    from core.models.sources import HOW_TO_NAME
 
     infos = list_models()
     width = max(len(info.name) for info in infos)

@@ -35,8 +35,8 @@ def add_model_details(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args, device=None):
-    """core.models.load_model with the shared model options of `args` (on `device` if given)."""
-    from core.models import load_model
+    """core.models.loading.load_model with the shared model options of `args` (on `device` if given)."""
+    from core.models.loading import load_model
 
     return load_model(args.model, weights=args.weights, device=device or args.device,
                       labels=args.labels, input_size=args.input_size, resize=args.resize,
@@ -57,7 +57,7 @@ def add_synthetic_options(parser: argparse.ArgumentParser) -> None:
 
 
 def synthetic_config(args):
-    from core.synthetic import SyntheticConfig, TrainConfig
+    from core.evaluation.synthetic import SyntheticConfig, TrainConfig
 
     data = SyntheticConfig(classes=args.classes, train=args.synthetic_train,
                            test=args.synthetic_test, seed=args.seed)
@@ -66,10 +66,10 @@ def synthetic_config(args):
 
 def synthetic_model(args, ctx, bar):
     """The trained benchmark CNN: rank 0 trains it if the cache lacks it, the others then load it."""
-    from core.distributed import all_ok, barrier
     from core.errors import ModelError
+    from core.evaluation.synthetic import iter_trained_model
     from core.progress import run
-    from core.synthetic import iter_trained_model
+    from core.runtime.distributed import all_ok, barrier
 
     data, train = synthetic_config(args)
     trained, failure = None, None
@@ -98,7 +98,7 @@ def float_list(text: str) -> tuple[float, ...]:
 
 def model_output(text: str) -> int | str:
     """--output: an index (a whole number) or a key."""
-    from core.model_sources import parse_output
+    from core.models.sources import parse_output
 
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")

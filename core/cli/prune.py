@@ -9,8 +9,8 @@ from core.cli import say
 from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
                               sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import (CRITERIA, DEFAULT_MODE, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES, SWEEP_METHODS,
-                                      SWEEP_SPARSITIES, recovery_stages)
+from core.model_pruning.names import (CRITERIA, DEFAULT_MODE, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES,
+                                      SWEEP_METHODS, SWEEP_SPARSITIES, recovery_stages)
 
 
 def percent_list(text: str) -> list[float]:
@@ -144,8 +144,8 @@ def _report_skipped(calib) -> int:
 
 def run_prune(args) -> int:
     from core.errors import OutputError
+    from core.io.output import write_text
     from core.model_pruning import calibrate, prune_model, save_pruned
-    from core.output import write_text
     from core.progress import StderrBar, run
 
     out = Path(args.out)
@@ -219,11 +219,11 @@ def _nan_free(value):
 
 def run_sweep(args) -> int:
     from core.cli import fail
+    from core.io.output import locked, output_folder
     from core.model_pruning import calibrate
     from core.model_pruning.sweep import sweep
-    from core.report import save_sweep
-    from core.output import locked, output_folder
     from core.progress import StderrBar, run
+    from core.reporting.report import save_sweep
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")

@@ -36,12 +36,12 @@ def run_sanity(args) -> int:
     from dataclasses import replace
 
     from core.cli import Batch, fail
-    from core.engine import Engine, compute_map
-    from core.images import load_image
+    from core.evaluation.sanity import iter_cascading_randomization
+    from core.io.images import load_image
+    from core.io.output import locked, output_folder, result_names, staged_folder
     from core.methods import supports
-    from core.output import locked, output_folder, result_names, staged_folder
+    from core.pathway.engine import Engine, compute_map
     from core.progress import StderrBar, run
-    from core.sanity import iter_cascading_randomization
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
@@ -88,7 +88,7 @@ def run_sanity(args) -> int:
 def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float) -> None:
     import json
 
-    from core import figures
+    from core.reporting import figures
 
     data = {"image": str(image_path), "source": str(Path(image_path).resolve()), "model": model_name,
             "class_name": engine.prediction.name, "probability": engine.prediction.prob,

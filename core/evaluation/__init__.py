@@ -7,7 +7,7 @@ benchmark, an image folder); benchmark: the `evaluate` job (ground-truth metrics
 deletion/insertion, the metrics above, sanity checks); roar: remove and retrain.
 
 Everything is computed per item (image, or ROAR's method x fraction job) with a seed derived from
-the item alone, so sharding items over processes (core.distributed) cannot change a result.
+the item alone, so sharding items over processes (core.runtime.distributed) cannot change a result.
 """
 
 # The optional metrics of `evaluate --metrics` (here, standard library only, for --help): ROAD costs

@@ -3,16 +3,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from core.distributed import SINGLE, Context, gather_indexed, shard
 from core.errors import UnsupportedMethod, reason
 from core.evaluation import EXTRA_METRICS
 from core.evaluation.faithfulness import complexity, confidence, faithfulness_correlation, road, sparseness
 from core.evaluation.leaderboard import bootstrap_ci
-from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map,
-                                     pointing_game, ranking, relevance_mass, unsupported)
+from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map, pointing_game,
+                                     ranking, relevance_mass, unsupported)
 from core.evaluation.sources import Item, Source, prepare
 from core.methods import DEFAULTS
 from core.progress import Job, Progress, run
+from core.runtime.distributed import SINGLE, Context, gather_indexed, shard
 
 DEFAULT_METHODS = DEFAULTS["evaluate"]
 EXAMPLE_ITEMS = 4  # images whose maps are kept for the example grid
@@ -37,7 +37,7 @@ class BenchmarkSettings:
 def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, index: int,
                   keep_maps: bool) -> dict:
     """Every metric of every method for one image."""
-    from core.perturbation import curves
+    from core.pathway.curves import curves
 
     x, view, mask, target, predicted = prepare(model, item, settings.target)
     record = {"index": index, "name": item.name, "label": item.label, "target": target,
@@ -77,8 +77,8 @@ def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, index
 
 def sanity_item(model, item: Item, methods, settings: BenchmarkSettings, index: int) -> dict:
     """Cascading randomisation for one image, seeded by the image."""
-    from core.engine import compute_map
-    from core.sanity import iter_cascading_randomization
+    from core.evaluation.sanity import iter_cascading_randomization
+    from core.pathway.engine import compute_map
 
     x, view, _, target, _ = prepare(model, item, settings.target)
 

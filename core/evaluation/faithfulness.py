@@ -8,7 +8,7 @@ dataset mean) where the metric does not impute them itself.
 import numpy as np
 import torch
 
-from core.device import seeded
+from core.runtime.device import seeded
 
 ROAD_PERCENTILES = (20, 40, 60, 80)  # the library's default is 10..90 by 10: half the solves
 CORRELATION_RUNS = 40
@@ -29,9 +29,9 @@ def road(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0
     averaged over ROAD_PERCENTILES. The library's ROAD*Average classes run two forwards per
     percentile; here the imputed images go through one batched forward (the imputations, a
     sparse solve each, are most of the cost)."""
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
     from pytorch_grad_cam.metrics.perturbation_confidence import (RemoveLeastRelevantFirst,
-                                                                   RemoveMostRelevantFirst)
+                                                                  RemoveMostRelevantFirst)
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     cam, image = torch.from_numpy(unit(values)), x.detach()[0].cpu()
     imputer = NoisyLinearImputer()

@@ -18,7 +18,7 @@ REFERENCE_METHODS = ("random", "oracle")
 
 def ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
     """The values pixels are ranked by (higher = more relevant), as the engine ranks them."""
-    from core.engine import Engine
+    from core.pathway.engine import Engine
 
     return np.asarray(Engine._ranking(method, np.asarray(attr_map, np.float64)), np.float64)
 
@@ -65,7 +65,7 @@ def reference_map(method: str, shape, mask: np.ndarray | None, seed: int) -> np.
 def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: float) -> np.ndarray:
     if method in REFERENCE_METHODS:
         return reference_map(method, tuple(x.shape[-2:]), mask, seed)
-    from core.engine import compute_map
+    from core.pathway.engine import compute_map
 
     return compute_map(model, x, target, method, sparsity=sparsity)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
 from core.errors import PruneScopeError, UnsupportedMethod
-from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map,
-                                     ranking, reference_map, unsupported)
+from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map, ranking,
+                                     reference_map, unsupported)
+from core.models.weights import model_fingerprint
 from core.progress import Job, Progress, run, scaled
-from core.weights import model_fingerprint
+from core.runtime.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
 
 
 @dataclass
@@ -94,7 +94,7 @@ def roar_job(make_fresh, train, test, train_values, test_values, fraction: float
              settings: RoarSettings, mean, std, device) -> float:
     """Retrain a fresh model on the training images with `fraction` of their most relevant pixels
     removed, and return its accuracy on the test images treated the same way."""
-    from core.synthetic import TrainConfig, accuracy, iter_train
+    from core.evaluation.synthetic import TrainConfig, accuracy, iter_train
 
     if fraction > 0:
         train = replace(train, images=remove_top(train.images, train_values, fraction, fill,
@@ -111,7 +111,7 @@ def roar_job(make_fresh, train, test, train_values, test_values, fraction: float
 
 def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Path,
               data_key: str, ctx: Context = SINGLE) -> Job[dict | None]:
-    """ROAR (Hooker et al. 2019). train/test are core.synthetic.Dataset at the model's input size
+    """ROAR (Hooker et al. 2019). train/test are core.evaluation.synthetic.Dataset at the model's input size
     (labels = the classes to learn); make_fresh(seed) builds an untrained model. Maps come from
     `model` (the original, trained one) and are cached in `folder`; (method, fraction) jobs are
     shared out over ranks. Returns the table on rank 0, None elsewhere."""

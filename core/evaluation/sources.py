@@ -28,7 +28,7 @@ class Source:
 
 
 def synthetic_source(config, split: str = "test", count: int | None = None) -> Source:
-    from core.synthetic import make_item
+    from core.evaluation.synthetic import make_item
 
     count = getattr(config, split) if count is None else min(count, getattr(config, split))
 
@@ -44,7 +44,7 @@ def folder_source(root, masks=None, limit: int | None = None, class_names=None) 
     or, when every folder is named by one of `class_names` (or its id), those classes' ids;
     a folder of images without class folders has no labels. Masks, when given, are images at
     masks/<class>/<image stem>.png (any size and mode; pixels >= 128 are the object)."""
-    from core.images import class_id, list_images, load_image
+    from core.io.images import class_id, list_images, load_image
 
     root = Path(root)
     if not root.is_dir():
@@ -106,9 +106,9 @@ def prepare(model, item: Item, target_rule: str):
 
 
 def load_dataset(model, source: Source, rows, target_rule: str) -> "Dataset":
-    """Items of a source as a core.synthetic.Dataset of what the model sees (views at its input
+    """Items of a source as a core.evaluation.synthetic.Dataset of what the model sees (views at its input
     size, aligned masks); labels are the classes the retrained models learn."""
-    from core.synthetic import Dataset
+    from core.evaluation.synthetic import Dataset
 
     views, labels, masks = [], [], []
     for i in rows:

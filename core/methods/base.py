@@ -14,7 +14,7 @@ class Method:
 
     attribute(model, net, x, target) runs it on `net`, the network to explain: the model's
     module, the engine's batch-norm-folded copy of it, or the engine's pruned network (a module
-    whose forward multiplies every activation by its mask: core.engine.MaskedNetwork). It returns
+    whose forward multiplies every activation by its mask: core.pathway.engine.MaskedNetwork). It returns
     a raw, signed HxW float32 map at x's resolution.
     """
 

@@ -17,7 +17,7 @@ class _LibraryCam(Method):
     cam_class = ""  # the pytorch_grad_cam class
 
     def supports(self, model):
-        from core.attribution import supports
+        from core.methods.attribution import supports
 
         ok, why = supports("grad-cam", model)
         return (ok, why.replace("Grad-CAM", self.name, 1))
@@ -33,7 +33,7 @@ class _LibraryCam(Method):
     def attribute(self, model, net, x, target):
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from core.attribution import grad_cam_layer
+        from core.methods.attribution import grad_cam_layer
 
         layer = grad_cam_layer(model, net)
         prefix = getattr(model, "gradcam_tokens", None)

@@ -1,4 +1,4 @@
-"""Gradient-family methods, and LRP: PruneScope's original seven through core.attribution
+"""Gradient-family methods, and LRP: PruneScope's original seven through core.methods.attribution
 (Captum and zennit), and DeepLIFT, GradientSHAP and Guided Grad-CAM from Captum."""
 from core.methods.base import Method
 
@@ -7,15 +7,15 @@ SHAP_NOISE = 0.09  # baseline noise std as a fraction of the input's value range
 
 
 class _Builtin(Method):
-    """One of the methods core.attribution computes itself."""
+    """One of the methods core.methods.attribution computes itself."""
 
     def supports(self, model):
-        from core.attribution import supports
+        from core.methods.attribution import supports
 
         return supports(self.name, model)
 
     def attribute(self, model, net, x, target):
-        from core.attribution import attribute
+        from core.methods.attribution import attribute
 
         return attribute(self.name, model, x, target, module=net)
 
@@ -83,8 +83,8 @@ class DeepLift(Method):
     def attribute(self, model, net, x, target):
         from captum.attr import DeepLift as CaptumDeepLift
 
-        from core.attribution import collapse_channels
         from core.errors import UnsupportedMethod
+        from core.methods.attribution import collapse_channels
 
         why = _unhookable_activation(net, x)
         if why:
@@ -96,7 +96,7 @@ class DeepLift(Method):
 def _deeplift_unsupported(module) -> str:
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-    from core.neurons import ACTIVATION_MODULES
+    from core.network.neurons import ACTIVATION_MODULES
 
     for name, m in module.named_modules():
         if isinstance(m, ACTIVATION_MODULES) and type(m) not in SUPPORTED_NON_LINEAR:
@@ -107,7 +107,7 @@ def _deeplift_unsupported(module) -> str:
 def _unhookable_activation(net, x) -> str:
     """Why Captum's module hooks would miss an activation of net, or '': one that is a function
     call rather than a module of its own, or a module called more than once."""
-    from core.neurons import layer_modules, trace_layers
+    from core.network.neurons import layer_modules, trace_layers
 
     inner = getattr(net, "inner", net)
     layers, _ = trace_layers(inner, x)
@@ -128,8 +128,8 @@ class GradientShap(Method):
     def attribute(self, model, net, x, target):
         from captum.attr import GradientShap as CaptumGradientShap
 
-        from core.attribution import collapse_channels
-        from core.device import seeded
+        from core.methods.attribution import collapse_channels
+        from core.runtime.device import seeded
 
         spread = SHAP_NOISE * float(x.max() - x.min())
         x = x.detach().clone().requires_grad_(True)
@@ -141,7 +141,7 @@ class GradientShap(Method):
 
 class GuidedGradCam(Method):
     """Guided backpropagation times Grad-CAM upsampled (nearest), per colour channel, as Captum's
-    GuidedGradCam computes it. PruneScope's guided backpropagation (core.attribution) stands in
+    GuidedGradCam computes it. PruneScope's guided backpropagation (core.methods.attribution) stands in
     for Captum's, which only overrides nn.ReLU modules and so gives the plain gradient through
     ReLU6, GELU or functional activations; on a model of nn.ReLU modules the two agree (tested)."""
 
@@ -149,7 +149,7 @@ class GuidedGradCam(Method):
     passes = "2 forward+backward"
 
     def supports(self, model):
-        from core.attribution import supports
+        from core.methods.attribution import supports
 
         return supports("grad-cam", model)
 
@@ -159,7 +159,7 @@ class GuidedGradCam(Method):
     def attribute(self, model, net, x, target):
         import torch.nn.functional as F
 
-        from core.attribution import collapse_channels, guided_backprop, layer_grad_cam
+        from core.methods.attribution import collapse_channels, guided_backprop, layer_grad_cam
 
         cam = layer_grad_cam(model, net, x.detach().clone(), target)
         guided = guided_backprop(net, x.detach().clone().requires_grad_(True), target)

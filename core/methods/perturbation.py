@@ -32,7 +32,7 @@ class Occlusion(Method):
         import torch
         from captum.attr import Occlusion as CaptumOcclusion
 
-        from core.attribution import collapse_channels
+        from core.methods.attribution import collapse_channels
 
         window, stride = occlusion_window(min(x.shape[-2:]))
         channels = x.shape[1]
@@ -70,7 +70,7 @@ class _Superpixels(Method):
         import captum.attr
         import torch
 
-        from core.device import seeded
+        from core.runtime.device import seeded
 
         labels = superpixels(model, x)
         mask = labels.expand(-1, x.shape[1], -1, -1)

@@ -15,7 +15,7 @@ _EXPORTS = {
     "channel_scores": "criteria",
     "Recovery": "pipeline", "calibrate": "pipeline", "prune_copy": "pipeline", "prune_model": "pipeline",
     "save_pruned": "pipeline",
-    "checkpoint": "surgery", "load_pruned": "surgery",
+    "checkpoint": "surgery", "load_pruned": "surgery",  # surgery re-exports core.models.pruned
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from core.dissection import Dissection, iter_dissect, load_items
+from core.dissection.dissect import Dissection, iter_dissect, load_items
 from core.model_pruning import pipeline
 from core.progress import Job, Progress, scaled
 
@@ -127,7 +127,7 @@ def iter_concept_sweep(model, source, calib: pipeline.Calibration, criteria, spa
 
 def synthetic_calibration(model, data, count: int) -> pipeline.Calibration:
     """Labelled calibration images from the synthetic training split."""
-    from core.synthetic import make_split, to_input
+    from core.evaluation.synthetic import make_split, to_input
 
     split = make_split(data, "train", count)
     x = to_input(torch.from_numpy(split.images), model.mean, model.std).to(model.device)
@@ -137,7 +137,7 @@ def synthetic_calibration(model, data, count: int) -> pipeline.Calibration:
 
 def synthetic_finetune(model, data, count: int, epochs: int = 1, lr: float = 0.01):
     """Fine-tuning on labelled synthetic training images, as the seed retrains after pruning."""
-    from core.synthetic import TrainConfig, iter_train, make_split
+    from core.evaluation.synthetic import TrainConfig, iter_train, make_split
 
     split = make_split(data, "train", count)
     config = TrainConfig(epochs=epochs, lr=lr)

@@ -90,7 +90,7 @@ def _backward_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
                      start_with_logit: bool = False) -> Scores:
     """One forward and backward of the target logits; combine(out, grad) -> per-channel scores.
     start_with_logit: the backward starts from the target logit's value rather than 1 (LRP's
-    initial relevance, as core.attribution's LRP map)."""
+    initial relevance, as core.methods.attribution's LRP map)."""
     x = x.detach().requires_grad_(True)  # parameters are frozen: the input puts layers in the graph
     with torch.enable_grad(), _capture_outputs(module) as kept:
         logits = module(x)
@@ -123,12 +123,12 @@ def lrp_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, compos
 
 
 def lrp_composite(model, module: nn.Module, x: torch.Tensor):
-    """zennit's EpsilonGammaBox with the canonizers core.lrp uses for this architecture,
+    """zennit's EpsilonGammaBox with the canonizers core.methods.lrp uses for this architecture,
     so pruning ranks channels by the same relevance the LRP map shows."""
     from zennit.composites import EpsilonGammaBox
 
-    from core import attribution
-    from core.lrp import lrp_canonizers
+    from core.methods import attribution
+    from core.methods.lrp import lrp_canonizers
 
     ok, why = attribution.supports("lrp", model)
     if not ok:
@@ -141,11 +141,11 @@ def lrp_composite(model, module: nn.Module, x: torch.Tensor):
 
 
 def activation_producers(module: nn.Module, x: torch.Tensor) -> list[str | None]:
-    """For each activation layer (core.neurons order), the producer whose output channels it
+    """For each activation layer (core.network.neurons order), the producer whose output channels it
     carries: the producer that ran last before it, if its output has the activation's shape
     (conv -> BN -> ReLU; ResNet's add -> ReLU shares the channels of the last conv, which pruning
     couples with the rest of the residual stream anyway). None where no producer fits."""
-    from core.neurons import intercept
+    from core.network.neurons import intercept
 
     events: list[tuple[str, tuple]] = []
     last: list = [None]
@@ -175,7 +175,7 @@ def pathway_scores(model, x: torch.Tensor, targets: torch.Tensor,
     (engine masks, per-layer threshold), averaged over the images. Channels that never pass
     through an activation (EfficientNet's linear bottlenecks) get no score: NeuronMCT cannot
     prune them either."""
-    from core.engine import Engine
+    from core.pathway.engine import Engine
 
     owner = activation_producers(model.module, x)
     sums: Scores = {}

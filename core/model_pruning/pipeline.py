@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from core.errors import ImageError, OutputError, PruneScopeError
+from core.io.output import atomic_file
 from core.model_pruning import criteria, recovery, surgery
-from core.model_pruning.reconstruct import reconstruct
 from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, recovery_stages
-from core.output import atomic_file
+from core.model_pruning.reconstruct import reconstruct
 from core.progress import Job, Progress, scaled
 
 LATENCY_RUNS = 30
@@ -40,7 +40,7 @@ class Calibration:
 def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, int]] | None:
     """(image, class id) pairs when `folder` is an ImageFolder: one subfolder per class, named by
     the class id or the class name (case and _/space ignored). None for a flat folder."""
-    from core.images import class_id, list_images
+    from core.io.images import class_id, list_images
 
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
@@ -59,8 +59,8 @@ def labelled_images(folder: Path, class_names: list[str]) -> list[tuple[Path, in
 def calibration_files(model, folder=None) -> tuple[list[Path], list[int] | None]:
     """The calibration images: a flat folder, a labelled ImageFolder, or by default the bundled
     samples and scikit-image's sample photos."""
-    from core.images import list_images
-    from core.resources import calibration_images
+    from core.io.images import list_images
+    from core.io.resources import calibration_images
 
     if folder is None:
         return calibration_images(), None
@@ -81,7 +81,7 @@ def calibrate(model, folder=None) -> Job[Calibration]:
     """Load and preprocess the calibration images; note what the unpruned model predicts. An
     image that cannot be used is left out (with why, in `skipped`); none usable is an error."""
     from core.errors import reason
-    from core.images import load_image
+    from core.io.images import load_image
 
     paths, labels = calibration_files(model, folder)
     xs, kept, skipped = [], [], {}
@@ -252,7 +252,7 @@ class Step:
 
 @dataclass
 class PruneReport:
-    model: object                    # core.models.LoadedModel holding the pruned module
+    model: object                    # core.models.loading.LoadedModel holding the pruned module
     criterion: str
     sparsity: float
     mode: str
@@ -500,7 +500,7 @@ def finetune(model, folder, epochs: int = 1, lr: float = 1e-3, batch: int = 8, s
              exclude=()) -> Job[None]:
     """Short fine-tuning of model.module in place on a labelled ImageFolder (class-id or
     class-name subfolders), leaving out the `exclude` images (those measured on)."""
-    from core.images import load_image
+    from core.io.images import load_image
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.folding import conv_bn_pairs, fold_batchnorm
 from core.model_pruning.recovery import augment
+from core.network.folding import conv_bn_pairs, fold_batchnorm
 from core.progress import Job, Progress
 
 PASSES = 4                  # over the images: one as they are, the rest cropped and flipped

@@ -9,7 +9,7 @@ channel budget goes first to the groups where a removed channel costs least.
 import torch
 from torch import nn
 
-from core.folding import conv_bn_pairs, fold_batchnorm
+from core.network.folding import conv_bn_pairs, fold_batchnorm
 
 LEVELS = (0.25, 0.5, 0.75)  # shares of a group removed alone to measure its cost
 MAX_IMAGES = 8              # of the calibration images, for the measurement

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core.device import seeded
 from core.errors import PruneScopeError, reason
 from core.model_pruning import criteria, pipeline
 from core.model_pruning.names import CRITERIA, DEFAULT_PROTECT, SWEEP_METHODS, SWEEP_SPARSITIES
 from core.progress import Job, Progress, scaled
+from core.runtime.device import seeded
 
 EXPLAIN_SPARSITY = 70.0  # the pathway maps' and pathway masks' own sparsity (the engine's default)
 DROP_LEVEL = 0.5  # "drops" / "drifts": first sparsity where agreement / mean Spearman falls below this
@@ -121,7 +121,7 @@ def _finite(value):
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> dict:
     """Spearman of |a| and |b|, and SSIM of the two scaled to [0, 1]: the sanity check's measures."""
-    from core.sanity import spearman_abs, ssim_abs
+    from core.evaluation.sanity import spearman_abs, ssim_abs
 
     return {"spearman": spearman_abs(a, b), "ssim": ssim_abs(a, b)}
 
@@ -130,7 +130,7 @@ def map_similarity(a: np.ndarray, b: np.ndarray) -> dict:
 
 def pathway_masks(model, x: torch.Tensor, targets: torch.Tensor) -> list[list[torch.Tensor]]:
     """Per image, the engine's critical-pathway masks (global threshold, EXPLAIN_SPARSITY)."""
-    from core.engine import Engine
+    from core.pathway.engine import Engine
 
     return [Engine.from_tensor(model, x[i:i + 1], int(targets[i])).masks(EXPLAIN_SPARSITY, "global")
             for i in range(x.shape[0])]
@@ -162,8 +162,8 @@ def pathway_iou(original: list[torch.Tensor], pruned: list[torch.Tensor], owners
 
 def _maps(model, x, targets, methods, skipped: dict) -> dict:
     """method -> list of maps, one per image; methods this model cannot run go to `skipped`."""
-    from core.engine import compute_map
     from core.errors import UnsupportedMethod
+    from core.pathway.engine import compute_map
 
     out = {}
     for method in methods:
@@ -190,8 +190,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
     changed, on images held out from calibration and recovery (`held_out`, or a share of calib).
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
     `errors`."""
-    from core.engine import ALL_METHODS
     from core.model_pruning.recovery import held_out_split, without
+    from core.pathway.engine import ALL_METHODS
 
     for c in criteria_names:
         criteria.check_criterion(c)

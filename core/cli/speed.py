@@ -1,0 +1,149 @@
+"""The figures `prunescope bench` prints: each a ratio of two timings taken side by side in one run."""
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from core.io.images import load_image
+from core.io.resources import resource_path
+from core.methods.attribution import batch_size
+from core.pathway.curves import baseline_image, default_batch, rank_image
+from core.pathway.engine import IG_STEPS, Engine
+from core.progress import run
+
+SLIDER_SPARSITIES = (35.0, 55.0, 75.0, 85.0, 95.0)
+
+
+def _timed_pair(first, second, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Fastest seconds of each of two calls, run in turns after a warm-up, so that load from
+    elsewhere on the machine hits both alike."""
+    first(), second()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    image = load_image(resource_path("samples", "coffee.png"))
+    engine = Engine(model, image)
+    # The engine's passes run on the batch-norm-folded module (core.network.folding), made once per
+    # model (the Engine above made it). Baselines run on that module too, so that each ratio
+    # measures our method against theirs, except the first, which is against the model as given.
+    module, x, target = engine.module, engine.x, engine.target
+
+    def plain_forward_backward(net=model.module):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(net(xg)[0, target], xg)
+
+    engine.scores()
+    # A pass takes tens of milliseconds, where a busy machine's noise is a few: more turns,
+    # so that the fastest of each comes close to what it costs.
+    passes = 4 * repeats
+    sweep = iter(SLIDER_SPARSITIES * (2 * passes + 2))
+    # Each ratio divides the two timings of one pair: load from elsewhere hits both alike.
+    plain, slider = _timed_pair(plain_forward_backward, lambda: engine.pathway(next(sweep)), passes, device)
+    # what the masks themselves cost: against a plain pass of the folded module
+    folded, slider_again = _timed_pair(lambda: plain_forward_backward(module),
+                                       lambda: engine.pathway(next(sweep)), passes, device)
+
+    def pathway_from_scratch():
+        Engine(model, image).pathway(70.0)
+
+    def captum_ig():
+        from captum.attr import IntegratedGradients
+
+        IntegratedGradients(module).attribute(x, target=target, n_steps=IG_STEPS,
+                                             internal_batch_size=batch_size(module, x, IG_STEPS))
+
+    plain_again, scratch = _timed_pair(plain_forward_backward, pathway_from_scratch, repeats, device)
+    scratch_again, ig = _timed_pair(pathway_from_scratch, captum_ig, max(1, repeats // 2), device)
+
+    attr = np.abs(engine.pathway(70.0).map)
+    inputs = _perturbed_inputs(x, attr, steps, ends=False)
+
+    def same_forwards_batched():
+        with torch.no_grad():
+            for chunk in inputs.split(default_batch(device)):
+                torch.softmax(module(chunk), dim=1)[:, target]
+
+    curves, forwards = _timed_pair(lambda: run(engine.iter_curves("pathway-gradient", attr, steps)),
+                                   same_forwards_batched, repeats, device)
+    curves_again, loop = _timed_pair(lambda: run(engine.iter_curves("pathway-gradient", attr, steps)),
+                                     lambda: _curves_one_image_per_step(module, x, attr, target, steps),
+                                     max(1, repeats // 2), device)
+
+    return {
+        "model": model.name,
+        "device": str(device),
+        "input": list(x.shape),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "seconds": {
+            "plain_forward_backward": plain,
+            "folded_forward_backward": folded,
+            "sparsity_change_cached_scores": min(slider, slider_again),
+            "pathway_from_scratch": min(scratch, scratch_again),
+            "captum_integrated_gradients_50": ig,
+            "deletion_insertion_curves": min(curves, curves_again),
+            "same_forwards_same_inputs_batched": forwards,
+            "curves_one_image_per_step_loop": loop,
+        },
+        "ratios": {
+            "sparsity_change_vs_forward_backward": slider / plain,
+            "sparsity_change_vs_folded_forward_backward": slider_again / folded,
+            "captum_ig50_vs_pathway_from_scratch": ig / scratch_again,
+            "pathway_from_scratch_vs_forward_backward": scratch / plain_again,
+            "curves_vs_same_forwards_batched": curves / forwards,
+            "one_image_per_step_loop_vs_our_batched_curves": loop / curves_again,
+        },
+        "goals": {"sparsity_change_vs_folded_forward_backward": "<= 1.2",
+                  "pathway_from_scratch_vs_forward_backward": "<= 3",
+                  "curves_vs_same_forwards_batched": "<= 1.2", "peak_memory_mb.process_rss": "< 1024"},
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
+
+
+def _perturbed_inputs(x, attr, steps, ends: bool = True):
+    """The 2(S+1) images of the deletion and insertion curves, built up front; without the ends
+    (the input and the baseline, which the engine forwards once per image), the 2(S-1) that
+    the curves of one more map feed the model."""
+    ranks = rank_image(attr, tuple(x.shape[-2:]), device=x.device)
+    base = baseline_image(x)
+    total = ranks.numel()
+    images = []
+    for step in range(0 if ends else 1, steps + 1 if ends else steps):
+        top = ranks < round(step * total / steps)
+        images += [torch.where(top, base, x), torch.where(top, x, base)]
+    return torch.cat(images)
+
+
+def _curves_one_image_per_step(module, x, attr, target, steps):
+    """The reference we beat: like Quantus's pixel flipping, one perturbed image per forward,
+    for the same deletion and insertion steps as ours."""
+    with torch.no_grad():
+        return [float(torch.softmax(module(image), dim=1)[0, target])
+                for image in _perturbed_inputs(x, attr, steps).split(1)]
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak

@@ -1,0 +1,2 @@
+"""What the engine and the methods do to a network: finding its activations, masking them
+(neurons), and folding batch norms into convolutions (folding)."""

@@ -1,0 +1,735 @@
+"""The engine: what is expensive for one (model, image, target), computed once and kept.
+
+Neuron scores depend only on (model, input, target), so they are cached and ranked once; a new
+sparsity then costs a threshold lookup and one masked forward and backward. Classic maps and
+their curves are cached too. The GUI and the CLI both drive this object.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import PruneScopeError, UnsupportedMethod, reason
+from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS, attribution
+from core.network.neurons import (Layer, Taps, intercept, intgrad_scores, layer_modules, masked,
+                                  taylor_scores, trace_layers)
+from core.pathway.curves import Curves, end_probs, iter_curves, output_change
+from core.progress import Job, Progress, run, scaled
+
+SELECTORS = ("taylor", "intgrad")
+MODES = ("global", "per-layer")
+TIES = ("exact", "paper")  # exact: p % of the neurons, ties broken; paper: tied scores go together
+IG_STEPS = 50
+AUTO_GRID = 1.0  # points of sparsity between the auto search's probes
+AUTO_RESOLUTION = 0.1
+# Classic methods that take many passes, computed in steps where the caller asks for it (the app)
+STEPPED = {"integrated-gradients": attribution.IntegratedGradientsRun,
+           "smoothgrad": attribution.SmoothGradRun}
+
+
+@dataclass
+class Prediction:
+    target: int
+    name: str
+    prob: float
+    top5: list  # [(class id, name, probability)]
+
+
+@dataclass
+class PathwayResult:
+    map: np.ndarray               # H x W, signed, raw
+    sparsity: float               # % of neurons actually pruned (the paper's ties may prune more)
+    output_change: float          # |p'_c - p_c| / p_c
+    prob: float                   # p'_c, the pruned network's probability of the target
+    kept: list                    # [(layer name, neurons kept, neurons)]
+    factors: list = field(repr=False)  # 0/1 float tensors, one per layer, the layer's shape (1: kept)
+    requested: float = 0.0        # the sparsity asked for
+
+    @cached_property
+    def masks(self) -> list[torch.Tensor]:
+        """Bool tensors, one per layer, the layer's shape."""
+        return [f.bool() for f in self.factors]
+
+
+@dataclass
+class AutoSparsity:
+    sparsity: float               # the largest found whose output change is within tolerance
+    output_change: float
+    how: str                      # how it was searched, for the user
+
+
+@dataclass
+class MethodResult:
+    method: str
+    map: np.ndarray
+    seconds: float
+    curves: Curves | None = None
+    pathway: PathwayResult | None = None
+    lerf: np.ndarray | None = None   # output change after removing the least relevant 1..10 %
+    morf: np.ndarray | None = None   # ... and the most relevant
+
+
+@dataclass
+class Analysis:
+    prediction: Prediction
+    results: dict                 # method -> MethodResult, in the order asked
+    skipped: dict                 # method -> why it could not run on this model
+    failed: dict = field(default_factory=dict)  # method -> why it failed (the others are kept)
+
+
+@dataclass
+class Sweep:
+    sparsities: np.ndarray
+    output_change: np.ndarray
+    deletion_auc: np.ndarray
+
+
+class _Group:
+    """The neurons one threshold ranks (all layers pooled, or one layer), flat. Scores are >= 0
+    and often exactly 0 (on the embedded model half of them), so the zero and non-zero scores
+    are ranked apart: the zero ones once and for all (_zero_rank), the others by their order
+    statistics (_Order).
+
+    Exact order: dead neurons (a = 0) first, then the other zero scores by |a| (live but
+    gradient-blocked, e.g. saturated ReLU6), then the non-zero scores; remaining ties (equal
+    values) by position. The paper's rule instead prunes every score at or below the threshold.
+    """
+
+    def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor, sizes: list[int]):
+        self.scores, self.magnitudes, self.sizes = scores, magnitudes, sizes
+        self.zeros = int(torch.count_nonzero(scores == 0))  # count_nonzero(scores) took twice as long
+        self._nonzero: _Order | None = None
+        self._live_ranked = False
+
+    @cached_property
+    def _zero_rank(self) -> torch.Tensor:
+        """Each zero score's place in the exact order, from 1: the dead neurons by position,
+        then the live ones by |a| and position (added when first needed: _rank_live); the
+        non-zero scores after them all. Any sparsity below the zero scores' share is then one
+        comparison: the slider's moves there took ten times as long, gathering the first k of
+        millions of tied neurons each time."""
+        kind = torch.int32 if self.scores.numel() < torch.iinfo(torch.int32).max else torch.int64
+        dead = (self.scores == 0) & (self.magnitudes == 0)
+        # the dead ones' places by a running count, in place: no index per neuron (millions)
+        rank = torch.cumsum(dead, 0, dtype=kind)
+        self._dead = int(rank[-1]) if rank.numel() else 0
+        rank.masked_fill_(~dead, torch.iinfo(kind).max)
+        return rank
+
+    def _rank_live(self) -> None:
+        """The live zero scores' places, after the dead ones', written into _zero_rank: a sort,
+        of |a| (40 ms on the embedded model), that sparsities below the dead share never need."""
+        rank = self._zero_rank
+        live = ((self.scores == 0) & (self.magnitudes != 0)).nonzero().squeeze(1)
+        live = live[torch.sort(self.magnitudes[live], stable=True).indices]
+        rank[live] = torch.arange(self._dead + 1, self.zeros + 1, dtype=rank.dtype, device=rank.device)
+        self._live_ranked = True
+
+    def _pruned(self, sparsity: float) -> int:
+        return math.floor(sparsity / 100.0 * self.scores.numel())
+
+    def _cut(self, k: int) -> tuple[float, int, int]:
+        """The k-th smallest score (from 1) when it is not zero, how many non-zero scores are
+        smaller and how many equal it."""
+        if self._nonzero is None:
+            self._nonzero = _Order(self.scores, self.zeros, self.sizes)
+        return self._nonzero.at(k - self.zeros - 1)
+
+    def kept(self, sparsity: float, ties: str, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """Flat: the neurons left after pruning sparsity % as 1, as dtype: bool, or the floats
+        a masked forward multiplies by. One comparison over the group, written straight in dtype
+        (and a second where a tie straddles the cut): this runs on every slider move."""
+        k, zeros = self._pruned(sparsity), self.zeros
+        if k <= 0:
+            return torch.ones_like(self.scores, dtype=dtype)
+        out = torch.empty_like(self.scores, dtype=dtype)
+        if k <= zeros:  # only zero scores go: the paper's rule takes them all
+            if ties == "paper":
+                return torch.ne(self.scores, 0, out=out)
+            rank = self._zero_rank
+            if k > self._dead and not self._live_ranked:
+                self._rank_live()
+            return torch.gt(rank, k, out=out)
+        # some non-zero scores go: under either rule, by score
+        cut, below, equal = self._cut(k)
+        if ties == "paper" or zeros + below + equal <= k:
+            return torch.gt(self.scores, cut, out=out)
+        kept = self.scores > cut  # the cut falls inside a tie: its first ones go
+        kept |= _all_but_first(self.scores == cut, k - zeros - below)
+        return kept.to(dtype)
+
+    def counts(self, sparsity: float, ties: str) -> list[int] | None:
+        """How many neurons of each layer kept() keeps, where that is known without counting
+        them; else None. A sum over the kept neurons costs a thirtieth of a pass, on every move."""
+        k, zeros, n = self._pruned(sparsity), self.zeros, self.scores.numel()
+        if k <= 0:
+            return list(self.sizes)
+        one_layer = len(self.sizes) == 1
+        if k <= zeros:
+            if one_layer:
+                return [n - k] if ties == "exact" else [n - zeros]
+            # the paper's rule keeps the non-zero scores (all of them above 0)
+            return self._nonzero.above(0.0) if ties == "paper" and self._nonzero else None
+        cut, below, equal = self._cut(k)
+        if ties == "exact" and zeros + below + equal > k:
+            return [n - k] if one_layer else None
+        if one_layer:
+            return [n - zeros - below - equal]
+        return self._nonzero.above(cut)
+
+
+class _Order:
+    """Order statistics of a group's non-zero scores (the zero ones rank below them all). The
+    first request selects (_select: no sort), so that an image's first map waits
+    for no sort; a new one sorts them once (numpy's sort: torch's took 3x as long), so that the
+    slider's later moves are binary searches. The sort is of each layer's scores, then of all,
+    so that the kept counts are a search per layer too; on the embedded model it takes as long
+    as one sort of every score did."""
+
+    def __init__(self, scores: torch.Tensor, zeros: int, sizes: list[int]):
+        self._scores, self._zeros, self._sizes = scores, zeros, sizes
+        self._sorted: np.ndarray | None = None
+        self._layers: list[np.ndarray] | None = None
+        self._last: tuple[int, tuple[float, int, int]] | None = None  # a request asked again
+
+    def at(self, index: int) -> tuple[float, int, int]:
+        """The index-th smallest non-zero score (from 0), how many non-zero scores are smaller
+        and how many equal it."""
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
+        if self._last is not None and self._sorted is None:
+            values = _comparable(self._scores).cpu().numpy()
+            self._layers = [np.sort(v[v != 0]) for v in np.split(values, np.cumsum(self._sizes)[:-1])]
+            # numpy's stable sort (timsort) merges the layers' sorted runs: half the time of a sort
+            self._sorted = (self._layers[0] if len(self._layers) == 1
+                            else np.sort(np.concatenate(self._layers), kind="stable"))
+        if self._sorted is None:
+            cut, below, equal = _select(_comparable(self._scores), self._zeros + index)
+            found = cut, below - self._zeros, equal
+        else:
+            cut = self._sorted[index]
+            below = int(np.searchsorted(self._sorted, cut, "left"))
+            found = float(cut), below, int(np.searchsorted(self._sorted, cut, "right")) - below
+        self._last = index, found
+        return found
+
+    def above(self, cut: float) -> list[int] | None:
+        """How many scores of each layer are above cut, once they are sorted; else None."""
+        if self._layers is None:
+            return None
+        value = self._sorted.dtype.type(cut)  # in the sorted values' type: exact, and no copy
+        return [len(v) - int(np.searchsorted(v, value, "right")) for v in self._layers]
+
+
+SAMPLE = 1 << 14  # values drawn to bracket a rank (_select)
+
+
+def _comparable(values: torch.Tensor) -> torch.Tensor:
+    """Values numpy can sort and a cut compares exactly: float16 and bfloat16 as float32 (every
+    one of their values is a float32), the others as they are."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
+def _select(values: torch.Tensor, rank: int) -> tuple[float, int, int]:
+    """The rank-th smallest of values (from 0), how many are smaller and how many equal it.
+
+    By sampling (Floyd and Rivest): the quantiles of a random sample bracket the rank, one pass
+    counts the values below the bracket and takes those inside it, and only those few are
+    selected from. On the embedded model's 6 M neurons this takes 6 ms, where numpy's gather
+    and partition took 30 and torch.kthvalue 84; a bracket that misses (about once in 10^4 by
+    the margin) is widened to everything."""
+    n = values.numel()
+    draw = torch.Generator(values.device).manual_seed(0)  # its own: the caller's random state is untouched
+    picks = values[torch.randint(n, (SAMPLE,), generator=draw, device=values.device)].sort().values
+    at = rank / n * SAMPLE
+    margin = 4 * math.sqrt(SAMPLE)  # 4 standard deviations of the sample's rank
+    lo = float(picks[int(at - margin)]) if at - margin >= 0 else -math.inf
+    hi = float(picks[int(at + margin)]) if at + margin < SAMPLE else math.inf
+    within = values <= hi
+    below_lo = 0
+    if lo > -math.inf:
+        at_least = values >= lo
+        below_lo = n - int(torch.count_nonzero(at_least))
+        within &= at_least
+    inside = values[within]
+    if not below_lo <= rank < below_lo + inside.numel():
+        below_lo, inside = 0, values
+    cut = inside.kthvalue(rank - below_lo + 1).values
+    below = below_lo + int(torch.count_nonzero(inside < cut))
+    return float(cut), below, int(torch.count_nonzero(inside == cut))
+
+
+def _all_but_first(members: torch.Tensor, count: int) -> torch.Tensor:
+    """The True entries of a flat bool tensor after its first `count` (ties go by position)."""
+    out = torch.zeros_like(members)
+    out[members.nonzero().squeeze(1)[count:]] = True
+    return out
+
+
+class _Scores:
+    """One selector's neuron scores (and |a|, for the exact order), flat over all layers, ranked
+    once per threshold mode so that each later sparsity is a lookup and a comparison."""
+
+    def __init__(self, scores: torch.Tensor, magnitudes: torch.Tensor, layers: list[Layer]):
+        self.flat, self.magnitudes = scores, magnitudes
+        self.shapes = [layer.shape for layer in layers]
+        self.sizes = [layer.numel for layer in layers]
+        self.per_layer = self.per_layer_views(scores)
+        self._groups: dict[str, list[_Group]] = {}
+
+    def _ranked(self, mode: str) -> list[_Group]:
+        if mode not in self._groups:
+            if mode == "global":
+                self._groups[mode] = [_Group(self.flat, self.magnitudes, self.sizes)]
+            else:
+                self._groups[mode] = [_Group(s, a, [n]) for s, a, n in zip(
+                    self.flat.split(self.sizes), self.magnitudes.split(self.sizes), self.sizes)]
+        return self._groups[mode]
+
+    def kept(self, sparsity: float, mode: str, ties: str = "exact",
+             dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """Flat over all layers: the neurons left as 1 (_Group.kept)."""
+        groups = self._ranked(mode)
+        if mode == "global":
+            return groups[0].kept(sparsity, ties, dtype)
+        return torch.cat([g.kept(sparsity, ties, dtype) for g in groups])
+
+    def counts(self, sparsity: float, mode: str, ties: str = "exact") -> list[int] | None:
+        """How many neurons of each layer kept() keeps, where known without counting (_Group.counts)."""
+        counts = [group.counts(sparsity, ties) for group in self._ranked(mode)]
+        return None if None in counts else [n for layer in counts for n in layer]
+
+    def per_layer_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [m.view(shape) for m, shape in zip(flat.split(self.sizes), self.shapes)]
+
+    def masks(self, sparsity: float, mode: str, ties: str = "exact") -> list[torch.Tensor]:
+        """Bool masks of the kept neurons, one per layer, in the layers' shapes."""
+        return self.per_layer_views(self.kept(sparsity, mode, ties))
+
+
+class Engine:
+    """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper"."""
+
+    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None, ties: str = "exact",
+                 fold: bool = True):
+        x, view = model.preprocess(image_rgb)
+        self._setup(model, x, view, target, ties, _module_of(model, x, fold))
+
+    @classmethod
+    def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
+                    ties: str = "exact", fold: bool = True) -> "Engine":
+        """fold=False: the model's own module, for a single map of a model made for it (the
+        folded copy is made once per model and costs about as much as a map)."""
+        engine, x = cls.__new__(cls), x.to(model.device)
+        engine._setup(model, x, _view_of(model, x), target, ties, _module_of(model, x, fold))
+        return engine
+
+    def _setup(self, model, x, view, target, ties, module, shared=None):
+        if ties not in TIES:
+            raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
+        self.ties = ties
+        self.model = model
+        self.module = module
+        self.x = x
+        self.view = view
+        self._taps = None  # the trace's forward, for the Taylor scores of the target
+        if shared is None:
+            taps = Taps()
+            self.layers, logits = trace_layers(self.module, x, taps)
+            self.probs = torch.softmax(logits.detach().float(), dim=1)[0]
+            self._taps = (taps, logits)
+        else:
+            self.probs, self.layers = shared
+        self._layer_modules = layer_modules(self.module, self.layers)
+        n_classes = self.probs.numel()
+        self.target = int(self.probs.argmax()) if target is None else int(target)
+        if not 0 <= self.target < n_classes:
+            raise PruneScopeError(f"target class {self.target} is out of range (0..{n_classes - 1})")
+        self._scores: dict[str, _Scores] = {}
+        self._maps: dict[str, np.ndarray] = {}
+        self._curves: dict[tuple, Curves] = {}
+        self._ends: dict[str, tuple[float, float]] = {}  # baseline -> end_probs
+        self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
+        self._runs: dict = {}  # method -> its run under way in steps (STEPPED)
+        self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
+
+    def with_target(self, target: int) -> "Engine":
+        """The same image and model explained for another class; the forward is reused."""
+        other = Engine.__new__(Engine)
+        other._setup(self.model, self.x, self.view, target, self.ties, self.module,
+                     shared=(self.probs, self.layers))
+        return other
+
+    def with_ties(self, ties: str) -> "Engine":
+        """The same explanation under another tie rule; scores, maps and curves are shared."""
+        other = Engine.__new__(Engine)
+        other._setup(self.model, self.x, self.view, self.target, ties, self.module,
+                     shared=(self.probs, self.layers))
+        other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
+        other._sweep, other._ends, other._runs = self._sweep, self._ends, self._runs
+        other._taps, self._taps = self._taps, None  # the same target: its scores may come from them
+        return other
+
+    # -- prediction ------------------------------------------------------------------------
+    @property
+    def prediction(self) -> Prediction:
+        names = self.model.class_names
+        top = torch.topk(self.probs, k=min(5, self.probs.numel()))
+        top5 = [(int(i), _name(names, int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+        return Prediction(self.target, _name(names, self.target), float(self.probs[self.target]), top5)
+
+    # -- neuron scores and masks ---------------------------------------------------------------
+    def iter_scores(self, selector: str = "taylor", steps: int = 10) -> Job[_Scores]:
+        if selector not in SELECTORS:
+            raise PruneScopeError(f"unknown selector '{selector}': choose {' or '.join(SELECTORS)}")
+        if selector not in self._scores:
+            module = self.module
+            if selector == "taylor" and self._taps is not None:
+                (taps, logits), self._taps = self._taps, None
+                scores, magnitudes = taps.scores(logits, self.target, self.layers)
+            elif selector == "taylor":
+                scores, magnitudes = taylor_scores(module, self.x, self.target, self.layers,
+                                                   self._layer_modules)
+            else:
+                self._taps = None  # the trace's graph is for Taylor's scores: not held for others
+                per_layer, per_layer_magnitudes = yield from intgrad_scores(
+                    module, self.x, self.target, len(self.layers), steps)
+                scores = torch.cat([s.flatten() for s in per_layer])
+                magnitudes = torch.cat([a.flatten() for a in per_layer_magnitudes])
+            self._scores[selector] = _Scores(scores, magnitudes, self.layers)
+        return self._scores[selector]
+
+    def scores(self, selector: str = "taylor") -> list[torch.Tensor]:
+        return run(self.iter_scores(selector)).per_layer
+
+    def masks(self, sparsity: float, mode: str = "global", selector: str = "taylor") -> list[torch.Tensor]:
+        _check(sparsity, mode)
+        return run(self.iter_scores(selector)).masks(sparsity, mode, self.ties)
+
+    # -- the pathway map ---------------------------------------------------------------------
+    def _factors(self, sparsity: float, mode: str, selector: str) -> list[torch.Tensor]:
+        """Each layer's 0/1 factors, from one comparison over all layers written as floats (bool
+        masks, then a conversion per layer, cost a tenth of a pass on the embedded model)."""
+        _check(sparsity, mode)
+        scores = run(self.iter_scores(selector))
+        return scores.per_layer_views(scores.kept(sparsity, mode, self.ties, self.x.dtype))
+
+    def masked_forward(self, masks: list[torch.Tensor], stop: Callable[[], bool] | None = None):
+        """The pruned network: each activation output multiplied by its mask. stop: checked at
+        every layer of each forward; when it returns True the forward raises Stopped."""
+        # Float factors, made once: multiplying by a bool mask promotes it in every pass (~10 %
+        # of a forward and backward of the embedded model).
+        return self._scaled_forward([m.to(self.x.dtype) for m in masks], stop)
+
+    def _scaled_forward(self, factors: list[torch.Tensor], stop: Callable[[], bool] | None = None):
+        return masked(self.module, self._layer_modules, factors, stop)
+
+    def pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
+                method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:
+        """stop: see masked_forward; the app's slider gives up a map still in its forward when a
+        newer position is asked for (the backward, once begun, runs to the end)."""
+        if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
+            raise PruneScopeError(f"no pathway version of '{method}'")
+        _supported(method, self.model)
+        factors = self._factors(sparsity, mode, selector)
+        counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
+        if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
+            counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
+                                  for f in factors]).tolist()
+        kept = [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
+        p = float(self.probs[self.target])
+        if method != "integrated-gradients" and all(k == n for _, k, n in kept):
+            # Nothing pruned: the pruned network is the network, so this is the method's own
+            # map. Computed again it could differ in the last bits: some CPU convolution
+            # backwards are not deterministic across threads (Inception's 1x3 kernels on 1x1
+            # maps), and then two runs of one gradient differ.
+            return PathwayResult(self.attribution(method).copy(), 0.0, 0.0, p, kept, factors, float(sparsity))
+        forward = self._scaled_forward(factors, stop)
+        if method in ("gradient", "input-x-gradient"):
+            x = self.x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = forward(x)
+                (grad,) = torch.autograd.grad(logits[0, self.target], x)
+            attr_map = attribution.collapse_channels(grad * self.x if method == "input-x-gradient" else grad)
+        elif method == "integrated-gradients":
+            from captum.attr import IntegratedGradients  # see core.methods.attribution
+
+            attr_map = attribution.collapse_channels(IntegratedGradients(forward).attribute(
+                self.x, target=self.target, n_steps=IG_STEPS,
+                internal_batch_size=attribution.batch_size(self.module, self.x, IG_STEPS)))
+            with torch.no_grad():
+                logits = forward(self.x)
+        else:  # any other method, handed the pruned network as its model
+            net = MaskedNetwork(self.module, forward)
+            with torch.no_grad():
+                logits = net(self.x)
+            attr_map = BY_NAME[method].attribute(self.model, net, self.x, self.target)
+        prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
+        pruned = 100.0 * (1 - sum(k for _, k, _ in kept) / max(1, sum(n for _, _, n in kept)))
+        return PathwayResult(attr_map, pruned, abs(prob - p) / p, prob, kept, factors, float(sparsity))
+
+    def channel_map(self, layer: int, channel: int, sparsity: float, mode: str = "global",
+                    selector: str = "taylor") -> np.ndarray:
+        """The pathway gradient restricted to one channel of one layer: the input evidence that
+        reaches the target through that unit. The forward is the pruned network's; only the
+        gradient is stopped at the layer's other channels."""
+        if not 0 <= layer < len(self.layers):
+            raise PruneScopeError(f"no activation layer {layer} (the model has {len(self.layers)})")
+        factors = self._factors(sparsity, mode, selector)
+        shape = self.layers[layer].shape
+        # masks are per sample: a channel is the first axis of a conv map, the last of tokens
+        axis = 0 if len(shape) == 3 else factors[layer].dim() - 1
+        if not 0 <= channel < factors[layer].shape[axis]:
+            raise PruneScopeError(f"layer {self.layers[layer].name} has no channel {channel}")
+        index = torch.tensor([channel], device=factors[layer].device)
+        only = torch.zeros_like(factors[layer]).index_fill_(axis, index, 1.0)
+        return attribution.collapse_channels(self._gradient_through(factors, layer, only))
+
+    def _gradient_through(self, factors, layer: int, only: torch.Tensor) -> torch.Tensor:
+        """d target / d input of the pruned network, with the gradient at `layer` let through
+        only where `only` is 1."""
+        def transform(i: int, out: torch.Tensor) -> torch.Tensor:
+            out = out * factors[i]
+            if i == layer:
+                out = out.detach() + (out - out.detach()) * only
+            return out
+
+        x = self.x.detach().requires_grad_(True)
+        with torch.enable_grad(), intercept(transform):
+            logits = self.module(x)
+            (grad,) = torch.autograd.grad(logits[0, self.target], x)
+        return grad
+
+    def output_change(self, sparsity: float, mode: str = "global", selector: str = "taylor") -> float:
+        """|p'_c - p_c| / p_c of the pruned network: one forward, no backward."""
+        with torch.no_grad():
+            logits = self._scaled_forward(self._factors(sparsity, mode, selector))(self.x)
+        p = float(self.probs[self.target])
+        return abs(float(torch.softmax(logits.float(), dim=1)[0, self.target]) - p) / p
+
+    def iter_auto_sparsity(self, tolerance: float = 0.15, mode: str = "global",
+                           selector: str = "taylor", step: float = AUTO_GRID) -> Job[AutoSparsity]:
+        """The largest sparsity whose output change is <= tolerance. Output change need not grow
+        with sparsity, so every `step` points from 0 to 99.9 % are tried (one forward each),
+        then the gap above the largest passing one is bisected to AUTO_RESOLUTION points. A
+        coarser step is faster and may miss a larger sparsity that passes between two points."""
+        if not math.isfinite(tolerance) or tolerance < 0:
+            raise PruneScopeError(f"tolerance must be a finite output change of at least 0, got {tolerance}")
+        if not (math.isfinite(step) and 0 < step <= 50):
+            raise PruneScopeError(f"the auto search's step must be in (0, 50] points, got {step}")
+        yield from scaled(self.iter_scores(selector), 0.0, 0.2)
+        grid = [*np.arange(0.0, 99.9, step), 99.9]
+        changes = []
+        for i, p in enumerate(grid):
+            changes.append(self.output_change(float(p), mode, selector))
+            yield Progress(0.2 + 0.6 * (i + 1) / len(grid), f"auto sparsity: scanning {p:.0f} %")
+        passing = [i for i, c in enumerate(changes) if c <= tolerance]
+        best = passing[-1]  # sparsity 0 changes nothing, so there is always one
+        lo, hi, change = float(grid[best]), None, changes[best]
+        if best + 1 < len(grid):
+            hi = float(grid[best + 1])
+            while hi - lo > AUTO_RESOLUTION:
+                mid = round((lo + hi) / 2, 2)  # on the slider's 0.01 grid: the value returned is the one tried
+                mid_change = self.output_change(mid, mode, selector)
+                if mid_change <= tolerance:
+                    lo, change = mid, mid_change
+                else:
+                    hi = mid
+                yield Progress(0.9, f"auto sparsity: {lo:.1f}-{hi:.1f} %")
+        how = (f"scanned 0-99.9 % every {step:g} points ({len(grid)} forwards); "
+               f"{len(passing)} within tolerance, the largest at {grid[best]:.1f} %")
+        if hi is not None:
+            how += f"; bisected up to {hi:.1f} % to {AUTO_RESOLUTION:g} points"
+        return AutoSparsity(lo, change, how)
+
+    # -- any method ----------------------------------------------------------------------------
+    def attribution(self, method: str, sparsity: float = 70.0, mode: str = "global",
+                    selector: str = "taylor") -> np.ndarray:
+        if method in PATHWAY_METHODS:
+            return self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method]).map
+        if method not in CLASSIC_METHODS:
+            raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
+        if method not in self._maps:
+            spec = _supported(method, self.model)
+            # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
+            # folded copy (the same function, faster).
+            net = self.model.module if spec.family in ("cam", "relevance") else self.module
+            self._maps[method] = spec.attribute(self.model, net, self.x, self.target)
+        return self._maps[method]
+
+    def iter_attribution(self, method: str, step_seconds: float | None = None,
+                         nodes: int | None = None) -> Job[np.ndarray]:
+        """attribution() of a classic method; with step_seconds, integrated gradients and
+        SmoothGrad run in steps of about that long, and a stopped run resumes where it was.
+        nodes: integrated gradients on fewer nodes than its IG_STEPS, a coarser map for a first
+        look, kept apart from the method's own (the finished full map is returned instead when
+        there is one)."""
+        if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
+                and method not in self._maps):
+            if nodes not in self._coarse_ig:
+                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes,
+                                                        module=self.module)
+                grads = yield from ig.steps(step_seconds or math.inf)
+                self._coarse_ig[nodes] = attribution.collapse_channels(grads)
+            return self._coarse_ig[nodes]
+        if method not in STEPPED or not step_seconds or method in self._maps:
+            return self.attribution(method)
+        if method not in self._runs:
+            self._runs[method] = STEPPED[method](self.model, self.x, self.target, module=self.module)
+        grads = yield from self._runs[method].steps(step_seconds)
+        self._maps[method] = attribution.collapse_channels(grads)
+        del self._runs[method]
+        return self._maps[method]
+
+    def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
+                    baseline: str = "mean", step_seconds: float | None = None,
+                    cache: bool = True, insertion: bool = True) -> Job[Curves]:
+        """Deletion/insertion for a map; classic methods' curves are cached (cache=False: for a
+        map that is not the method's own, e.g. a coarse one). step_seconds, insertion: see
+        core.pathway.curves.iter_curves."""
+        key = (method, steps, baseline)
+        if cache and key in self._curves:
+            return self._curves[key]
+        if baseline not in self._ends:  # the curves' first and last points, the same for every map
+            self._ends[baseline] = end_probs(self.module, self.x, self.target, baseline,
+                                             self.model.mean, self.model.std)
+        curves = yield from iter_curves(self.module, self.x, self._ranking(method, attr_map),
+                                        self.target, steps=steps, baseline=baseline, mean=self.model.mean,
+                                        std=self.model.std, step_seconds=step_seconds,
+                                        ends=self._ends[baseline], insertion=insertion)
+        if cache and insertion and method not in PATHWAY_METHODS:
+            self._curves[key] = curves
+        return curves
+
+    def output_change_measure(self, method: str, attr_map: np.ndarray, baseline: str = "mean"):
+        """NeuronMCT's measure: output change after removing 1..10 % least / most relevant pixels."""
+        ranking = self._ranking(method, attr_map)
+        return tuple(output_change(self.module, self.x, ranking, self.target, order=order,
+                                   baseline=baseline, mean=self.model.mean, std=self.model.std)
+                     for order in ("lerf", "morf"))
+
+    @staticmethod
+    def _ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
+        return np.abs(attr_map) if method in MAGNITUDE_RANKED else attr_map
+
+    def iter_analysis(self, methods, sparsity: float = 70.0, mode: str = "global",
+                      selector: str = "taylor", steps: int = 20, baseline: str = "mean",
+                      with_curves: bool = True, step_seconds: float | None = None) -> Job[Analysis]:
+        """Maps (and curves) for every method; a method the model cannot run is skipped, and one
+        that fails (out of memory, say) is reported as failed: both say why, the rest go on.
+        step_seconds: how long a step may take where a method can be split (the app's worker)."""
+        results, skipped, failed = {}, {}, {}
+        n = max(len(methods), 1)
+        for i, method in enumerate(methods):
+            yield Progress(i / n, f"{method}")
+            try:
+                results[method] = yield from self._iter_method(method, i, n, sparsity, mode, selector,
+                                                               steps, baseline, with_curves, step_seconds)
+            except UnsupportedMethod as why:
+                skipped[method] = str(why)
+            except Exception as error:
+                failed[method] = reason(error)
+        yield Progress(1.0, "done")
+        return Analysis(self.prediction, results, skipped, failed)
+
+    def _iter_method(self, method, i, n, sparsity, mode, selector, steps, baseline,
+                     with_curves, step_seconds) -> Job[MethodResult]:
+        start = time.perf_counter()
+        if method in PATHWAY_METHODS:
+            yield from scaled(self.iter_scores(selector), i / n, (i + 0.5) / n)
+            path = self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method])
+            result = MethodResult(method, path.map, 0.0, pathway=path)
+        else:
+            attr = yield from scaled(self.iter_attribution(method, step_seconds), i / n, (i + 0.5) / n)
+            result = MethodResult(method, attr, 0.0)
+        result.seconds = time.perf_counter() - start
+        if with_curves:
+            result.curves = yield from scaled(
+                self.iter_curves(method, result.map, steps, baseline, step_seconds), (i + 0.5) / n, (i + 1) / n)
+            result.lerf, result.morf = self.output_change_measure(method, result.map, baseline)
+        return result
+
+    def iter_sweep(self, sparsities=(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99), mode: str = "global",
+                   selector: str = "taylor", steps: int = 20, baseline: str = "mean",
+                   step_seconds: float | None = None) -> Job[Sweep]:
+        """Output change and pathway-gradient deletion AUC along the sparsity axis (the sparsity
+        actually pruned). Points are kept, so a sweep stopped and started again goes on where
+        it was. step_seconds: see core.pathway.curves.iter_curves."""
+        if not len(sparsities):
+            raise PruneScopeError("the sweep needs at least one sparsity")
+        yield from scaled(self.iter_scores(selector), 0.0, 0.1)
+        points = []
+        for i, p in enumerate(sparsities):
+            key = (float(p), mode, selector, self.ties, steps, baseline)
+            if key not in self._sweep:
+                path = self.pathway(p, mode, selector)
+                yield Progress(0.1 + 0.9 * i / len(sparsities), f"sweep: {float(p):g} %")  # a step of its own
+                curves = yield from scaled(
+                    self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds,
+                                     insertion=False),
+                    0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
+                self._sweep[key] = (path.sparsity, path.output_change, curves.deletion_auc)
+            points.append(self._sweep[key])
+        pruned, changes, aucs = (np.asarray(column, float) for column in zip(*points))
+        return Sweep(pruned, changes, aucs)
+
+
+class MaskedNetwork(nn.Module):
+    """The network pruned for one input as a module, for libraries that take one (Captum's
+    DeepLIFT, pytorch-grad-cam): `inner` is the network, whose layers keep their names, and the
+    forward multiplies every activation by its mask (Engine.masked_forward). The masks are one
+    sample's, so a batch of perturbed inputs runs through the same pruned network."""
+
+    def __init__(self, inner: nn.Module, forward: Callable):
+        super().__init__()
+        self.inner = inner
+        self._masked = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._masked(x)
+
+
+def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
+                selector: str = "taylor", mode: str = "global") -> np.ndarray:
+    """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
+    if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
+        return _supported(method, model).attribute(model, model.module, x.to(model.device), target)
+    return Engine.from_tensor(model, x, target, fold=False).attribution(method, sparsity, mode, selector)
+
+
+def _module_of(model, x: torch.Tensor, fold: bool):
+    # Every pass of the engine's own runs on the batch-norm-folded module: the same function,
+    # faster (core.network.folding). Classic maps that read layers (Grad-CAM, LRP) keep the model's.
+    return model.folded(x) if fold else model.module
+
+
+def _supported(method: str, model):
+    """The method's class, if it can run on this model; else UnsupportedMethod saying why."""
+    spec = BY_NAME[method]
+    ok, why = spec.supports(model)
+    if not ok:
+        raise UnsupportedMethod(why)
+    return spec
+
+
+def _check(sparsity: float, mode: str) -> None:
+    if not 0.0 <= sparsity < 100.0 or math.isnan(sparsity):
+        raise PruneScopeError(f"sparsity must be in [0, 100): got {sparsity}")
+    if mode not in MODES:
+        raise PruneScopeError(f"unknown threshold mode '{mode}': choose {' or '.join(MODES)}")
+
+
+def _name(names, i: int) -> str:
+    return names[i] if names and i < len(names) else f"class {i}"
+
+
+def _view_of(model, x: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
+    rgb = ((x * std + mean).clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0)
+    return np.ascontiguousarray(rgb.expand(-1, -1, 3).cpu().numpy())  # grayscale shown as RGB

@@ -1,0 +1,1 @@
+"""Where computation runs: the device, and sharding over torchrun processes."""

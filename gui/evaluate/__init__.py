@@ -1,0 +1,1 @@
+"""The Evaluate tab: metrics over a dataset, and the leaderboard."""

@@ -1,0 +1,134 @@
+"""How the Explain tab draws the worker's results: each is drawn only while it still matches
+the engine on screen, and once everything is on screen the tab announces it and refines."""
+from gui.explain import jobs as explain_jobs
+
+
+class ExplainDrawing:
+    """The Explain tab's drawing of results. A mixin of gui.explain.tab.ExplainTab: it draws into
+    the tab's views (controls, heatmaps, curves, masks) and keeps what is shown in the tab's state
+    (_live, _maps, _unavailable, _curves, _coarse_maps, _coarse_curves, _sweep_fine)."""
+
+    def _check_complete(self) -> None:
+        if not self._announced and self.is_complete():
+            self._announced = True
+            self.analysis_shown.emit()
+            self._refine()
+
+    def _show_live(self, result: explain_jobs.LiveResult) -> None:
+        if result.engine is not self._engine:
+            return
+        self._live = result
+        p = result.params
+        kept = sum(k for _, k, _ in result.kept)
+        total = sum(t for _, _, t in result.kept)
+        self.controls.set_pruned_status(result.output_change, result.prob, kept, total)
+        self.heatmaps.set_map(p.method_name, result.map,
+                              f"{result.sparsity:.1f} % pruned · Δp {100 * result.output_change:.1f} %")
+        self.masks.set_kept(result.kept)
+        if result.layer is not None:
+            self.masks.set_layer(result.layer)
+        self.live_shown.emit(result)
+        self._check_complete()
+
+    def _show_layer(self, result) -> None:
+        engine, _params, layer = result
+        if engine is self._engine:
+            self.masks.set_layer(layer)
+
+    def _show_maps(self, result) -> None:
+        engine, maps, skipped, failed = result
+        if engine is not self._engine:
+            return
+        self._maps.update(maps)
+        for method, attr in maps.items():
+            if self._refining:
+                self._coarse_maps.pop(method, None)
+            elif method == "integrated-gradients":
+                self._coarse_maps[method] = attr
+        for method in maps:  # a retry that worked
+            self._unavailable.pop(method, None)
+        self._unavailable.update({m: "not available for this model" for m in skipped})
+        self._unavailable.update({m: "failed (see the status bar)" for m in failed})
+        self._draw_maps()
+        for method, why in skipped.items():
+            self.status.emit(f"{method} skipped: {why}")
+        for method, why in failed.items():
+            self.status.emit(f"{method} failed: {why}")
+        if all(m in self._maps or m in self._unavailable for m in self.methods()):
+            self._request_curves()
+        self._check_complete()
+
+    def _show_pathway_maps(self, result) -> None:
+        engine, params, maps, skipped, failed = result
+        if engine is not self._engine or params != self.params():
+            return  # the slider moved on: the newer request is on its way
+        for name, path in maps.items():
+            self.heatmaps.set_map(name, path.map,
+                                  f"{path.sparsity:.1f} % pruned · Δp {100 * path.output_change:.1f} %")
+        for name, why in {**skipped, **failed}.items():
+            self._unavailable[name] = "not available for this model" if name in skipped else "failed"
+            self.heatmaps.set_note(name, self._unavailable[name])
+            self.status.emit(f"{name}: {why}")
+        self._check_complete()
+
+    def _draw_maps(self) -> None:
+        coarse = f"coarse ({explain_jobs.COARSE_IG_NODES} nodes), refining…"
+        self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
+                                for m in self.methods() if m in self._maps})
+        for method in self.methods():
+            if method in self._unavailable:
+                self.heatmaps.set_note(method, self._unavailable[method])
+
+    def _show_curves(self, result) -> None:
+        engine, curves, of_coarse_maps = result
+        if engine is not self._engine:
+            return
+        self._coarse_curves = (self._coarse_curves - set(curves)) | of_coarse_maps
+        pathway = self.params().method_name
+        self._curves = {m: c for m, c in self._curves.items() if m in self.methods() or m == pathway}
+        self._curves.update(curves)
+        self.curves.set_curves(self._curves)
+        coarse = sorted({c.steps for c in self._curves.values() if c.steps < self.curve_steps})
+        if coarse:
+            self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…")
+        else:
+            self.curves.set_note("of coarse maps, refining…" if self._coarse_curves else "")
+        self._check_complete()
+
+    def _show_sweep(self, result) -> None:
+        engine, params, sweep = result
+        if engine is not self._engine:
+            return
+        self._sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
+        coarse = "" if self._sweep_fine else f"coarse ({len(sweep.sparsities)} points), refining…"
+        self.curves.set_sweep_title(params.mode, params.selector, coarse)
+        self.curves.set_sweep(sweep)
+        self._check_complete()
+
+    def _show_auto(self, result, moves: int) -> None:
+        """Auto's sparsity, unless the user has moved the slider since it was asked for."""
+        engine, auto = result
+        if engine is not self._engine or moves != self._user_moves:
+            return
+        self._auto_search = None
+        self.controls.auto_note.setText(f"Auto: {auto.sparsity:.1f} % for this image, output change "
+                                        f"{100 * auto.output_change:.1f} % (tolerance "
+                                        f"{self.controls.tolerance.value():g} %)")
+        before = self.controls.sparsity.value()
+        self._set_sparsity(auto.sparsity)
+        if self.controls.sparsity.value() == before:
+            self._request_settled()  # the slider did not move, so it asked for nothing
+        self.status.emit(f"auto sparsity: {auto.sparsity:.1f} %, output change "
+                         f"{100 * auto.output_change:.1f} % ({auto.how})")
+
+    # -- display -------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        """Colour map, opacity, display mode or normalisation changed: redraw, compute nothing."""
+        c = self.controls
+        lut = self._luts.get(c.lut_name())
+        if lut is None:
+            return
+        self.heatmaps.set_display(lut, c.opacity.value(), c.sign.currentText(),
+                                  c.scale.currentData(), c.display_mode.currentData(),
+                                  c.top_percent.value())
+        self.masks.set_colors(lut)

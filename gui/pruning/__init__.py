@@ -1,0 +1,1 @@
+"""The Pruning tab: whole-model pruning and what it does to explanations."""

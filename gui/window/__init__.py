@@ -1,0 +1,1 @@
+"""The main window: its tabs, model choice, thumbnails and settings."""
