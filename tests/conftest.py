@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -13,6 +14,14 @@ from torch import nn  # noqa: E402
 
 # Found without importing skimage (slow to import); only its bundled photos are used.
 SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").origin).parent / "data"
+
+
+def installed(name: str):
+    """The module, imported, where it is installed: a test skips only where it is not, and fails
+    where it is but does not import (pytest.importorskip would skip that too)."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed")
+    return importlib.import_module(name)
 
 
 def photo_path(name: str) -> Path:

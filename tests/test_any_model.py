@@ -241,7 +241,7 @@ def test_exported_program(tmp_path):
 
 
 def test_timm_preprocessing_comes_from_its_pretrained_config(tmp_path):
-    timm = pytest.importorskip("timm")
+    import timm  # a dependency
     torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "t.pth")
     model = load_model("timm:resnet18", weights=tmp_path / "t.pth", device="cpu")
     cfg = model.module.pretrained_cfg

@@ -4,14 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
 
-pytest.importorskip("pytestqt")
-
-from PySide6.QtCore import Qt  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
-
-from tests.test_dissection import PHOTOS, colour_masks  # noqa: E402
-from tests.test_gui import lean_window, settings_dir, wait_until  # noqa: E402,F401
+from tests.test_dissection import PHOTOS, colour_masks
+from tests.test_gui import lean_window, settings_dir, wait_until  # noqa: F401
 
 LAYER = "_relu1"  # the embedded model's last activation (7 x 7 maps)
 

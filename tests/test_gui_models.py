@@ -1,16 +1,13 @@
 """The app on a user's own models: a 10-class ResNet-18 with its labels, and Open model… with an
 error shown in the dialog, then a grayscale CNN from a .py file (offscreen, small inputs)."""
 import pytest
+import torch
+import torchvision
+from PySide6.QtCore import QSettings
+from test_any_model import GRAY_NET, SAMPLE
+from test_gui import wait_until
 
-pytest.importorskip("pytestqt")
-
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from PySide6.QtCore import QSettings  # noqa: E402
-from test_any_model import GRAY_NET, SAMPLE  # noqa: E402
-from test_gui import wait_until  # noqa: E402
-
-from core.models.sources import ModelCard  # noqa: E402
+from core.models.sources import ModelCard
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ import time
 
 import pytest
 
-pytest.importorskip("pytestqt")
-
-from core.progress import Progress, Stopped  # noqa: E402
-from gui.parts.context import AppContext  # noqa: E402
-from gui.parts.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE  # noqa: E402
+from core.progress import Progress, Stopped
+from gui.parts.context import AppContext
+from gui.parts.worker import PRIORITY_BACKGROUND, PRIORITY_LIVE
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ is imported. Each method imports its library (Captum, pytorch-grad-cam, ...) whe
 """
 from typing import Any
 
-FAMILIES = ("gradient", "cam", "perturbation", "relevance")
 PATHWAY = "pathway-"
 
 

@@ -69,10 +69,11 @@ class _TokenGrid:
 
     def __call__(self, tokens):
         from core.errors import UnsupportedMethod
+        from core.network.tokens import grid_side
 
         patches = tokens[:, self.prefix:]
-        side = int(round(patches.shape[1] ** 0.5)) if tokens.ndim == 3 else 0
-        if side < 1 or side * side != patches.shape[1]:
+        side = grid_side(tokens.shape[1], self.prefix) if tokens.ndim == 3 else None
+        if side is None:
             raise UnsupportedMethod(f"cannot lay tokens of shape {tuple(tokens.shape)} on a square grid")
         return patches.reshape(patches.shape[0], side, side, -1).permute(0, 3, 1, 2)
 

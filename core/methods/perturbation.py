@@ -50,9 +50,7 @@ def superpixels(model, x, segments: int = SEGMENTS):
     import torch
     from skimage.segmentation import slic
 
-    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
-    rgb = (x.detach() * std + mean).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    rgb = model.unnormalise(x)[0].permute(1, 2, 0).cpu().numpy()
     labels = slic(rgb.astype(np.float64), n_segments=segments, compactness=10, start_label=0,
                   channel_axis=-1 if rgb.shape[-1] > 1 else None)
     return torch.from_numpy(np.ascontiguousarray(labels)).to(x.device).long()[None, None]

@@ -13,6 +13,7 @@ from torch import nn
 
 from core.errors import PruneScopeError, UnsupportedMethod
 from core.model_pruning.names import CRITERIA
+from core.network.hooks import hooked
 from core.progress import Job, Progress
 
 PATHWAY_SPARSITY = 70.0  # the per-image pathway whose membership frequency ranks channels
@@ -36,12 +37,8 @@ def forward_order(module: nn.Module, x: torch.Tensor) -> list[str]:
     order: list[str] = []
     handles = [m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
                for name, m in producers(module).items()]
-    try:
-        with torch.no_grad():
-            module(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(handles), torch.no_grad():
+        module(x[:1])
     return list(dict.fromkeys(order))
 
 
@@ -79,11 +76,8 @@ def _capture_outputs(module: nn.Module):
 
     handles = [m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
                for name, m in producers(module).items()]
-    try:
+    with hooked(handles):
         yield kept
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _backward_scores(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, combine,
@@ -160,12 +154,8 @@ def activation_producers(module: nn.Module, x: torch.Tensor) -> list[str | None]
 
     handles = [m.register_forward_hook(lambda m, i, o, name=name: seen(m, i, o, name))
                for name, m in producers(module).items()]
-    try:
-        with torch.no_grad(), intercept(act):
-            module(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(handles), torch.no_grad(), intercept(act):
+        module(x[:1])
     return events
 
 

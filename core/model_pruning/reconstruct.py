@@ -25,6 +25,7 @@ from torch import nn
 
 from core.model_pruning.recovery import augment
 from core.network.folding import conv_bn_pairs, fold_batchnorm
+from core.network.hooks import hooked
 from core.progress import Job, Progress
 
 PASSES = 4                  # over the images: one as they are, the rest cropped and flipped
@@ -169,12 +170,8 @@ def _calls(module: nn.Module, probe: torch.Tensor) -> tuple[list[str], dict[str,
 
     handles = [m.register_forward_hook(seen(name)) for name, m in module.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(probe)
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(handles), torch.no_grad():
+        module(probe)
     return list(dict.fromkeys(order)), calls
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from core.network.folding import conv_bn_pairs, fold_batchnorm
+from core.network.hooks import hooked
 
 LEVELS = (0.25, 0.5, 0.75)  # shares of a group removed alone to measure its cost
 MAX_IMAGES = 8              # of the calibration images, for the measurement
@@ -53,12 +54,8 @@ def _masked_kl(module: nn.Module, x: torch.Tensor, reference: torch.Tensor, zero
         return zero
 
     handles = [m.register_forward_hook(hook(channels, dim)) for m, (channels, dim) in zeroed.items() if channels]
-    try:
-        with torch.no_grad():
-            ours = torch.log_softmax(module(x).double(), 1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked(handles), torch.no_grad():
+        ours = torch.log_softmax(module(x).double(), 1)
     return float(nn.functional.kl_div(ours, reference, log_target=True, reduction="batchmean"))
 
 

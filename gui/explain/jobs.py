@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import UnsupportedMethod, reason
+from core.methods import PATHWAY
+from core.network.tokens import grid_side
 from core.progress import Progress, scaled
 
 SWEEP_STEPS = 10  # curve steps per sweep point: the sweep is an overview, 12 points of it
@@ -26,7 +28,7 @@ class Params:
 
     @property
     def method_name(self) -> str:
-        return f"pathway-{self.method}"
+        return f"{PATHWAY}{self.method}"
 
 
 def ruled(engine, params: Params):
@@ -118,8 +120,8 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
     if values.ndim == 2:
         tokens, dims = values.shape
         for skip in (1, 0):
-            side = int(round((tokens - skip) ** 0.5))
-            if side * side == tokens - skip and side > 1:
+            side = grid_side(tokens, skip)
+            if side and side > 1:
                 return values[skip:].T.reshape(dims, side, side)
         return values.T.reshape(dims, 1, tokens)
     return values.reshape(-1, 1, 1)
@@ -150,7 +152,7 @@ def pathway_maps(engine, params: Params, names):
         yield Progress(i / len(names), name)
         try:
             out[name] = ruled(engine, params).pathway(params.sparsity, params.mode, params.selector,
-                                                      name.removeprefix("pathway-"))
+                                                      name.removeprefix(PATHWAY))
         except UnsupportedMethod as why:
             skipped[name] = str(why)
         except Exception as error:

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
 from superqt.utils import qdebounced
 
 from core.io import display
+from core.methods import PATHWAY
 from gui.explain import jobs as explain_jobs
 from gui.explain.controls import DEFAULT_METHODS, ControlPanel, select_data
 from gui.explain.curves import CurvesView
@@ -20,7 +21,8 @@ from gui.parts.heatmaps import HeatmapGrid
 from gui.window.jobs import StartupInfo
 
 CURVE_STEPS = 20  # as `prunescope explain`'s default, so exported curves match the CLI's
-SWEEP_SPARSITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
+# the sparsities of the live sweep plot (its map and curves at each): not the pruning sweep's
+EXPLAIN_SWEEP = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
 SETTLE_MS = 350  # the slider counts as settled after this long without a move
 
 
@@ -49,7 +51,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._announced = False
         self._refining = False  # everything was on screen: full-resolution maps, curves and sweep follow
         self.curve_steps = CURVE_STEPS
-        self.sweep_sparsities = SWEEP_SPARSITIES
+        self.sweep_sparsities = EXPLAIN_SWEEP
         self._setting = False  # the app, not the user, is moving the slider
         self._user_moves = 0  # the user's own slider moves: an auto result older than the last is dropped
         self._auto_search = None  # the Auto search on opening under way (a token)
@@ -112,7 +114,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._luts = info.luts
         wanted = DEFAULT_METHODS if checked_methods is None else checked_methods
         self.controls.set_methods(info.classic_methods, [m for m in wanted if m in info.classic_methods],
-                                  [m for m in wanted if m.startswith("pathway-")])
+                                  [m for m in wanted if m.startswith(PATHWAY)])
         self._show_panels()
         self._redraw()
 
