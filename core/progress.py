@@ -14,6 +14,7 @@ T = TypeVar("T")
 class Progress:
     done: float  # 0..1 of this computation
     message: str = ""
+    partial: object = None  # what is finished so far, for a caller that shows it as it grows
 
 
 Job = Generator[Progress, None, T]

@@ -160,9 +160,10 @@ def test_folder_masks_follow_the_models_resize_and_crop(tmp_path, lite0):
     source = folder_source(images, masks)
     assert source.count == 2 and source.has_masks
     item = source.load(0)
-    x, view, mask, target, predicted = prepare(lite0, item, "predicted")
+    prepared = prepare(lite0, item, "predicted")
+    view, mask = prepared.view, prepared.mask
     assert view.shape == (224, 224, 3) and mask.shape == (224, 224)
-    assert target == predicted
+    assert prepared.target == prepared.predicted == int(prepared.logits.argmax())
     # the object is a flat colour: inside the aligned mask the view barely varies, and it differs
     # from the surroundings
     inside = view[mask].astype(float)

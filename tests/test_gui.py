@@ -2,20 +2,18 @@
 
 One window analyses coffee.png once (module fixture); the tests then drive it as a user would.
 Kept lean: one classic method, a 3-point sparsity sweep, 10-step curves."""
+import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6.QtCore import QSettings, Qt
 
-pytest.importorskip("pytestqt")
-
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
-
-from core.io import display  # noqa: E402
-from core.progress import Progress, run  # noqa: E402
-from gui.explain.controls import select_data  # noqa: E402
+from core.io import display
+from core.progress import Progress, run
+from gui.explain.controls import select_data
 
 ANALYSIS_TIMEOUT_MS = 600_000  # a loaded 2-core machine; normally well under a minute
 PATHWAY = "pathway-gradient"
@@ -613,3 +611,38 @@ def test_closing_during_a_job_ends_the_worker(qapp, settings_dir):
     assert window.worker_stopped  # the job ended at its next step, the thread with it
     assert finished.is_set()
     assert window.context._runner.isFinished()
+
+
+def test_the_evaluate_tab_runs_a_dataset_and_goes_on_where_it_stopped(window, qapp, tmp_path):
+    from PIL import Image
+
+    from gui.evaluate.tab import EvaluateTab
+    from tests.conftest import photo_path
+
+    for i, photo in enumerate(("coffee.png", "chelsea.png", "rocket.jpg")):
+        (tmp_path / "data" / "n07920052").mkdir(parents=True, exist_ok=True)
+        Image.open(photo_path(photo)).convert("RGB").resize((96, 96)).save(tmp_path / "data" / "n07920052" / f"{i}.png")
+    tab = next(w for w in map(window.tabs.widget, range(window.tabs.count())) if isinstance(w, EvaluateTab))
+    box = tab.dataset
+    box.folder.setText(str(tmp_path / "data"))
+    for i in range(box.methods.count()):
+        item = box.methods.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.text() in ("gradient", "random") else Qt.CheckState.Unchecked)
+    for name, check in box.metrics.items():
+        check.setChecked(name == "complexity")
+    out = tmp_path / "data-prunescope"
+
+    def run(images: int) -> dict:
+        box.images.setValue(images)
+        box.run_button.click()
+        wait_until(qapp, lambda: (out / "results.json").is_file() and box.run_button.isEnabled(), 300_000)
+        return json.loads((out / "results.json").read_text())
+
+    first = run(2)
+    assert first["images"] == 2 and first["timing"]["images_computed"] == 2
+    assert tab.views.currentWidget() is tab.results and tab.results.leaderboard.rowCount() == 2
+    (out / "results.json").unlink()
+    second = run(3)  # the two finished images are read back: one is computed
+    assert second["images"] == 3 and second["timing"]["images_computed"] == 1
+    assert second["items"][:2] == first["items"]
+    assert "done" in box.message.text()

@@ -269,10 +269,10 @@ def test_evaluate_goes_on_after_an_image_fails(tiny_cli, photo, tmp_path, capsys
 
     real = core.evaluation.benchmark.evaluate_item
 
-    def fails_on_first(model, item, methods, settings, i, **kwargs):
-        if i == 0:
+    def fails_on_first(model, item, methods, settings, **kwargs):
+        if item.name == "astronaut.png":  # the first in sorted order
             raise RuntimeError("DataLoader worker exited unexpectedly")
-        return real(model, item, methods, settings, i, **kwargs)
+        return real(model, item, methods, settings, **kwargs)
 
     monkeypatch.setattr(core.evaluation.benchmark, "evaluate_item", fails_on_first)
     data = tmp_path / "data"
@@ -455,3 +455,21 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     result = run(sweep(tiny, calib, ["l1"], [0], ["gradient"], protect=["none"], timed=False))
     assert [p.name for p in save_sweep(result, tmp_path / "sweep")] == [
         "headline.png", "cost.png", "drift.png", "pathway.png", "sweep.json"]
+
+
+def test_evaluate_where_every_image_fails_says_why_for_each(tiny_cli, photo, tmp_path, capsys, monkeypatch):
+    import core.evaluation.benchmark
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(core.evaluation.benchmark, "evaluate_item", fails)
+    data = tmp_path / "data"
+    for name in ("coffee.png", "chelsea.png"):
+        small_photo(photo, name, data / name)
+    out = tmp_path / "out"
+    code = main.main(["evaluate", "--dataset", str(data), "--out", str(out), "--methods", "gradient",
+                      "--images", "2", "--sanity-images", "0", "--quiet"])
+    lines = error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 2 and all("illegal memory access" in line for line in lines)
+    assert json.loads((out / "results.json").read_text())["images"] == 0

@@ -49,18 +49,25 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"model for an image folder: {MODEL_HELP}; the synthetic dataset uses its "
                         "own trained CNN")
     add_model_details(p)
+    p.add_argument("--labels-csv", metavar="FILE",
+                   help="labels of a flat image folder (ImageNet's validation set): image,label rows, "
+                        "the label a class id, a class name or an ImageNet WordNet ID")
     p.add_argument("--masks", metavar="DIR",
                    help="ground-truth masks for an image folder, as MASKS/<class>/<image stem>.png "
                         "(pixels >= 128 are the object; default DIR_masks when it exists)")
     p.add_argument("--target", choices=("label", "predicted"),
                    help="class explained: the true label (default for synthetic) or the model's "
-                        "prediction (default for a folder; 'label' there needs folder indices that "
-                        "match the model's classes)")
+                        "prediction (default for a folder; 'label' there needs class folders named "
+                        "by the model's class ids, class names or ImageNet WordNet IDs, or "
+                        "--labels-csv)")
     p.add_argument("--sparsity", type=sparsity_percent, default=70.0,
                    help="percent of neurons pruned by the pathway methods (default 70)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds a run with other settings "
+                        "(without it, the same command goes on where a stopped run left off)")
     add_synthetic_options(p)
 
 
@@ -75,8 +82,11 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=method_list, default=[*EVALUATE_DEFAULT, "random"],
                    help=f"comma-separated; 'random' and 'oracle' (the ground truth) are reference "
                         f"maps (default: {','.join(EVALUATE_DEFAULT)},random)")
-    p.add_argument("--images", type=positive_int, default=100,
-                   help="test images scored (default 100)")
+    p.add_argument("--images", "--limit", type=positive_int, default=100, dest="images",
+                   help="images scored: the first N, in sorted order (default 100)")
+    p.add_argument("--sample", type=positive_int, metavar="N",
+                   help="score N images drawn at random (--seed), each class in proportion")
+
     p.add_argument("--sanity-images", type=int, default=4,
                    help="images given the cascading randomisation check (default 4; 0 skips it)")
     p.add_argument("--steps", type=curve_steps, default=20,
@@ -133,21 +143,12 @@ def _check_args(args):
 
     if args.dataset == SYNTHETIC:
         details = (args.model, args.weights, args.labels, args.input_size, args.resize, args.mean,
-                   args.std, args.gradcam_layer, args.output, args.masks)
+                   args.std, args.gradcam_layer, args.output, args.masks, args.labels_csv)
         if any(v is not None for v in details):
-            raise PruneScopeError("--model, its details and --masks are for an image folder; the "
-                                  "synthetic dataset brings its own model and masks")
+            raise PruneScopeError("--model, its details, --masks and --labels-csv are for an image "
+                                  "folder; the synthetic dataset brings its own model, labels and masks")
     elif not Path(args.dataset).is_dir():
         raise PruneScopeError(f"{args.dataset}: not 'synthetic' and not a folder")
-
-
-def _model_info(model, trained=None) -> dict:
-    info = {"name": model.name, "classes": len(model.class_names),
-            "input_size": model.input_size}
-    if trained is not None:
-        info.update(test_accuracy=trained.test_accuracy, train_seconds=trained.train_seconds,
-                    cached=trained.cached, weights=str(trained.path))
-    return info
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -163,51 +164,61 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_evaluate(args) -> int:
     import time
+    from contextlib import nullcontext
 
-    from core.evaluation import leaderboard
-    from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark
+    from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark, run_settings
+    from core.evaluation.records import RecordStore
     from core.evaluation.sources import folder_source, synthetic_source
     from core.io.output import locked, output_folder
     from core.progress import StderrBar, run
-    from core.reporting import figures
-    from core.runtime.distributed import setup, teardown
+    from core.reporting.report import model_info, save_evaluation
+    from core.runtime.distributed import barrier, setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)  # before the work: a bad --out must not cost an evaluation
+    target = args.target or ("label" if args.dataset == SYNTHETIC else "predicted")
     ctx = setup(args.device)
     bar = StderrBar("evaluate", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
-    try:
-        trained = None
-        if args.dataset == SYNTHETIC:
-            data, trained = synthetic_model(args, ctx, bar)
-            model = trained.model
-            source = synthetic_source(data, "test")
-        else:
-            model = _folder_model(args, ctx)
-            source = folder_source(args.dataset, _masks_dir(args), class_names=model.class_names)
-        settings = BenchmarkSettings(
-            methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
-            steps=args.steps, baseline=args.baseline, sparsity=args.sparsity,
-            target=args.target or ("label" if args.dataset == SYNTHETIC else "predicted"),
-            seed=args.seed, metrics=tuple(args.metrics))
-        result = run(iter_benchmark(model, source, settings, ctx), bar)
-    finally:
-        bar.close()
-        teardown(ctx)
-    if result is None:  # not rank 0
-        return 0
-    examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
-    metrics, table = leaderboard.rows(result["methods"])
-    result.update(command="evaluate", model=_model_info(model, trained), world_size=ctx.world,
-                  seconds=time.perf_counter() - started, leaderboard={"metrics": metrics, "rows": table})
-    with locked(out):
-        leaderboard.write_csv(out / "leaderboard.csv", metrics, table)
-        figures.save(figures.evaluate(result, examples, sanity_example, model.class_names), out)
-        _write_json(out / "results.json", result)  # last: the mark of a complete evaluation
+    # The first process holds the folder for the whole run: its records, then the final files.
+    with locked(out) if ctx.is_main else nullcontext():
+        try:
+            trained = None
+            if args.dataset == SYNTHETIC:
+                data, trained = synthetic_model(args, ctx, bar)
+                model = trained.model
+                source = synthetic_source(data, "test")
+            else:
+                model = _folder_model(args, ctx)
+                source = folder_source(args.dataset, _masks_dir(args), class_names=model.class_names,
+                                       labels_csv=args.labels_csv, strict=target == "label",
+                                       sample=args.sample, seed=args.seed)
+            settings = BenchmarkSettings(
+                methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
+                steps=args.steps, baseline=args.baseline, sparsity=args.sparsity, target=target,
+                seed=args.seed, metrics=tuple(args.metrics))
+            if ctx.is_main:
+                store = RecordStore(out, run_settings(model, source, settings), overwrite=args.overwrite)
+                if args.overwrite:  # no results of the old run beside the new one's records
+                    for name in ("results.json", "leaderboard.csv"):
+                        (out / name).unlink(missing_ok=True)
+            barrier(ctx)  # the first process has checked the folder's settings (and cleared it)
+            if not ctx.is_main:
+                store = RecordStore(out, run_settings(model, source, settings), check=False)
+            result = run(iter_benchmark(model, source, settings, ctx, store), bar)
+        finally:
+            bar.close()
+            teardown(ctx)
+        if result is None:  # not rank 0
+            return 0
+        examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
+        result.update(command="evaluate", model=model_info(model, trained), world_size=ctx.world,
+                      seconds=time.perf_counter() - started)
+        save_evaluation(result, examples, sanity_example, model.class_names, out)
     if not args.quiet:
         print_table(result)
         print(f"results in {out}")
+        say(timing_line(result["timing"]))
     for line in result["errors"]:
         fail(line)
     for method, why in result["skipped"].items():
@@ -215,6 +226,15 @@ def run_evaluate(args) -> int:
     if result["errors"]:
         say(f"prunescope: {result['images']} images evaluated; {len(result['errors'])} failed")
     return EXIT_BAD_INPUT if result["errors"] else 0
+
+
+def timing_line(timing: dict) -> str:
+    """This run's speed: images per second and seconds per image in each stage."""
+    if not timing["images_computed"]:
+        return "prunescope: every image was already evaluated in this folder: nothing computed"
+    stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timing["seconds_per_image"].items())
+    return (f"prunescope: {timing['images_computed']} images computed in {timing['seconds']:.1f} s, "
+            f"{timing['images_per_second']:.2f} images/s; per image: {stages}")
 
 
 def print_table(result: dict) -> None:
@@ -239,14 +259,17 @@ def print_table(result: dict) -> None:
 
 def run_roar(args) -> int:
     import time
+    from contextlib import nullcontext
 
-    from core.evaluation.roar import RoarSettings, iter_roar
+    from core.evaluation.records import RecordStore
+    from core.evaluation.roar import RoarSettings, iter_roar, run_settings
     from core.evaluation.synthetic import SmallResNet, make_split, reinitialise
-    from core.io.output import output_folder
+    from core.io.output import locked, output_folder
     from core.models.weights import fingerprint
     from core.progress import StderrBar, run
     from core.reporting import figures
-    from core.runtime.distributed import setup, teardown
+    from core.reporting.report import model_info
+    from core.runtime.distributed import barrier, setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)
@@ -254,39 +277,48 @@ def run_roar(args) -> int:
     bar = StderrBar("roar", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
     target = args.target or ("label" if args.dataset == SYNTHETIC else "predicted")
-    try:
-        trained = None
-        if args.dataset == SYNTHETIC:
-            data, trained = synthetic_model(args, ctx, bar)
-            model = trained.model
-            train = make_split(data, "train", min(args.train_images, data.train))
-            test = make_split(data, "test", min(args.test_images, data.test))
+    with locked(out) if ctx.is_main else nullcontext():  # the first process holds the folder
+        try:
+            trained = None
+            if args.dataset == SYNTHETIC:
+                data, trained = synthetic_model(args, ctx, bar)
+                model = trained.model
+                train = make_split(data, "train", min(args.train_images, data.train))
+                test = make_split(data, "test", min(args.test_images, data.test))
 
-            def make_fresh(seed):
-                return reinitialise(SmallResNet(data.classes), seed)
-        else:
-            import copy
+                def make_fresh(seed):
+                    return reinitialise(SmallResNet(data.classes), seed)
+            else:
+                import copy
 
-            model = _folder_model(args, ctx)
-            train, test = _folder_split(args, model, target)
+                model = _folder_model(args, ctx)
+                train, test = _folder_split(args, model, target)
 
-            def make_fresh(seed):  # the explained architecture, trained from scratch
-                return reinitialise(copy.deepcopy(model.module).cpu(), seed)
-        data_key = fingerprint(train.images, train.labels, test.images, test.labels)
-        settings = RoarSettings(methods=args.methods, fractions=args.fractions,
-                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                sparsity=args.sparsity, target=target, seed=args.seed)
-        result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,
-                               ctx), bar)
-    finally:
-        bar.close()
-        teardown(ctx)
-    if result is None:
-        return 0
-    result.update(command="roar", dataset=args.dataset, model=_model_info(model, trained),
-                  world_size=ctx.world, seconds=time.perf_counter() - started)
-    figures.save(figures.roar(result), out)
-    _write_json(out / "roar.json", result)  # last: the mark of a complete run
+                def make_fresh(seed):  # the explained architecture, trained from scratch
+                    return reinitialise(copy.deepcopy(model.module).cpu(), seed)
+            data_key = fingerprint(train.images, train.labels, test.images, test.labels)
+            settings = RoarSettings(methods=args.methods, fractions=args.fractions,
+                                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                    sparsity=args.sparsity, target=target, seed=args.seed)
+            identity = run_settings(model, settings, data_key)
+            if ctx.is_main:
+                store = RecordStore(out, identity, overwrite=args.overwrite)
+                if args.overwrite:
+                    (out / "roar.json").unlink(missing_ok=True)
+            barrier(ctx)
+            if not ctx.is_main:
+                store = RecordStore(out, identity, check=False)
+            result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,
+                                   ctx, store), bar)
+        finally:
+            bar.close()
+            teardown(ctx)
+        if result is None:
+            return 0
+        result.update(command="roar", dataset=args.dataset, model=model_info(model, trained),
+                      world_size=ctx.world, seconds=time.perf_counter() - started)
+        figures.save(figures.roar(result), out)
+        _write_json(out / "roar.json", result)  # last: the mark of a complete run
     if not args.quiet:
         print(f"{result['train_images']} training / {result['test_images']} test images; "
               f"unchanged data: accuracy {result['unchanged_accuracy']:.3f}")
@@ -314,7 +346,8 @@ def _folder_split(args, model, target):
             source = folder_source(root / split, Path(masks) / split if masks else None)
             parts.append(load_dataset(model, source, range(min(cap, source.count)), target))
         return tuple(parts)
-    source = folder_source(root, masks)
+    source = folder_source(root, masks, class_names=model.class_names if args.labels_csv else None,
+                           labels_csv=args.labels_csv)
     test_rows = [i for i in range(source.count) if i % 5 == 0][:args.test_images]
     train_rows = [i for i in range(source.count) if i % 5][:args.train_images]
     return (load_dataset(model, source, train_rows, target),

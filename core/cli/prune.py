@@ -117,6 +117,9 @@ def register(subparsers) -> None:
     s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
                    help=f"maps compared before/after, comma-separated (default: {','.join(SWEEP_METHODS)})")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    s.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds a sweep with other settings (without "
+                        "it, the same command goes on where a stopped sweep left off)")
     # bn: a sweep prunes at every criterion x sparsity, and reconstruction takes minutes on each
     _common(s, "bn")
     s.set_defaults(run=run_sweep)
@@ -218,7 +221,10 @@ def _nan_free(value):
 
 
 def run_sweep(args) -> int:
+    import dataclasses
+
     from core.cli import fail
+    from core.evaluation.records import RecordStore
     from core.io.output import locked, output_folder
     from core.model_pruning import calibrate
     from core.model_pruning.sweep import sweep
@@ -236,9 +242,18 @@ def run_sweep(args) -> int:
         try:
             calib = run(calibrate(model, args.calib), bar)
             held = run(calibrate(model, args.held_out), bar) if args.held_out else None
+            # what every point depends on; new criteria and sparsities add points beside the kept ones
+            identity = {"model": model.name, "weights": model.weights_hash(), "mode": args.mode,
+                        "protect": args.protect, "recovery": dataclasses.asdict(settings),
+                        "calibration": [str(p) for p in calib.paths],
+                        "held_out": [str(p) for p in held.paths] if held else None,
+                        "methods": list(args.methods), "cap": args.max_layer_sparsity}
+            store = RecordStore(out, identity, overwrite=args.overwrite)
+            if args.overwrite:
+                (out / "sweep.json").unlink(missing_ok=True)
             result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
                                args.protect, timed=not args.no_latency, settings=settings, held_out=held,
-                               cap=args.max_layer_sparsity), bar)
+                               cap=args.max_layer_sparsity, store=store), bar)
         finally:
             bar.close()
         written = save_sweep(result, out)

@@ -1,92 +1,130 @@
-"""More faithfulness and complexity metrics of one map: ROAD, Average Drop and Increase in
-Confidence (from pytorch-grad-cam's metrics), faithfulness correlation, sparseness and complexity.
+"""More faithfulness and complexity metrics: ROAD, Average Drop and Increase in Confidence (as
+pytorch-grad-cam's metrics), faithfulness correlation, sparseness and complexity.
 
-`values` are the map as ranked (core.evaluation.metrics.ranking: higher = more relevant); the
-complexity metrics read the raw map's magnitude. Removed pixels become 0 in normalised space (the
-dataset mean) where the metric does not impute them itself.
+The forward-based metrics queue their inputs into a Forwards (core.evaluation.forwards) for any
+number of maps at once, so that one image's metrics share batches; road(), confidence() and
+faithfulness_correlation() run one map on its own.
+
+`values` are the maps as ranked (core.methods.ranked: higher = more relevant); the complexity
+metrics read the raw map's magnitude. Removed pixels become 0 in normalised space (the dataset
+mean) where the metric does not impute them itself.
 """
 import numpy as np
 import torch
 
-from core.runtime.device import seeded
+from core.evaluation import road as imputation
+from core.evaluation.forwards import Forwards, Outputs
 
-ROAD_PERCENTILES = (20, 40, 60, 80)  # the library's default is 10..90 by 10: half the solves
+# Imputed values solved at once. On a CPU the solver's vectors must stay in its caches: one map
+# (8 masks x 3 channels at 224 px, 5 MB a vector) took 0.09 s a map alone, 0.25 s six at a time.
+ROAD_VALUES_PER_SOLVE = {"cpu": 1 << 20, "cuda": 1 << 25}
 CORRELATION_RUNS = 40
 CORRELATION_SUBSET = 1 / 224  # share of the pixels each run removes: 224 at 224 px, as Quantus
 
 
-def unit(values: np.ndarray) -> np.ndarray:
-    """Min-max to 0..1 (a flat map is all 0): what CAM-style metrics take as a map."""
-    values = np.asarray(values, np.float64)
-    span = values.max() - values.min()
-    return np.zeros_like(values, np.float32) if span <= 0 else ((values - values.min()) / span).astype(np.float32)
+def _maps(values, device) -> torch.Tensor:
+    """M x H x W float64 on the device, from one map or several."""
+    maps = torch.as_tensor(values if torch.is_tensor(values) else np.asarray(values, np.float64),
+                           dtype=torch.float64, device=device)
+    return maps[None] if maps.ndim == 2 else maps
 
 
-def road(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0) -> tuple[float, float]:
+def queue_road(forwards: Forwards, x: torch.Tensor, values, generator: torch.Generator | None = None,
+               noise: float = imputation.NOISE):
     """ROAD (Rong et al., ICML 2022) with pytorch-grad-cam's noisy linear imputation and its
     most/least-relevant-first removal: the change in the target's probability after the most
     (MoRF, lower is better) and the least (LeRF, higher is better) relevant pixels are imputed,
-    averaged over ROAD_PERCENTILES. The library's ROAD*Average classes run two forwards per
-    percentile; here the imputed images go through one batched forward (the imputations, a
-    sparse solve each, are most of the cost)."""
-    from pytorch_grad_cam.metrics.perturbation_confidence import (RemoveLeastRelevantFirst,
-                                                                  RemoveMostRelevantFirst)
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    averaged over the percentiles. The imputations run on the device (core.evaluation.road),
+    several maps at once. Returns finish(outputs, p_input) -> [(morf, lerf)] per map."""
+    maps = _maps(values, x.device)
+    keep = imputation.kept_pixels(imputation.unit(maps))  # M x 2 x P x H x W
+    per_map = keep[0].numel() // (keep.shape[-1] * keep.shape[-2]) * x[0].numel()
+    chunk = max(1, ROAD_VALUES_PER_SOLVE.get(x.device.type, 1 << 20) // per_map)
+    imputed = torch.cat([imputation.impute(x[0], keep[i:i + chunk].flatten(0, 2), noise, generator)
+                         for i in range(0, len(maps), chunk)])
+    rows = forwards.queue_tensor("road", imputed)
 
-    cam, image = torch.from_numpy(unit(values)), x.detach()[0].cpu()
-    imputer = NoisyLinearImputer()
-    with seeded(seed):  # the imputation's noise
-        imputed = [removal(p, imputer)(image, cam)
-                   for removal in (RemoveMostRelevantFirst, RemoveLeastRelevantFirst) for p in ROAD_PERCENTILES]
-    with torch.no_grad():
-        probs = torch.softmax(module(torch.stack([image, *imputed]).to(x.device)).float(), dim=1)[:, target]
-    changes = (probs[1:] - probs[0]).cpu().numpy()
-    half = len(ROAD_PERCENTILES)
-    return float(changes[:half].mean()), float(changes[half:].mean())
+    def finish(out: Outputs, p_input: float) -> list[tuple[float, float]]:
+        changes = (out.probs[rows] - p_input).reshape(len(maps), 2, -1).mean(2)
+        return [(float(morf), float(lerf)) for morf, lerf in changes]
+
+    return finish
 
 
-def confidence(module, x: torch.Tensor, values: np.ndarray, target: int) -> tuple[float, float]:
+def queue_confidence(forwards: Forwards, x: torch.Tensor, values):
     """Average Drop (%) and Increase in Confidence (0 or 1) of Chattopadhay et al. (WACV 2018):
-    the input multiplied by the map scaled to 0..1 (pytorch-grad-cam's CamMultImageConfidenceChange),
-    its target probability O against the input's Y: 100 max(0, Y - O) / Y, and O > Y."""
-    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    the input multiplied by the map scaled to 0..1, as pytorch-grad-cam's
+    CamMultImageConfidenceChange makes it; its target probability O against the input's Y:
+    100 max(0, Y - O) / Y, and O > Y. Returns finish(outputs, p_input) -> [(drop, increase)]."""
+    cams = imputation.unit(_maps(values, x.device)).to(x.dtype)
+    rows = forwards.queue("confidence", len(cams), lambda a, b: x * cams[a:b, None])
 
-    targets = [ClassifierOutputSoftmaxTarget(target)]
-    with torch.no_grad():
-        y = float(torch.softmax(module(x).float(), dim=1)[0, target])
-    # return_diff=False: O alone, so that the input's own forward (for Y) runs once, not twice
-    o = float(CamMultImageConfidenceChange()(x.detach(), unit(values)[None], targets, module,
-                                             return_diff=False)[0])
-    return 100.0 * max(0.0, y - o) / max(y, 1e-12), float(o > y)
+    def finish(out: Outputs, y: float) -> list[tuple[float, float]]:
+        return [(100.0 * max(0.0, y - float(o)) / max(y, 1e-12), float(o > y)) for o in out.probs[rows]]
+
+    return finish
 
 
-def faithfulness_correlation(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0,
-                             runs: int = CORRELATION_RUNS, batch: int = 40) -> float:
+def queue_faithfulness(forwards: Forwards, x: torch.Tensor, values, seeds, runs: int = CORRELATION_RUNS):
     """Faithfulness correlation (Bhatt et al., IJCAI 2020), as Quantus defines it: over random
     pixel subsets, the Pearson correlation between the map's sum on the subset and the drop of
     the target's logit when the subset is removed (here to the dataset mean; Quantus's default
-    is black). Written here because Quantus cannot be a dependency (README); the forwards are
-    batched, where Quantus runs one per subset."""
-    height, width = values.shape
+    is black). Written here because Quantus cannot be a dependency (README) and runs one forward
+    per subset. One seed per map; returns finish(outputs, logit_input) -> [correlation]."""
+    maps = _maps(values, x.device)
+    height, width = maps.shape[-2:]
     size = max(1, round(height * width * CORRELATION_SUBSET))
-    rng = np.random.default_rng(seed)
-    subsets = np.stack([rng.choice(height * width, size, replace=False) for _ in range(runs)])
-    flat = np.asarray(values, np.float64).reshape(-1)
-    sums = flat[subsets].sum(1)
-    drops = []
-    with torch.no_grad():
-        base = float(module(x)[0, target])
-        for start in range(0, runs, batch):
-            chunk = subsets[start:start + batch]
-            keep = torch.ones(len(chunk), height * width, device=x.device, dtype=x.dtype)
-            keep[np.arange(len(chunk))[:, None], torch.as_tensor(chunk)] = 0
-            out = module(x * keep.view(-1, 1, height, width))[:, target]
-            drops.extend((base - out.float()).cpu().tolist())
-    drops = np.asarray(drops)
-    if sums.std() == 0 or drops.std() == 0:
+    subsets = np.stack([np.stack([rng.choice(height * width, size, replace=False) for _ in range(runs)])
+                        for rng in (np.random.default_rng(seed) for seed in seeds)])
+    subsets = torch.as_tensor(subsets, device=x.device)  # M x runs x size
+    sums = maps.flatten(1).gather(1, subsets.flatten(1)).view(len(maps), runs, size).sum(2)
+    flat = subsets.flatten(0, 1)
+
+    def build(a: int, b: int) -> torch.Tensor:
+        keep = torch.ones(b - a, height * width, device=x.device, dtype=x.dtype)
+        keep.scatter_(1, flat[a:b], 0.0)
+        return x * keep.view(-1, 1, height, width)
+
+    rows = forwards.queue("faithfulness", len(maps) * runs, build)
+
+    def finish(out: Outputs, logit: float) -> list[float]:
+        drops = (logit - out.logits[rows]).reshape(len(maps), runs)
+        return [_pearson(s, d) for s, d in zip(sums.cpu().numpy(), drops)]
+
+    return finish
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
         return 0.0
-    return float(np.corrcoef(sums, drops)[0, 1])
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _one_map(module, x: torch.Tensor, target: int, queue) -> tuple:
+    """One metric of one map: its rows beside the input's own forward."""
+    forwards = Forwards(module, target)
+    own = forwards.queue_tensor("input", x)
+    finish = queue(forwards)
+    out = forwards.run(x)
+    return finish, out, own
+
+
+def road(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0,
+         noise: float = imputation.NOISE) -> tuple[float, float]:
+    generator = torch.Generator(x.device).manual_seed(seed)
+    finish, out, own = _one_map(module, x, target, lambda f: queue_road(f, x, values, generator, noise))
+    return finish(out, float(out.probs[own][0]))[0]
+
+
+def confidence(module, x: torch.Tensor, values: np.ndarray, target: int) -> tuple[float, float]:
+    finish, out, own = _one_map(module, x, target, lambda f: queue_confidence(f, x, values))
+    return finish(out, float(out.probs[own][0]))[0]
+
+
+def faithfulness_correlation(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0,
+                             runs: int = CORRELATION_RUNS) -> float:
+    finish, out, own = _one_map(module, x, target, lambda f: queue_faithfulness(f, x, values, [seed], runs))
+    return finish(out, float(out.logits[own][0]))[0]
 
 
 def sparseness(attr_map: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Scores of one map against the ground truth, the two reference maps, and the methods scored.
 
-Maps are ranked as the engine ranks them for its curves (`Engine._ranking`): by magnitude for
+Maps are ranked as the engine ranks them for its curves (core.methods.ranked): by magnitude for
 methods whose sign carries no evidence (gradient, SmoothGrad, guided backprop, pathway gradient),
 signed otherwise, so "most relevant" means most positive evidence. Two reference maps need no
 model: "random" (uniform noise, seeded per image) and "oracle" (the ground-truth mask, ties inside
@@ -11,16 +11,14 @@ import zlib
 import numpy as np
 
 from core.errors import PruneScopeError, UnsupportedMethod
-from core.methods import ALL_METHODS, supports
+from core.methods import ALL_METHODS, CLASSIC_METHODS, ranked, supports
 
 REFERENCE_METHODS = ("random", "oracle")
 
 
 def ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
     """The values pixels are ranked by (higher = more relevant), as the engine ranks them."""
-    from core.pathway.engine import Engine
-
-    return np.asarray(Engine._ranking(method, np.asarray(attr_map, np.float64)), np.float64)
+    return ranked(method, np.asarray(attr_map, np.float64))
 
 
 def pointing_game(values: np.ndarray, mask: np.ndarray) -> bool:
@@ -68,6 +66,24 @@ def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: fl
     from core.pathway.engine import compute_map
 
     return compute_map(model, x, target, method, sparsity=sparsity)
+
+
+def method_maps(model, x, target: int, methods, mask, seeds, sparsity: float) -> dict:
+    """Every method's map of one image, or the UnsupportedMethod saying why not. The pathway
+    methods share one engine: the neuron scores are computed once for all of them."""
+    from core.pathway.engine import Engine
+
+    maps, engine = {}, None
+    for method, seed in zip(methods, seeds):
+        try:
+            if method in REFERENCE_METHODS or method in CLASSIC_METHODS:
+                maps[method] = method_map(model, x, target, method, mask, seed, sparsity)
+                continue
+            engine = engine or Engine.from_tensor(model, x, target, fold=False)
+            maps[method] = engine.attribution(method, sparsity)
+        except UnsupportedMethod as why:
+            maps[method] = why
+    return maps
 
 
 def check_methods(methods, has_masks: bool) -> list[str]:

@@ -11,6 +11,8 @@ import torch
 from core.errors import PruneScopeError, UnsupportedMethod
 from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map, ranking,
                                      reference_map, unsupported)
+from core.evaluation.records import RecordStore
+from core.methods import DEFAULTS
 from core.models.weights import model_fingerprint
 from core.progress import Job, Progress, run, scaled
 from core.runtime.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
@@ -18,7 +20,7 @@ from core.runtime.distributed import SINGLE, Context, barrier, broadcast, gather
 
 @dataclass
 class RoarSettings:
-    methods: list[str] = field(default_factory=lambda: ["gradient", "grad-cam", "pathway-gradient"])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULTS["roar"]))
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     epochs: int = 8
     batch_size: int = 32
@@ -109,12 +111,21 @@ def roar_job(make_fresh, train, test, train_values, test_values, fraction: float
     return accuracy(module, test, mean, std, device)
 
 
+def run_settings(model, settings: RoarSettings, data_key: str) -> dict:
+    """What a ROAR job's accuracy depends on: a rerun with any of them changed is refused. Methods
+    and fractions are not among them: new ones add jobs beside the finished ones."""
+    return {"model": model.name, "weights": model_fingerprint(model.module), "data": data_key,
+            "sparsity": settings.sparsity, "target": settings.target, "seed": settings.seed,
+            "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr}
+
+
 def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Path,
-              data_key: str, ctx: Context = SINGLE) -> Job[dict | None]:
+              data_key: str, ctx: Context = SINGLE, store: RecordStore | None = None) -> Job[dict | None]:
     """ROAR (Hooker et al. 2019). train/test are core.evaluation.synthetic.Dataset at the model's input size
     (labels = the classes to learn); make_fresh(seed) builds an untrained model. Maps come from
     `model` (the original, trained one) and are cached in `folder`; (method, fraction) jobs are
-    shared out over ranks. Returns the table on rank 0, None elsewhere."""
+    shared out over ranks, and each finished one is kept in `store` (a rerun reads it back).
+    Returns the table on rank 0, None elsewhere."""
     has_masks = train.masks is not None and test.masks is not None
     methods = check_methods(settings.methods, has_masks)
     skipped = unsupported(methods, model)
@@ -164,12 +175,18 @@ def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Pa
         yield Progress((2 * len(map_methods) + n / len(mine)) / n_stages,
                        f"retraining {n + 1}/{len(mine)}: "
                        f"{method or 'unchanged data'} {fraction:.0%}")
-        started = time.perf_counter()
-        acc = roar_job(make_fresh, train, test,
-                       values.get((method, "train")), values.get((method, "test")),
-                       fraction, fill, settings, mean, std, model.device)
-        results.append((j, {"method": method, "fraction": fraction, "accuracy": acc,
-                            "seconds": time.perf_counter() - started}))
+        key = f"{method}:{fraction!r}"
+        record = store.get(key) if store else None
+        if record is None:
+            started = time.perf_counter()
+            acc = roar_job(make_fresh, train, test,
+                           values.get((method, "train")), values.get((method, "test")),
+                           fraction, fill, settings, mean, std, model.device)
+            record = {"method": method, "fraction": fraction, "accuracy": acc,
+                      "seconds": time.perf_counter() - started}
+            if store:
+                store.put(key, record)
+        results.append((j, record))
     yield Progress(1.0, "retraining done")
     results = gather_indexed(results, ctx)
     if not ctx.is_main:

@@ -1,4 +1,6 @@
 """Reading photos from disk as HxWx3 uint8 RGB, with one clear ImageError for anything bad."""
+import functools
+import re
 import warnings
 from pathlib import Path
 
@@ -102,10 +104,33 @@ def list_images(folder) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def class_id(folder_name: str, class_names: list[str]) -> int | None:
-    """The class an ImageFolder subfolder stands for: its name as a class id (0..N-1) or as a
-    class name (case and _/space ignored); None if it is neither."""
-    if folder_name.isdigit() and int(folder_name) < len(class_names):
-        return int(folder_name)
-    key = folder_name.lower().replace("_", " ").strip()
+def class_id(name: str, class_names: list[str]) -> int | None:
+    """The class a folder name or a label stands for: a class id (0..N-1), a class name (case and
+    _/space ignored) or, for a 1000-class model, an ImageNet WordNet ID (n02124075: the ImageNet
+    index, its place among the sorted IDs); None if it is none of them."""
+    name = name.strip()
+    if name.isdigit():
+        return int(name) if int(name) < len(class_names) else None
+    if len(class_names) == 1000 and _WORDNET_ID.fullmatch(name):
+        return imagenet_wordnet_ids().get(name)
+    key = name.lower().replace("_", " ").strip()
     return next((i for i, n in enumerate(class_names) if n.lower().replace("_", " ").strip() == key), None)
+
+
+_WORDNET_ID = re.compile(r"n\d{8}")
+
+
+@functools.cache
+def imagenet_wordnet_ids() -> dict[str, int]:
+    """ImageNet-1k's WordNet IDs and their class indices, from the list shipped beside the class
+    names (resources/imagenet_wnids.txt, as timm ships it), or from timm where the resources
+    folder is not installed."""
+    from core.io.resources import resource_path
+
+    path = resource_path("imagenet_wnids.txt")
+    if not path.is_file():
+        import timm.data
+
+        path = Path(timm.data.__file__).parent / "_info" / "imagenet_synsets.txt"
+    ids = path.read_text(encoding="utf-8").split()
+    return {wnid: i for i, wnid in enumerate(ids)}

@@ -44,6 +44,12 @@ DEFAULTS = {
 }
 
 
+def ranked(name: str, attr_map):
+    """The values a map's pixels are ranked by (higher = more relevant): the magnitude for methods
+    whose sign carries no evidence (gradient, SmoothGrad, guided backprop, ...), else the map."""
+    return abs(attr_map) if name in MAGNITUDE_RANKED else attr_map
+
+
 def unknown(names) -> list[str]:
     return [n for n in names if n not in BY_NAME]
 

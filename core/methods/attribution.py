@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from core.errors import ModelError, UnsupportedMethod
+from core.network.hooks import hooked
 from core.network.neurons import intercept
+from core.network.tokens import grid_side
 from core.progress import Progress
 from core.runtime.device import seeded
 
@@ -249,12 +251,8 @@ def _activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
     leaves = [m for m in module.modules() if not any(True for _ in m.children())]
     handles = [leaf.register_forward_hook(count) for leaf in leaves]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked(handles), torch.no_grad():
+        module(x)
     return total
 
 
@@ -327,8 +325,8 @@ def _token_grad_cam(module: nn.Module, layer: nn.Module, x: torch.Tensor, target
     finally:
         handle.remove()
     tokens = captured[-1]
-    side = int(round((tokens.shape[1] - prefix) ** 0.5)) if tokens.ndim == 3 else 0
-    if side < 1 or side * side != tokens.shape[1] - prefix:
+    side = grid_side(tokens.shape[1], prefix) if tokens.ndim == 3 else None
+    if side is None:
         raise UnsupportedMethod(f"Grad-CAM cannot lay tokens of shape {tuple(tokens.shape)} on a square grid")
     grads, = torch.autograd.grad(score, tokens)
     patches, patch_grads = tokens[:, prefix:], grads[:, prefix:]  # drop the class tokens

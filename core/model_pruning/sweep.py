@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import PruneScopeError, reason
+from core.evaluation.records import RecordStore
 from core.model_pruning import criteria, pipeline
 from core.model_pruning.names import CRITERIA, DEFAULT_PROTECT, SWEEP_METHODS, SWEEP_SPARSITIES
 from core.progress import Job, Progress, scaled
@@ -185,11 +186,12 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
           sparsities=SWEEP_SPARSITIES, methods=SWEEP_METHODS, mode: str = "global",
           protect=DEFAULT_PROTECT, timed: bool = True,
           settings: pipeline.Recovery = pipeline.Recovery("none"),
-          held_out: pipeline.Calibration | None = None, cap: float = 100.0) -> Job[SweepResult]:
+          held_out: pipeline.Calibration | None = None, cap: float = 100.0,
+          store: RecordStore | None = None) -> Job[SweepResult]:
     """Prune a copy of the model at each sparsity by each criterion, recover it and measure what
     changed, on images held out from calibration and recovery (`held_out`, or a share of calib).
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
-    `errors`."""
+    `errors`. Each finished point is kept in `store`, and a rerun reads it back."""
     from core.model_pruning.recovery import held_out_split, without
     from core.pathway.engine import ALL_METHODS
 
@@ -220,11 +222,15 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
         lo = 0.05 + ci * share
         step = 0.85 * share / len(sparsities)  # per sparsity, after 15 % for the scores
         try:
+            kept = {s: store.get(f"{name}:{s!r}") if store else None for s in sparsities}
             scores = None
-            if name != "magnitude":
+            if name != "magnitude" and None in kept.values():
                 scores = yield from scaled(criteria.channel_scores(name, model, used.x, used.targets),
                                            lo, lo + 0.15 * share)
             for si, s in enumerate(sparsities):
+                if kept[s] is not None:
+                    result.points.append(SweepPoint(**kept[s]))
+                    continue
                 at = lo + 0.15 * share + si * step
                 module, done = yield from scaled(pipeline.prune_copy(
                     model, used, name, s, mode, protect, scores=scores, cap=cap), at, at + 0.2 * step)
@@ -247,6 +253,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                     pipeline.agreement(module, held), pipeline.accuracy(module, held), drift,
                     float(np.mean(ious)), [list(row) for row in done.layers], *before, recovery_s,
                     pipeline.fidelity(module, reference, x), first))
+                if store:
+                    store.put(f"{name}:{s!r}", dataclasses.asdict(result.points[-1]))
         except Exception as why:  # one criterion failing (out of memory, say) spares the others
             result.errors[name] = reason(why)
     yield Progress(1.0, "sweep done")

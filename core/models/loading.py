@@ -23,6 +23,7 @@ from core.models.sources import (BUILTIN_DESCRIPTIONS, CARD_KEYS, IMAGENET_MEAN,
                                  build, resolve_card)
 from core.models.weights import (PRUNED_KEY, classes_in, fit_state_dict, model_fingerprint, read_weights_file,
                                  state_dict_of)
+from core.network.tokens import grid_side
 from core.runtime.device import resolve_device
 
 MODEL_NAMES = tuple(BUILTIN_DESCRIPTIONS)
@@ -75,6 +76,12 @@ class LoadedModel:
         if self._weights_hash is None or self._weights_hash[0] != state:
             self._weights_hash = (state, model_fingerprint(self.module))
         return self._weights_hash[1]
+
+    def unnormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The image an input shows, 0..1 (preprocess's normalisation undone)."""
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x.detach() * std + mean).clamp(0, 1)
 
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Resize the short side to resize_size, centre-crop input_size (as torchvision's
@@ -448,11 +455,7 @@ def _token_prefix(module: nn.Module, value: torch.Tensor) -> int | None:
         return None
     known = getattr(module, "num_prefix_tokens", None)
     prefixes = [known] if isinstance(known, int) else [1, 0, *range(2, PROBE_MAX_PREFIX_TOKENS + 1)]
-    for k in prefixes:
-        side = int(round((value.shape[1] - k) ** 0.5)) if value.shape[1] > k else 0
-        if side > 1 and side * side == value.shape[1] - k:
-            return k
-    return None
+    return next((k for k in prefixes if (grid_side(value.shape[1], k) or 0) > 1), None)
 
 
 def imagenet_classes() -> list[str]:

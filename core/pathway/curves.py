@@ -125,12 +125,7 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     base = baseline_image(x, baseline, mean, std)
     if ends is None:
         ends = _end_probs(module, x, base, target)
-    total = height * width
-    counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * total / steps).long()
-    # one bool mask per inner step: True where the pixel is among the top-ranked counts[i]
-    top = ranks.unsqueeze(0) < counts[1:-1].to(device).view(-1, 1, 1)
-    # deletion puts the baseline on the top pixels; insertion puts the input there
-    keep_input = (torch.cat([~top, top]) if insertion else ~top).unsqueeze(1)
+    counts, keep_input = curve_inputs(ranks, steps, insertion)
     batch = batch_size or default_batch(device)
     probs = [torch.zeros(0)]
     n_inputs = keep_input.shape[0]
@@ -144,8 +139,27 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
             per_input = (time.perf_counter() - began) / len(chunk)
             size = int(max(1, min(batch, step_seconds / max(per_input, 1e-6))))
         yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
-    inner = torch.cat(probs).numpy().astype(np.float64)
-    fractions = (counts.double() / total).numpy()
+    return assemble_curves(counts, torch.cat(probs).numpy(), ends, steps, baseline, insertion)
+
+
+def curve_inputs(ranks: torch.Tensor, steps: int, insertion: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel counts removed at each step, and for each inner step a K x 1 x H x W mask, True
+    where the perturbed input keeps the input (else the baseline): deletion's steps, then
+    insertion's."""
+    total = ranks.numel()
+    counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * total / steps).long()
+    # one bool mask per inner step: True where the pixel is among the top-ranked counts[i]
+    top = ranks.unsqueeze(0) < counts[1:-1].to(ranks.device).view(-1, 1, 1)
+    # deletion puts the baseline on the top pixels; insertion puts the input there
+    return counts, (torch.cat([~top, top]) if insertion else ~top).unsqueeze(1)
+
+
+def assemble_curves(counts: torch.Tensor, inner: np.ndarray, ends: tuple[float, float], steps: int,
+                    baseline: str, insertion: bool = True) -> Curves:
+    """The curves from the target probabilities of the inner steps (curve_inputs' order) and of
+    the input and the baseline."""
+    inner = np.asarray(inner, np.float64)
+    fractions = (counts.double() / counts[-1]).numpy()
     p_input, p_base = ends
     deletion = np.concatenate([[p_input], inner[:steps - 1], [p_base]])
     rising = np.concatenate([[p_base], inner[steps - 1:], [p_input]]) if insertion else None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError, UnsupportedMethod, reason
-from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, MAGNITUDE_RANKED, PATHWAY_METHODS, attribution
+from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution, ranked
 from core.network.neurons import (Layer, Taps, intercept, intgrad_scores, layer_modules, masked,
                                   taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
@@ -24,7 +24,6 @@ from core.progress import Job, Progress, run, scaled
 SELECTORS = ("taylor", "intgrad")
 MODES = ("global", "per-layer")
 TIES = ("exact", "paper")  # exact: p % of the neurons, ties broken; paper: tied scores go together
-IG_STEPS = 50
 AUTO_GRID = 1.0  # points of sparsity between the auto search's probes
 AUTO_RESOLUTION = 0.1
 # Classic methods that take many passes, computed in steps where the caller asks for it (the app)
@@ -460,8 +459,8 @@ class Engine:
             from captum.attr import IntegratedGradients  # see core.methods.attribution
 
             attr_map = attribution.collapse_channels(IntegratedGradients(forward).attribute(
-                self.x, target=self.target, n_steps=IG_STEPS,
-                internal_batch_size=attribution.batch_size(self.module, self.x, IG_STEPS)))
+                self.x, target=self.target, n_steps=attribution.IG_STEPS,
+                internal_batch_size=attribution.batch_size(self.module, self.x, attribution.IG_STEPS)))
             with torch.no_grad():
                 logits = forward(self.x)
         else:  # any other method, handed the pruned network as its model
@@ -566,7 +565,7 @@ class Engine:
                          nodes: int | None = None) -> Job[np.ndarray]:
         """attribution() of a classic method; with step_seconds, integrated gradients and
         SmoothGrad run in steps of about that long, and a stopped run resumes where it was.
-        nodes: integrated gradients on fewer nodes than its IG_STEPS, a coarser map for a first
+        nodes: integrated gradients on fewer nodes than its attribution.IG_STEPS, a coarser map for a first
         look, kept apart from the method's own (the finished full map is returned instead when
         there is one)."""
         if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
@@ -598,7 +597,7 @@ class Engine:
         if baseline not in self._ends:  # the curves' first and last points, the same for every map
             self._ends[baseline] = end_probs(self.module, self.x, self.target, baseline,
                                              self.model.mean, self.model.std)
-        curves = yield from iter_curves(self.module, self.x, self._ranking(method, attr_map),
+        curves = yield from iter_curves(self.module, self.x, ranked(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
                                         std=self.model.std, step_seconds=step_seconds,
                                         ends=self._ends[baseline], insertion=insertion)
@@ -608,14 +607,10 @@ class Engine:
 
     def output_change_measure(self, method: str, attr_map: np.ndarray, baseline: str = "mean"):
         """NeuronMCT's measure: output change after removing 1..10 % least / most relevant pixels."""
-        ranking = self._ranking(method, attr_map)
+        ranking = ranked(method, attr_map)
         return tuple(output_change(self.module, self.x, ranking, self.target, order=order,
                                    baseline=baseline, mean=self.model.mean, std=self.model.std)
                      for order in ("lerf", "morf"))
-
-    @staticmethod
-    def _ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
-        return np.abs(attr_map) if method in MAGNITUDE_RANKED else attr_map
 
     def iter_analysis(self, methods, sparsity: float = 70.0, mode: str = "global",
                       selector: str = "taylor", steps: int = 20, baseline: str = "mean",
@@ -729,7 +724,5 @@ def _name(names, i: int) -> str:
 
 
 def _view_of(model, x: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
-    rgb = ((x * std + mean).clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0)
+    rgb = (model.unnormalise(x) * 255).round().byte()[0].permute(1, 2, 0)
     return np.ascontiguousarray(rgb.expand(-1, -1, 3).cpu().numpy())  # grayscale shown as RGB

@@ -118,3 +118,29 @@ def save_sweep(result, folder) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     plots = figures.save(figures.sweep(result), folder, dpi=110, bbox_inches="tight")
     return [*plots, write_text(folder / "sweep.json", json.dumps(result.to_json(), indent=1))]
+
+
+def save_evaluation(result: dict, examples, sanity_example, class_names, folder) -> None:
+    """An evaluation's leaderboard (into result and leaderboard.csv) and figures, then
+    results.json: written last, it marks a complete evaluation. result: iter_benchmark's, without
+    its examples, which come apart (arrays, not JSON)."""
+    from core.evaluation import leaderboard
+    from core.io.output import write_text
+
+    folder = Path(folder)
+    metrics, table = leaderboard.rows(result["methods"])
+    result["leaderboard"] = {"metrics": metrics, "rows": table}
+    leaderboard.write_csv(folder / "leaderboard.csv", metrics, table)
+    if result["images"]:  # every image failed: the errors say why, and there is nothing to draw
+        figures.save(figures.evaluate(result, examples, sanity_example, class_names), folder)
+    write_text(folder / "results.json", json.dumps(result, indent=2))
+
+
+def model_info(model, trained=None) -> dict:
+    """The model as results files describe it; a synthetic run adds how it was trained."""
+    info = {"name": model.name, "classes": len(model.class_names),
+            "input_size": model.input_size}
+    if trained is not None:
+        info.update(test_accuracy=trained.test_accuracy, train_seconds=trained.train_seconds,
+                    cached=trained.cached, weights=str(trained.path))
+    return info

@@ -183,6 +183,12 @@ class ResultsView(QWidget):
         layout.addWidget(scroll)
         self.shown: list[Path] = []
 
+    def show_running(self, leaderboard: dict) -> None:
+        """The leaderboard of a run still going: the images finished so far, means only."""
+        self.summary.setText(f"<b>Evaluating:</b> {leaderboard['images']} images finished so far "
+                             "(the intervals and figures come at the end)")
+        self.leaderboard.show_leaderboard(leaderboard)
+
     def load(self, folder) -> None:
         folder = Path(folder)
         while self.figures.count():

@@ -1,8 +1,10 @@
 """What the Evaluate tab asks the worker for: the cascading randomisation sanity check of the
-image on screen (core.evaluation.sanity), stoppable at every map. Runs on the worker thread; it never
+image on screen (core.evaluation.sanity), stoppable at every map, and the evaluation of a dataset
+folder (core.evaluation.benchmark), stoppable at every image. Runs on the worker thread; it never
 touches a widget and imports torch only inside the job.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +48,62 @@ def sanity_job(engine, methods, seed: int, sparsity: float):
     prediction = engine.prediction
     name = next((n for i, n, _ in prediction.top5 if i == engine.target), str(engine.target))
     return SanityShown(result, engine.view, skipped, f"{model.name}, class {name}")
+
+
+@dataclass(frozen=True)
+class DatasetRun:
+    """What the dataset box asks for; read on the GUI thread, so the job reads no widget."""
+    model: object  # core.models.loading.LoadedModel
+    folder: Path
+    out: Path
+    methods: tuple
+    metrics: tuple
+    images: int
+    seed: int
+    sparsity: float
+    overwrite: bool
+
+
+def dataset_job(request: DatasetRun):
+    """Job: `evaluate` of a folder's images (the predicted class explained), each finished image kept
+    in request.out/records at once, so that a cancelled or failed run goes on where it stopped.
+    Progress carries the leaderboard so far as `partial`; returns the results folder."""
+    import time
+
+    from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark, run_settings, running_leaderboard
+    from core.evaluation.records import RecordStore
+    from core.evaluation.sources import folder_source
+    from core.io.output import locked, output_folder
+    from core.reporting.report import model_info, save_evaluation
+
+    model, out = request.model, output_folder(request.out)
+    started = time.perf_counter()
+    with locked(out):
+        yield Progress(0.0, "listing the images")
+        source = folder_source(request.folder, class_names=model.class_names, seed=request.seed)
+        settings = BenchmarkSettings(methods=list(request.methods), images=request.images, sanity_images=0,
+                                     sparsity=request.sparsity, target="predicted", seed=request.seed,
+                                     metrics=tuple(request.metrics))
+        store = RecordStore(out, run_settings(model, source, settings), overwrite=request.overwrite)
+        if request.overwrite:
+            (out / "results.json").unlink(missing_ok=True)
+        job, shown = iter_benchmark(model, source, settings, store=store), 0.0
+        while True:
+            try:
+                step = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            now = time.perf_counter()
+            if step.partial and now - shown > 0.5:  # the table at most twice a second
+                shown = now
+                step = Progress(step.done, step.message, running_leaderboard(step.partial, settings.methods))
+            else:
+                step = Progress(step.done, step.message)
+            yield step
+        yield Progress(1.0, "writing the results")
+        examples, sanity_example = result.pop("examples"), result.pop("sanity_example")
+        result.update(command="evaluate", model=model_info(model), world_size=1,
+                      seconds=time.perf_counter() - started)
+        save_evaluation(result, examples, sanity_example, model.class_names, out)
+    return out

@@ -1,5 +1,6 @@
-"""The Evaluate tab: the cascading randomisation sanity check for the image on screen, and a viewer
-for the results folders that `evaluate`, `roar` and `sanity` write.
+"""The Evaluate tab: methods scored over a folder of images (gui.evaluate.dataset), the cascading
+randomisation sanity check for the image on screen, and a viewer for the results folders that
+`evaluate`, `roar` and `sanity` write.
 
 The check re-initialises the model's parameter blocks from the output down (core.evaluation.sanity) and, in
 one plot, shows each method's Spearman (solid) and SSIM (dashed) against its map on the trained
@@ -9,11 +10,12 @@ gui.evaluate.drawing draws it. This module does not import torch.
 """
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                               QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox,
+                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from core.methods import ALL_METHODS, DEFAULTS
 from core.reporting.figures import grid_steps
+from gui.evaluate.dataset import DatasetBox
 from gui.evaluate.drawing import MapGrid, ResultsView, SimilarityPlot
 from gui.evaluate.jobs import SanityShown, sanity_job
 from gui.parts.context import PRIORITY_BACKGROUND
@@ -51,6 +53,8 @@ class EvaluateTab(JobFeedback, QWidget):
 
         controls = QWidget()
         column = QVBoxLayout(controls)
+        self.dataset = DatasetBox(context)
+        column.addWidget(self.dataset)
         column.addWidget(self._sanity_box())
         self.dissect = DissectBox(context)
         column.addWidget(self.dissect)
@@ -90,6 +94,8 @@ class EvaluateTab(JobFeedback, QWidget):
 
         context.model_changed.connect(self._model_changed)
         context.engine_changed.connect(self._engine_changed)
+        self.dataset.leaderboard.connect(self._running_leaderboard)
+        self.dataset.finished.connect(self.open_results)
 
     # -- building ------------------------------------------------------------------------------
     def _sanity_box(self) -> QGroupBox:
@@ -107,17 +113,8 @@ class EvaluateTab(JobFeedback, QWidget):
         self.sparsity.setValue(70)
         self.sparsity.setSuffix(" %")
         self.sparsity.setToolTip("Neurons pruned by the pathway methods")
-        self.run_button = QPushButton("Run sanity check")
-        self.run_button.clicked.connect(self.run_sanity)
+        self._job_widgets("Run sanity check", self.run_sanity, NO_IMAGE)
         self.run_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
-        self.message = QLabel(NO_IMAGE)
-        self.message.setWordWrap(True)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
         self.steps = QLineEdit()
         self.steps.setPlaceholderText("e.g. 0,3,6,9")
         self.steps.setToolTip("Steps of the cascade whose maps the grid shows (0 = trained model)")
@@ -218,6 +215,10 @@ class EvaluateTab(JobFeedback, QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Results folder")
         if folder:
             self.open_results(folder)
+
+    def _running_leaderboard(self, leaderboard: dict) -> None:
+        self.results.show_running(leaderboard)
+        self.views.setCurrentWidget(self.results)
 
     def open_results(self, folder) -> None:
         self.results.load(folder)

@@ -223,16 +223,7 @@ class DissectBox(JobFeedback, QGroupBox):
         self.limit.setRange(1, 100_000)
         self.limit.setValue(200)
         self.limit.setToolTip("At most this many images")
-        self.run_button = QPushButton("Dissect")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
-        self.message = QLabel("Concepts per channel, as `prunescope dissect` finds them.")
-        self.message.setWordWrap(True)
+        self._job_widgets("Dissect", self.run, "Concepts per channel, as `prunescope dissect` finds them.")
         form = QFormLayout(self)
         for label, line, button in (("Concepts", self.concepts, browse_concepts),
                                     ("Images", self.images, browse_images)):

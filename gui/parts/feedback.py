@@ -23,10 +23,25 @@ class JobFeedback:
     """Progress, message and Cancel for a tab that runs one kind of job on the worker.
 
     The tab sets `job_key` and has `context`, `progress` (a 0..1000 QProgressBar), `message`
-    (a QLabel), a `status` signal and `_busy(busy)`.
+    (a QLabel), a `status` signal and `_busy(busy)`; _job_widgets makes the first two with the
+    run and Cancel buttons.
     """
 
     job_key = ""
+
+    def _job_widgets(self, run_text: str, on_run, message: str) -> None:
+        from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton
+
+        self.run_button = QPushButton(run_text)
+        self.run_button.clicked.connect(on_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.message = QLabel(message)
+        self.message.setWordWrap(True)
 
     def _progressed(self, step) -> None:
         self.progress.setValue(int(1000 * step.done))
