@@ -172,7 +172,7 @@ def test_a_killed_run_goes_on_and_ends_as_an_uninterrupted_one(dataset):
 @pytest.mark.slow
 def test_a_changed_setting_is_refused_unless_overwritten(dataset):
     out = dataset / "out"
-    argv = evaluate_argv(dataset, out)
+    argv = evaluate_argv(dataset, out, "--images", "2", "--sanity-images", "0")
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     changed = [a if a != "gradient,integrated-gradients,grad-cam,random" else "gradient,random" for a in argv]
@@ -180,7 +180,8 @@ def test_a_changed_setting_is_refused_unless_overwritten(dataset):
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f'prunescope: error: {out} holds a run with another methods (["gradient", "integrated-gradients", "grad-cam", '
-        f'"random"], now ["gradient", "random"]): run it with the same settings to go on, or --overwrite']
+        f'"random"], now ["gradient", "random"]): run it with the same settings to go on, or start again '
+        f'(--overwrite)']
     other_seed = subprocess.run([*argv, "--seed", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert other_seed.returncode == 2 and "another seed (0, now 5)" in other_seed.stderr
     redone = subprocess.run([*changed, "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -196,6 +197,17 @@ def test_an_unknown_class_folder_is_refused_before_any_work(dataset):
     assert proc.stderr.strip().splitlines() == [
         f"prunescope: error: {dataset / 'data' / '7'}: class 7 is not one of the model's 3 classes (0..2)"]
     assert not (dataset / "out" / "records").exists()
+
+
+def test_a_sample_is_scored_whole_and_in_proportion(dataset):
+    out = dataset / "out"
+    argv = evaluate_argv(dataset, out, "--sample", "6", "--sanity-images", "0", "--methods", "gradient",
+                         "--metrics", "none")
+    argv = argv[:argv.index("--images")] + argv[argv.index("--images") + 2:]  # no --limit
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert len(items) == 6 and sorted(i["label"] for i in items) == [0, 0, 1, 1, 2, 2]
 
 
 def test_stage_times_and_speed_are_reported(dataset):

@@ -57,7 +57,7 @@ def test_noise_lands_on_the_imputed_pixels_only(image):
     cam = imputation.unit(torch.from_numpy(maps()["smooth"])[None])
     keep = imputation.kept_pixels(cam)[0].flatten(0, 1)
     quiet = imputation.impute(image, keep, noise=0.0)
-    noisy = imputation.impute(image, keep, noise=0.01, generator=torch.Generator().manual_seed(0))
+    noisy = imputation.impute(image, keep, noise=0.01, generators=[torch.Generator().manual_seed(0)])
     difference = (noisy - quiet)[(~keep)[:, None].expand_as(quiet)]
     assert torch.equal(noisy[keep[:, None].expand_as(noisy)], quiet[keep[:, None].expand_as(quiet)])
     assert 0.008 < float(difference.std()) < 0.012

@@ -15,6 +15,7 @@ from core.evaluation import EXTRA_METRICS
 from core.methods import DEFAULTS
 
 SYNTHETIC = "synthetic"
+DEFAULT_IMAGES = 100
 EVALUATE_DEFAULT = DEFAULTS["evaluate"]
 ROAR_DEFAULT = DEFAULTS["roar"]
 
@@ -82,8 +83,9 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=method_list, default=[*EVALUATE_DEFAULT, "random"],
                    help=f"comma-separated; 'random' and 'oracle' (the ground truth) are reference "
                         f"maps (default: {','.join(EVALUATE_DEFAULT)},random)")
-    p.add_argument("--images", "--limit", type=positive_int, default=100, dest="images",
-                   help="images scored: the first N, in sorted order (default 100)")
+    p.add_argument("--images", "--limit", type=positive_int, dest="images",
+                   help=f"images scored: the first N, in sorted order, or of --sample's (default "
+                        f"{DEFAULT_IMAGES}, or all of --sample's)")
     p.add_argument("--sample", type=positive_int, metavar="N",
                    help="score N images drawn at random (--seed), each class in proportion")
 
@@ -151,6 +153,31 @@ def _check_args(args):
         raise PruneScopeError(f"{args.dataset}: not 'synthetic' and not a folder")
 
 
+def _open_records(out: Path, identity: dict, overwrite: bool, finals, ctx, stack):
+    """The run's kept records (core.evaluation.records). The first process holds the output folder
+    for the rest of the run (`stack`), checks the folder's settings and, with overwrite, clears
+    the old run's final files; what it refuses reaches every process as the same one line."""
+    from core.errors import PruneScopeError
+    from core.evaluation.records import RecordStore
+    from core.io.output import locked
+    from core.runtime.distributed import broadcast
+
+    store, problem = None, None
+    if ctx.is_main:
+        try:
+            stack.enter_context(locked(out))
+            store = RecordStore(out, identity, overwrite=overwrite)
+            if overwrite:  # no results of the old run beside the new one's records
+                for name in finals:
+                    (out / name).unlink(missing_ok=True)
+        except PruneScopeError as err:
+            problem = str(err)
+    problem = broadcast(problem, ctx)
+    if problem:
+        raise PruneScopeError(problem)
+    return store or RecordStore(out, identity, check=False)
+
+
 def _write_json(path: Path, data: dict) -> None:
     import json
 
@@ -164,15 +191,14 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_evaluate(args) -> int:
     import time
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
     from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark, run_settings
-    from core.evaluation.records import RecordStore
     from core.evaluation.sources import folder_source, synthetic_source
-    from core.io.output import locked, output_folder
+    from core.io.output import output_folder
     from core.progress import StderrBar, run
-    from core.reporting.report import model_info, save_evaluation
-    from core.runtime.distributed import barrier, setup, teardown
+    from core.reporting.report import EVALUATION_FILES, model_info, save_evaluation
+    from core.runtime.distributed import setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)  # before the work: a bad --out must not cost an evaluation
@@ -180,8 +206,7 @@ def run_evaluate(args) -> int:
     ctx = setup(args.device)
     bar = StderrBar("evaluate", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
-    # The first process holds the folder for the whole run: its records, then the final files.
-    with locked(out) if ctx.is_main else nullcontext():
+    with ExitStack() as stack:
         try:
             trained = None
             if args.dataset == SYNTHETIC:
@@ -194,17 +219,11 @@ def run_evaluate(args) -> int:
                                        labels_csv=args.labels_csv, strict=target == "label",
                                        sample=args.sample, seed=args.seed)
             settings = BenchmarkSettings(
-                methods=args.methods, images=args.images, sanity_images=max(0, args.sanity_images),
-                steps=args.steps, baseline=args.baseline, sparsity=args.sparsity, target=target,
-                seed=args.seed, metrics=tuple(args.metrics))
-            if ctx.is_main:
-                store = RecordStore(out, run_settings(model, source, settings), overwrite=args.overwrite)
-                if args.overwrite:  # no results of the old run beside the new one's records
-                    for name in ("results.json", "leaderboard.csv"):
-                        (out / name).unlink(missing_ok=True)
-            barrier(ctx)  # the first process has checked the folder's settings (and cleared it)
-            if not ctx.is_main:
-                store = RecordStore(out, run_settings(model, source, settings), check=False)
+                methods=args.methods, images=args.images or args.sample or DEFAULT_IMAGES,
+                sanity_images=max(0, args.sanity_images), steps=args.steps, baseline=args.baseline,
+                sparsity=args.sparsity, target=target, seed=args.seed, metrics=tuple(args.metrics))
+            store = _open_records(out, run_settings(model, source, settings), args.overwrite, EVALUATION_FILES,
+                                  ctx, stack)
             result = run(iter_benchmark(model, source, settings, ctx, store), bar)
         finally:
             bar.close()
@@ -259,17 +278,16 @@ def print_table(result: dict) -> None:
 
 def run_roar(args) -> int:
     import time
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
-    from core.evaluation.records import RecordStore
     from core.evaluation.roar import RoarSettings, iter_roar, run_settings
     from core.evaluation.synthetic import SmallResNet, make_split, reinitialise
-    from core.io.output import locked, output_folder
+    from core.io.output import output_folder
     from core.models.weights import fingerprint
     from core.progress import StderrBar, run
     from core.reporting import figures
     from core.reporting.report import model_info
-    from core.runtime.distributed import barrier, setup, teardown
+    from core.runtime.distributed import setup, teardown
 
     _check_args(args)
     out = output_folder(args.out)
@@ -277,7 +295,7 @@ def run_roar(args) -> int:
     bar = StderrBar("roar", quiet=args.quiet or not ctx.is_main)
     started = time.perf_counter()
     target = args.target or ("label" if args.dataset == SYNTHETIC else "predicted")
-    with locked(out) if ctx.is_main else nullcontext():  # the first process holds the folder
+    with ExitStack() as stack:
         try:
             trained = None
             if args.dataset == SYNTHETIC:
@@ -300,14 +318,8 @@ def run_roar(args) -> int:
             settings = RoarSettings(methods=args.methods, fractions=args.fractions,
                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                     sparsity=args.sparsity, target=target, seed=args.seed)
-            identity = run_settings(model, settings, data_key)
-            if ctx.is_main:
-                store = RecordStore(out, identity, overwrite=args.overwrite)
-                if args.overwrite:
-                    (out / "roar.json").unlink(missing_ok=True)
-            barrier(ctx)
-            if not ctx.is_main:
-                store = RecordStore(out, identity, check=False)
+            store = _open_records(out, run_settings(model, settings, data_key), args.overwrite, ["roar.json"],
+                                 ctx, stack)
             result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,
                                    ctx, store), bar)
         finally:

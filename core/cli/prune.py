@@ -247,7 +247,7 @@ def run_sweep(args) -> int:
                         "protect": args.protect, "recovery": dataclasses.asdict(settings),
                         "calibration": [str(p) for p in calib.paths],
                         "held_out": [str(p) for p in held.paths] if held else None,
-                        "methods": list(args.methods), "cap": args.max_layer_sparsity}
+                        "methods": list(args.methods), "cap": args.max_layer_sparsity, "timed": not args.no_latency}
             store = RecordStore(out, identity, overwrite=args.overwrite)
             if args.overwrite:
                 (out / "sweep.json").unlink(missing_ok=True)

@@ -106,8 +106,8 @@ def _scores(model, prepared, maps: dict, settings: BenchmarkSettings, name: str,
             curve_rows[m] = (counts, rows)
     if "road" in settings.metrics:
         with clock("road"):
-            generator = torch.Generator(x.device).manual_seed(item_seed(settings.seed, "road", name))
-            finish["road"] = queue_road(forwards, x, stacked, generator)
+            seeds = [item_seed(settings.seed, "road", name, m) for m in values]
+            finish["road"] = queue_road(forwards, x, stacked, seeds)
     with clock("other metrics"):
         if "confidence" in settings.metrics:
             finish["confidence"] = queue_confidence(forwards, x, stacked)
@@ -162,15 +162,16 @@ def sanity_item(model, item: Item, methods, settings: BenchmarkSettings) -> dict
 def run_settings(model, source: Source, settings: BenchmarkSettings) -> dict:
     """What an evaluation's records depend on: a rerun with any of them changed is refused."""
     return {"methods": list(settings.methods), "metrics": list(settings.metrics), "model": model.name,
-            "weights": model.weights_hash(), "dataset": source.name, "seed": settings.seed,
+            "weights": model.weights_hash(), "dataset": source.name, "labels": source.labels_key,
+            "seed": settings.seed,
             "target": settings.target, "sparsity": settings.sparsity, "steps": settings.steps,
             "baseline": settings.baseline}
 
 
 def iter_benchmark(model, source: Source, settings: BenchmarkSettings, ctx: Context = SINGLE,
                    store: RecordStore | None = None) -> Job[dict | None]:
-    """Score every method on the first `settings.images` images, and run the sanity check on the
-    first `settings.sanity_images`; this rank handles its share. With a store, each finished
+    """Score every method on the source's first `settings.images` images, and run the sanity check
+    on the first `settings.sanity_images`; this rank handles its share. With a store, each finished
     image is kept there at once and a finished one is read back instead of computed. Returns the
     merged results on rank 0, None on the other ranks."""
     methods = check_methods(settings.methods, source.has_masks)
@@ -193,6 +194,8 @@ def iter_benchmark(model, source: Source, settings: BenchmarkSettings, ctx: Cont
             item = _item(loaded)
             key = f"{kind}:{item.name}"
             record = store.get(key) if store else None
+            if record is not None and kind == "image" and i < EXAMPLE_ITEMS and record["view"] is None:
+                record = None  # kept without its maps (another selection), needed for the examples
             if record is None:
                 if kind == "image":
                     record = evaluate_item(model, item, methods, settings, keep_maps=i < EXAMPLE_ITEMS)

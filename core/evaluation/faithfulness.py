@@ -29,18 +29,19 @@ def _maps(values, device) -> torch.Tensor:
     return maps[None] if maps.ndim == 2 else maps
 
 
-def queue_road(forwards: Forwards, x: torch.Tensor, values, generator: torch.Generator | None = None,
-               noise: float = imputation.NOISE):
+def queue_road(forwards: Forwards, x: torch.Tensor, values, seeds, noise: float = imputation.NOISE):
     """ROAD (Rong et al., ICML 2022) with pytorch-grad-cam's noisy linear imputation and its
     most/least-relevant-first removal: the change in the target's probability after the most
     (MoRF, lower is better) and the least (LeRF, higher is better) relevant pixels are imputed,
     averaged over the percentiles. The imputations run on the device (core.evaluation.road),
-    several maps at once. Returns finish(outputs, p_input) -> [(morf, lerf)] per map."""
+    several maps at once, each map's noise from its own seed. Returns finish(outputs, p_input)
+    -> [(morf, lerf)] per map."""
     maps = _maps(values, x.device)
     keep = imputation.kept_pixels(imputation.unit(maps))  # M x 2 x P x H x W
-    per_map = keep[0].numel() // (keep.shape[-1] * keep.shape[-2]) * x[0].numel()
+    per_map = 2 * len(imputation.PERCENTILES) * x[0].numel()
     chunk = max(1, ROAD_VALUES_PER_SOLVE.get(x.device.type, 1 << 20) // per_map)
-    imputed = torch.cat([imputation.impute(x[0], keep[i:i + chunk].flatten(0, 2), noise, generator)
+    generators = [torch.Generator(x.device).manual_seed(seed) for seed in seeds]
+    imputed = torch.cat([imputation.impute(x[0], keep[i:i + chunk].flatten(0, 2), noise, generators[i:i + chunk])
                          for i in range(0, len(maps), chunk)])
     rows = forwards.queue_tensor("road", imputed)
 
@@ -111,8 +112,7 @@ def _one_map(module, x: torch.Tensor, target: int, queue) -> tuple:
 
 def road(module, x: torch.Tensor, values: np.ndarray, target: int, seed: int = 0,
          noise: float = imputation.NOISE) -> tuple[float, float]:
-    generator = torch.Generator(x.device).manual_seed(seed)
-    finish, out, own = _one_map(module, x, target, lambda f: queue_road(f, x, values, generator, noise))
+    finish, out, own = _one_map(module, x, target, lambda f: queue_road(f, x, values, [seed], noise))
     return finish(out, float(out.probs[own][0]))[0]
 
 

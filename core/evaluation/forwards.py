@@ -2,10 +2,12 @@
 shared batches on its device.
 
 A metric queues its inputs as a recipe (a function that builds rows [start, stop) on the device)
-and reads its outputs after run(): so nothing is built before it is needed, a batch may hold the
-rows of several metrics and methods, and the outputs leave the device once, at the end.
+and reads its outputs after run(): so a batch may hold the rows of several metrics and methods,
+perturbed inputs are built a batch at a time (what cannot be, ROAD's imputations, is queued
+built), and the outputs leave the device once, at the end.
 """
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,6 +65,8 @@ class Forwards:
                 out = self.module(torch.cat([g.build(a - g.start, b - g.start) for g, a, b in rows])).float()
                 probs.append(torch.softmax(out, dim=1)[:, self.target])
                 logits.append(out[:, self.target])
+                if out.is_cuda:  # else the clock would stop at the kernels' launch
+                    torch.cuda.synchronize(out.device)
                 spent = time.perf_counter() - began
                 for g, a, b in rows:
                     seconds[g.stage] = seconds.get(g.stage, 0.0) + spent * (b - a) / (stop - start)
@@ -72,17 +76,30 @@ class Forwards:
                        seconds)
 
 
+_PROBED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def batch_size(module: torch.nn.Module, example: torch.Tensor) -> int:
     """Inputs per forward: on a GPU as many as a share of its free memory holds (measured from one
-    input's peak), elsewhere the CPU's best (core.pathway.curves.default_batch)."""
+    input's peak, once per model and input shape), elsewhere the CPU's best
+    (core.pathway.curves.default_batch)."""
     device = example.device
     if device.type != "cuda":
         return default_batch(device)
+    known = _PROBED.setdefault(module, {})
+    key = (tuple(example.shape), example.dtype, device)
+    if key not in known:
+        known[key] = _probe(module, example)
+    return known[key]
+
+
+def _probe(module: torch.nn.Module, example: torch.Tensor) -> int:
+    device = example.device
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
         module(example)
     per_input = max(torch.cuda.max_memory_allocated(device) - before, 1)
-    free, _ = torch.cuda.mem_get_info(device)
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return int(max(1, min(1024, CUDA_MEMORY_SHARE * free // per_input)))

@@ -49,7 +49,8 @@ class RecordStore:
                 if held.get(key) != value:
                     raise PruneScopeError(
                         f"{self.folder.parent} holds a run with another {key} ({_short(held.get(key))}, now "
-                        f"{_short(value)}): run it with the same settings to go on, or --overwrite")
+                        f"{_short(value)}): run it with the same settings to go on, or start again "
+                        "(--overwrite)")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as temp:

@@ -113,10 +113,11 @@ def _v_cycle(levels: list[_Level], r: torch.Tensor, depth: int = 0) -> torch.Ten
     return level.smooth(e, r, SMOOTHING)
 
 
-def impute(image: torch.Tensor, keep: torch.Tensor, noise: float = NOISE,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def impute(image: torch.Tensor, keep: torch.Tensor, noise: float = NOISE, generators=()) -> torch.Tensor:
     """(B, C, H, W): the C x H x W image with the pixels where keep (B x H x W) is False replaced
-    by the noisy linear imputation, each mask on its own; on the image's device."""
+    by the noisy linear imputation, each mask on its own; on the image's device. The noise of
+    each of len(generators) equal groups of masks comes from its generator (torch's global one
+    without)."""
     channels, height, width = image.shape
     count = keep.shape[0]
     known = keep.to(image.dtype)[:, None].expand(count, channels, height, width).reshape(-1, 1, height, width)
@@ -141,6 +142,8 @@ def impute(image: torch.Tensor, keep: torch.Tensor, noise: float = NOISE,
         p = z.add_(p * (rz_next / rz.clamp_min(1e-30))[:, None, None, None])
         rz = rz_next
     if noise:
-        u.add_(torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype).mul_(noise)
-               .mul_(fine.missing))
+        groups = u.view(max(1, len(generators)), -1)
+        for group, generator in zip(groups, generators or [None]):
+            group.add_(torch.randn(group.shape, generator=generator, device=u.device, dtype=u.dtype), alpha=noise)
+        u.mul_(fine.missing)
     return (values + u).view(count, channels, height, width)

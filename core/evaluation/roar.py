@@ -175,8 +175,8 @@ def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Pa
         yield Progress((2 * len(map_methods) + n / len(mine)) / n_stages,
                        f"retraining {n + 1}/{len(mine)}: "
                        f"{method or 'unchanged data'} {fraction:.0%}")
-        key = f"{method}:{fraction!r}"
-        record = store.get(key) if store else None
+        job = f"{method}:{fraction!r}"
+        record = store.get(job) if store else None
         if record is None:
             started = time.perf_counter()
             acc = roar_job(make_fresh, train, test,
@@ -185,7 +185,7 @@ def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Pa
             record = {"method": method, "fraction": fraction, "accuracy": acc,
                       "seconds": time.perf_counter() - started}
             if store:
-                store.put(key, record)
+                store.put(job, record)
         results.append((j, record))
     yield Progress(1.0, "retraining done")
     results = gather_indexed(results, ctx)

@@ -222,14 +222,14 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
         lo = 0.05 + ci * share
         step = 0.85 * share / len(sparsities)  # per sparsity, after 15 % for the scores
         try:
-            kept = {s: store.get(f"{name}:{s!r}") if store else None for s in sparsities}
+            kept = {s: _kept_point(store, f"{name}:{s!r}") for s in sparsities}
             scores = None
             if name != "magnitude" and None in kept.values():
                 scores = yield from scaled(criteria.channel_scores(name, model, used.x, used.targets),
                                            lo, lo + 0.15 * share)
             for si, s in enumerate(sparsities):
                 if kept[s] is not None:
-                    result.points.append(SweepPoint(**kept[s]))
+                    result.points.append(kept[s])
                     continue
                 at = lo + 0.15 * share + si * step
                 module, done = yield from scaled(pipeline.prune_copy(
@@ -259,6 +259,15 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
             result.errors[name] = reason(why)
     yield Progress(1.0, "sweep done")
     return result
+
+
+def _kept_point(store: RecordStore | None, key: str) -> SweepPoint | None:
+    """A point a stopped sweep finished, or None (none kept, or one of an older layout)."""
+    record = store.get(key) if store else None
+    try:
+        return SweepPoint(**record) if record is not None else None
+    except TypeError:
+        return None
 
 
 def _mean_similarity(before: list, after: list) -> dict:

@@ -120,6 +120,9 @@ def save_sweep(result, folder) -> list[Path]:
     return [*plots, write_text(folder / "sweep.json", json.dumps(result.to_json(), indent=1))]
 
 
+EVALUATION_FILES = ("results.json", "leaderboard.csv")  # what save_evaluation writes beside the figures
+
+
 def save_evaluation(result: dict, examples, sanity_example, class_names, folder) -> None:
     """An evaluation's leaderboard (into result and leaderboard.csv) and figures, then
     results.json: written last, it marks a complete evaluation. result: iter_benchmark's, without

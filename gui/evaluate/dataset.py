@@ -132,9 +132,11 @@ class DatasetBox(JobFeedback, QGroupBox):
         super().cancel()
         self.message.setText("cancelled: the finished images are kept; Run goes on from there")
 
-    def _done(self, out) -> None:
+    def _done(self, done) -> None:
+        out, errors = done
         self._busy(False)
         self.overwrite.setChecked(False)
-        self.message.setText(f"done: results in {out}")
+        failed = f"; {len(errors)} images failed, first {errors[0]}" if errors else ""
+        self.message.setText(f"done: results in {out}{failed}")
         self.status.emit("dataset evaluation done")
         self.finished.emit(out)

@@ -67,14 +67,15 @@ class DatasetRun:
 def dataset_job(request: DatasetRun):
     """Job: `evaluate` of a folder's images (the predicted class explained), each finished image kept
     in request.out/records at once, so that a cancelled or failed run goes on where it stopped.
-    Progress carries the leaderboard so far as `partial`; returns the results folder."""
+    Progress carries the leaderboard so far as `partial`; returns the results folder and the
+    lines of the images that failed."""
     import time
 
     from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark, run_settings, running_leaderboard
     from core.evaluation.records import RecordStore
     from core.evaluation.sources import folder_source
     from core.io.output import locked, output_folder
-    from core.reporting.report import model_info, save_evaluation
+    from core.reporting.report import EVALUATION_FILES, model_info, save_evaluation
 
     model, out = request.model, output_folder(request.out)
     started = time.perf_counter()
@@ -85,8 +86,9 @@ def dataset_job(request: DatasetRun):
                                      sparsity=request.sparsity, target="predicted", seed=request.seed,
                                      metrics=tuple(request.metrics))
         store = RecordStore(out, run_settings(model, source, settings), overwrite=request.overwrite)
-        if request.overwrite:
-            (out / "results.json").unlink(missing_ok=True)
+        if request.overwrite:  # no results of the old run beside the new one's records
+            for name in EVALUATION_FILES:
+                (out / name).unlink(missing_ok=True)
         job, shown = iter_benchmark(model, source, settings, store=store), 0.0
         while True:
             try:
@@ -106,4 +108,4 @@ def dataset_job(request: DatasetRun):
         result.update(command="evaluate", model=model_info(model), world_size=1,
                       seconds=time.perf_counter() - started)
         save_evaluation(result, examples, sanity_example, model.class_names, out)
-    return out
+    return out, result["errors"]
