@@ -89,6 +89,7 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
                                      lambda: _curves_one_image_per_step(module, x, attr, target, steps),
                                      max(1, repeats // 2), device)
 
+    engine_memory = _peak_memory_mb(device)  # before evaluate's own: the goal is the engine's
     evaluation, its_forwards, rows = _evaluation_pair(model, image, device)
 
     return {
@@ -123,7 +124,8 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
                   "pathway_from_scratch_vs_forward_backward": "<= 3",
                   "curves_vs_same_forwards_batched": "<= 1.2", "evaluate_image_vs_its_forwards": "<= 1.3",
                   "peak_memory_mb.process_rss": "< 1024"},
-        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_mb": engine_memory,
+        "peak_memory_mb_with_evaluate": _peak_memory_mb(device),
     }
 
 

@@ -1,12 +1,15 @@
 """The images evaluated: loaded one at a time by index, and prepared as the model sees them."""
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from core.errors import PruneScopeError
+
+if TYPE_CHECKING:
+    from core.evaluation.synthetic import Dataset
 
 
 @dataclass

@@ -185,7 +185,8 @@ class ResultsView(QWidget):
 
     def show_running(self, leaderboard: dict) -> None:
         """The leaderboard of a run still going: the images finished so far, means only."""
-        self.summary.setText(f"<b>Evaluating:</b> {leaderboard['images']} images finished so far "
+        count = leaderboard["images"]
+        self.summary.setText(f"<b>Evaluating:</b> {count} image{'s' if count != 1 else ''} finished so far "
                              "(the intervals and figures come at the end)")
         self.leaderboard.show_leaderboard(leaderboard)
 
