@@ -65,14 +65,13 @@ def _run_gui(args: argparse.Namespace) -> int:
 def keep_freed_memory() -> None:
     """Let glibc keep freed memory for the next allocation instead of handing it back to the OS.
     Every forward and backward allocates its activations afresh; returned to the OS they are
-    page-faulted in again each time, which cost a quarter of the time of a pathway map from scratch
-    on Lite0 (and as much on the slider and the curves: `bench`). Nor is any block mapped apart
-    (glibc maps those over a threshold of at most 32 MB): the flat score and mask buffers of a
-    model with more than 8 M neurons (ResNet-50: 9.6 M) are larger, and each slider move
-    page-faulted its masks in (13 ms, for a 3 ms comparison). Where the heap cannot grow, glibc
-    still maps. One arena for all threads: another thread's (the app's worker, where the engine
-    runs) maps its blocks over 64 MB and hands emptied heaps back. Peak memory was the same in
-    `bench`; a long session may keep more, as freed blocks stay for reuse."""
+    page-faulted in again each time, a large share of a pathway map's time (`bench`). Nor is any
+    block mapped apart (glibc maps those over a threshold of at most 32 MB): the flat score and
+    mask buffers of a model with more than 8 M neurons (ResNet-50) are larger, and each slider
+    move would page-fault its masks in. Where the heap cannot grow, glibc still maps. One arena
+    for all threads: another thread's (the app's worker, where the engine runs) maps its blocks
+    over 64 MB and hands emptied heaps back. A long session may keep more memory, as freed blocks
+    stay for reuse."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")

@@ -10,7 +10,7 @@
                                          preprocessing and the Grad-CAM layer
 
 Parsing and model cards need only the standard library (--help, the GUI's first paint). Each
-source's build() imports torch when called. A new source is one more class in SOURCES.
+source's builder imports torch when called. A new source is one more builder function in SOURCES.
 """
 import importlib
 import importlib.util

@@ -48,14 +48,13 @@ def side_by_side(engine, pruned_model, method: str):
                       f"{names[top] if top < len(names) else top} ({float(probs[top]):.2f})", lut)
 
 
-def prune_job(context, s: dict, method: str):
-    """Job: prune the context's model with the tab's settings s; with an image open on that
-    model, its maps by both models too. Returns (PruneReport, SideBySide or None, calibration
-    images left out)."""
+def prune_job(model, engine, s: dict, method: str):
+    """Job: prune the model with the tab's settings s; with an image open on that model (engine),
+    its maps by both models too. Returns (PruneReport, SideBySide or None, calibration images
+    left out)."""
     from core.model_pruning import Recovery, calibrate, prune_model
     from core.progress import scaled
 
-    model = context.current_model()
     if model is None:
         from core.errors import ModelError
 
@@ -66,7 +65,6 @@ def prune_job(context, s: dict, method: str):
     report = yield from scaled(prune_model(model, s["criterion"], s["sparsity"], calib,
                                            s["mode"], s["protect"], settings=settings,
                                            iterations=s["iterations"]), 0.1, 0.85)
-    engine = context.current_engine()
     shown = None
     if engine is not None and engine.model is model:
         shown = yield from scaled(side_by_side(engine, report.model, method), 0.85, 1.0)
@@ -81,9 +79,9 @@ def export_job(report, path):
     return save_pruned(report, path)
 
 
-def sweep_job(context, s: dict, chosen, sparsities_text: str, methods_text: str):
-    """Job: the sparsity sweep of the context's model over the chosen criteria, as the tab's
-    fields give it. Returns (SweepResult, its figures as PNG bytes, calibration images left out)."""
+def sweep_job(model, s: dict, chosen, sparsities_text: str, methods_text: str):
+    """Job: the sparsity sweep of the model over the chosen criteria, as the tab's fields give
+    it. Returns (SweepResult, its figures as PNG bytes, calibration images left out)."""
     from core.errors import PruneScopeError
     from core.model_pruning import Recovery, calibrate
     from core.model_pruning.sweep import sweep
@@ -96,7 +94,8 @@ def sweep_job(context, s: dict, chosen, sparsities_text: str, methods_text: str)
     if not chosen or not sparsities:
         raise PruneScopeError("choose at least one criterion and one sparsity")
     methods = [m.strip() for m in methods_text.split(",") if m.strip()]
-    model = context.current_model()
+    if model is None:
+        raise PruneScopeError("no model is loaded: choose a model first")
     calib = yield from scaled(calibrate(model, s["folder"]), 0.0, 0.05)
     settings = Recovery(*s["recovery"])
     settings.check()

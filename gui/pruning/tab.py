@@ -229,9 +229,11 @@ class PruningTab(JobFeedback, QWidget):
 
     # -- pruning -------------------------------------------------------------------------------
     def prune(self) -> None:
-        s, method, context = self._settings(), self.method.currentData() or "gradient", self.context
+        s, method = self._settings(), self.method.currentData() or "gradient"
+        # read here, on the GUI thread: the job never reads the context's state
+        model, engine = self.context.current_model(), self.context.current_engine()
         self._busy(True)
-        self.context.run_job(lambda: pruning_jobs.prune_job(context, s, method), self._show_pruned,
+        self.context.run_job(lambda: pruning_jobs.prune_job(model, engine, s, method), self._show_pruned,
                              self._progressed, self._failed, key=JOB_KEY, priority=PRIORITY_BACKGROUND)
 
     def _show_pruned(self, result) -> None:
@@ -305,12 +307,12 @@ class PruningTab(JobFeedback, QWidget):
 
     # -- sweep ---------------------------------------------------------------------------------
     def run_sweep(self) -> None:
-        s, context = self._settings(), self.context
+        s, model = self._settings(), self.context.current_model()
         chosen = [name for name, check in self.sweep_criteria.items() if check.isChecked()]
         sparsities_text, methods_text = self.sweep_sparsities.text(), self.sweep_methods.text()
         self._busy(True)
         self.context.run_job(
-            lambda: pruning_jobs.sweep_job(context, s, chosen, sparsities_text, methods_text),
+            lambda: pruning_jobs.sweep_job(model, s, chosen, sparsities_text, methods_text),
             self._show_sweep, self._progressed, self._failed, key=JOB_KEY)
 
     def _show_sweep(self, result) -> None:

@@ -19,10 +19,9 @@ class StartupInfo:
 
 def worker_threads() -> int:
     """Torch threads for the worker: every core on a machine of up to 4, one left to the GUI
-    thread above that. Measured in the real window on 2 cores (bench --gui, Lite0): with both,
-    everything was on screen 7.4-8.2 s after opening a photo instead of 11.5 s, and the map
-    followed a slider moved every 350 ms within 0.21 s (p95) instead of 0.29 s, with the GUI
-    thread's longest stall unchanged (~0.25 s); the GUI thread needs a core only in bursts."""
+    thread above that. The GUI thread needs a core only in bursts: on 2 cores, giving the worker
+    both put everything on screen sooner and the map closer behind the slider, with the GUI's
+    longest stall unchanged (`bench --gui`; the figures are in README)."""
     import torch
 
     cores = os.cpu_count() or 2

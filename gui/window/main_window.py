@@ -10,11 +10,12 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QP
 
 from core.io.output import result_names
 from core.io.resources import resource_path, sample_images
+from core.models.sources import DEFAULT_MODEL
 from gui.explain.tab import ExplainTab
 from gui.parts.context import PRIORITY_ENGINE, PRIORITY_VIEW, AppContext, ModelChoice
 from gui.parts.feedback import error_message, is_out_of_memory
 from gui.window import jobs as window_jobs
-from gui.window.models import DEFAULT_MODEL, ModelChoosing
+from gui.window.models import ModelChoosing
 from gui.window.settings import app_settings, as_list, remember
 from gui.window.tabs import extra_tabs
 from gui.window.thumbnails import ThumbnailStrip, folder_job

@@ -12,8 +12,6 @@ from gui.window.jobs import StartupInfo
 from gui.window.model_dialog import OpenModelDialog, save_card
 from gui.window.settings import as_list, remember
 
-# core.models.loading.DEFAULT_MODEL, which cannot be imported here: core.models.loading imports torch.
-DEFAULT_MODEL = "efficientnet_lite0"  # embedded weights: works offline, preselected
 OPEN_MODEL = "Open model…"
 LOAD_WEIGHTS = "Load weights file…"
 ACTIONS = (OPEN_MODEL, LOAD_WEIGHTS)  # entries of the model box that are not models
