@@ -15,7 +15,8 @@ from core.io.images import load_image
 from core.methods.attribution import collapse_channels
 from core.models.loading import LoadedModel
 from core.network.neurons import Layer, discover_layers, intercept, layer_modules, masked, taylor_scores
-from core.pathway.engine import Engine, _Scores, _select, compute_map
+from core.pathway.engine import Engine, compute_map
+from core.pathway.ranking import Ranking, select
 from core.progress import Stopped, run
 
 
@@ -169,14 +170,14 @@ def test_selected_and_sorted_thresholds_equal_a_full_sort_on_many_ties():
     magnitudes = [torch.where(s > 0, a + 1, a) for s, a in zip(scores, magnitudes)]  # live if scored
     flat_s, flat_a = torch.cat([s.flatten() for s in scores]), torch.cat([a.flatten() for a in magnitudes])
     layers = [Layer(f"layer{i}", "relu", shape) for i, shape in enumerate(shapes)]
-    sorted_once = _Scores(flat_s, flat_a, layers)
+    sorted_once = Ranking(flat_s, flat_a, layers)
     sorted_once.masks(50.0, "global")  # the first request selects; the next ones read a sort
     for sparsity in np.arange(0.0, 100.0, 1.7):
-        selected = _Scores(flat_s, flat_a, layers).masks(sparsity, "global")
+        selected = Ranking(flat_s, flat_a, layers).masks(sparsity, "global")
         expected = _reference_kept(flat_s, flat_a, sparsity)
         for masks in (selected, sorted_once.masks(sparsity, "global")):
             assert torch.equal(torch.cat([m.flatten() for m in masks]), expected), sparsity
-        per_layer = _Scores(flat_s, flat_a, layers).masks(sparsity, "per-layer")
+        per_layer = Ranking(flat_s, flat_a, layers).masks(sparsity, "per-layer")
         for mask, s, a in zip(per_layer, scores, magnitudes):
             assert torch.equal(mask.flatten(), _reference_kept(s.flatten(), a.flatten(), sparsity)), sparsity
 
@@ -189,7 +190,7 @@ def test_kept_counts_known_without_counting_are_the_masks_counts(mode, ties):
     scores = [torch.randint(0, 400, s, generator=generator).float() * (torch.rand(s, generator=generator) > 0.4)
               for s in shapes]  # 40 % zeros and some ties among the others
     magnitudes = [torch.randint(0, 3, s, generator=generator).float() + (v > 0) for s, v in zip(shapes, scores)]
-    ranked = _Scores(torch.cat([v.flatten() for v in scores]), torch.cat([a.flatten() for a in magnitudes]),
+    ranked = Ranking(torch.cat([v.flatten() for v in scores]), torch.cat([a.flatten() for a in magnitudes]),
                      [Layer(f"layer{i}", "relu", shape) for i, shape in enumerate(shapes)])
     known = 0
     for sparsity in np.arange(0.0, 100.0, 1.3):  # the first one selects, the later ones search
@@ -204,7 +205,7 @@ def test_kept_counts_known_without_counting_are_the_masks_counts(mode, ties):
 def test_an_images_first_map_waits_for_no_sort_and_the_next_ones_count_by_search():
     generator = torch.Generator().manual_seed(5)
     flat = torch.rand(3000, generator=generator) * (torch.rand(3000, generator=generator) > 0.3)
-    ranked = _Scores(flat, flat + 1, [Layer("a", "relu", (1000,)), Layer("b", "relu", (2000,))])
+    ranked = Ranking(flat, flat + 1, [Layer("a", "relu", (1000,)), Layer("b", "relu", (2000,))])
     ranked.kept(60.0, "global", dtype=torch.float32)
     order = ranked._ranked("global")[0]._nonzero
     assert ranked.counts(60.0, "global") is None and order._sorted is None  # asked again: still selected
@@ -221,7 +222,7 @@ def test_an_images_first_map_waits_for_no_sort_and_the_next_ones_count_by_search
 def test_selection_by_sampling_equals_a_sort(values):
     ordered = values.sort().values
     for rank in (0, 1, 1234, 150_000, 199_999, 200_000, 250_000, values.numel() - 1):
-        cut, below, equal = _select(values, rank)
+        cut, below, equal = select(values, rank)
         assert cut == float(ordered[rank])
         assert below == int((values < cut).sum()) and equal == int((values == cut).sum())
 

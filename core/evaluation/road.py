@@ -124,7 +124,7 @@ def impute(image: torch.Tensor, keep: torch.Tensor, noise: float = NOISE, genera
     values = image[None].expand(count, -1, -1, -1).reshape(-1, 1, height, width) * known
     levels = _levels(1 - known)
     fine = levels[0]
-    r = (_neighbour_sum(values) - 4 * values).mul_(fine.twelfth)  # the known neighbours, moved right
+    r = (_neighbour_sum(values) - 4 * values).mul_(fine.twelfth)  # the right-hand side: known neighbours
     scale = r.flatten(1).norm(dim=1).clamp_min(1e-30)
     u = torch.zeros_like(values)
     z = _v_cycle(levels, r)
