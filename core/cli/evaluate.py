@@ -186,7 +186,6 @@ def _write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2))
 
 
-
 # ---- evaluate ------------------------------------------------------------------------------
 
 def run_evaluate(args) -> int:
