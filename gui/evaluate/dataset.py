@@ -7,14 +7,15 @@ comes with the progress; the whole results folder opens when the run ends.
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit,
-                               QListWidget, QListWidgetItem, QPushButton, QSpinBox)
+from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QListWidget,
+                               QListWidgetItem, QSpinBox)
 
 from core.evaluation import EXTRA_METRICS
 from core.methods import ALL_METHODS, DEFAULTS
 from gui.evaluate.jobs import DatasetRun, dataset_job
 from gui.parts.context import PRIORITY_BACKGROUND
 from gui.parts.feedback import JobFeedback
+from gui.parts.forms import folder_row
 
 OUT_SUFFIX = "-prunescope"  # the default results folder: beside the dataset, named after it
 REFERENCE = ("random",)  # the floor every method must beat: on by default
@@ -38,10 +39,6 @@ class DatasetBox(JobFeedback, QGroupBox):
         self.folder.textChanged.connect(self._folder_changed)
         self.out = QLineEdit()
         self.out.setPlaceholderText("beside the dataset")
-        browse_folder, browse_out = QPushButton("…"), QPushButton("…")
-        for button, line in ((browse_folder, self.folder), (browse_out, self.out)):
-            button.setFixedWidth(28)
-            button.clicked.connect(lambda _c=False, target=line: self._browse(target))
         self.methods = QListWidget()
         self.methods.setMaximumHeight(150)
         self.methods.setToolTip("Methods scored on every image")
@@ -64,12 +61,8 @@ class DatasetBox(JobFeedback, QGroupBox):
                                             "over a folder; the predicted class is explained.")
 
         form = QFormLayout(self)
-        for label, line, button in (("Images from", self.folder, browse_folder),
-                                    ("Results in", self.out, browse_out)):
-            row = QHBoxLayout()
-            row.addWidget(line, 1)
-            row.addWidget(button)
-            form.addRow(label, row)
+        form.addRow("Images from", folder_row(self.folder))
+        form.addRow("Results in", folder_row(self.out))
         form.addRow("Methods", self.methods)
         metrics = QHBoxLayout()
         for box in self.metrics.values():
@@ -83,11 +76,6 @@ class DatasetBox(JobFeedback, QGroupBox):
         form.addRow(buttons)
         form.addRow(self.progress)
         form.addRow(self.message)
-
-    def _browse(self, line: QLineEdit) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder", line.text())
-        if folder:
-            line.setText(folder)
 
     def _folder_changed(self, text: str) -> None:
         self.out.setPlaceholderText(str(default_out(Path(text))) if text.strip() else "beside the dataset")

@@ -15,6 +15,7 @@ from superqt import QElidingLabel
 from core.io import display
 from gui.parts.context import PRIORITY_BACKGROUND, PRIORITY_VIEW
 from gui.parts.feedback import JobFeedback
+from gui.parts.forms import folder_row
 
 PICTURE_SIDE = 260
 CROP_SIDE = 84
@@ -215,22 +216,14 @@ class DissectBox(JobFeedback, QGroupBox):
                                  "a Broden folder (index.csv), or a mask folder for the images below")
         self.images = QLineEdit()
         self.images.setPlaceholderText("the images a mask folder masks")
-        browse_concepts, browse_images = QPushButton("…"), QPushButton("…")
-        for button, line in ((browse_concepts, self.concepts), (browse_images, self.images)):
-            button.setFixedWidth(28)
-            button.clicked.connect(lambda _c=False, target=line: self._browse(target))
         self.limit = QSpinBox()
         self.limit.setRange(1, 100_000)
         self.limit.setValue(200)
         self.limit.setToolTip("At most this many images")
         self._job_widgets("Dissect", self.run, "Concepts per channel, as `prunescope dissect` finds them.")
         form = QFormLayout(self)
-        for label, line, button in (("Concepts", self.concepts, browse_concepts),
-                                    ("Images", self.images, browse_images)):
-            row = QHBoxLayout()
-            row.addWidget(line, 1)
-            row.addWidget(button)
-            form.addRow(label, row)
+        form.addRow("Concepts", folder_row(self.concepts))
+        form.addRow("Images", folder_row(self.images))
         form.addRow("Images at most", self.limit)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -238,11 +231,6 @@ class DissectBox(JobFeedback, QGroupBox):
         form.addRow(buttons)
         form.addRow(self.progress)
         form.addRow(self.message)
-
-    def _browse(self, line) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder", line.text())
-        if folder:
-            line.setText(folder)
 
     def _busy(self, busy: bool) -> None:
         self.run_button.setEnabled(not busy)
