@@ -70,21 +70,10 @@ class DatasetBox(JobFeedback, QGroupBox):
         form.addRow("Metrics", metrics)
         form.addRow("Images at most", self.images)
         form.addRow(self.overwrite)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        form.addRow(self.progress)
-        form.addRow(self.message)
+        self._add_job_rows(form)
 
     def _folder_changed(self, text: str) -> None:
         self.out.setPlaceholderText(str(default_out(Path(text))) if text.strip() else "beside the dataset")
-
-    def _busy(self, busy: bool) -> None:
-        self.run_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
-        if not busy:
-            self.progress.setValue(0)
 
     def request(self) -> DatasetRun | None:
         """The run the boxes describe, or None (with the reason on the message line)."""

@@ -225,18 +225,7 @@ class DissectBox(JobFeedback, QGroupBox):
         form.addRow("Concepts", folder_row(self.concepts))
         form.addRow("Images", folder_row(self.images))
         form.addRow("Images at most", self.limit)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        form.addRow(self.progress)
-        form.addRow(self.message)
-
-    def _busy(self, busy: bool) -> None:
-        self.run_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
-        if not busy:
-            self.progress.setValue(0)
+        self._add_job_rows(form)
 
     def run(self) -> None:
         model = self.context.current_model()

@@ -24,7 +24,8 @@ class JobFeedback:
 
     The tab sets `job_key` and has `context`, `progress` (a 0..1000 QProgressBar), `message`
     (a QLabel), a `status` signal and `_busy(busy)`; _job_widgets makes the first two with the
-    run and Cancel buttons.
+    run and Cancel buttons, _add_job_rows lays them out in a form, and the default _busy swaps
+    the buttons.
     """
 
     job_key = ""
@@ -42,6 +43,22 @@ class JobFeedback:
         self.progress.setTextVisible(False)
         self.message = QLabel(message)
         self.message.setWordWrap(True)
+
+    def _add_job_rows(self, form) -> None:
+        from PySide6.QtWidgets import QHBoxLayout
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+        form.addRow(self.progress)
+        form.addRow(self.message)
+
+    def _busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if not busy:
+            self.progress.setValue(0)
 
     def _progressed(self, step) -> None:
         self.progress.setValue(int(1000 * step.done))
