@@ -34,12 +34,13 @@ def _check_engine() -> None:
     import numpy as np
 
     from core.io.images import load_image
-    from core.io.resources import calibration_images, sample_images
+    from core.io.resources import CALIBRATION_PHOTOS, calibration_images, sample_images
     from core.models.loading import load_model
     from core.pathway.engine import Engine
 
-    if len(calibration_images()) < 24:  # pruning's default calibration: bundled + scikit-image photos
-        raise AssertionError(f"only {len(calibration_images())} calibration photos (scikit-image's are missing)")
+    expected = len(sample_images()) + sum(len(names) for _, names in CALIBRATION_PHOTOS.values())
+    if len(calibration_images()) != expected:  # pruning's default calibration: bundled + dependencies' photos
+        raise AssertionError(f"{len(calibration_images())} of {expected} calibration photos found")
     path = next(p for p in sample_images() if p.name in EXPECTED)
     engine = Engine(load_model(device="cpu"), load_image(path))
     name = engine.prediction.name

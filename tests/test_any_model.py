@@ -15,6 +15,7 @@ import main
 from core.errors import ModelError
 from core.io.images import load_image
 from core.methods.attribution import attribute
+from core.models.exported import PROGRAMS_SUPPORTED
 from core.models.loading import load_model, read_labels
 from core.models.sources import ModelCard, parse_spec, read_card, write_card
 from core.pathway.engine import Engine
@@ -223,6 +224,16 @@ def test_grayscale_factory_with_a_card(user_files, tmp_path):
     assert attribute("grad-cam", model, engine.x, engine.target).shape == (48, 48)
 
 
+@pytest.mark.skipif(PROGRAMS_SUPPORTED, reason="this torch runs programs: test_exported_program")
+def test_programs_are_refused_in_one_line_on_an_older_torch(tmp_path, capsys):
+    (tmp_path / "r18.pt2").write_bytes(b"PK")
+    with pytest.raises(ModelError, match=r"r18.pt2: a torch.export program needs torch 2.6 or newer"):
+        load_model(str(tmp_path / "r18.pt2"), device="cpu")
+    assert main.main(["prune", "--program", "--out", str(tmp_path / "p.pt"), "--quiet"]) == 2
+    assert "--program needs torch 2.6 or newer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not PROGRAMS_SUPPORTED, reason="torch.export programs need torch 2.6")
 def test_exported_program(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=5).eval()
@@ -398,3 +409,27 @@ def test_pruned_metadata_that_is_not_a_dict_is_one_line(tmp_path):
     torch.save({"prunescope_pruned": "resnet18", "state_dict": {"w": torch.zeros(1)}}, tmp_path / "p.pt")
     with pytest.raises(ModelError, match="p.pt: not a PruneScope pruned-model checkpoint"):
         load_model("resnet18", weights=tmp_path / "p.pt", device="cpu")
+
+
+THOUSAND = '''
+import torch.nn as nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
+'''
+
+
+def test_a_1000_class_factory_gets_imagenet_names_with_a_note(tmp_path, capsys):
+    from core.cli.options import model_from_args
+
+    (tmp_path / "thousand.py").write_text(THOUSAND)
+    spec = f"{tmp_path / 'thousand.py'}:build"
+    args = main.build_parser().parse_args(["explain", "x.png", "--out", str(tmp_path / "o"), "--model", spec])
+    model = model_from_args(args, device="cpu")
+    assert model.names_assumed and model.class_names[285] == "Egyptian cat"
+    assert "class names: ImageNet's, assumed for a model with 1000 classes" in capsys.readouterr().err
+    (tmp_path / "names.txt").write_text("\n".join(f"kind {i}" for i in range(1000)))
+    named = load_model(spec, device="cpu", labels=str(tmp_path / "names.txt"))
+    assert not named.names_assumed and named.class_names[285] == "kind 285"
+    assert not load_model("efficientnet_lite0", device="cpu").names_assumed  # ImageNet's by its source

@@ -14,7 +14,8 @@ from core.errors import PruneScopeError
 from core.io.images import load_image
 from core.methods.attribution import collapse_channels
 from core.models.loading import LoadedModel
-from core.network.neurons import Layer, discover_layers, intercept, layer_modules, masked, taylor_scores
+from core.network.neurons import (Layer, MaskedForward, discover_layers, intercept, layer_modules,
+                                  taylor_scores)
 from core.pathway.engine import Engine, compute_map
 from core.pathway.ranking import Ranking, select
 from core.progress import Stopped, run
@@ -497,7 +498,7 @@ def test_masked_rectifiers_give_exactly_the_multiplied_networks_output_and_gradi
             return net(xg)
 
     expected, expected_grad, _ = output_and_gradient(multiplied)
-    forward = masked(net, layer_modules(net, layers), masks)
+    forward = MaskedForward(net, layer_modules(net, layers), masks)
     logits, grad, nodes = output_and_gradient(forward)
     assert torch.equal(logits, expected) and torch.equal(grad, expected_grad)
     assert ("MulBackward0" not in nodes) == unmultiplied  # the masks left out of the backward
@@ -514,3 +515,36 @@ def test_intercept_restores_the_plain_forward():
     with intercept(lambda i, out: out * 0):
         assert net(x).abs().sum() == 0
     assert net(x).abs().sum() > 0
+
+
+def test_this_torch_has_the_private_names_the_fast_path_reads():
+    from core.network import torch_internals
+
+    assert torch_internals.FOUND
+
+
+@pytest.mark.parametrize("make", [lambda: torchvision.models.resnet18(num_classes=10),
+                                  lambda: torchvision.models.mobilenet_v2(num_classes=10)],
+                         ids=["relu", "relu6"])
+def test_without_the_private_names_the_masks_are_multiplied_and_the_maps_the_same(make, monkeypatch):
+    from core.network import torch_internals
+
+    torch.manual_seed(0)
+    model = wrap(make(), "net")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    fast = Engine.from_tensor(model, x)
+    expected = {m: fast.pathway(70.0, method=m) for m in ("gradient", "integrated-gradients")}
+    # torch as a release that renamed every private name the fast path reads
+    monkeypatch.setattr(torch_internals, "_HAVE_GLOBAL_HOOKS", False)
+    monkeypatch.setattr(torch_internals, "_function_mode_enabled", None)
+    monkeypatch.setattr(torch_internals, "_top_saved_tensors_hooks", None)
+    slow = Engine.from_tensor(model, x)
+    for method, result in expected.items():
+        again = slow.pathway(70.0, method=method)
+        np.testing.assert_allclose(again.map, result.map, rtol=1e-5, atol=1e-7 * np.abs(result.map).max())
+        assert again.prob == pytest.approx(result.prob, rel=1e-6)
+    masks = [torch.ones(layer.shape) for layer in slow.layers]
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = MaskedForward(model.module, layer_modules(model.module, slow.layers), masks)(xg)
+    assert "MulBackward0" in _graph_nodes(logits)  # the plain multiplied mask was used

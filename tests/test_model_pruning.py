@@ -316,6 +316,15 @@ def test_cli_prune_refuses_bad_input(tiny_cli, tmp_path, capsys):
     assert "needs a labelled ImageFolder" in capsys.readouterr().err
 
 
+def test_the_default_calibration_set_is_natural_photos_only():
+    from core.io.resources import calibration_images
+
+    names = [p.name for p in calibration_images()]
+    assert len(names) == len(set(names)) == 13 and {"coffee.png", "grace_hopper.jpg", "astronaut.png"} <= set(names)
+    # scikit-image ships these beside its photos: a scanned page, text, a CT phantom, microscopy
+    assert not {"page.png", "text.png", "phantom.png", "cell.png", "ihc.png", "retina.jpg"} & set(names)
+
+
 @pytest.mark.slow
 def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     import json
@@ -333,8 +342,8 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["after"]["params"] < 0.85 * data["before"]["params"]
     assert data["after"]["macs"] < data["before"]["macs"]
-    photos = calibration_images()  # the bundled samples and scikit-image's: every third held out
-    assert len(photos) >= 24 and data["held_out_count"] == len(photos) // 3 + (len(photos) % 3 > 1)
+    photos = calibration_images()  # the bundled samples and the dependencies' photos: every third held out
+    assert len(photos) == 13 and data["held_out_count"] == len(photos) // 3 + (len(photos) % 3 > 1)
     assert len(data["calibration_images"]) + data["held_out_count"] == len(photos)
     assert data["recovery"] == "bn" and data["agreement_before_recovery"] is not None
     assert 0 <= data["top5_overlap"] <= 1 and data["kl"] >= 0

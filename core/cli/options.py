@@ -36,11 +36,15 @@ def add_model_details(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args, device=None):
     """core.models.loading.load_model with the shared model options of `args` (on `device` if given)."""
-    from core.models.loading import load_model
+    from core.cli import say
+    from core.models.loading import NAMES_ASSUMED_NOTE, load_model
 
-    return load_model(args.model, weights=args.weights, device=device or args.device,
-                      labels=args.labels, input_size=args.input_size, resize=args.resize,
-                      mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer, output=args.output)
+    model = load_model(args.model, weights=args.weights, device=device or args.device,
+                       labels=args.labels, input_size=args.input_size, resize=args.resize,
+                       mean=args.mean, std=args.std, gradcam_layer=args.gradcam_layer, output=args.output)
+    if model.names_assumed:
+        say(f"prunescope: note: {NAMES_ASSUMED_NOTE}")
+    return model
 
 
 def add_synthetic_options(parser: argparse.ArgumentParser) -> None:

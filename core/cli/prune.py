@@ -149,6 +149,7 @@ def run_prune(args) -> int:
     from core.errors import OutputError
     from core.io.output import write_text
     from core.model_pruning import calibrate, prune_model, save_pruned
+    from core.models.exported import require_programs
     from core.progress import StderrBar, run
 
     out = Path(args.out)
@@ -156,6 +157,8 @@ def run_prune(args) -> int:
         raise OutputError(f"{out.parent}: output folder does not exist")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder, not a model file")
+    if args.program:
+        require_programs("--program")
     settings = recovery_of(args)
     settings.check()
     model = model_from_args(args)

@@ -17,6 +17,7 @@ from core.io.output import atomic_file
 from core.model_pruning import criteria, recovery, surgery
 from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, recovery_stages
 from core.model_pruning.reconstruct import reconstruct
+from core.models.exported import require_programs
 from core.progress import Job, Progress, scaled
 
 LATENCY_RUNS = 30
@@ -562,6 +563,7 @@ def save_pruned(report: PruneReport, path, program: bool = False) -> dict[str, i
         torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
     sizes = {str(path): path.stat().st_size}
     if program:
+        require_programs("a torch.export program")
         size = report.model.input_size
         example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
         exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))

@@ -48,6 +48,7 @@ class LoadedModel:
     gradcam_tokens: int | None = None  # prefix tokens when the Grad-CAM layer outputs tokens
     gradcam_reason: str = ""           # why there is no Grad-CAM layer
     card: ModelCard | None = None      # what opens this model again
+    names_assumed: bool = False        # ImageNet's names given to a 1000-class model that named none
     _folded: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _weights_hash: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -183,14 +184,18 @@ def load_model(spec: str | ModelCard | None = None, weights=None, device="auto",
     classes, layer, tokens, reason = probe(model, settings.get("gradcam_layer"))
     model.gradcam_layer, model.gradcam_tokens, model.gradcam_reason = layer, tokens, reason
     model.class_names = _class_names(card, built, classes, _pruned_meta(checkpoint))
+    # Most 1000-class models are ImageNet's: named, with a note that says so.
+    model.names_assumed = model.class_names is None
+    if model.names_assumed:
+        model.class_names = imagenet_classes()
     return model
 
 
 def from_module(module: nn.Module, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 gradcam_layer: str | None = None, name: str | None = None) -> LoadedModel:
     """A classifier already in memory (core.api), in eval mode and frozen, on its own device;
-    its classes and Grad-CAM layer are probed as load_model's are. Class names are ImageNet's
-    when it has 1000 classes."""
+    its classes and Grad-CAM layer are probed as load_model's are. Class names are ImageNet's,
+    assumed, when it has 1000 classes."""
     module.eval().requires_grad_(False)
     device = next(iter(module.parameters()), torch.zeros(())).device
     model = LoadedModel(name=name or type(module).__name__, module=module, device=device,
@@ -198,6 +203,7 @@ def from_module(module: nn.Module, input_size: int = 224, mean=IMAGENET_MEAN, st
                         mean=tuple(mean), std=tuple(std), gradcam_layer=None)
     classes, layer, tokens, reason = probe(model, gradcam_layer)
     model.gradcam_layer, model.gradcam_tokens, model.gradcam_reason = layer, tokens, reason
+    model.names_assumed = classes == 1000
     model.class_names = imagenet_classes() if classes == 1000 else [f"class {i}" for i in range(classes)]
     return model
 
@@ -348,6 +354,10 @@ def _normalisation(settings: dict, channels: int, card: ModelCard):
     return mean, std
 
 
+NAMES_ASSUMED_NOTE = ("class names: ImageNet's, assumed for a model with 1000 classes "
+                      "(give --labels FILE if it was trained on other classes)")
+
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names, as torchvision's metadata has them (a test compares),
     from a file: importing torchvision costs 170 MB resident."""
@@ -359,7 +369,7 @@ def imagenet_classes() -> list[str]:
     return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> list[str]:
+def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> list[str] | None:
     if card.labels is not None:
         names = read_labels(Path(card.labels))
         if len(names) != classes:
@@ -372,6 +382,8 @@ def _class_names(card: ModelCard, built, classes: int, pruned_meta: dict) -> lis
         return list(built.class_names)
     if built.imagenet and classes == 1000:
         return imagenet_classes()
+    if classes == 1000:
+        return None  # no names given for 1000 classes: the caller assumes ImageNet's
     return [f"class {i}" for i in range(classes)]
 
 

@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as global_hooks  # where nn.Module keeps hooks on every module
 from torch.overrides import TorchFunctionMode
 
 from core.errors import PruneScopeError
+from core.network import torch_internals
 from core.progress import Progress, Stopped
 
 # Element-wise non-linearities whose outputs are neurons. Gates (sigmoid, hardsigmoid,
@@ -265,58 +265,73 @@ def transformed(module: nn.Module, modules: list[nn.Module] | None, transform: T
     return forward
 
 
-def masked(module: nn.Module, modules: list[nn.Module] | None, masks: list[torch.Tensor],
-           stop: Callable[[], bool] | None = None):
+class MaskedForward:
     """module's forward with layer n's activation output multiplied by masks[n] (0/1, in the
-    activation's dtype): the pruned network; where the layer is a ReLU or ReLU6 module, with no
-    multiplication in the backward. stop: checked at every layer; when it returns True the
-    forward raises Stopped."""
-    def halt_if_asked(i: int) -> None:
-        if stop is not None and stop():
+    activation's dtype): the pruned network. stop: checked at every layer; when it returns True
+    the forward raises Stopped.
+
+    The fast path: where layer n is a ReLU or ReLU6 module that nothing else acts on, its output
+    is masked with no multiplication in the backward (_MaskedRectifier, or in place for a ReLU).
+    Once a forward writes into a masked output, which the backward reads, every later forward
+    multiplies (the plain path)."""
+
+    def __init__(self, module: nn.Module, modules: list[nn.Module] | None, masks: list[torch.Tensor],
+                 stop: Callable[[], bool] | None = None):
+        self.masks, self.stop, self.modules = masks, stop, modules
+        self.tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules or [], masks)]
+        self.written = False
+        self._rectified: list[tuple[torch.Tensor, int]] = []  # what the backward reads, and its version
+        self._fast = transformed(module, modules, self._scale, self._by_hook)
+        self._plain = transformed(module, modules, self._scale)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.written:
+            return self._plain(x)
+        try:
+            out = self._fast(x)
+            self.written = any(y._version != version for y, version in self._rectified)
+        finally:
+            self._rectified.clear()
+        return self._plain(x) if self.written else out
+
+    def _halt_if_asked(self, i: int) -> None:
+        if self.stop is not None and self.stop():
             raise Stopped(f"stopped at layer {i}")
 
-    def scale(i: int, out: torch.Tensor) -> torch.Tensor:
-        halt_if_asked(i)
-        return out * masks[i]
+    def _scale(self, i: int, out: torch.Tensor) -> torch.Tensor:
+        self._halt_if_asked(i)
+        return out * self.masks[i]
 
-    tops = [_rectifier_top(m, mask.dtype) for m, mask in zip(modules or [], masks)]
-    rectified: list[tuple[torch.Tensor, int]] = []  # what the backward reads, and its version
-    # the model writes into a masked output, which a backward reads: multiply from then on
-    written = False
+    def _fast_way(self, i: int, x: torch.Tensor | None, out: torch.Tensor) -> str | None:
+        """The fast path's one predicate: how layer i's output is masked there, or None where it
+        is multiplied. Only a rectifier module nothing else acts on, not in place (the model may
+        read x again: unmasked, as the multiplied network has it). "in place": a ReLU, whose
+        backward reads its output, when autograd keeps saved tensors as they are. "rectifier":
+        _MaskedRectifier, computed from an x that needs its gradient."""
+        top = self.tops[i]
+        if top is None or out is x or not _alone(self.modules[i]):
+            return None
+        if top == math.inf and torch_internals.saved_tensors_as_is():
+            return "in place"
+        if x is not None and x.requires_grad and torch.is_grad_enabled():
+            return "rectifier"
+        return None
 
-    def by_hook(i: int, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-        top = tops[i]
-        # in place (out is x), the model may read x again: unmasked, as the multiplied network has it
-        if top is None or out is x or not _alone(modules[i]):
-            return scale(i, out)
-        halt_if_asked(i)
-        if top == math.inf and _saved_as_is():
-            # ReLU's backward reads its output: masked in place, unknown to autograd, it is the
-            # pruned neuron's backward too, and the pass needs no other node
-            out.data.mul_(masks[i])
+    def _by_hook(self, i: int, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        way = self._fast_way(i, x, out)
+        if way is None:
+            return self._scale(i, out)
+        self._halt_if_asked(i)
+        if way == "in place":
+            # masked in place, unknown to autograd, ReLU's output is the pruned neuron's backward
+            # too, and the pass needs no other node
+            out.data.mul_(self.masks[i])
             if out.requires_grad:
-                rectified.append((out, out._version))
+                self._rectified.append((out, out._version))
             return out
-        if x is None or not x.requires_grad or not torch.is_grad_enabled():
-            return scale(i, out)
-        y = _MaskedRectifier.apply(x, (out.detach(),), masks[i], top)
-        rectified.append((y, y._version))
+        y = _MaskedRectifier.apply(x, (out.detach(),), self.masks[i], self.tops[i])
+        self._rectified.append((y, y._version))
         return y
-
-    fast, plain = transformed(module, modules, scale, by_hook), transformed(module, modules, scale)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        nonlocal written
-        if written:
-            return plain(x)
-        try:
-            out = fast(x)
-            written = any(y._version != version for y, version in rectified)
-        finally:
-            rectified.clear()
-        return plain(x) if written else out
-
-    return forward
 
 
 def _alone(module: nn.Module) -> bool:
@@ -325,16 +340,7 @@ def _alone(module: nn.Module) -> bool:
     own backward, which _MaskedRectifier leaves out of the graph."""
     return (len(module._forward_hooks) == 1 and not module._forward_pre_hooks
             and not module._backward_hooks and not module._backward_pre_hooks
-            and not (global_hooks._global_forward_hooks or global_hooks._global_forward_pre_hooks
-                     or global_hooks._global_backward_hooks or global_hooks._global_backward_pre_hooks)
-            and not torch._C._is_torch_function_mode_enabled())
-
-
-def _saved_as_is() -> bool:
-    """Whether autograd keeps saved tensors as they are: a saved-tensor hook (save_on_cpu, say)
-    would pack ReLU's output before the mask is written into it."""
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return top is not None and top(False) is None
+            and not torch_internals.global_module_hooks() and not torch_internals.function_mode_active())
 
 
 def _rectifier_top(module: nn.Module, dtype: torch.dtype) -> float | None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution, ranked
-from core.network.neurons import (Taps, intercept, intgrad_scores, layer_modules, masked,
+from core.network.neurons import (MaskedForward, Taps, intercept, intgrad_scores, layer_modules,
                                   taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
 from core.pathway.ranking import Ranking
@@ -204,7 +204,7 @@ class Engine:
         return self._scaled_forward([m.to(self.x.dtype) for m in masks], stop)
 
     def _scaled_forward(self, factors: list[torch.Tensor], stop: Callable[[], bool] | None = None):
-        return masked(self.module, self._layer_modules, factors, stop)
+        return MaskedForward(self.module, self._layer_modules, factors, stop)
 
     def pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
                 method: str = "gradient", stop: Callable[[], bool] | None = None) -> PathwayResult:

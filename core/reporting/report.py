@@ -143,6 +143,8 @@ def model_info(model, trained=None) -> dict:
     """The model as results files describe it; a synthetic run adds how it was trained."""
     info = {"name": model.name, "classes": len(model.class_names),
             "input_size": model.input_size}
+    if model.names_assumed:
+        info["class_names"] = "ImageNet's, assumed"
     if trained is not None:
         info.update(test_accuracy=trained.test_accuracy, train_seconds=trained.train_seconds,
                     cached=trained.cached, weights=str(trained.path))

@@ -210,13 +210,17 @@ class ControlPanel(QWidget):
         """The pathway-<method> rows asked for with the ↝ boxes."""
         return [PATHWAY + m for m, box in self.pathway_boxes.items() if box.isChecked()]
 
-    def set_prediction(self, prediction, predicted_id: int) -> None:
-        """core.pathway.engine.Prediction of the engine in use; its target is marked in the top-5."""
+    def set_prediction(self, prediction, predicted_id: int, names_assumed: bool = False) -> None:
+        """core.pathway.engine.Prediction of the engine in use; its target is marked in the top-5.
+        names_assumed: ImageNet's class names were given to a model that named none."""
         self.prediction.setText(
             f"<span style='font-size:13pt'><b>{prediction.name}</b></span> "
             f"&nbsp;{100 * prediction.prob:.1f} %"
             + ("" if prediction.target == predicted_id else
-               "<br><span style='color:#a33'>explaining a class other than the prediction</span>"))
+               "<br><span style='color:#a33'>explaining a class other than the prediction</span>")
+            + ("" if not names_assumed else
+               "<br><span style='color:#666'>ImageNet class names, assumed for 1000 classes "
+               "(File → Open model… takes a class names file)</span>"))
         self.top5.clear()
         for class_id, name, prob in prediction.top5:
             item = QListWidgetItem(f"{100 * prob:5.1f} %   {name}")

@@ -158,7 +158,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._announced = self._refining = self._sweep_fine = False
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
-        self.controls.set_prediction(prediction, predicted)
+        self.controls.set_prediction(prediction, predicted, engine.model.names_assumed)
         self.heatmaps.set_image(engine.view, prediction.name, f"p = {prediction.prob:.3f}")
         self.masks.set_image(engine.view)
         self.masks.clear()

@@ -39,7 +39,13 @@ class MainWindow(ModelChoosing, QMainWindow):
         self._startup = None
         self._model_labels: dict[str, str] = {}  # built-in model name -> its entry in the model box
         self._pending_image: Path | None = None
+        try:
+            self._build(images, model)
+        except BaseException:
+            self.context.shutdown()  # no worker thread may outlive a window that failed to open
+            raise
 
+    def _build(self, images, model) -> None:
         self.explain = ExplainTab(self.context)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.explain, "Explain")
