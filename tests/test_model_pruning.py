@@ -336,10 +336,13 @@ def test_cli_prunes_the_embedded_model_and_it_loads_back(tmp_path, capsys):
     out, report = tmp_path / "lite0.pt", tmp_path / "lite0.json"
     # bn: reconstruction of Lite0 takes minutes (README); the test of it is test_reconstruct
     assert main(["prune", "--criterion", "taylor", "--sparsity", "30", "--mode", "per-layer", "--recover", "bn",
-                 "--out", str(out), "--json", str(report), "--device", "cpu", "--quiet"]) == 0
+                 "--out", str(out), "--json", str(report), "--device", "cpu", "--quiet",
+                 "--onnx", str(tmp_path / "lite0.onnx")]) == 0
     printed = capsys.readouterr().out
     assert "top-1 agreement" in printed and "MB)" in printed
+    assert "onnxruntime equals PyTorch on 13 calibration images" in printed
     data = json.loads(report.read_text())
+    assert data["onnx"]["max_abs_diff"] <= 1e-4 and data["onnx"]["onnx_ms"] > 0 and data["onnx"]["torch_ms"] > 0
     assert data["after"]["params"] < 0.85 * data["before"]["params"]
     assert data["after"]["macs"] < data["before"]["macs"]
     photos = calibration_images()  # the bundled samples and the dependencies' photos: every third held out
@@ -391,6 +394,9 @@ def test_pruning_tab_prunes_compares_exports_and_sweeps(qtbot, tmp_path, photo):
         qtbot.waitUntil(lambda: tab.exported == path, timeout=timeout)
         again = load_model("efficientnet_lite0", weights=path, device="cpu")
         assert sum(p.numel() for p in again.module.parameters()) == report.after.params
+        tab.export(tmp_path / "lite0_l1.onnx")
+        qtbot.waitUntil(lambda: "onnxruntime equals PyTorch" in tab.message.text(), timeout=timeout)
+        assert (tmp_path / "lite0_l1.onnx").stat().st_size > 1e6 and tab.exported == path
 
         tab.sweep_sparsities.setText("0,40")
         tab.sweep_methods.setText("gradient")
@@ -513,3 +519,44 @@ def test_sweep_and_synthetic_weights_leave_torch_s_random_state_alone(tiny):
     first, second = (reinitialise(net, 0).fc.weight for net in nets)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(first, second)  # still repeatable
+
+
+# --- ONNX -----------------------------------------------------------------------------------------
+
+def test_onnx_export_runs_in_onnxruntime_as_in_pytorch_at_any_batch(tmp_path):
+    import onnxruntime
+
+    from core.model_pruning.deploy import export_onnx
+
+    torch.manual_seed(0)
+    net = tiny_net().eval()
+    images = torch.rand(5, 3, 32, 32)
+    done = export_onnx(net, tmp_path / "tiny.onnx", images)
+    assert done.checked_images == 5 and done.max_abs_diff <= 1e-4 and done.bytes == (tmp_path / "tiny.onnx").stat().st_size
+    session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(7, 3, 32, 32)
+    theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(theirs, net(x).detach().numpy(), atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.onnx"]  # no external data, no partial file
+
+
+def test_an_onnx_file_that_differs_from_pytorch_is_not_kept(tmp_path, monkeypatch):
+    from core.model_pruning import deploy
+
+    monkeypatch.setattr(deploy, "TOLERANCE", -1.0)  # any difference, even none, is too much
+    with pytest.raises(PruneScopeError, match="outputs differ from PyTorch's by up to .*: not written"):
+        deploy.export_onnx(tiny_net().eval(), tmp_path / "tiny.onnx", torch.rand(2, 3, 32, 32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_onnx_extra_the_error_names_it(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from main import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert main(["prune", "--criterion", "l1", "--sparsity", "10", "--out", str(tmp_path / "p.pt"),
+                 "--onnx", str(tmp_path / "p.onnx"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("prunescope: error: ONNX export needs onnxruntime: "
+                                               "pip install 'prunescope[onnx]'")

@@ -9,7 +9,7 @@ from core.errors import PruneScopeError
 from core.model_pruning import surgery
 from core.model_pruning.names import recovery_stages
 from core.model_pruning.pipeline import Recovery
-from core.model_pruning.reconstruct import OWN_FORWARD, reconstruct
+from core.model_pruning.reconstruct import NO_WEIGHT_CALL, OWN_FORWARD, reconstruct
 from core.progress import run
 
 
@@ -160,10 +160,29 @@ def test_unknown_recovery_stages_are_refused(text):
 
 
 class SelfPadded(nn.Conv2d):
-    """A convolution whose forward never calls _conv_forward (as timm's Conv2dSame does not)."""
+    """TensorFlow's "same" padding in the forward, then F.conv2d with padding 0, as
+    efficientnet_pytorch's Conv2dDynamicSamePadding (and timm's Conv2dSame) do."""
 
     def forward(self, x):
-        return nn.functional.conv2d(nn.functional.pad(x, (0, 2, 0, 2)), self.weight, self.bias, self.stride)
+        h, w = x.shape[-2:]
+        pad_h = max((-(-h // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - h, 0)
+        pad_w = max((-(-w // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - w, 0)
+        x = nn.functional.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Rescaled(nn.Conv2d):
+    """A layer that transforms its convolution's result: not the affine map of its weight."""
+
+    def forward(self, x):
+        return torch.tanh(super().forward(x))
+
+
+class OwnWeight(nn.Conv2d):
+    """A layer that convolves with a weight computed from its own (a reparametrisation by hand)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * 2, self.bias)
 
 
 @pytest.mark.parametrize("conv", [
@@ -181,18 +200,38 @@ def test_the_fit_models_each_kind_of_convolution_exactly(conv):
     assert _not_linear_here(net, layer, net[2], torch.rand(2, 3, 9, 9)) == ""
 
 
-def test_a_convolution_with_a_forward_of_its_own_is_left_as_it_was():
+def _cut_self_padded(kind: type, stride: int = 1):
+    """(original, pruned with conv 0's channels 4 and 5 cut, by hand) of a 1x1 conv, then a 3x3 `kind`."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 1), SelfPadded(6, 4, 3)).eval()
+    net = nn.Sequential(nn.Conv2d(3, 6, 1), kind(6, 4, 3, stride=stride)).eval()
     pruned = copy.deepcopy(net)
     with torch.no_grad():
         pruned[0] = nn.Conv2d(3, 4, 1)
         pruned[0].weight.copy_(net[0].weight[:4]), pruned[0].bias.copy_(net[0].bias[:4])
-        pruned[1] = SelfPadded(4, 4, 3)
+        pruned[1] = kind(4, 4, 3, stride=stride)
         pruned[1].weight.copy_(net[1].weight[:, :4]), pruned[1].bias.copy_(net[1].bias)
+    return net, pruned.eval()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_convolution_that_pads_in_its_forward_is_reconstructed(stride):
+    from core.model_pruning.reconstruct import _distance
+
+    net, pruned = _cut_self_padded(SelfPadded, stride)
+    x = torch.rand(8, 3, 9, 9)
+    assert net(x).shape[-1] == -(-9 // stride)  # "same": the output keeps ceil(9 / stride) columns
+    before = _distance(pruned, net, x)
+    result = run(reconstruct(pruned, net, x, {"0": [4, 5]}))
+    assert result.skipped == {} and [fit.name for fit in result.layers] == ["1"] and result.kept
+    assert _distance(pruned, net, x) < 0.5 * before
+
+
+@pytest.mark.parametrize("kind, why", [(Rescaled, OWN_FORWARD), (OwnWeight, NO_WEIGHT_CALL)])
+def test_a_layer_is_left_as_it_was_only_when_its_weight_s_call_is_not_its_output(kind, why):
+    net, pruned = _cut_self_padded(kind)
     before = copy.deepcopy(pruned)
-    result = run(reconstruct(pruned.eval(), net, torch.rand(8, 3, 8, 8), {"0": [4, 5]}))
-    assert result.skipped == {"1": OWN_FORWARD} and _same_state(pruned, before)
+    result = run(reconstruct(pruned, net, torch.rand(8, 3, 8, 8), {"0": [4, 5]}))
+    assert result.skipped == {"1": why} and _same_state(pruned, before)
 
 
 class Tokens(nn.Module):

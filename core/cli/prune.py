@@ -102,6 +102,9 @@ def register(subparsers) -> None:
     p.add_argument("--finetune", metavar="DIR", help="the same as --recover finetune --recover-images DIR")
     p.add_argument("--program", action="store_true",
                    help="also write FILE.pt2, a torch.export program that runs without PruneScope")
+    p.add_argument("--onnx", metavar="FILE.onnx", type=out_path,
+                   help="also write the pruned model as ONNX, checked with onnxruntime on the calibration "
+                        "images (needs pip install 'prunescope[onnx]')")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(run=run_prune)
 
@@ -146,9 +149,12 @@ def _report_skipped(calib) -> int:
 
 
 def run_prune(args) -> int:
+    import dataclasses
+
     from core.errors import OutputError
     from core.io.output import write_text
     from core.model_pruning import calibrate, prune_model, save_pruned
+    from core.model_pruning.deploy import export_onnx, require_onnx
     from core.models.exported import require_programs
     from core.progress import StderrBar, run
 
@@ -159,6 +165,10 @@ def run_prune(args) -> int:
         raise OutputError(f"{out}: is a folder, not a model file")
     if args.program:
         require_programs("--program")
+    if args.onnx:
+        require_onnx()
+        if not Path(args.onnx).parent.is_dir():
+            raise OutputError(f"{Path(args.onnx).parent}: output folder does not exist")
     settings = recovery_of(args)
     settings.check()
     model = model_from_args(args)
@@ -170,6 +180,7 @@ def run_prune(args) -> int:
                                  settings=settings, iterations=args.iterations, held_out=held,
                                  cap=args.max_layer_sparsity), bar)
         sizes = save_pruned(report, out, program=args.program)
+        onnx = export_onnx(report.model.module, args.onnx, report.check_images) if args.onnx else None
         if args.save_steps:
             for k, step in enumerate(report.steps[:-1], 1):
                 sizes.update(save_pruned(report.at_step(k - 1), out.with_name(f"{out.stem}.step{k}{out.suffix}")))
@@ -195,8 +206,11 @@ def run_prune(args) -> int:
             print(f"not reconstructed: {name} ({why})")
     for path, size in sizes.items():
         print(f"wrote {path} ({size / 1e6:.2f} MB)")
+    if onnx is not None:
+        print(onnx.line())
     if args.json:
-        write_text(args.json, json.dumps({"model": model.name, **report.summary(), "files": sizes},
+        extra = {"onnx": dataclasses.asdict(onnx)} if onnx is not None else {}
+        write_text(args.json, json.dumps({"model": model.name, **report.summary(), "files": sizes, **extra},
                                          indent=1, default=_nan_free))
     return _report_skipped(calib)
 

@@ -15,6 +15,7 @@ from torch import nn
 from core.errors import ImageError, OutputError, PruneScopeError
 from core.io.output import atomic_file
 from core.model_pruning import criteria, recovery, surgery
+from core.model_pruning.deploy import ONNX_CHECK_IMAGES
 from core.model_pruning.names import DEFAULT_PROTECT, DEFAULT_RECOVERY, LOW_AGREEMENT, recovery_stages
 from core.model_pruning.reconstruct import reconstruct
 from core.models.exported import require_programs
@@ -278,6 +279,7 @@ class PruneReport:
     fidelity: dict = field(default_factory=dict)
     fidelity_before_recovery: dict = field(default_factory=dict)
     reconstruction: dict = field(default_factory=dict)  # the last step's: refitted, layers, undone, skipped
+    check_images: torch.Tensor | None = None  # a few calibration images (CPU): what an ONNX export is checked on
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and the checkpoint's metadata."""
@@ -462,7 +464,7 @@ def prune_model(model, criterion: str, sparsity: float, calib: Calibration, mode
                          iterations, steps[-1].sparsity_reached, measured[0], measured[1], recovery_s,
                          _trained_on(settings, used, images), steps,
                          fidelity(module, reference, held.x) if held is not None else {}, first,
-                         notes.get("reconstruct", {}))
+                         notes.get("reconstruct", {}), calib.x[:ONNX_CHECK_IMAGES].cpu())
     yield Progress(1.0, "pruned")
     return report
 

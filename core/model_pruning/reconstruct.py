@@ -21,7 +21,9 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from core.model_pruning.recovery import augment
 from core.network.folding import conv_bn_pairs, fold_batchnorm
@@ -33,7 +35,8 @@ BATCH = 16
 MAX_POSITIONS = 1024        # per image and layer: early layers have ~12 k, all alike
 STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge, times the layer's mean input energy
 DEFAULT_STRENGTH = 1e-2     # with too few images to hold any out
-OWN_FORWARD = "its forward is not the affine map of its weights (a custom layer): left as it was"
+NO_WEIGHT_CALL = "its weight is not used by an F.conv2d or F.linear call (a custom layer): left as it was"
+OWN_FORWARD = "its output is not the affine map of its weight's call (it transforms the result): left as it was"
 VALIDATE_EVERY = 4          # every fourth image is held out of the fit to choose the strength
 
 
@@ -52,8 +55,8 @@ class Reconstruction:
     kept: bool                  # False: the refitted model was further from the original; undone
 
 
-class _OwnForward(Exception):
-    """A layer computes its output its own way, not as the affine map of its weights."""
+class _NoWeightCall(Exception):
+    """No F.conv2d or F.linear call of a forward used the layer's weight."""
 
 
 class _Reached(BaseException):  # not Exception: a model's own `except Exception` must not catch it
@@ -100,6 +103,7 @@ class _Layer:
     norm: nn.Module | None       # the pruned model's batch norm after it, folded into the fit
     kept: torch.Tensor | None    # the original's output channels the pruned layer has; None: all
     pooled: bool = False         # a linear on a feature map's spatial mean: fitted per position
+    call: "_Conv | None" = None  # how the conv's F.conv2d call convolves (its forward's own padding)
 
     @property
     def biased(self) -> bool:
@@ -144,14 +148,14 @@ def _not_linear_here(pruned: nn.Module, layer: _Layer, output: nn.Module, probe:
     caught input) does not reproduce its real output on the probe, if it does not: a subclass
     whose forward pads or standardises in its own way, a norm without shift, ..."""
     try:
-        x = _input_of(pruned, layer.module, probe, layer.pooled)
+        x = _input_of(pruned, layer, probe)
         y = _output_of(pruned, layer.module if layer.pooled else output, probe, layer.pooled)
         xs, ys = _samples(layer, x, y, seed=0)
         if layer.biased:
             xs = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
         ours = xs @ _effective(layer).to(xs.device)
-    except _OwnForward:
-        return OWN_FORWARD
+    except _NoWeightCall:
+        return NO_WEIGHT_CALL
     except Exception as err:  # noqa: BLE001 - any failure here only means: not fitted
         return f"its output could not be modelled ({type(err).__name__}: {err})"[:200]
     if ours.shape != ys.shape or not torch.allclose(ours, ys, rtol=1e-3, atol=1e-4 * float(ys.abs().max()) + 1e-6):
@@ -249,7 +253,7 @@ def _accumulate(pruned: nn.Module, original: nn.Module, layer: _Layer, batches) 
     xx = xy = None
     yy = 0.0
     for k, batch in enumerate(batches):
-        inputs = _input_of(pruned, m, batch, layer.pooled)
+        inputs = _input_of(pruned, layer, batch)
         target = _output_of(original, layer.twin, batch, layer.pooled)
         if layer.kept is not None:
             target = target.index_select(_channel_dim(layer), layer.kept.to(target.device))
@@ -262,27 +266,70 @@ def _accumulate(pruned: nn.Module, original: nn.Module, layer: _Layer, batches) 
     return _Stats(xx, xy, yy)
 
 
-def _input_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-    """What `m` computes its linear map on, in a forward of `model` stopped there. For a conv,
-    the input its _conv_forward gets: subclasses (same padding) may pad it first. pooled: the
-    feature map whose spatial mean a linear takes."""
-    if pooled:
+@dataclass(frozen=True)
+class _Conv:
+    """How an F.conv2d call convolves: the module's attributes may not say (a forward that pads
+    first, as TensorFlow's "same" padding in efficientnet_pytorch, calls it with padding 0)."""
+    stride: tuple
+    padding: tuple | str
+    dilation: tuple
+
+
+_CALL_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+class _WeightCall(TorchFunctionMode):
+    """Inside a layer's forward: the F.conv2d or F.linear call on its weight, whatever the forward
+    does before it; records its input and geometry, then stops the forward."""
+
+    def __init__(self, weight: torch.Tensor, seen: list):
+        super().__init__()
+        self.weight, self.seen = weight, seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.conv2d, F.linear):
+            call = {**dict(zip(_CALL_ARGS, args)), **kwargs}
+            if call.get("weight") is self.weight:
+                geometry = None
+                if func is F.conv2d:
+                    geometry = _Conv(*(_pair(call.get(k, default)) for k, default in
+                                       (("stride", 1), ("padding", 0), ("dilation", 1))))
+                self.seen.append((call["input"], geometry))
+                raise _Reached
+        return func(*args, **kwargs)
+
+
+def _pair(value):
+    return value if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _input_of(model: nn.Module, layer: _Layer, batch: torch.Tensor) -> torch.Tensor:
+    """What the layer computes its linear map on, in a forward of `model` stopped there: the input
+    of the F.conv2d or F.linear call on its weight (a forward may pad first; the conv's geometry
+    goes to layer.call). A pooled linear: the feature map whose spatial mean it takes."""
+    m = layer.module
+    if layer.pooled:
         return _feature_map(model, m, batch)[0]
-    seen = []
+    seen: list = []
+    mode = _WeightCall(m.weight, seen)
+    entered = []
 
-    def catch(x, *_):
-        seen.append(x)
-        raise _Reached
+    def enter(_m, _args):  # the mode is on during this layer's forward only: the rest runs at full speed
+        mode.__enter__()
+        entered.append(mode)
 
-    if isinstance(m, nn.Conv2d):
-        m._conv_forward = catch  # shadows the class's method for this forward only
-        undo = lambda: delattr(m, "_conv_forward")  # noqa: E731
-    else:
-        undo = m.register_forward_pre_hook(lambda _m, args: catch(args[0])).remove
-    _stopped_forward(model, batch, [undo])
-    if not seen:  # a subclass whose forward never calls _conv_forward (timm's Conv2dSame)
-        raise _OwnForward
-    return seen[0]
+    def leave():
+        if entered:
+            mode.__exit__(None, None, None)
+
+    handle = m.register_forward_pre_hook(enter)
+    after = m.register_forward_hook(lambda *_: leave() or entered.clear())
+    _stopped_forward(model, batch, [leave, handle.remove, after.remove])
+    if not seen:
+        raise _NoWeightCall
+    x, layer.call = seen[0]
+    return x
 
 
 def _output_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool = False) -> torch.Tensor:
@@ -366,26 +413,25 @@ def _samples(layer: _Layer, x: torch.Tensor, y: torch.Tensor, seed: int):
         y = y[..., pick]
     # a few images at a time: the patches of an early layer are tens of MB per image
     patches = torch.cat([p if pick is None else p[..., pick]
-                         for p in (_patches(m, x[i:i + 2]) for i in range(0, x.shape[0], 2))]).double()
+                         for p in (_patches(m.kernel_size, layer.call, x[i:i + 2])
+                                   for i in range(0, x.shape[0], 2))]).double()
     b, d, _ = patches.shape
     xs = patches.reshape(b, groups, d // groups, -1).permute(1, 0, 3, 2).reshape(groups, -1, d // groups)
     ys = y.reshape(b, groups, y.shape[1] // groups, -1).permute(1, 0, 3, 2).reshape(groups, -1, y.shape[1] // groups)
     return xs, ys
 
 
-def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """im2col of x as m's convolution sees it."""
-    if m.padding_mode != "zeros":  # torch fills these in for string padding too
-        x, padding = nn.functional.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
-    elif isinstance(m.padding, str):  # "valid" or "same" (stride 1): pad as torch does
+def _patches(kernel_size: tuple, call: _Conv, x: torch.Tensor) -> torch.Tensor:
+    """im2col of x as the layer's F.conv2d call sees it (a padding mode other than zeros is an F.pad
+    before that call, already in x)."""
+    padding = call.padding
+    if isinstance(padding, str):  # "valid" or "same" (stride 1): pad as torch does
         pads = []
-        for k, d in zip(reversed(m.kernel_size), reversed(m.dilation)):
-            total = d * (k - 1) if m.padding == "same" else 0
+        for k, d in zip(reversed(kernel_size), reversed(call.dilation)):
+            total = d * (k - 1) if padding == "same" else 0
             pads += [total // 2, total - total // 2]
-        x, padding = nn.functional.pad(x, pads), 0
-    else:
-        padding = m.padding
-    return nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
+        x, padding = F.pad(x, pads), 0
+    return F.unfold(x, kernel_size, dilation=call.dilation, padding=padding, stride=call.stride)
 
 
 def _scale_shift(layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ never touches a widget and imports torch only inside the jobs.
 """
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -72,11 +73,16 @@ def prune_job(model, engine, s: dict, method: str):
 
 
 def export_job(report, path):
-    """Job: write the pruned model (core.model_pruning.save_pruned): {path: bytes}."""
+    """Job: write the pruned model: FILE.onnx as ONNX, checked with onnxruntime
+    (core.model_pruning.deploy), else as PruneScope's .pt (save_pruned). Returns what it wrote, in words."""
     from core.model_pruning import save_pruned
+    from core.model_pruning.deploy import export_onnx
 
     yield Progress(0.0, f"writing {path.name}")
-    return save_pruned(report, path)
+    if path.suffix.lower() == ".onnx":
+        return export_onnx(report.model.module, path, report.check_images).line()
+    sizes = save_pruned(report, path)
+    return "wrote " + ", ".join(f"{Path(p).name} {size / 1e6:.2f} MB" for p, size in sizes.items())
 
 
 def sweep_job(model, s: dict, chosen, sparsities_text: str, methods_text: str):

@@ -25,6 +25,7 @@ from gui.pruning.drawing import (ORIGINAL, PRUNED, ChannelBars, draw_maps, left_
 
 JOB_KEY = "model-pruning"  # prune, sweep and export: one at a time, Cancel stops it
 MAPS_KEY = "model-pruning-maps"
+PT_FILTER, ONNX_FILTER = "PyTorch model (*.pt)", "ONNX model, checked with onnxruntime (*.onnx)"
 # The defaults: what kept most of EfficientNet-Lite0's decisions on held-out photos (README's
 # pruning table); the recovery is names.DEFAULT_RECOVERY.
 DEFAULT_CRITERION, DEFAULT_SPARSITY, DEFAULT_STEPS = "pathway", 10, 60
@@ -273,20 +274,24 @@ class PruningTab(JobFeedback, QWidget):
             return
         r = self.report
         name = f"{r.model.name}_{r.criterion}{r.sparsity:g}.pt"
-        path, _ = QFileDialog.getSaveFileName(self, "Export pruned model", name, "PyTorch model (*.pt)")
+        path, chosen = QFileDialog.getSaveFileName(self, "Export pruned model", name,
+                                                   f"{PT_FILTER};;{ONNX_FILTER}")
         if path:
-            self.export(Path(path))
+            path = Path(path)
+            if chosen == ONNX_FILTER and path.suffix.lower() != ".onnx":
+                path = path.with_suffix(".onnx")
+            self.export(path)
 
     def export(self, path: Path) -> None:
         report = self.report
 
-        def done(sizes):
+        def done(text: str):
             self._busy(False)
-            self.exported = path
-            self.open_button.setEnabled(True)
-            text = ", ".join(f"{Path(p).name} {size / 1e6:.2f} MB" for p, size in sizes.items())
-            self.message.setText(f"wrote {text}")
-            self.status.emit(f"wrote {text}")
+            if path.suffix.lower() != ".onnx":  # an ONNX file does not open as the app's model
+                self.exported = path
+                self.open_button.setEnabled(True)
+            self.message.setText(text)
+            self.status.emit(text)
 
         self._busy(True)
         self.context.run_job(lambda: pruning_jobs.export_job(report, path), done, self._progressed,

@@ -1,0 +1,100 @@
+"""ONNX export of a pruned model, the format serving stacks take, checked with onnxruntime on
+calibration images before it is kept, with its latency beside PyTorch's."""
+import copy
+import importlib.util
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.errors import OutputError, PruneScopeError
+from core.io.output import atomic_file
+from core.models.exported import PROGRAMS_SUPPORTED
+
+TOLERANCE = 1e-4       # max |Δ| of the outputs, ONNX against PyTorch, on the check images
+ONNX_CHECK_IMAGES = 16  # calibration images the check runs on
+LATENCY_RUNS = 20      # batch-1 forwards timed per runtime (the median is reported)
+OPSET = 18
+
+
+@dataclass
+class OnnxExport:
+    path: str
+    bytes: int
+    checked_images: int
+    max_abs_diff: float    # between onnxruntime's and PyTorch's outputs on the check images
+    torch_ms: float        # median batch-1 latency on the CPU
+    onnx_ms: float
+
+    def line(self) -> str:
+        return (f"wrote {self.path} ({self.bytes / 1e6:.2f} MB): onnxruntime equals PyTorch on "
+                f"{self.checked_images} calibration images (max |Δ| {self.max_abs_diff:.1e}); batch-1 latency "
+                f"on the CPU {self.onnx_ms:.1f} ms (PyTorch {self.torch_ms:.1f} ms)")
+
+
+def require_onnx() -> None:
+    """PruneScopeError naming the extra where onnx or onnxruntime is missing (before any work)."""
+    needed = ["onnx", "onnxruntime"] + (["onnxscript"] if PROGRAMS_SUPPORTED else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PruneScopeError(f"ONNX export needs {', '.join(missing)}: pip install 'prunescope[onnx]'")
+
+
+def export_onnx(module: nn.Module, path: str | Path, images: torch.Tensor) -> OnnxExport:
+    """Write module (a classifier on N x C x S x S batches, any N) to path as ONNX; run it with
+    onnxruntime on `images` and keep the file only where every output is within TOLERANCE of
+    PyTorch's. Exported on the CPU."""
+    require_onnx()
+    import onnxruntime
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a model file")
+    cpu = copy.deepcopy(module).cpu().eval() if _device(module).type != "cpu" else module.eval()
+    images = images.detach().float().cpu()
+    example = images[:2] if images.shape[0] >= 2 else images.expand(2, *images.shape[1:])  # 2: batch stays dynamic
+    with atomic_file(path) as temp:
+        _export(cpu, example, temp)
+        session = onnxruntime.InferenceSession(str(temp), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        theirs = torch.from_numpy(session.run(None, {name: images.numpy()})[0])
+        with torch.no_grad():
+            ours = cpu(images).float()
+        diff = float((theirs - ours).abs().max()) if theirs.shape == ours.shape else float("inf")
+        if not diff <= TOLERANCE:
+            raise PruneScopeError(f"{path.name}: the ONNX model's outputs differ from PyTorch's by up to "
+                                  f"{diff:.2g} (more than {TOLERANCE:g}): not written")
+        one = images[:1]
+        onnx_ms = _median_ms(lambda: session.run(None, {name: one.numpy()}))
+        with torch.no_grad():
+            torch_ms = _median_ms(lambda: cpu(one))
+    return OnnxExport(str(path), path.stat().st_size, images.shape[0], diff, torch_ms, onnx_ms)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    names = dict(input_names=["image"], output_names=["logits"])
+    if PROGRAMS_SUPPORTED:  # torch.export-based exporter (torch's default since 2.9)
+        torch.onnx.export(module, (example,), str(path), dynamo=True, verbose=False, opset_version=OPSET,
+                          external_data=False, dynamic_shapes=({0: torch.export.Dim.AUTO},), **names)
+    else:  # before torch 2.6: the TorchScript-based exporter
+        torch.onnx.export(module, (example,), str(path), opset_version=OPSET,
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
+
+
+def _median_ms(forward) -> float:
+    forward()  # warm-up: first-run allocations and kernel choice
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(iter(module.parameters()), torch.zeros(())).device
