@@ -14,7 +14,7 @@ import torchvision
 import main
 from core.errors import ModelError
 from core.io.images import load_image
-from core.methods.attribution import attribute
+from core.methods import attribute
 from core.models.exported import PROGRAMS_SUPPORTED
 from core.models.loading import load_model, read_labels
 from core.models.sources import ModelCard, parse_spec, read_card, write_card

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo_path
 from PIL import Image
 
-from conftest import photo_path
 from core.errors import PruneScopeError
 from core.evaluation.sources import folder_source
 from core.models.loading import imagenet_classes

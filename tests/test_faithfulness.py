@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import installed
 from torch import nn
 
-from conftest import installed
 from core.evaluation.faithfulness import complexity, confidence, faithfulness_correlation, road, sparseness
 from core.evaluation.leaderboard import bootstrap_ci, rows, write_csv
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from core.io.images import load_image
-from core.methods.attribution import attribute
+from core.methods import attribute
 from core.models.loading import LoadedModel
 from core.network.folding import fold_batchnorm
 from core.network.neurons import discover_layers, intercept

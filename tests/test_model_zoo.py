@@ -13,7 +13,7 @@ import torch
 import torchvision.models as tvm
 
 from core.io.images import load_image
-from core.methods.attribution import input_attribution
+from core.methods import input_attribution
 from core.models.loading import LoadedModel, load_model
 from core.models.sources import build
 from core.pathway.engine import Engine

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import photo_path
 from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric,
                                                               RemoveLeastRelevantFirst,
                                                               RemoveMostRelevantFirst)
@@ -9,7 +10,6 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
-from conftest import photo_path
 from core.evaluation import road as imputation
 from core.evaluation.faithfulness import road
 

@@ -224,16 +224,12 @@ def test_a_strip_costs_one_line_and_the_next_image_is_explained(tiny_cli, photo,
 
 def test_a_failing_method_is_reported_and_the_others_are_kept(tiny_cli, tiny, photo, tmp_path, capsys,
                                                               monkeypatch):
-    import core.methods.attribution
+    from core.methods.gradients import GradCam
 
-    real = core.methods.attribution.attribute
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    def out_of_memory(method, *args, **kwargs):
-        if method == "grad-cam":
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(method, *args, **kwargs)
-
-    monkeypatch.setattr(core.methods.attribution, "attribute", out_of_memory)
+    monkeypatch.setattr(GradCam, "attribute", out_of_memory)
     image = small_photo(photo, "coffee.png", tmp_path / "coffee.png")
     code, err = explain([image, "--out", tmp_path / "out", "--methods", "gradient,grad-cam,pathway-gradient",
                          "--steps", "1", "--quiet"], capsys)

@@ -8,7 +8,8 @@ import torch
 
 from core.io.images import load_image
 from core.io.resources import resource_path
-from core.methods.attribution import IG_STEPS, batch_size
+from core.methods.attribution import batch_size
+from core.methods.gradients import IG_STEPS
 from core.pathway.curves import baseline_image, default_batch, rank_image
 from core.pathway.engine import Engine
 from core.progress import run

@@ -13,8 +13,6 @@ import numpy as np
 from core.errors import PruneScopeError, UnsupportedMethod
 from core.methods import ALL_METHODS, CLASSIC_METHODS, ranked, supports
 
-REFERENCE_METHODS = ("random", "oracle")
-
 
 def ranking(method: str, attr_map: np.ndarray) -> np.ndarray:
     """The values pixels are ranked by (higher = more relevant), as the engine ranks them."""
@@ -49,15 +47,24 @@ def item_seed(seed: int, *parts) -> int:
     return zlib.crc32(repr((seed, *parts)).encode())
 
 
-def reference_map(method: str, shape, mask: np.ndarray | None, seed: int) -> np.ndarray:
-    """'random': uniform noise; 'oracle': 0 outside the ground truth, 1 to 2 inside (at random,
-    so the object's pixels are ordered at random among themselves)."""
-    noise = np.random.default_rng(seed).random(shape)
-    if method == "random":
-        return noise
+def _random_map(noise: np.ndarray, _mask) -> np.ndarray:
+    return noise
+
+
+def _oracle_map(noise: np.ndarray, mask) -> np.ndarray:
     if mask is None:
         raise PruneScopeError("the oracle map needs ground-truth masks")
     return np.asarray(mask, np.float64) * (1 + noise)
+
+
+# The evaluation's reference maps: 'random', uniform noise; 'oracle', 0 outside the ground truth and
+# 1 to 2 inside (at random, so the object's pixels are ordered at random among themselves).
+_REFERENCE_MAPS = {"random": _random_map, "oracle": _oracle_map}
+REFERENCE_METHODS = tuple(_REFERENCE_MAPS)
+
+
+def reference_map(method: str, shape, mask: np.ndarray | None, seed: int) -> np.ndarray:
+    return _REFERENCE_MAPS[method](np.random.default_rng(seed).random(shape), mask)
 
 
 def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: float) -> np.ndarray:

@@ -5,6 +5,7 @@ perturbation. Adding one is a class there and a line here. Every method computed
 network also has a `pathway-<name>` version: the same method on the network pruned for the input.
 Standard library only, so that `--help` and the window's first paint need no torch.
 """
+from core.errors import UnsupportedMethod
 from core.methods import cams, gradients, perturbation
 from core.methods.base import PATHWAY, Method, Pathway
 
@@ -52,6 +53,28 @@ def ranked(name: str, attr_map):
 
 def unknown(names) -> list[str]:
     return [n for n in names if n not in BY_NAME]
+
+
+def attribute(method: str, model, x, target: int, module=None, **opts):
+    """The map of the classic method named `method` for class `target` and input x (1x3xHxW):
+    HxW float32, raw and signed. module: the network to explain instead of model.module, the same
+    function (the engine's batch-norm-folded copy, or its pruned network). opts: the gradient
+    methods' settings (steps, samples, noise, seed)."""
+    return _classic(method).attribute(model, model.module if module is None else module, x, target, **opts)
+
+
+def input_attribution(method: str, model, x, target: int, module=None, **opts):
+    """The 1x3xHxW attribution of a gradient method, before the channels are collapsed."""
+    spec = _classic(method)
+    if not isinstance(spec, gradients.GradientMethod):
+        raise UnsupportedMethod(f"'{method}' is not a gradient method: its map is not made of input gradients")
+    return spec.input_attribution(model, model.module if module is None else module, x, target, **opts)
+
+
+def _classic(method: str) -> Method:
+    if method not in CLASSIC_METHODS:
+        raise UnsupportedMethod(f"unknown method '{method}': choose one of {', '.join(CLASSIC_METHODS)}")
+    return BY_NAME[method]
 
 
 def supports(name: str, model) -> tuple[bool, str]:

@@ -1,4 +1,6 @@
-"""Classic attribution maps for one input and one target class, through Captum and zennit.
+"""What the attribution methods share (each method's body is its class: core.methods.gradients,
+cams, perturbation): the input checks, collapsing channels, batching within memory, gradient sums
+run in resumable steps, guided backpropagation and Grad-CAM; and a map by method name.
 
 Every method returns a raw, signed HxW float32 map at the input's resolution; display scaling is
 core.io.display's job. Hooks that any method installs are removed before it returns, also on errors.
@@ -14,61 +16,14 @@ from core.network.hooks import hooked
 from core.network.neurons import intercept
 from core.network.tokens import grid_side
 from core.progress import Progress
-from core.runtime.device import seeded
 
 # Captum is imported inside the functions: it takes about a second to import. LRP (core.methods.lrp) too:
 # zennit brings torchvision, 170 MB resident.
 
-# Methods whose result is a gradient-like 1xCxHxW tensor, collapsed to HxW by collapse_channels.
-GRADIENT_METHODS = ("gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop")
-BUILTIN = (*GRADIENT_METHODS, "grad-cam", "lrp")  # the methods this module computes itself
-
-IG_STEPS = 50
-SMOOTHGRAD_SAMPLES = 25
-SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
 # Bytes one batched forward+backward may use on the CPU. Bigger batches buy no speed there
 # (integrated gradients of the embedded model: 2, 4 and 10 images per pass took the same time)
 # and cost resident memory (10: +600 MB).
 CPU_MEMORY_BUDGET = 512 << 20
-
-
-def attribute(method: str, model, x: torch.Tensor, target: int, module: nn.Module | None = None,
-              **opts) -> np.ndarray:
-    """The `method` map of class `target` for input x (1x3xHxW): HxW float32, raw and signed.
-
-    module: what gradient-type methods differentiate instead of model.module, the same function
-    (the engine's batch-norm-folded copy), and Grad-CAM runs (it may be the engine's pruned
-    network: core.pathway.engine.MaskedNetwork). opts: steps (integrated-gradients), samples / noise /
-    seed (smoothgrad)."""
-    if method in GRADIENT_METHODS:
-        return collapse_channels(input_attribution(method, model, x, target, module, **opts))
-    x, target = _prepared(method, model, x, target)
-    with torch.enable_grad():
-        if method == "grad-cam":
-            return _grad_cam(model, x, target, model.module if module is None else module)
-        from core.methods.lrp import lrp
-
-        return lrp(model, x, target)
-
-
-def supports(method: str, model) -> tuple[bool, str]:
-    """Whether `method` can run on this model; if not, one line saying why."""
-    if method not in BUILTIN:
-        return False, f"unknown method '{method}': choose one of {', '.join(BUILTIN)}"
-    if method == "grad-cam":
-        if not model.gradcam_layer:
-            return False, f"Grad-CAM has no layer in {model.name}: {model.gradcam_reason or 'none set'}"
-        try:
-            model.module.get_submodule(model.gradcam_layer)
-        except AttributeError:
-            return False, f"Grad-CAM layer '{model.gradcam_layer}' does not exist in {model.name}"
-    if method == "lrp":
-        from core.methods.lrp import unsupported_reason
-
-        reason = unsupported_reason(model.module)
-        if reason:
-            return False, f"LRP does not support {model.name}: {reason}"
-    return True, ""
 
 
 def collapse_channels(grad: torch.Tensor) -> np.ndarray:
@@ -85,48 +40,13 @@ def collapse_channels(grad: torch.Tensor) -> np.ndarray:
     return best.float().cpu().numpy()
 
 
-def input_attribution(method: str, model, x: torch.Tensor, target: int, module: nn.Module | None = None,
-                      **opts) -> torch.Tensor:
-    """The 1x3xHxW attribution of a gradient-type method, before the channels are collapsed."""
-    if method not in GRADIENT_METHODS:
-        raise UnsupportedMethod(
-            f"'{method}' is not a gradient-type method: choose one of {', '.join(GRADIENT_METHODS)}")
-    x, target = _prepared(method, model, x, target)
-    with torch.enable_grad():
-        return _input_attribution(method, model.module if module is None else module, x, target, **opts)
-
-
-def _input_attribution(method: str, forward: nn.Module, x: torch.Tensor, target: int, **opts) -> torch.Tensor:
-    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
-
-    x = x.requires_grad_(True)  # as Captum wants it (x is already a private copy)
-    if method == "gradient":
-        return Saliency(forward).attribute(x, target=target, abs=False).detach()
-    if method == "input-x-gradient":
-        return InputXGradient(forward).attribute(x, target=target).detach()
-    if method == "integrated-gradients":
-        steps = opts.get("steps", IG_STEPS)
-        # The zero baseline in normalised space is the dataset-mean image.
-        return IntegratedGradients(forward).attribute(
-            x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
-            internal_batch_size=batch_size(forward, x, steps)).detach()
-    if method == "smoothgrad":
-        samples = opts.get("samples", SMOOTHGRAD_SAMPLES)
-        noise = opts.get("noise", SMOOTHGRAD_NOISE) * float(x.detach().max() - x.detach().min())
-        # A fixed seed makes the map repeatable (caches, tests) without touching the caller's RNG.
-        with seeded(opts.get("seed", 0), x.device):
-            return NoiseTunnel(Saliency(forward)).attribute(
-                x, nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=target, abs=False,
-                nt_samples_batch_size=batch_size(forward, x, samples)).detach()
-    return guided_backprop(forward, x, target)
-
-
-def _prepared(method: str, model, x: torch.Tensor, target: int) -> tuple[torch.Tensor, int]:
-    """Checks method, input and target; puts the model in eval mode; returns a private copy of x
-    on the model's device, and the target as an int."""
-    ok, reason = supports(method, model)
+def prepared(method, model, x: torch.Tensor, target: int) -> tuple[torch.Tensor, int]:
+    """Checks that `method` (a core.methods.base.Method) runs on the model, the input and the
+    target; puts the model in eval mode; returns a private copy of x on the model's device, and
+    the target as an int."""
+    ok, why = method.supports(model)
     if not ok:
-        raise UnsupportedMethod(reason)
+        raise UnsupportedMethod(why)
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != 1:
         raise ModelError(f"expected one image as a 1x3xHxW tensor, got {getattr(x, 'shape', type(x).__name__)}")
     classes = len(model.class_names)
@@ -146,9 +66,8 @@ class _SteppedRun:
 
     label = ""
 
-    def __init__(self, method: str, model, x: torch.Tensor, target: int, count: int,
-                 module: nn.Module | None):
-        x, self.target = _prepared(method, model, x, target)
+    def __init__(self, method, model, x: torch.Tensor, target: int, count: int, module: nn.Module | None):
+        x, self.target = prepared(method, model, x, target)
         self.module = model.module if module is None else module  # see attribute()
         self.x, self.count = x, count
         self.done = 0
@@ -189,9 +108,8 @@ class IntegratedGradientsRun(_SteppedRun):
 
     label = "integrated gradients"
 
-    def __init__(self, model, x: torch.Tensor, target: int, steps: int = IG_STEPS,
-                 module: nn.Module | None = None):
-        super().__init__("integrated-gradients", model, x, target, steps, module)
+    def __init__(self, method, model, x: torch.Tensor, target: int, steps: int, module: nn.Module | None):
+        super().__init__(method, model, x, target, steps, module)
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         self.alphas = torch.tensor((nodes + 1) / 2, dtype=self.x.dtype, device=self.x.device)
         self.weights = torch.tensor(weights / 2, dtype=self.x.dtype, device=self.x.device)
@@ -212,9 +130,9 @@ class SmoothGradRun(_SteppedRun):
 
     label = "smoothgrad"
 
-    def __init__(self, model, x: torch.Tensor, target: int, samples: int = SMOOTHGRAD_SAMPLES,
-                 noise: float = SMOOTHGRAD_NOISE, seed: int = 0, module: nn.Module | None = None):
-        super().__init__("smoothgrad", model, x, target, samples, module)
+    def __init__(self, method, model, x: torch.Tensor, target: int, samples: int, noise: float, seed: int,
+                 module: nn.Module | None):
+        super().__init__(method, model, x, target, samples, module)
         stdev = noise * float(self.x.max() - self.x.min())
         generator = torch.Generator(device=self.x.device).manual_seed(seed)
         self.noise = torch.empty((samples, *self.x.shape[1:]), device=self.x.device, dtype=self.x.dtype)
@@ -305,7 +223,8 @@ def layer_grad_cam(model, net: nn.Module, x: torch.Tensor, target: int) -> torch
     return cam.detach()
 
 
-def _grad_cam(model, x: torch.Tensor, target: int, net: nn.Module) -> np.ndarray:
+def grad_cam(model, x: torch.Tensor, target: int, net: nn.Module) -> np.ndarray:
+    """Grad-CAM upsampled (bilinear) to x's resolution, as Captum's LayerAttribution does."""
     from captum.attr import LayerAttribution
 
     cam = LayerAttribution.interpolate(layer_grad_cam(model, net, x, target), tuple(x.shape[-2:]),

@@ -13,7 +13,7 @@ class Method:
 
     attribute(model, net, x, target) runs it on `net`, the network to explain: the model's
     module, the engine's batch-norm-folded copy of it, or the engine's pruned network (a module
-    whose forward multiplies every activation by its mask: core.pathway.engine.MaskedNetwork). It returns
+    whose forward multiplies every activation by its mask: core.network.neurons.MaskedNetwork). It returns
     a raw, signed HxW float32 map at x's resolution.
     """
 
@@ -23,6 +23,9 @@ class Method:
     passes: str = "1 forward+backward"  # what one map costs, for the user
     interactive: bool = True        # cheap enough for the app's map job (well under a second)
     through_network: bool = True    # computed through the network, so it has a pathway version
+    runs_on_loaded: bool = False    # reads a layer by name (CAMs, LRP): runs on the model as loaded,
+                                    # not on the engine's batch-norm-folded copy
+    nodes: int | None = None        # the passes its map sums, where it runs in steps (stepped())
     params: dict[str, Any] = {}     # its settings, recorded in report.json
 
     def supports(self, model) -> tuple[bool, str]:
@@ -40,6 +43,23 @@ class Method:
     def attribute(self, model, net, x, target: int):
         raise NotImplementedError
 
+    def stepped(self, model, net, x, target: int, nodes: int | None = None):
+        """Where `nodes` is set: its map as a run in resumable steps (core.methods.attribution's
+        SteppedRun), on `nodes` passes instead of its own for a coarser first map."""
+        raise NotImplementedError
+
+    def through(self, model, inner, forward, x, target: int):
+        """Its pathway version: (its map on the network pruned for x, that network's logits on x).
+        forward: inner's forward with every activation multiplied by its mask (the engine's)."""
+        import torch
+
+        from core.network.neurons import MaskedNetwork
+
+        net = MaskedNetwork(inner, forward)
+        with torch.no_grad():
+            logits = net(x)
+        return self.attribute(model, net, x, target), logits
+
 
 class Pathway(Method):
     """`pathway-<method>`: the method run on the network pruned for this input (the engine's
@@ -53,6 +73,7 @@ class Pathway(Method):
         self.passes = f"{of.passes} through the pruned network"
         self.interactive = of.interactive
         self.through_network = False
+        self.runs_on_loaded = of.runs_on_loaded
         self.params = of.params
 
     def supports(self, model) -> tuple[bool, str]:

@@ -8,18 +8,18 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from core.methods.base import Method
+from core.methods.gradients import gradcam_support
 
 BATCH = 32  # perturbed forwards per batch for Score-CAM and Ablation-CAM
 
 
 class _LibraryCam(Method):
     family = "cam"
+    runs_on_loaded = True
     cam_class = ""  # the pytorch_grad_cam class
 
     def supports(self, model):
-        from core.methods.attribution import supports
-
-        ok, why = supports("grad-cam", model)
+        ok, why = gradcam_support(model)
         return (ok, why.replace("Grad-CAM", self.name, 1))
 
     def layer(self, model):

@@ -1,60 +1,198 @@
-"""Gradient-family methods, and LRP: PruneScope's original seven through core.methods.attribution
-(Captum and zennit), and DeepLIFT, GradientSHAP and Guided Grad-CAM from Captum."""
+"""Gradient-family methods, Grad-CAM and LRP: Captum's gradients, integrated gradients, SmoothGrad
+and DeepLIFT, PruneScope's guided backpropagation, zennit's LRP, and GradientSHAP and Guided
+Grad-CAM from Captum. Each method's body is its class; core.methods.attribution holds what they share."""
 from core.methods.base import Method
 
+IG_STEPS = 50
+SMOOTHGRAD_SAMPLES = 25
+SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
 SHAP_SAMPLES = 25
 SHAP_NOISE = 0.09  # baseline noise std as a fraction of the input's value range
 
 
-class _Builtin(Method):
-    """One of the methods core.methods.attribution computes itself."""
+class GradientMethod(Method):
+    """A map made of the target's input gradients: 1x3xHxW, collapsed to HxW per pixel (the channel
+    of largest magnitude). opts: the method's own settings (steps, samples, noise, seed)."""
 
-    def supports(self, model):
-        from core.methods.attribution import supports
+    def attribute(self, model, net, x, target, **opts):
+        from core.methods.attribution import collapse_channels
 
-        return supports(self.name, model)
+        return collapse_channels(self.input_attribution(model, net, x, target, **opts))
 
-    def attribute(self, model, net, x, target):
-        from core.methods.attribution import attribute
+    def input_attribution(self, model, net, x, target, **opts):
+        """The 1x3xHxW attribution, before the channels are collapsed."""
+        import torch
 
-        return attribute(self.name, model, x, target, module=net)
+        from core.methods.attribution import prepared
+
+        x, target = prepared(self, model, x, target)
+        with torch.enable_grad():
+            return self._gradients(net, x.requires_grad_(True), target, **opts)
+
+    def _gradients(self, net, x, target, **opts):
+        raise NotImplementedError
 
 
-class Gradient(_Builtin):
+def _plain_gradient_through(forward, x, target, times_input: bool):
+    """The pathway version of the gradient and input x gradient: one masked forward and backward,
+    whose logits are the pruned network's (no second forward on the slider's path)."""
+    import torch
+
+    from core.methods.attribution import collapse_channels
+
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = forward(xg)
+        (grad,) = torch.autograd.grad(logits[0, target], xg)
+    return collapse_channels(grad * x if times_input else grad), logits.detach()
+
+
+class Gradient(GradientMethod):
     name, magnitude_ranked = "gradient", True
 
+    def _gradients(self, net, x, target):
+        from captum.attr import Saliency
 
-class InputXGradient(_Builtin):
+        return Saliency(net).attribute(x, target=target, abs=False).detach()
+
+    def through(self, model, inner, forward, x, target):
+        return _plain_gradient_through(forward, x, target, times_input=False)
+
+
+class InputXGradient(GradientMethod):
     name = "input-x-gradient"
 
+    def _gradients(self, net, x, target):
+        from captum.attr import InputXGradient as CaptumInputXGradient
 
-class IntegratedGradients(_Builtin):
+        return CaptumInputXGradient(net).attribute(x, target=target).detach()
+
+    def through(self, model, inner, forward, x, target):
+        return _plain_gradient_through(forward, x, target, times_input=True)
+
+
+class IntegratedGradients(GradientMethod):
     name = "integrated-gradients"
-    passes = "50 forward+backward"
-    params = {"steps": 50, "baseline": "zero (the dataset mean)"}
+    passes = f"{IG_STEPS} forward+backward"
+    nodes = IG_STEPS
+    params = {"steps": IG_STEPS, "baseline": "zero (the dataset mean)"}
+
+    def _gradients(self, net, x, target, steps: int = IG_STEPS):
+        import torch
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+        from core.methods.attribution import batch_size
+
+        # The zero baseline in normalised space is the dataset-mean image.
+        return CaptumIntegratedGradients(net).attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
+            internal_batch_size=batch_size(net, x, steps)).detach()
+
+    def stepped(self, model, net, x, target, nodes=None):
+        from core.methods.attribution import IntegratedGradientsRun
+
+        return IntegratedGradientsRun(self, model, x, target, nodes or IG_STEPS, net)
+
+    def through(self, model, inner, forward, x, target):
+        import torch
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+        from core.methods.attribution import batch_size, collapse_channels
+
+        grads = CaptumIntegratedGradients(forward).attribute(
+            x, target=target, n_steps=IG_STEPS, internal_batch_size=batch_size(inner, x, IG_STEPS))
+        with torch.no_grad():
+            logits = forward(x)
+        return collapse_channels(grads), logits
 
 
-class SmoothGrad(_Builtin):
+class SmoothGrad(GradientMethod):
     name, magnitude_ranked = "smoothgrad", True
-    passes = "25 forward+backward"
-    params = {"samples": 25, "noise": 0.15}
+    passes = f"{SMOOTHGRAD_SAMPLES} forward+backward"
+    nodes = SMOOTHGRAD_SAMPLES
+    params = {"samples": SMOOTHGRAD_SAMPLES, "noise": SMOOTHGRAD_NOISE}
+
+    def _gradients(self, net, x, target, samples: int = SMOOTHGRAD_SAMPLES, noise: float = SMOOTHGRAD_NOISE,
+                   seed: int = 0):
+        from captum.attr import NoiseTunnel, Saliency
+
+        from core.methods.attribution import batch_size
+        from core.runtime.device import seeded
+
+        spread = noise * float(x.detach().max() - x.detach().min())
+        # A fixed seed makes the map repeatable (caches, tests) without touching the caller's RNG.
+        with seeded(seed, x.device):
+            return NoiseTunnel(Saliency(net)).attribute(
+                x, nt_type="smoothgrad", nt_samples=samples, stdevs=spread, target=target, abs=False,
+                nt_samples_batch_size=batch_size(net, x, samples)).detach()
+
+    def stepped(self, model, net, x, target, nodes=None):
+        from core.methods.attribution import SmoothGradRun
+
+        return SmoothGradRun(self, model, x, target, nodes or SMOOTHGRAD_SAMPLES, SMOOTHGRAD_NOISE, 0, net)
 
 
-class GuidedBackprop(_Builtin):
+class GuidedBackprop(GradientMethod):
     name, magnitude_ranked = "guided-backprop", True
 
+    def _gradients(self, net, x, target):
+        from core.methods.attribution import guided_backprop
 
-class GradCam(_Builtin):
+        return guided_backprop(net, x, target)
+
+
+def gradcam_support(model) -> tuple[bool, str]:
+    """Whether the model has a Grad-CAM layer (the CAM family's too); if not, why."""
+    if not model.gradcam_layer:
+        return False, f"Grad-CAM has no layer in {model.name}: {model.gradcam_reason or 'none set'}"
+    try:
+        model.module.get_submodule(model.gradcam_layer)
+    except AttributeError:
+        return False, f"Grad-CAM layer '{model.gradcam_layer}' does not exist in {model.name}"
+    return True, ""
+
+
+class GradCam(Method):
     name, family = "grad-cam", "cam"
+    runs_on_loaded = True
+
+    def supports(self, model):
+        return gradcam_support(model)
 
     def layer(self, model):
         return model.gradcam_layer
 
+    def attribute(self, model, net, x, target):
+        import torch
 
-class Lrp(_Builtin):
+        from core.methods.attribution import grad_cam, prepared
+
+        x, target = prepared(self, model, x, target)
+        with torch.enable_grad():
+            return grad_cam(model, x, target, net)
+
+
+class Lrp(Method):
     name, family = "lrp", "relevance"
     passes = "1 forward+backward on a canonized copy"
+    runs_on_loaded = True
     through_network = False  # zennit rewrites a private copy of the model: no masks reach it
+
+    def supports(self, model):
+        from core.methods.lrp import unsupported_reason
+
+        why = unsupported_reason(model.module)
+        return (False, f"LRP does not support {model.name}: {why}") if why else (True, "")
+
+    def attribute(self, model, net, x, target):
+        import torch
+
+        from core.methods.attribution import prepared
+        from core.methods.lrp import lrp
+
+        x, target = prepared(self, model, x, target)
+        with torch.enable_grad():
+            return lrp(model, x, target)
 
 
 def _zero_baseline(x):
@@ -149,9 +287,7 @@ class GuidedGradCam(Method):
     passes = "2 forward+backward"
 
     def supports(self, model):
-        from core.methods.attribution import supports
-
-        return supports("grad-cam", model)
+        return gradcam_support(model)
 
     def layer(self, model):
         return model.gradcam_layer

@@ -121,10 +121,10 @@ def lrp_composite(model, module: nn.Module, x: torch.Tensor):
     so pruning ranks channels by the same relevance the LRP map shows."""
     from zennit.composites import EpsilonGammaBox
 
-    from core.methods import attribution
+    from core.methods.gradients import Lrp
     from core.methods.lrp import lrp_canonizers
 
-    ok, why = attribution.supports("lrp", model)
+    ok, why = Lrp().supports(model)
     if not ok:
         raise UnsupportedMethod(why)
     mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)

@@ -334,6 +334,21 @@ class MaskedForward:
         return y
 
 
+class MaskedNetwork(nn.Module):
+    """The network pruned for one input as a module, for libraries that take one (Captum's
+    DeepLIFT, pytorch-grad-cam): `inner` is the network, whose layers keep their names, and the
+    forward multiplies every activation by its mask (MaskedForward). The masks are one
+    sample's, so a batch of perturbed inputs runs through the same pruned network."""
+
+    def __init__(self, inner: nn.Module, forward: Callable):
+        super().__init__()
+        self.inner = inner
+        self._masked = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._masked(x)
+
+
 def _alone(module: nn.Module) -> bool:
     """Whether nothing but our hook acts on the activation: no other hooks on it, no function
     mode around the forward (guided backprop's intercept, say). They change the activation's

@@ -27,9 +27,6 @@ MODES = ("global", "per-layer")
 TIES = ("exact", "paper")  # exact: p % of the neurons, ties broken; paper: tied scores go together
 AUTO_GRID = 1.0  # points of sparsity between the auto search's probes
 AUTO_RESOLUTION = 0.1
-# Classic methods that take many passes, computed in steps where the caller asks for it (the app)
-STEPPED = {"integrated-gradients": attribution.IntegratedGradientsRun,
-           "smoothgrad": attribution.SmoothGradRun}
 
 
 @dataclass
@@ -132,8 +129,8 @@ class Engine:
         self._curves: dict[tuple, Curves] = {}
         self._ends: dict[str, tuple[float, float]] = {}  # baseline -> end_probs
         self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
-        self._runs: dict = {}  # method -> its run under way in steps (STEPPED)
-        self._coarse_ig: dict[int, np.ndarray] = {}  # nodes -> a first, coarser integrated gradients map
+        self._runs: dict = {}  # method -> its run under way in steps (Method.stepped)
+        self._coarse: dict[tuple[str, int], np.ndarray] = {}  # (method, nodes) -> a first, coarser map
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
@@ -212,7 +209,7 @@ class Engine:
         newer position is asked for (the backward, once begun, runs to the end)."""
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
-        _supported(method, self.model)
+        spec = _supported(method, self.model)
         factors = self._factors(sparsity, mode, selector)
         counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
         if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
@@ -220,32 +217,14 @@ class Engine:
                                   for f in factors]).tolist()
         kept = [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
         p = float(self.probs[self.target])
-        if method != "integrated-gradients" and all(k == n for _, k, n in kept):
+        if all(k == n for _, k, n in kept):
             # Nothing pruned: the pruned network is the network, so this is the method's own
             # map. Computed again it could differ in the last bits: some CPU convolution
             # backwards are not deterministic across threads (Inception's 1x3 kernels on 1x1
             # maps), and then two runs of one gradient differ.
             return PathwayResult(self.attribution(method).copy(), 0.0, 0.0, p, kept, factors, float(sparsity))
-        forward = self._scaled_forward(factors, stop)
-        if method in ("gradient", "input-x-gradient"):
-            x = self.x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = forward(x)
-                (grad,) = torch.autograd.grad(logits[0, self.target], x)
-            attr_map = attribution.collapse_channels(grad * self.x if method == "input-x-gradient" else grad)
-        elif method == "integrated-gradients":
-            from captum.attr import IntegratedGradients  # see core.methods.attribution
-
-            attr_map = attribution.collapse_channels(IntegratedGradients(forward).attribute(
-                self.x, target=self.target, n_steps=attribution.IG_STEPS,
-                internal_batch_size=attribution.batch_size(self.module, self.x, attribution.IG_STEPS)))
-            with torch.no_grad():
-                logits = forward(self.x)
-        else:  # any other method, handed the pruned network as its model
-            net = MaskedNetwork(self.module, forward)
-            with torch.no_grad():
-                logits = net(self.x)
-            attr_map = BY_NAME[method].attribute(self.model, net, self.x, self.target)
+        attr_map, logits = spec.through(self.model, self.module, self._scaled_forward(factors, stop), self.x,
+                                        self.target)
         prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
         pruned = 100.0 * (1 - sum(k for _, k, _ in kept) / max(1, sum(n for _, _, n in kept)))
         return PathwayResult(attr_map, pruned, abs(prob - p) / p, prob, kept, factors, float(sparsity))
@@ -335,29 +314,30 @@ class Engine:
             spec = _supported(method, self.model)
             # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
             # folded copy (the same function, faster).
-            net = self.model.module if spec.family in ("cam", "relevance") else self.module
+            net = self.model.module if spec.runs_on_loaded else self.module
             self._maps[method] = spec.attribute(self.model, net, self.x, self.target)
         return self._maps[method]
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
                          nodes: int | None = None) -> Job[np.ndarray]:
-        """attribution() of a classic method; with step_seconds, integrated gradients and
-        SmoothGrad run in steps of about that long, and a stopped run resumes where it was.
-        nodes: integrated gradients on fewer nodes than its attribution.IG_STEPS, a coarser map for a first
-        look, kept apart from the method's own (the finished full map is returned instead when
-        there is one)."""
-        if (method == "integrated-gradients" and nodes and nodes < attribution.IG_STEPS
-                and method not in self._maps):
-            if nodes not in self._coarse_ig:
-                ig = attribution.IntegratedGradientsRun(self.model, self.x, self.target, steps=nodes,
-                                                        module=self.module)
-                grads = yield from ig.steps(step_seconds or math.inf)
-                self._coarse_ig[nodes] = attribution.collapse_channels(grads)
-            return self._coarse_ig[nodes]
-        if method not in STEPPED or not step_seconds or method in self._maps:
+        """attribution() of a classic method; with step_seconds, methods that run in steps
+        (integrated gradients, SmoothGrad: Method.nodes) do, in steps of about that long, and a
+        stopped run resumes where it was. nodes: such a method on fewer passes than its own, a
+        coarser map for a first look, kept apart from its own (the finished full map is returned
+        instead when there is one)."""
+        spec = BY_NAME.get(method)
+        if spec is None or spec.nodes is None or method in self._maps:
+            return self.attribution(method)
+        if nodes and nodes < spec.nodes:
+            if (method, nodes) not in self._coarse:
+                coarse = spec.stepped(self.model, self.module, self.x, self.target, nodes)
+                grads = yield from coarse.steps(step_seconds or math.inf)
+                self._coarse[method, nodes] = attribution.collapse_channels(grads)
+            return self._coarse[method, nodes]
+        if not step_seconds:
             return self.attribution(method)
         if method not in self._runs:
-            self._runs[method] = STEPPED[method](self.model, self.x, self.target, module=self.module)
+            self._runs[method] = spec.stepped(self.model, self.module, self.x, self.target)
         grads = yield from self._runs[method].steps(step_seconds)
         self._maps[method] = attribution.collapse_channels(grads)
         del self._runs[method]
@@ -450,21 +430,6 @@ class Engine:
             points.append(self._sweep[key])
         pruned, changes, aucs = (np.asarray(column, float) for column in zip(*points))
         return Sweep(pruned, changes, aucs)
-
-
-class MaskedNetwork(nn.Module):
-    """The network pruned for one input as a module, for libraries that take one (Captum's
-    DeepLIFT, pytorch-grad-cam): `inner` is the network, whose layers keep their names, and the
-    forward multiplies every activation by its mask (Engine.masked_forward). The masks are one
-    sample's, so a batch of perturbed inputs runs through the same pruned network."""
-
-    def __init__(self, inner: nn.Module, forward: Callable):
-        super().__init__()
-        self.inner = inner
-        self._masked = forward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._masked(x)
 
 
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
