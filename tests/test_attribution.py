@@ -9,7 +9,7 @@ from torchvision.models import DenseNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from core.errors import ModelError, UnsupportedMethod
-from core.methods import attribute, attribution, input_attribution, lrp, supports
+from core.methods import attribute, input_attribution, lrp, supports
 from core.methods.attribution import collapse_channels
 from core.models.loading import LoadedModel
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from core.dissection.concepts import (Concept, ConceptItem, ConceptSource, broden, mask_folder,
                                       synthetic_concepts)
-from core.dissection.dissect import (IOU_MIN, Dissection, Tally, TopImages, TopValues, align_masks,
-                                     choose_layers, iter_dissect, receptive_field, unit_crops, view_box)
+from core.dissection.dissect import Dissection, align_masks, iter_dissect, view_box
+from core.dissection.tally import Tally, TopImages, TopValues
+from core.dissection.units import receptive_field, unit_crops
 from core.errors import PruneScopeError
 from core.evaluation.synthetic import SyntheticConfig
 from core.models.loading import LoadedModel
@@ -231,7 +232,7 @@ def test_channel_maps_add_up_to_the_pathway_gradient():
 
 
 def test_the_pathway_runs_through_the_red_detector():
-    from core.dissection.dissect import pathway_concepts
+    from core.dissection.units import pathway_concepts
     from core.pathway.engine import Engine
 
     model = as_model(colour_net())

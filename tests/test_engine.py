@@ -136,7 +136,7 @@ def _pooled(tensors, mode):
 @pytest.mark.parametrize("sparsity", [10.0, 50.0, 90.0, 99.0])
 def test_exact_ties_prune_the_fraction_asked_dead_neurons_first(resnet_engine, mode, sparsity):
     scores = resnet_engine.scores()
-    ranked = resnet_engine._scores["taylor"]
+    ranked = resnet_engine._cache.scores["taylor"]
     magnitudes = ranked.per_layer_views(ranked.magnitudes)
     masks = resnet_engine.masks(sparsity, mode)
     for values, size, kept in zip(_pooled(scores, mode), _pooled(magnitudes, mode), _pooled(masks, mode)):
@@ -304,7 +304,7 @@ def test_coarse_integrated_gradients_is_kept_apart_from_the_full_map(resnet):
                         8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
     engine = Engine.from_tensor(named, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
     coarse = run(engine.iter_attribution("integrated-gradients", 0.05, nodes=8))
-    assert "integrated-gradients" not in engine._maps  # not taken for the method's own map
+    assert "integrated-gradients" not in engine._cache.maps  # not taken for the method's own map
     full = engine.attribution("integrated-gradients")
     expected = compute_map(engine.model, engine.x, engine.target, "integrated-gradients")
     np.testing.assert_allclose(full, expected, rtol=1e-5, atol=1e-7)

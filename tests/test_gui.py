@@ -562,7 +562,7 @@ def test_integrated_gradients_is_shown_coarse_first_then_refined(window, qapp):
         np.testing.assert_array_equal(tab.heatmaps.panel("integrated-gradients").raw, full)
         assert tab.heatmaps.panel("integrated-gradients").note == ""
         # the curves shown are the full map's (the engine caches only those)
-        cached = engine._curves[("integrated-gradients", tab.curve_steps, "mean")]
+        cached = engine._cache.curves[("integrated-gradients", tab.curve_steps, "mean")]
         np.testing.assert_array_equal(tab.curves.curves()["integrated-gradients"].deletion, cached.deletion)
     finally:
         box.setChecked(False)

@@ -12,7 +12,8 @@ from torch import nn
 from core.errors import ImageError, ModelError, PruneScopeError
 from core.model_pruning import (Recovery, calibrate, channel_scores, checkpoint, criteria, load_pruned,
                                 prune_copy, prune_model, save_pruned, surgery)
-from core.model_pruning.pipeline import Calibration, count_ops, predict
+from core.model_pruning.measures import count_ops, predict
+from core.model_pruning.pipeline import Calibration
 from core.model_pruning.sweep import map_similarity, pathway_iou, sweep
 from core.models.loading import LoadedModel, imagenet_classes
 from core.progress import run

@@ -62,7 +62,8 @@ def test_the_fit_recovers_a_linear_layer_exactly_from_exact_data():
 def test_reconstructing_an_unpruned_model_changes_nothing(tiny):
     import dataclasses
 
-    from core.model_pruning.pipeline import Calibration, predict, prune_copy, recover
+    from core.model_pruning.measures import predict
+    from core.model_pruning.pipeline import Calibration, prune_copy, recover
 
     pruned = copy.deepcopy(tiny.module)
     x = torch.rand(6, 3, 32, 32)
@@ -270,7 +271,7 @@ def test_linear_layers_on_tokens_are_fitted_on_their_channels():
 
 
 def test_fidelity_has_known_answers():
-    from core.model_pruning.pipeline import fidelity, logits
+    from core.model_pruning.measures import fidelity, logits
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7)).eval()
@@ -284,7 +285,8 @@ def test_fidelity_has_known_answers():
 
 
 def test_prune_reports_what_reconstruction_did(tiny):
-    from core.model_pruning.pipeline import Calibration, predict, prune_model
+    from core.model_pruning.measures import predict
+    from core.model_pruning.pipeline import Calibration, prune_model
 
     torch.manual_seed(0)
     x = torch.rand(12, 3, 32, 32)

@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_net  # noqa: E402
 
 from core.model_pruning import Recovery, calibrate, load_pruned, prune_model, save_pruned
-from core.model_pruning.pipeline import Calibration, predict, prune_copy
+from core.model_pruning.measures import predict
+from core.model_pruning.pipeline import Calibration, prune_copy
 from core.model_pruning.recovery import correct_bn, distill, held_out_split, without
 from core.progress import run
 from tests.test_synthetic import synthetic_cache, trained  # noqa: F401  (session fixture)

@@ -296,7 +296,8 @@ def test_prune_leaves_out_a_bad_calibration_image_and_still_writes_the_model(tin
 
 def test_prune_sweep_goes_on_after_a_criterion_fails(tiny, monkeypatch):
     from core.model_pruning import criteria
-    from core.model_pruning.pipeline import Calibration, predict
+    from core.model_pruning.measures import predict
+    from core.model_pruning.pipeline import Calibration
     from core.model_pruning.sweep import sweep
     from core.progress import run
 
@@ -429,7 +430,8 @@ def test_figures_are_drawn_without_pyplot_or_a_backend_switch(tiny, photo, tmp_p
     import matplotlib
     from matplotlib import pyplot
 
-    from core.model_pruning.pipeline import Calibration, predict
+    from core.model_pruning.measures import predict
+    from core.model_pruning.pipeline import Calibration
     from core.model_pruning.sweep import sweep
     from core.pathway.engine import Engine
     from core.progress import run

@@ -96,7 +96,8 @@ def _folder_calibration(model, source, count: int):
     import torch
 
     from core.dissection.dissect import load_items
-    from core.model_pruning.pipeline import Calibration, predict
+    from core.model_pruning.measures import predict
+    from core.model_pruning.pipeline import Calibration
 
     _, items = load_items(source, range(min(count, source.count)))
     x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
@@ -180,7 +181,7 @@ def _sweep(args, model, source, data, layers):
 
 def _best_units(model, source, result, rows: int = 6):
     """The last layer's strongest detectors with their top images, for top_units.png."""
-    from core.dissection.dissect import receptive_field, unit_crops
+    from core.dissection.units import receptive_field, unit_crops
 
     layer = result.layers[-1]
     best = sorted(layer.detectors(), key=lambda u: -u.iou)[:rows]

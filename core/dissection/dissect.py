@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.dissection.tally import Tally, TopImages, TopValues
 from core.errors import PruneScopeError
 from core.network import neurons
 from core.progress import Job, Progress
@@ -26,7 +27,6 @@ from core.runtime import distributed
 
 QUANTILE = 0.005
 IOU_MIN = 0.04
-TOP_IMAGES = 9
 RESOLUTION = 112  # masks and upsampled activations are compared at most at this size (NetDissect's)
 FORMAT = 1
 
@@ -81,99 +81,6 @@ def activations(module, x: torch.Tensor, indices) -> dict[int, torch.Tensor]:
     with torch.no_grad(), neurons.intercept(keep):
         module(x)
     return kept
-
-
-# --- streaming accumulators -----------------------------------------------------------------
-
-class TopValues:
-    """The k largest values seen per unit (so the top-quantile threshold is exact)."""
-
-    def __init__(self, units: int, k: int):
-        self.k = k
-        self.values = torch.empty(units, 0)
-
-    def add(self, values: torch.Tensor) -> None:
-        """values: units x M."""
-        merged = torch.cat([self.values, values.float().cpu()], dim=1)
-        self.values = merged.topk(min(self.k, merged.shape[1]), dim=1, sorted=False).values
-
-    def merge(self, other: "TopValues") -> None:
-        self.add(other.values)
-
-    def threshold(self) -> torch.Tensor:
-        """The k-th largest value per unit: activations above it are the top quantile."""
-        return self.values.min(dim=1).values
-
-
-class TopImages:
-    """Per unit, the n images whose largest activation is greatest: value, image index and
-    where in the map. Ties go to the lower image index, so the order does not depend on how
-    the images were batched."""
-
-    def __init__(self, units: int, n: int = TOP_IMAGES):
-        self.n = n
-        self.value = torch.empty(units, 0)
-        self.index = torch.empty(units, 0, dtype=torch.long)
-        self.where = torch.empty(units, 0, dtype=torch.long)  # flat position in the H x W map
-
-    def add(self, value, index, where) -> None:
-        value = torch.cat([self.value, value.float().cpu()], 1)
-        index = torch.cat([self.index, index.cpu()], 1)
-        where = torch.cat([self.where, where.cpu()], 1)
-        by_index = index.argsort(dim=1, stable=True)
-        value, index, where = (t.gather(1, by_index) for t in (value, index, where))
-        order = value.argsort(dim=1, descending=True, stable=True)[:, :self.n]
-        self.value, self.index, self.where = (t.gather(1, order) for t in (value, index, where))
-
-    def add_maps(self, maps: torch.Tensor, index: list[int]) -> None:
-        """maps: B x units x H x W of the images numbered `index`."""
-        peak, where = maps.flatten(2).max(dim=2)
-        index = torch.tensor(index).expand(maps.shape[1], -1)
-        self.add(peak.T, index, where.T)
-
-    def merge(self, other: "TopImages") -> None:
-        self.add(other.value, other.index, other.where)
-
-
-class Tally:
-    """Integer counts from which every unit's IoU with every concept follows."""
-
-    def __init__(self, units: int, concepts: int, categories: int):
-        self.both = torch.zeros(units, concepts, dtype=torch.long)      # unit and concept
-        self.unit = torch.zeros(units, categories, dtype=torch.long)    # unit, where category labelled
-        self.concept = torch.zeros(concepts, dtype=torch.long)
-
-    def add(self, fired: torch.Tensor, present: list[list[int]], masks: list[torch.Tensor],
-            categories: list[list[int]]) -> None:
-        """A batch: fired (B x units x pixels, bool); per image the concepts present, their masks
-        (K x pixels, bool) and the categories labelled in it."""
-        batch, pixels = fired.shape[0], fired.shape[2]
-        seen = sorted({c for cs in present for c in cs})
-        fired = fired.float()
-        if seen:
-            column = {c: j for j, c in enumerate(seen)}
-            dense = torch.zeros(batch, len(seen), pixels, device=fired.device)
-            for b, (cs, m) in enumerate(zip(present, masks)):
-                if cs:
-                    dense[b, [column[c] for c in cs]] = m.to(dense.dtype)
-            # 0/1 products summed in float32 are exact for maps far larger than 112 x 112
-            both = torch.bmm(fired, dense.transpose(1, 2)).round().long().sum(0).cpu()
-            self.both[:, seen] += both
-            self.concept[seen] += dense.sum(dim=(0, 2)).round().long().cpu()
-        labelled = torch.zeros(batch, self.unit.shape[1], device=fired.device)
-        for b, cats in enumerate(categories):
-            labelled[b, cats] = 1.0
-        self.unit += (fired.sum(2).T @ labelled).round().long().cpu()
-
-    def merge(self, other: "Tally") -> None:
-        self.both += other.both
-        self.unit += other.unit
-        self.concept += other.concept
-
-    def iou(self, category_of: list[int]) -> torch.Tensor:
-        """units x concepts IoU (0 where neither ever appears)."""
-        union = self.unit[:, category_of] + self.concept[None, :] - self.both
-        return torch.where(union > 0, self.both / union.clamp(min=1), torch.zeros(()))
 
 
 # --- aligning masks with the model's view ---------------------------------------------------
@@ -464,134 +371,3 @@ def _units(iou: torch.Tensor, concepts) -> list[Unit]:
         units.append(Unit(u, concepts[best].name, concepts[best].category, round(float(iou[u, best]), 5),
                           [(concepts[c].name, round(float(iou[u, c]), 5)) for c in rest]))
     return units
-
-
-# --- what a unit looks at -------------------------------------------------------------------
-
-def receptive_field(model, layer_name: str, seed: int = 0) -> int:
-    """The side, in input pixels, of the effective receptive field of a unit in the middle of
-    layer `layer_name`'s map: where its gradient on a random input is at least 1 % of its peak."""
-    size = model.input_size
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, model.channels, size, size, generator=generator).to(model.device)
-    x.requires_grad_(True)
-    layers = neurons.discover_layers(model.module, x.detach())
-    index = next((i for i, layer in enumerate(layers) if layer.name == layer_name), None)
-    if index is None:
-        raise PruneScopeError(f"no activation layer '{layer_name}' in this model")
-    kept = {}
-
-    def keep(i: int, out: torch.Tensor) -> torch.Tensor:
-        if i == index:
-            kept["out"] = out
-        return out
-
-    with torch.enable_grad(), neurons.intercept(keep):
-        model.module(x)
-    out = kept["out"]
-    h, w = out.shape[2:]
-    out[0, :, h // 2, w // 2].sum().backward()
-    grad = x.grad[0].abs().sum(0)
-    if not grad.max() > 0:
-        return size
-    rows, cols = torch.nonzero(grad >= 0.01 * grad.max(), as_tuple=True)
-    side = max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1)
-    return int(min(size, max(side, math.ceil(size / min(h, w)))))
-
-
-def unit_crops(model, source, layer: LayerDissection, unit: int, side: int,
-               out_size: int = 96) -> list[tuple[np.ndarray, float, str]]:
-    """A unit's top-activating images, each cropped to the receptive field around its peak:
-    (crop as out_size x out_size x 3 uint8, peak activation, image name)."""
-    import cv2
-
-    top = layer.top_images
-    h, w = layer.shape[1:]
-    size = model.input_size
-    crops = []
-    for value, index, where in zip(top["value"][unit], top["index"][unit], top["where"][unit]):
-        if index >= source.count:
-            raise PruneScopeError(f"the dissection names image {index}, the folder has {source.count}")
-        item = source.load(index)
-        _, view = model.preprocess(item.rgb)
-        y, x = divmod(int(where), w)
-        cy, cx = (y + 0.5) * size / h, (x + 0.5) * size / w
-        half = side / 2
-        y0 = int(round(min(max(cy - half, 0), size - side)))
-        x0 = int(round(min(max(cx - half, 0), size - side)))
-        patch = view[y0:y0 + side, x0:x0 + side]
-        crops.append((cv2.resize(patch, (out_size, out_size), interpolation=cv2.INTER_AREA),
-                      float(value), item.name))
-    return crops
-
-
-# --- concepts on one input's pathway --------------------------------------------------------
-
-def pathway_concepts(dissection: Dissection, layers, masks, scores) -> list[dict]:
-    """The concepts that the kept units of the dissected layers detect, ranked by the kept
-    neurons' scores: which concepts this decision runs through. layers, masks, scores: the
-    engine's activation layers and, per layer, its pathway mask and neuron scores (1 x C x H x W)."""
-    by_name = {layer.name: i for i, layer in enumerate(layers)}
-    totals: dict[str, dict] = {}
-    grand = 0.0
-    for dissected in dissection.layers:
-        i = by_name.get(dissected.name)
-        if i is None or len(layers[i].shape) != 3:
-            continue
-        kept = (scores[i] * masks[i]).reshape(layers[i].shape[0], -1).sum(1).float().cpu()
-        grand += float(kept.sum())
-        for unit in dissected.detectors():
-            if unit.unit < len(kept) and kept[unit.unit] > 0:
-                entry = totals.setdefault(unit.concept, {"concept": unit.concept,
-                                                         "category": unit.category,
-                                                         "score": 0.0, "units": []})
-                entry["score"] += float(kept[unit.unit])
-                entry["units"].append((dissected.name, unit.unit))
-    ranked = sorted(totals.values(), key=lambda e: -e["score"])
-    for entry in ranked:
-        entry["share"] = entry["score"] / grand if grand > 0 else 0.0
-    return ranked
-
-
-# --- a reference folder's top images, cached per model, folder and layer ----------------------
-
-def reference_cache_dir() -> "Path":
-    import os
-    from pathlib import Path
-
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "prunescope" / "reference"
-
-
-def reference_key(model, folder, layer_name: str) -> str:
-    """Changes with the weights, the preprocessing, the layer and the folder's files."""
-    import hashlib
-
-    from core.io.images import list_images
-
-    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)]
-    text = repr((FORMAT, model.weights_hash(), model.input_size, model.resize_size,
-                 model.mean, model.std, str(folder), layer_name, files))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def iter_reference_tops(model, folder, layer_name: str, cache_dir=None,
-                        batch: int = 8) -> Job[LayerDissection]:
-    """The top images of every unit of one layer over a folder of images (no masks), computed
-    once and then read from the cache."""
-    import json
-    from pathlib import Path
-
-    from core.dissection.concepts import image_folder
-    from core.io.output import write_text
-
-    path = Path(cache_dir or reference_cache_dir()) / f"{reference_key(model, folder, layer_name)}.json"
-    if path.is_file():
-        try:
-            return Dissection.from_json(json.loads(path.read_text())).layers[0]
-        except (OSError, ValueError, PruneScopeError, IndexError):
-            pass  # a damaged cache entry is computed again
-    result = yield from iter_dissect(model, image_folder(folder), [layer_name], batch, top_only=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(result.to_json()))
-    return result.layers[0]

@@ -14,7 +14,7 @@ import importlib
 _EXPORTS = {
     "channel_scores": "criteria",
     "Recovery": "pipeline", "calibrate": "pipeline", "prune_copy": "pipeline", "prune_model": "pipeline",
-    "save_pruned": "pipeline",
+    "save_pruned": "deploy",
     "checkpoint": "surgery", "load_pruned": "surgery",  # surgery re-exports core.models.pruned
 }
 __all__ = sorted(_EXPORTS)

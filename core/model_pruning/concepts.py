@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from core.dissection.dissect import Dissection, iter_dissect, load_items
-from core.model_pruning import pipeline
+from core.model_pruning import measures, pipeline
 from core.progress import Job, Progress, scaled
 
 
@@ -56,7 +56,7 @@ def predictions(model, source, batch: int = 32) -> tuple[torch.Tensor, list]:
         _, items = load_items(source, range(start, min(source.count, start + batch)))
         if items:
             x = torch.cat([model.preprocess(item.rgb)[0] for item in items])
-            preds.append(pipeline.predict(model.module, x))
+            preds.append(measures.predict(model.module, x))
             labels += [item.label for item in items]
     return torch.cat(preds), labels
 
@@ -132,7 +132,7 @@ def synthetic_calibration(model, data, count: int) -> pipeline.Calibration:
     split = make_split(data, "train", count)
     x = to_input(torch.from_numpy(split.images), model.mean, model.std).to(model.device)
     return pipeline.Calibration([Path(f"train/{i}") for i in split.index], x, split.labels.tolist(),
-                                pipeline.predict(model.module, x))
+                                measures.predict(model.module, x))
 
 
 def synthetic_finetune(model, data, count: int, epochs: int = 1, lr: float = 0.01):

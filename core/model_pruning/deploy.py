@@ -1,18 +1,22 @@
-"""ONNX export of a pruned model, the format serving stacks take, checked with onnxruntime on
-calibration images before it is kept, with its latency beside PyTorch's."""
+"""Writing a pruned model out: PruneScope's .pt (the model and how it was pruned), a torch.export
+program, and ONNX, the format serving stacks take, checked with onnxruntime on calibration images
+before it is kept, with its latency beside PyTorch's."""
 import copy
+import dataclasses
 import importlib.util
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.errors import OutputError, PruneScopeError
 from core.io.output import atomic_file
-from core.models.exported import PROGRAMS_SUPPORTED
+from core.model_pruning import surgery
+from core.models.exported import PROGRAMS_SUPPORTED, require_programs
 
 TOLERANCE = 1e-4       # max |Δ| of the outputs, ONNX against PyTorch, on the check images
 ONNX_CHECK_IMAGES = 16  # calibration images the check runs on
@@ -98,3 +102,53 @@ def _median_ms(forward) -> float:
 
 def _device(module: nn.Module) -> torch.device:
     return next(iter(module.parameters()), torch.zeros(())).device
+
+
+def save_pruned(report, path, program: bool = False) -> dict[str, int]:
+    """Write the pruned model where PruneScope (--weights, Load model...) and plain
+    torch.load(weights_only=True) read it; with program=True also a torch.export program (.pt2)
+    that runs without PruneScope. Returns {file: bytes on disk}."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a model file")
+    module = report.model.module
+    info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
+    info["input_size"] = report.model.input_size  # load_pruned's trial forward uses it
+    info.update(source_record(report.model))
+    # Written under a temporary name and renamed: a full disk leaves an older model file intact.
+    with atomic_file(path) as temp:
+        torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
+    sizes = {str(path): path.stat().st_size}
+    if program:
+        require_programs("a torch.export program")
+        size = report.model.input_size
+        example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
+        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        program_path = path.with_suffix(".pt2")
+        with atomic_file(program_path) as temp:
+            torch.export.save(exported, temp)
+        sizes[str(program_path)] = program_path.stat().st_size
+    return sizes
+
+
+def source_record(model) -> dict:
+    """What opens the pruned file again: the model's card (less its weights) and class names."""
+    record = {"class_names": list(model.class_names)}
+    if model.card is not None:
+        card = {k: v for k, v in dataclasses.asdict(model.card).items()
+                if v is not None and k not in ("weights", "labels")}
+        record.update(source=model.card.source, card=card)
+    return record
+
+
+def _plain(value):
+    """Metadata as plain lists and dicts; NaN (an unmeasured latency) becomes None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value

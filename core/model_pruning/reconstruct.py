@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from core.model_pruning.layer_io import ConvCall, NoWeightCall, input_of, is_pooled, output_of
 from core.model_pruning.recovery import augment
 from core.network.folding import conv_bn_pairs, fold_batchnorm
 from core.network.hooks import hooked
@@ -53,14 +53,6 @@ class Reconstruction:
     layers: list[LayerFit]
     skipped: dict[str, str]     # layer -> why it was not refitted
     kept: bool                  # False: the refitted model was further from the original; undone
-
-
-class _NoWeightCall(Exception):
-    """No F.conv2d or F.linear call of a forward used the layer's weight."""
-
-
-class _Reached(BaseException):  # not Exception: a model's own `except Exception` must not catch it
-    """Stops a forward once the layer being fitted has been seen."""
 
 
 def reconstruct(pruned: nn.Module, original: nn.Module, x: torch.Tensor,
@@ -103,7 +95,7 @@ class _Layer:
     norm: nn.Module | None       # the pruned model's batch norm after it, folded into the fit
     kept: torch.Tensor | None    # the original's output channels the pruned layer has; None: all
     pooled: bool = False         # a linear on a feature map's spatial mean: fitted per position
-    call: "_Conv | None" = None  # how the conv's F.conv2d call convolves (its forward's own padding)
+    call: ConvCall | None = None  # how the conv's F.conv2d call convolves (its forward's own padding)
 
     @property
     def biased(self) -> bool:
@@ -133,7 +125,7 @@ def _layers(pruned: nn.Module, original: nn.Module, probe: torch.Tensor, removed
             continue
         target = theirs.get(norm_name) if norm_name else twin
         norm = pruned.get_submodule(norm_name) if norm_name else None
-        pooled = isinstance(m, nn.Linear) and _pooled(pruned, m, probe) and _pooled(original, twin, probe)
+        pooled = isinstance(m, nn.Linear) and is_pooled(pruned, m, probe) and is_pooled(original, twin, probe)
         layer = _Layer(name, m, target, norm, kept, pooled)
         why = _not_linear_here(pruned, layer, norm or m, probe)
         if why:
@@ -148,13 +140,13 @@ def _not_linear_here(pruned: nn.Module, layer: _Layer, output: nn.Module, probe:
     caught input) does not reproduce its real output on the probe, if it does not: a subclass
     whose forward pads or standardises in its own way, a norm without shift, ..."""
     try:
-        x = _input_of(pruned, layer, probe)
-        y = _output_of(pruned, layer.module if layer.pooled else output, probe, layer.pooled)
+        x, layer.call = input_of(pruned, layer.module, probe, layer.pooled)
+        y = output_of(pruned, layer.module if layer.pooled else output, probe, layer.pooled)
         xs, ys = _samples(layer, x, y, seed=0)
         if layer.biased:
             xs = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
         ours = xs @ _effective(layer).to(xs.device)
-    except _NoWeightCall:
+    except NoWeightCall:
         return NO_WEIGHT_CALL
     except Exception as err:  # noqa: BLE001 - any failure here only means: not fitted
         return f"its output could not be modelled ({type(err).__name__}: {err})"[:200]
@@ -249,12 +241,11 @@ class _Stats:
 
 
 def _accumulate(pruned: nn.Module, original: nn.Module, layer: _Layer, batches) -> _Stats:
-    m = layer.module
     xx = xy = None
     yy = 0.0
     for k, batch in enumerate(batches):
-        inputs = _input_of(pruned, layer, batch)
-        target = _output_of(original, layer.twin, batch, layer.pooled)
+        inputs, _ = input_of(pruned, layer.module, batch, layer.pooled)
+        target = output_of(original, layer.twin, batch, layer.pooled)
         if layer.kept is not None:
             target = target.index_select(_channel_dim(layer), layer.kept.to(target.device))
         xs, ys = _samples(layer, inputs, target, seed=k)
@@ -264,128 +255,6 @@ def _accumulate(pruned: nn.Module, original: nn.Module, layer: _Layer, batches) 
         xx, xy = (bx, by) if xx is None else (xx + bx, xy + by)
         yy += float((ys ** 2).sum())
     return _Stats(xx, xy, yy)
-
-
-@dataclass(frozen=True)
-class _Conv:
-    """How an F.conv2d call convolves: the module's attributes may not say (a forward that pads
-    first, as TensorFlow's "same" padding in efficientnet_pytorch, calls it with padding 0)."""
-    stride: tuple
-    padding: tuple | str
-    dilation: tuple
-
-
-_CALL_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-
-
-class _WeightCall(TorchFunctionMode):
-    """Inside a layer's forward: the F.conv2d or F.linear call on its weight, whatever the forward
-    does before it; records its input and geometry, then stops the forward."""
-
-    def __init__(self, weight: torch.Tensor, seen: list):
-        super().__init__()
-        self.weight, self.seen = weight, seen
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in (F.conv2d, F.linear):
-            call = {**dict(zip(_CALL_ARGS, args)), **kwargs}
-            if call.get("weight") is self.weight:
-                geometry = None
-                if func is F.conv2d:
-                    geometry = _Conv(*(_pair(call.get(k, default)) for k, default in
-                                       (("stride", 1), ("padding", 0), ("dilation", 1))))
-                self.seen.append((call["input"], geometry))
-                raise _Reached
-        return func(*args, **kwargs)
-
-
-def _pair(value):
-    return value if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _input_of(model: nn.Module, layer: _Layer, batch: torch.Tensor) -> torch.Tensor:
-    """What the layer computes its linear map on, in a forward of `model` stopped there: the input
-    of the F.conv2d or F.linear call on its weight (a forward may pad first; the conv's geometry
-    goes to layer.call). A pooled linear: the feature map whose spatial mean it takes."""
-    m = layer.module
-    if layer.pooled:
-        return _feature_map(model, m, batch)[0]
-    seen: list = []
-    mode = _WeightCall(m.weight, seen)
-    entered = []
-
-    def enter(_m, _args):  # the mode is on during this layer's forward only: the rest runs at full speed
-        mode.__enter__()
-        entered.append(mode)
-
-    def leave():
-        if entered:
-            mode.__exit__(None, None, None)
-
-    handle = m.register_forward_pre_hook(enter)
-    after = m.register_forward_hook(lambda *_: leave() or entered.clear())
-    _stopped_forward(model, batch, [leave, handle.remove, after.remove])
-    if not seen:
-        raise _NoWeightCall
-    x, layer.call = seen[0]
-    return x
-
-
-def _output_of(model: nn.Module, m: nn.Module, batch: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-    """m's output in a forward of `model` stopped there; pooled: the linear's output at each
-    position of the feature map it averages, as channels x positions (their mean is its output)."""
-    if pooled:
-        features = _feature_map(model, m, batch)[0].double()
-        out = nn.functional.linear(features.movedim(1, -1), m.weight.detach().double(),
-                                   None if m.bias is None else m.bias.detach().double())
-        return out.movedim(-1, 1)
-    seen = []
-
-    def catch(_m, _args, out):
-        seen.append(out)
-        raise _Reached
-
-    _stopped_forward(model, batch, [m.register_forward_hook(catch).remove])
-    return seen[0].double()
-
-
-def _feature_map(model: nn.Module, m: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(the last 4-d tensor any module took before m, m's input), from a forward stopped at m."""
-    last, seen = [None], []
-
-    def remember(_m, args):
-        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
-            last[0] = args[0]
-
-    def catch(_m, args):
-        seen.append(args[0])
-        raise _Reached
-
-    handles = [other.register_forward_pre_hook(remember) for other in model.modules() if other is not m]
-    handles.append(m.register_forward_pre_hook(catch))
-    _stopped_forward(model, batch, [handle.remove for handle in handles])
-    return last[0], seen[0]
-
-
-def _stopped_forward(model: nn.Module, batch: torch.Tensor, undo: list) -> None:
-    """Run model on batch until a hook raises _Reached, then undo the hooks."""
-    try:
-        with torch.no_grad():
-            model(batch)
-    except _Reached:
-        pass
-    finally:
-        for step in undo:
-            step()
-
-
-def _pooled(model: nn.Module, m: nn.Linear, probe: torch.Tensor) -> bool:
-    """Whether m's input is the spatial mean of a feature map (global average pooling): then
-    each position is a sample of the same linear map, 49 instead of 1 per image."""
-    features, x = _feature_map(model, m, probe)
-    return (features is not None and x.dim() == 2 and features.shape[:2] == x.shape
-            and torch.allclose(features.mean((2, 3)), x, rtol=1e-4, atol=1e-6))
 
 
 def _channel_dim(layer: _Layer) -> int:
@@ -421,7 +290,7 @@ def _samples(layer: _Layer, x: torch.Tensor, y: torch.Tensor, seed: int):
     return xs, ys
 
 
-def _patches(kernel_size: tuple, call: _Conv, x: torch.Tensor) -> torch.Tensor:
+def _patches(kernel_size: tuple, call: ConvCall, x: torch.Tensor) -> torch.Tensor:
     """im2col of x as the layer's F.conv2d call sees it (a padding mode other than zeros is an F.pad
     before that call, already in x)."""
     padding = call.padding

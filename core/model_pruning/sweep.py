@@ -19,7 +19,7 @@ import torch
 
 from core.errors import PruneScopeError, reason
 from core.evaluation.records import RecordStore
-from core.model_pruning import criteria, pipeline
+from core.model_pruning import criteria, measures, pipeline
 from core.model_pruning.names import CRITERIA, DEFAULT_PROTECT, SWEEP_METHODS, SWEEP_SPARSITIES
 from core.progress import Job, Progress, scaled
 from core.runtime.device import seeded
@@ -46,7 +46,7 @@ class SweepPoint:
     agreement_before_recovery: float | None = None
     accuracy_before_recovery: float | None = None
     recovery_s: float = 0.0
-    fidelity: dict = field(default_factory=dict)  # pipeline.fidelity: top5_overlap, kl
+    fidelity: dict = field(default_factory=dict)  # measures.fidelity: top5_overlap, kl
     fidelity_before_recovery: dict = field(default_factory=dict)
 
     @property
@@ -207,12 +207,12 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
         raise PruneScopeError("a sweep needs at least two images: one is held out to measure on")
     images = yield from pipeline.recovery_images(model, settings, used, held)
     yield Progress(0.0, "measuring the original model")
-    base = pipeline.measure(model.module, calib.x)
+    base = measures.measure(model.module, calib.x)
     result = SweepResult(model.name, mode, list(criteria_names), sparsities, list(methods),
-                         dataclasses.asdict(base), pipeline.accuracy(model.module, held),
+                         dataclasses.asdict(base), measures.accuracy(model.module, held),
                          [str(p) for p in used.paths], [str(p) for p in held.paths], settings.method)
     x, targets = held.x, held.targets
-    reference = pipeline.logits(model.module, x)
+    reference = measures.logits(model.module, x)
     yield Progress(0.02, "explaining with the original model")
     original_maps = _maps(model, x, targets, methods, result.skipped_methods)
     original_paths = pathway_masks(model, x, targets)
@@ -235,13 +235,13 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 module, done = yield from scaled(pipeline.prune_copy(
                     model, used, name, s, mode, protect, scores=scores, cap=cap), at, at + 0.2 * step)
                 pruned = dataclasses.replace(model, module=module)
-                before = pipeline.agreement(module, held), pipeline.accuracy(module, held)
-                first = pipeline.fidelity(module, reference, x)
+                before = measures.agreement(module, held), measures.accuracy(module, held)
+                first = measures.fidelity(module, reference, x)
                 began = time.perf_counter()
                 yield from scaled(pipeline.recover(model.module, pruned, settings, used, images, held, done),
                                   at + 0.2 * step, at + 0.4 * step)
                 recovery_s = time.perf_counter() - began
-                original, stats = pipeline.measure_pair(model.module, module, x, timed)
+                original, stats = measures.measure_pair(model.module, module, x, timed)
                 yield Progress(at + 0.5 * step, f"{name} {s:g} %: explanations")
                 maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {})
                 drift = {m: _mean_similarity(original_maps[m], maps[m]) for m in maps}
@@ -250,9 +250,9 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 result.points.append(SweepPoint(
                     name, s, stats.params, stats.nonzero, stats.macs, stats.latency_ms,
                     original.latency_ms,
-                    pipeline.agreement(module, held), pipeline.accuracy(module, held), drift,
+                    measures.agreement(module, held), measures.accuracy(module, held), drift,
                     float(np.mean(ious)), [list(row) for row in done.layers], *before, recovery_s,
-                    pipeline.fidelity(module, reference, x), first))
+                    measures.fidelity(module, reference, x), first))
                 if store:
                     store.put(f"{name}:{s!r}", dataclasses.asdict(result.points[-1]))
         except Exception as why:  # one criterion failing (out of memory, say) spares the others

@@ -7,7 +7,6 @@ their curves are cached too. The GUI and the CLI both drive this object.
 import math
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -20,6 +19,7 @@ from core.network.neurons import (MaskedForward, Taps, intercept, intgrad_scores
                                   taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
 from core.pathway.ranking import Ranking
+from core.pathway.results import Analysis, AutoSparsity, MethodResult, PathwayResult, Prediction, Sweep
 from core.progress import Job, Progress, run, scaled
 
 SELECTORS = ("taylor", "intgrad")
@@ -30,123 +30,79 @@ AUTO_RESOLUTION = 0.1
 
 
 @dataclass
-class Prediction:
-    target: int
-    name: str
-    prob: float
-    top5: list  # [(class id, name, probability)]
+class Trace:
+    """One input through the model, traced once: what every engine of that input shares."""
+    x: torch.Tensor
+    view: np.ndarray
+    module: nn.Module             # the network the engine runs (the model's, batch-norm-folded)
+    layers: list                  # its activation layers (core.network.neurons.Layer)
+    layer_modules: list | None    # the module of each layer, where each is one that runs once
+    probs: torch.Tensor
+
+    @classmethod
+    def of(cls, model, x: torch.Tensor, view: np.ndarray, fold: bool) -> tuple["Trace", tuple]:
+        """The trace, and (its taps, its logits): the forward's activations, from which the Taylor
+        scores of a target need only a backward."""
+        module = _module_of(model, x, fold)
+        taps = Taps()
+        layers, logits = trace_layers(module, x, taps)
+        probs = torch.softmax(logits.detach().float(), dim=1)[0]
+        return cls(x, view, module, layers, layer_modules(module, layers), probs), (taps, logits)
 
 
 @dataclass
-class PathwayResult:
-    map: np.ndarray               # H x W, signed, raw
-    sparsity: float               # % of neurons actually pruned (the paper's ties may prune more)
-    output_change: float          # |p'_c - p_c| / p_c
-    prob: float                   # p'_c, the pruned network's probability of the target
-    kept: list                    # [(layer name, neurons kept, neurons)]
-    factors: list = field(repr=False)  # 0/1 float tensors, one per layer, the layer's shape (1: kept)
-    requested: float = 0.0        # the sparsity asked for
-
-    @cached_property
-    def masks(self) -> list[torch.Tensor]:
-        """Bool tensors, one per layer, the layer's shape."""
-        return [f.bool() for f in self.factors]
-
-
-@dataclass
-class AutoSparsity:
-    sparsity: float               # the largest found whose output change is within tolerance
-    output_change: float
-    how: str                      # how it was searched, for the user
-
-
-@dataclass
-class MethodResult:
-    method: str
-    map: np.ndarray
-    seconds: float
-    curves: Curves | None = None
-    pathway: PathwayResult | None = None
-    lerf: np.ndarray | None = None   # output change after removing the least relevant 1..10 %
-    morf: np.ndarray | None = None   # ... and the most relevant
-
-
-@dataclass
-class Analysis:
-    prediction: Prediction
-    results: dict                 # method -> MethodResult, in the order asked
-    skipped: dict                 # method -> why it could not run on this model
-    failed: dict = field(default_factory=dict)  # method -> why it failed (the others are kept)
-
-
-@dataclass
-class Sweep:
-    sparsities: np.ndarray
-    output_change: np.ndarray
-    deletion_auc: np.ndarray
+class Caches:
+    """What an engine computed for its input and target; its with_ties() copies share them (none
+    of them depends on the tie rule: the sweep's points are keyed by it)."""
+    scores: dict = field(default_factory=dict)   # selector -> Ranking
+    maps: dict = field(default_factory=dict)     # classic method -> its map
+    curves: dict = field(default_factory=dict)   # (method, steps, baseline) -> Curves
+    ends: dict = field(default_factory=dict)     # baseline -> end_probs
+    sweep: dict = field(default_factory=dict)    # sweep points done: a restarted sweep skips them
+    runs: dict = field(default_factory=dict)     # method -> its run under way in steps (Method.stepped)
+    coarse: dict = field(default_factory=dict)   # (method, nodes) -> a first, coarser map
 
 
 class Engine:
-    """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper"."""
+    """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper".
+    trace, caches: another engine's, for from_tensor, with_target and with_ties."""
 
-    def __init__(self, model, image_rgb: np.ndarray, target: int | None = None, ties: str = "exact",
-                 fold: bool = True):
-        x, view = model.preprocess(image_rgb)
-        self._setup(model, x, view, target, ties, _module_of(model, x, fold))
+    def __init__(self, model, image_rgb: np.ndarray | None = None, target: int | None = None,
+                 ties: str = "exact", fold: bool = True, *, trace: Trace | None = None,
+                 caches: Caches | None = None, taps: tuple | None = None):
+        if ties not in TIES:
+            raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
+        if trace is None:
+            x, view = model.preprocess(image_rgb)
+            trace, taps = Trace.of(model, x, view, fold)
+        self.model, self.ties, self._trace = model, ties, trace
+        self.x, self.view, self.module, self.layers = trace.x, trace.view, trace.module, trace.layers
+        self.probs, self._layer_modules = trace.probs, trace.layer_modules
+        self._taps = taps  # the trace's forward, for the Taylor scores of the target
+        n_classes = self.probs.numel()
+        self.target = int(self.probs.argmax()) if target is None else int(target)
+        if not 0 <= self.target < n_classes:
+            raise PruneScopeError(f"target class {self.target} is out of range (0..{n_classes - 1})")
+        self._cache = Caches() if caches is None else caches
 
     @classmethod
     def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
                     ties: str = "exact", fold: bool = True) -> "Engine":
         """fold=False: the model's own module, for a single map of a model made for it (the
         folded copy is made once per model and costs about as much as a map)."""
-        engine, x = cls.__new__(cls), x.to(model.device)
-        engine._setup(model, x, _view_of(model, x), target, ties, _module_of(model, x, fold))
-        return engine
-
-    def _setup(self, model, x, view, target, ties, module, shared=None):
-        if ties not in TIES:
-            raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
-        self.ties = ties
-        self.model = model
-        self.module = module
-        self.x = x
-        self.view = view
-        self._taps = None  # the trace's forward, for the Taylor scores of the target
-        if shared is None:
-            taps = Taps()
-            self.layers, logits = trace_layers(self.module, x, taps)
-            self.probs = torch.softmax(logits.detach().float(), dim=1)[0]
-            self._taps = (taps, logits)
-        else:
-            self.probs, self.layers = shared
-        self._layer_modules = layer_modules(self.module, self.layers)
-        n_classes = self.probs.numel()
-        self.target = int(self.probs.argmax()) if target is None else int(target)
-        if not 0 <= self.target < n_classes:
-            raise PruneScopeError(f"target class {self.target} is out of range (0..{n_classes - 1})")
-        self._scores: dict[str, Ranking] = {}
-        self._maps: dict[str, np.ndarray] = {}
-        self._curves: dict[tuple, Curves] = {}
-        self._ends: dict[str, tuple[float, float]] = {}  # baseline -> end_probs
-        self._sweep: dict[tuple, tuple] = {}  # sweep points done: a restarted sweep skips them
-        self._runs: dict = {}  # method -> its run under way in steps (Method.stepped)
-        self._coarse: dict[tuple[str, int], np.ndarray] = {}  # (method, nodes) -> a first, coarser map
+        x = x.to(model.device)
+        trace, taps = Trace.of(model, x, _view_of(model, x), fold)
+        return cls(model, target=target, ties=ties, trace=trace, taps=taps)
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
-        other = Engine.__new__(Engine)
-        other._setup(self.model, self.x, self.view, target, self.ties, self.module,
-                     shared=(self.probs, self.layers))
-        return other
+        return Engine(self.model, target=target, ties=self.ties, trace=self._trace)
 
     def with_ties(self, ties: str) -> "Engine":
         """The same explanation under another tie rule; scores, maps and curves are shared."""
-        other = Engine.__new__(Engine)
-        other._setup(self.model, self.x, self.view, self.target, ties, self.module,
-                     shared=(self.probs, self.layers))
-        other._scores, other._maps, other._curves = self._scores, self._maps, self._curves
-        other._sweep, other._ends, other._runs = self._sweep, self._ends, self._runs
-        other._taps, self._taps = self._taps, None  # the same target: its scores may come from them
+        other = Engine(self.model, target=self.target, ties=ties, trace=self._trace, caches=self._cache,
+                       taps=self._taps)
+        self._taps = None  # the same target: its scores may come from them, once
         return other
 
     # -- prediction ------------------------------------------------------------------------
@@ -161,7 +117,7 @@ class Engine:
     def iter_scores(self, selector: str = "taylor", steps: int = 10) -> Job[Ranking]:
         if selector not in SELECTORS:
             raise PruneScopeError(f"unknown selector '{selector}': choose {' or '.join(SELECTORS)}")
-        if selector not in self._scores:
+        if selector not in self._cache.scores:
             module = self.module
             if selector == "taylor" and self._taps is not None:
                 (taps, logits), self._taps = self._taps, None
@@ -175,8 +131,8 @@ class Engine:
                     module, self.x, self.target, len(self.layers), steps)
                 scores = torch.cat([s.flatten() for s in per_layer])
                 magnitudes = torch.cat([a.flatten() for a in per_layer_magnitudes])
-            self._scores[selector] = Ranking(scores, magnitudes, self.layers)
-        return self._scores[selector]
+            self._cache.scores[selector] = Ranking(scores, magnitudes, self.layers)
+        return self._cache.scores[selector]
 
     def scores(self, selector: str = "taylor") -> list[torch.Tensor]:
         return run(self.iter_scores(selector)).per_layer
@@ -310,13 +266,13 @@ class Engine:
             return self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method]).map
         if method not in CLASSIC_METHODS:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
-        if method not in self._maps:
+        if method not in self._cache.maps:
             spec = _supported(method, self.model)
             # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
             # folded copy (the same function, faster).
             net = self.model.module if spec.runs_on_loaded else self.module
-            self._maps[method] = spec.attribute(self.model, net, self.x, self.target)
-        return self._maps[method]
+            self._cache.maps[method] = spec.attribute(self.model, net, self.x, self.target)
+        return self._cache.maps[method]
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
                          nodes: int | None = None) -> Job[np.ndarray]:
@@ -326,22 +282,22 @@ class Engine:
         coarser map for a first look, kept apart from its own (the finished full map is returned
         instead when there is one)."""
         spec = BY_NAME.get(method)
-        if spec is None or spec.nodes is None or method in self._maps:
+        if spec is None or spec.nodes is None or method in self._cache.maps:
             return self.attribution(method)
         if nodes and nodes < spec.nodes:
-            if (method, nodes) not in self._coarse:
+            if (method, nodes) not in self._cache.coarse:
                 coarse = spec.stepped(self.model, self.module, self.x, self.target, nodes)
                 grads = yield from coarse.steps(step_seconds or math.inf)
-                self._coarse[method, nodes] = attribution.collapse_channels(grads)
-            return self._coarse[method, nodes]
+                self._cache.coarse[method, nodes] = attribution.collapse_channels(grads)
+            return self._cache.coarse[method, nodes]
         if not step_seconds:
             return self.attribution(method)
-        if method not in self._runs:
-            self._runs[method] = spec.stepped(self.model, self.module, self.x, self.target)
-        grads = yield from self._runs[method].steps(step_seconds)
-        self._maps[method] = attribution.collapse_channels(grads)
-        del self._runs[method]
-        return self._maps[method]
+        if method not in self._cache.runs:
+            self._cache.runs[method] = spec.stepped(self.model, self.module, self.x, self.target)
+        grads = yield from self._cache.runs[method].steps(step_seconds)
+        self._cache.maps[method] = attribution.collapse_channels(grads)
+        del self._cache.runs[method]
+        return self._cache.maps[method]
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
                     baseline: str = "mean", step_seconds: float | None = None,
@@ -350,17 +306,17 @@ class Engine:
         map that is not the method's own, e.g. a coarse one). step_seconds, insertion: see
         core.pathway.curves.iter_curves."""
         key = (method, steps, baseline)
-        if cache and key in self._curves:
-            return self._curves[key]
-        if baseline not in self._ends:  # the curves' first and last points, the same for every map
-            self._ends[baseline] = end_probs(self.module, self.x, self.target, baseline,
+        if cache and key in self._cache.curves:
+            return self._cache.curves[key]
+        if baseline not in self._cache.ends:  # the curves' first and last points, the same for every map
+            self._cache.ends[baseline] = end_probs(self.module, self.x, self.target, baseline,
                                              self.model.mean, self.model.std)
         curves = yield from iter_curves(self.module, self.x, ranked(method, attr_map),
                                         self.target, steps=steps, baseline=baseline, mean=self.model.mean,
                                         std=self.model.std, step_seconds=step_seconds,
-                                        ends=self._ends[baseline], insertion=insertion)
+                                        ends=self._cache.ends[baseline], insertion=insertion)
         if cache and insertion and method not in PATHWAY_METHODS:
-            self._curves[key] = curves
+            self._cache.curves[key] = curves
         return curves
 
     def output_change_measure(self, method: str, attr_map: np.ndarray, baseline: str = "mean"):
@@ -419,15 +375,15 @@ class Engine:
         points = []
         for i, p in enumerate(sparsities):
             key = (float(p), mode, selector, self.ties, steps, baseline)
-            if key not in self._sweep:
+            if key not in self._cache.sweep:
                 path = self.pathway(p, mode, selector)
                 yield Progress(0.1 + 0.9 * i / len(sparsities), f"sweep: {float(p):g} %")  # a step of its own
                 curves = yield from scaled(
                     self.iter_curves("pathway-gradient", path.map, steps, baseline, step_seconds,
                                      insertion=False),
                     0.1 + 0.9 * i / len(sparsities), 0.1 + 0.9 * (i + 1) / len(sparsities))
-                self._sweep[key] = (path.sparsity, path.output_change, curves.deletion_auc)
-            points.append(self._sweep[key])
+                self._cache.sweep[key] = (path.sparsity, path.output_change, curves.deletion_auc)
+            points.append(self._cache.sweep[key])
         pruned, changes, aucs = (np.asarray(column, float) for column in zip(*points))
         return Sweep(pruned, changes, aucs)
 

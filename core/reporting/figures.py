@@ -374,7 +374,7 @@ def dissection_summary(result):
 
 def unit_montage(rows):
     """One row per unit: its title and its top images side by side. rows: [(title, crops)],
-    crops as core.dissection.dissect.unit_crops gives them."""
+    crops as core.dissection.units.unit_crops gives them."""
     from skimage.util import montage
 
     fig = _figure(9.0, 1.25 * len(rows), 110)

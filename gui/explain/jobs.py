@@ -208,8 +208,8 @@ def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):
 
 def concepts(engine, params: Params, dissection):
     """The concepts the pathway at params runs through, by the kept neurons' scores (the
-    dissection's units, core.dissection.dissect.pathway_concepts)."""
-    from core.dissection.dissect import pathway_concepts
+    dissection's units, core.dissection.units.pathway_concepts)."""
+    from core.dissection.units import pathway_concepts
 
     masks = engine.masks(params.sparsity, params.mode, params.selector)
     return pathway_concepts(dissection, engine.layers, masks, engine.scores(params.selector))

@@ -43,7 +43,7 @@ def unit_text(dissection, layer_name: str, channel: int) -> str:
 
 
 def concepts_line(ranked, count: int = 6) -> str:
-    """The concepts a decision runs through (core.dissection.dissect.pathway_concepts), in one line."""
+    """The concepts a decision runs through (core.dissection.units.pathway_concepts), in one line."""
     if not ranked:
         return "Concepts on the pathway: none of the kept units of the dissected layers detects one"
     parts = [f"{e['concept']} {100 * e['share']:.0f} % ({len(e['units'])} units)" for e in ranked[:count]]
@@ -141,7 +141,7 @@ class ChannelDialog(QDialog):
             self._request_tops()
 
     def _request_tops(self) -> None:
-        from core.dissection.dissect import iter_reference_tops, receptive_field, unit_crops
+        from core.dissection.units import iter_reference_tops, receptive_field, unit_crops
 
         for label in self.crops:
             label.clear()
