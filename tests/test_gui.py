@@ -105,7 +105,7 @@ def test_a_new_image_opens_at_the_auto_sparsity_unless_the_user_set_one(qapp, se
         auto = as_on_worker(lambda: run(engine.iter_auto_sparsity(tolerance, step=OPEN_AUTO_STEP)))
         assert controls.sparsity.value() == auto.sparsity
         assert f"Auto: {auto.sparsity:.1f} %" in controls.auto_note.text()
-        live = tab._live  # the map on screen is the pathway at that sparsity, within the tolerance
+        live = tab.shown.live  # the map on screen is the pathway at that sparsity, within the tolerance
         assert live.params.sparsity == auto.sparsity and live.output_change <= tolerance
         np.testing.assert_array_equal(tab.heatmaps.panel(PATHWAY).raw,
                                       as_on_worker(lambda: engine.pathway(auto.sparsity).map))
@@ -115,11 +115,11 @@ def test_a_new_image_opens_at_the_auto_sparsity_unless_the_user_set_one(qapp, se
         controls.sparsity.setValue(40.0)
         assert not controls.auto_open.isChecked() and "set by you" in controls.auto_note.text()
         wait_until(qapp, lambda: win.context.is_idle() and tab.is_complete())
-        assert controls.sparsity.value() == 40.0 and tab._live.params.sparsity == 40.0
+        assert controls.sparsity.value() == 40.0 and tab.shown.live.params.sparsity == 40.0
         win.open_paths([photo_path("chelsea.png")])
         wait_until(qapp, lambda: win.context.current_engine().target == 285 and win.context.is_idle()
                    and tab.is_complete())  # Egyptian cat
-        assert controls.sparsity.value() == 40.0 and tab._live.params.sparsity == 40.0
+        assert controls.sparsity.value() == 40.0 and tab.shown.live.params.sparsity == 40.0
     finally:
         win.close()
 
@@ -153,7 +153,7 @@ def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp)
 
     def spy(name, raw, note=""):
         if name == PATHWAY:
-            shown.append(tab._live.params.sparsity)
+            shown.append(tab.shown.live.params.sparsity)
         original(name, raw, note)
 
     tab.heatmaps.set_map = spy
@@ -163,7 +163,7 @@ def test_fast_slider_ends_on_the_engines_answer_for_the_last_value(window, qapp)
             slider.setValue(value)
             qapp.processEvents()
         final = tab.params()
-        wait_until(qapp, lambda: window.context.is_idle() and tab._live.params == final
+        wait_until(qapp, lambda: window.context.is_idle() and tab.shown.live.params == final
                    and tab.is_complete())
     finally:
         tab.heatmaps.set_map = original
@@ -209,7 +209,7 @@ def test_soak_a_thousand_fast_slider_moves(window, qapp):
 
     def spy(name, raw, note=""):
         if name == PATHWAY:
-            shown.append(tab._live.params.sparsity)
+            shown.append(tab.shown.live.params.sparsity)
         original(name, raw, note)
 
     def spy_job(factory, on_result, *args, key="default", **kwargs):
@@ -230,7 +230,7 @@ def test_soak_a_thousand_fast_slider_moves(window, qapp):
                 if i % 4 == 0:  # events now and then, as a fast drag delivers them
                     qapp.processEvents()
             final = tab.params()
-            wait_until(qapp, lambda: context.is_idle() and tab._live.params == final
+            wait_until(qapp, lambda: context.is_idle() and tab.shown.live.params == final
                        and tab.is_complete())
             settled.append(shown[-1])
             gc.collect()
@@ -440,7 +440,7 @@ def test_per_layer_threshold_and_intgrad_selector_reach_the_engine(window, qapp)
     select_data(tab.controls.selector, "intgrad")
     try:
         params = tab.params()
-        wait_until(qapp, lambda: tab._live.params == params and window.context.is_idle()
+        wait_until(qapp, lambda: tab.shown.live.params == params and window.context.is_idle()
                    and tab.is_complete())
         engine = window.context.current_engine()
         expected = as_on_worker(lambda: engine.pathway(params.sparsity, "per-layer", "intgrad"))

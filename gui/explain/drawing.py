@@ -1,23 +1,40 @@
 """How the Explain tab draws the worker's results: each is drawn only while it still matches
 the engine on screen, and once everything is on screen the tab announces it and refines."""
+from dataclasses import dataclass, field
+
 from gui.explain import jobs as explain_jobs
+
+
+@dataclass
+class Shown:
+    """What the Explain tab shows for the current engine: one object, made anew for each engine.
+    The maps come coarse first (fewer nodes, a coarse curve grid), then refined."""
+    maps: dict = field(default_factory=dict)         # method -> its map on screen
+    unavailable: dict = field(default_factory=dict)  # method -> the note its panel shows instead of a map
+    live: object = None                              # the latest explain_jobs.LiveResult drawn
+    curves: dict = field(default_factory=dict)       # method -> Curves drawn: classic and pathway come from two jobs
+    coarse_maps: dict = field(default_factory=dict)  # method -> a map shown for now, coarser than its own
+    coarse_curves: set = field(default_factory=set)  # methods whose curves shown are of a coarse map
+    announced: bool = False                          # the first complete analysis was announced
+    refining: bool = False     # everything was on screen: full-resolution maps, curves and sweep follow
+    sweep_fine: bool = False   # the sweep shown has every sparsity of the fine grid
 
 
 class ExplainDrawing:
     """The Explain tab's drawing of results. A mixin of gui.explain.tab.ExplainTab: it draws into
     the tab's views (controls, heatmaps, curves, masks) and keeps what is shown in the tab's state
-    (_live, _maps, _unavailable, _curves, _coarse_maps, _coarse_curves, _sweep_fine)."""
+    (its Shown)."""
 
     def _check_complete(self) -> None:
-        if not self._announced and self.is_complete():
-            self._announced = True
+        if not self.shown.announced and self.is_complete():
+            self.shown.announced = True
             self.analysis_shown.emit()
             self._refine()
 
     def _show_live(self, result: explain_jobs.LiveResult) -> None:
         if result.engine is not self._engine:
             return
-        self._live = result
+        self.shown.live = result
         p = result.params
         kept = sum(k for _, k, _ in result.kept)
         total = sum(t for _, _, t in result.kept)
@@ -30,85 +47,84 @@ class ExplainDrawing:
         self.live_shown.emit(result)
         self._check_complete()
 
-    def _show_layer(self, result) -> None:
-        engine, _params, layer = result
-        if engine is self._engine:
-            self.masks.set_layer(layer)
+    def _show_layer(self, result: explain_jobs.LayerDone) -> None:
+        if result.engine is self._engine:
+            self.masks.set_layer(result.view)
 
-    def _show_maps(self, result) -> None:
-        engine, maps, skipped, failed = result
-        if engine is not self._engine:
+    def _show_maps(self, result: explain_jobs.Maps) -> None:
+        maps, skipped, failed = result.maps, result.skipped, result.failed
+        if result.engine is not self._engine:
             return
-        self._maps.update(maps)
+        self.shown.maps.update(maps)
         for method, attr in maps.items():
-            if self._refining:
-                self._coarse_maps.pop(method, None)
+            if self.shown.refining:
+                self.shown.coarse_maps.pop(method, None)
             elif method == "integrated-gradients":
-                self._coarse_maps[method] = attr
+                self.shown.coarse_maps[method] = attr
         for method in maps:  # a retry that worked
-            self._unavailable.pop(method, None)
-        self._unavailable.update({m: "not available for this model" for m in skipped})
-        self._unavailable.update({m: "failed (see the status bar)" for m in failed})
+            self.shown.unavailable.pop(method, None)
+        self.shown.unavailable.update({m: "not available for this model" for m in skipped})
+        self.shown.unavailable.update({m: "failed (see the status bar)" for m in failed})
         self._draw_maps()
         for method, why in skipped.items():
             self.status.emit(f"{method} skipped: {why}")
         for method, why in failed.items():
             self.status.emit(f"{method} failed: {why}")
-        if all(m in self._maps or m in self._unavailable for m in self.methods()):
+        if all(m in self.shown.maps or m in self.shown.unavailable for m in self.methods()):
             self._request_curves()
         self._check_complete()
 
-    def _show_pathway_maps(self, result) -> None:
-        engine, params, maps, skipped, failed = result
-        if engine is not self._engine or params != self.params():
+    def _show_pathway_maps(self, result: explain_jobs.Maps) -> None:
+        skipped = result.skipped
+        if result.engine is not self._engine or result.params != self.params():
             return  # the slider moved on: the newer request is on its way
-        for name, path in maps.items():
+        for name, path in result.maps.items():
             self.heatmaps.set_map(name, path.map,
                                   f"{path.sparsity:.1f} % pruned · Δp {100 * path.output_change:.1f} %")
-        for name, why in {**skipped, **failed}.items():
-            self._unavailable[name] = "not available for this model" if name in skipped else "failed"
-            self.heatmaps.set_note(name, self._unavailable[name])
+        for name, why in {**skipped, **result.failed}.items():
+            self.shown.unavailable[name] = "not available for this model" if name in skipped else "failed"
+            self.heatmaps.set_note(name, self.shown.unavailable[name])
             self.status.emit(f"{name}: {why}")
         self._check_complete()
 
     def _draw_maps(self) -> None:
         coarse = f"coarse ({explain_jobs.COARSE_IG_NODES} nodes), refining…"
-        self.heatmaps.set_maps({m: (self._maps[m], coarse if m in self._coarse_maps else "")
-                                for m in self.methods() if m in self._maps})
+        self.heatmaps.set_maps({m: (self.shown.maps[m], coarse if m in self.shown.coarse_maps else "")
+                                for m in self.methods() if m in self.shown.maps})
         for method in self.methods():
-            if method in self._unavailable:
-                self.heatmaps.set_note(method, self._unavailable[method])
+            if method in self.shown.unavailable:
+                self.heatmaps.set_note(method, self.shown.unavailable[method])
 
-    def _show_curves(self, result) -> None:
-        engine, curves, of_coarse_maps = result
-        if engine is not self._engine:
+    def _show_curves(self, result: explain_jobs.CurvesDone) -> None:
+        curves = result.curves
+        if result.engine is not self._engine:
             return
-        self._coarse_curves = (self._coarse_curves - set(curves)) | of_coarse_maps
+        self.shown.coarse_curves = (self.shown.coarse_curves - set(curves)) | result.of_coarse
         pathway = self.params().method_name
-        self._curves = {m: c for m, c in self._curves.items() if m in self.methods() or m == pathway}
-        self._curves.update(curves)
-        self.curves.set_curves(self._curves)
-        coarse = sorted({c.steps for c in self._curves.values() if c.steps < self.curve_steps})
+        self.shown.curves = {m: c for m, c in self.shown.curves.items() if m in self.methods() or m == pathway}
+        self.shown.curves.update(curves)
+        self.curves.set_curves(self.shown.curves)
+        coarse = sorted({c.steps for c in self.shown.curves.values() if c.steps < self.curve_steps})
         if coarse:
             self.curves.set_note(f"coarse ({', '.join(map(str, coarse))} steps), refining…")
         else:
-            self.curves.set_note("of coarse maps, refining…" if self._coarse_curves else "")
+            self.curves.set_note("of coarse maps, refining…" if self.shown.coarse_curves else "")
         self._check_complete()
 
-    def _show_sweep(self, result) -> None:
-        engine, params, sweep = result
-        if engine is not self._engine:
+    def _show_sweep(self, result: explain_jobs.SweepDone) -> None:
+        params, sweep = result.params, result.sweep
+        if result.engine is not self._engine:
             return
-        self._sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
-        coarse = "" if self._sweep_fine else f"coarse ({len(sweep.sparsities)} points), refining…"
+        self.shown.sweep_fine = len(sweep.sparsities) == len(self.sweep_sparsities)
+        coarse = "" if self.shown.sweep_fine else f"coarse ({len(sweep.sparsities)} points), refining…"
         self.curves.set_sweep_title(params.mode, params.selector, coarse)
         self.curves.set_sweep(sweep)
         self._check_complete()
 
-    def _show_auto(self, result, moves: int) -> None:
+    def _show_auto(self, result: explain_jobs.AutoDone, moves: int) -> None:
         """Auto's sparsity, unless the user has moved the slider since it was asked for."""
-        engine, auto = result
-        if engine is not self._engine or moves != self._user_moves:
+        auto = result.auto
+        if result.engine is not self._engine or moves != self._user_moves:
             return
         self._auto_search = None
         self.controls.auto_note.setText(f"Auto: {auto.sparsity:.1f} % for this image, output change "

@@ -62,6 +62,44 @@ class LiveResult:
     layer: LayerView | None = field(default=None, repr=False)
 
 
+@dataclass
+class Maps:
+    """Maps for `engine` (at `params`, for pathway maps); skipped: method -> why it cannot run
+    here; failed: method -> why it failed this time (the other maps are kept)."""
+    engine: object
+    maps: dict                  # method -> HxW map (classic) or PathwayResult (pathway)
+    skipped: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)
+    params: Params | None = None
+
+
+@dataclass
+class CurvesDone:
+    engine: object
+    curves: dict                # method -> Curves
+    of_coarse: set = field(default_factory=set)  # methods whose curves are of the coarse map shown
+
+
+@dataclass
+class LayerDone:
+    engine: object
+    params: Params
+    view: LayerView
+
+
+@dataclass
+class SweepDone:
+    engine: object
+    params: Params
+    sweep: object               # core.pathway.results.Sweep
+
+
+@dataclass
+class AutoDone:
+    engine: object
+    auto: object                # core.pathway.results.AutoSparsity
+
+
 class LiveMemo:
     """The last pathway result, so that the curves after a slider stops reuse the map the
     live preview just computed instead of running the same masked backward again."""
@@ -95,7 +133,7 @@ def layer_at(engine, params: Params, layer_index: int):
     """One layer's view at the current threshold (masks from the cached scores, no backward)."""
     yield Progress(0.0, "layer")
     masks = ruled(engine, params).masks(params.sparsity, params.mode, params.selector)
-    return engine, params, layer_view(engine, masks, params.selector, layer_index)
+    return LayerDone(engine, params, layer_view(engine, masks, params.selector, layer_index))
 
 
 def layer_view(engine, masks, selector: str, index: int) -> LayerView:
@@ -139,14 +177,13 @@ def cheap_first(methods) -> list[str]:
 
 
 def maps(engine, methods):
-    """The classic maps (cached by the engine); skipped: method -> why it cannot run here;
-    failed: method -> why it failed this time (the other maps are kept)."""
+    """The classic maps (cached by the engine)."""
     analysis = yield from engine.iter_analysis(list(methods), with_curves=False, step_seconds=STEP_SECONDS)
-    return engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed
+    return Maps(engine, {m: r.map for m, r in analysis.results.items()}, analysis.skipped, analysis.failed)
 
 
 def pathway_maps(engine, params: Params, names):
-    """pathway-<method> maps at params, one step each; skipped and failed as maps() has them."""
+    """pathway-<method> maps at params, one step each."""
     out, skipped, failed = {}, {}, {}
     for i, name in enumerate(names):
         yield Progress(i / len(names), name)
@@ -157,19 +194,19 @@ def pathway_maps(engine, params: Params, names):
             skipped[name] = str(why)
         except Exception as error:
             failed[name] = reason(error)
-    return engine, params, out, skipped, failed
+    return Maps(engine, out, skipped, failed, params)
 
 
 def coarse_map(engine, method: str):
-    """Integrated gradients on COARSE_IG_NODES nodes, as maps() returns it."""
+    """Integrated gradients on COARSE_IG_NODES nodes."""
     yield Progress(0.0, f"{method} (coarse)")
     try:
         attr = yield from engine.iter_attribution(method, STEP_SECONDS, nodes=COARSE_IG_NODES)
     except UnsupportedMethod as why:
-        return engine, {}, {method: str(why)}, {}
+        return Maps(engine, {}, skipped={method: str(why)})
     except Exception as error:
-        return engine, {}, {}, {method: reason(error)}
-    return engine, {method: attr}, {}, {}
+        return Maps(engine, {}, failed={method: reason(error)})
+    return Maps(engine, {method: attr})
 
 
 def classic_curves(engine, methods, steps: int, coarse_maps: dict):
@@ -186,7 +223,7 @@ def classic_curves(engine, methods, steps: int, coarse_maps: dict):
             continue
         out[method] = yield from scaled(engine.iter_curves(method, attr, steps, step_seconds=STEP_SECONDS,
                                                            cache=method not in coarse_maps), start, end)
-    return engine, out, set(coarse_maps) & set(out)
+    return CurvesDone(engine, out, set(coarse_maps) & set(out))
 
 
 def pathway_curves(engine, params: Params, memo: LiveMemo, steps: int):
@@ -196,14 +233,14 @@ def pathway_curves(engine, params: Params, memo: LiveMemo, steps: int):
     yield Progress(0.1, f"curves: {params.method_name}")  # the masked backward was a step of its own
     curves = yield from scaled(engine.iter_curves(params.method_name, attr, steps, step_seconds=STEP_SECONDS),
                                0.1, 1.0)
-    return engine, {params.method_name: curves}, set()
+    return CurvesDone(engine, {params.method_name: curves})
 
 
 def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):
     result = yield from ruled(engine, params).iter_sweep(
         sparsities, mode=params.mode, selector=params.selector, steps=steps,
         step_seconds=STEP_SECONDS)
-    return engine, params, result
+    return SweepDone(engine, params, result)
 
 
 def concepts(engine, params: Params, dissection):
@@ -220,7 +257,7 @@ def auto_sparsity(engine, params: Params, tolerance: float, step: float | None =
     search = ruled(engine, params).iter_auto_sparsity
     auto = yield from (search(tolerance, params.mode, params.selector) if step is None
                        else search(tolerance, params.mode, params.selector, step))
-    return engine, auto
+    return AutoDone(engine, auto)
 
 
 def export(engine, methods, params: Params, steps: int, out_dir, image_path, cmap: str,

@@ -26,16 +26,16 @@ class ExplainRequests:
 
     def _refine(self) -> None:
         """Full-resolution maps, curves and sweep, as the lowest-priority jobs."""
-        self._refining = True
-        if self._coarse_maps:  # the curves follow the maps
-            self._request_maps(list(self._coarse_maps), PRIORITY_BACKGROUND)
+        self.shown.refining = True
+        if self.shown.coarse_maps:  # the curves follow the maps
+            self._request_maps(list(self.shown.coarse_maps), PRIORITY_BACKGROUND)
         else:
             self._request_curves()
         self._request_pathway_curves(PRIORITY_BACKGROUND)
         self._request_sweep()
 
     def _steps(self) -> int:
-        return self.curve_steps if self._refining else min(COARSE_CURVE_STEPS, self.curve_steps)
+        return self.curve_steps if self.shown.refining else min(COARSE_CURVE_STEPS, self.curve_steps)
 
     def _request_live(self) -> None:
         """A running live job still in its masked forward gives up for this newer request;
@@ -69,7 +69,7 @@ class ExplainRequests:
         if engine is None:
             return
         for method in explain_jobs.cheap_first(self.methods() if methods is None else methods):
-            if method == "integrated-gradients" and not self._refining:
+            if method == "integrated-gradients" and not self.shown.refining:
                 job = lambda method=method: explain_jobs.coarse_map(engine, method)  # noqa: E731
             else:
                 job = lambda method=method: explain_jobs.maps(engine, [method])  # noqa: E731
@@ -95,7 +95,7 @@ class ExplainRequests:
         engine, methods, steps = self._engine, self.methods(), self._steps()
         if engine is None or not methods:
             return
-        coarse, priority = dict(self._coarse_maps), PRIORITY_BACKGROUND if self._refining else PRIORITY_CURVES
+        coarse, priority = dict(self.shown.coarse_maps), PRIORITY_BACKGROUND if self.shown.refining else PRIORITY_CURVES
         self.context.run_job(lambda: explain_jobs.classic_curves(engine, methods, steps, coarse),
                              self._show_curves, key="curves", priority=priority, preemptible=True)
 
@@ -114,7 +114,7 @@ class ExplainRequests:
         if engine is None:
             return
         steps = explain_jobs.SWEEP_STEPS
-        if not self._refining:
+        if not self.shown.refining:
             coarse = tuple(sparsities[::COARSE_EVERY])
             sparsities = coarse + tuple(sparsities[-1:]) * (coarse[-1:] != tuple(sparsities[-1:]))
             steps = min(COARSE_SWEEP_STEPS, steps)

@@ -14,7 +14,7 @@ from core.methods import PATHWAY
 from gui.explain import jobs as explain_jobs
 from gui.explain.controls import DEFAULT_METHODS, ControlPanel, select_data
 from gui.explain.curves import CurvesView
-from gui.explain.drawing import ExplainDrawing
+from gui.explain.drawing import ExplainDrawing, Shown
 from gui.explain.masks import MaskView
 from gui.explain.requests import ExplainRequests
 from gui.parts.heatmaps import HeatmapGrid
@@ -40,16 +40,8 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self.masks = MaskView()
         self._engine = None
         self._luts: dict = {}
-        self._maps: dict = {}
-        self._unavailable: dict = {}  # method -> the note its panel shows instead of a map
-        self._live = None  # the latest explain_jobs.LiveResult drawn
+        self.shown = Shown()  # what is on screen for the current engine
         self._memo = explain_jobs.LiveMemo()  # used on the worker only
-        self._curves: dict = {}  # method -> Curves drawn: classic and pathway come from two jobs
-        self._coarse_maps: dict = {}  # method -> a map shown for now, coarser than its own
-        self._coarse_curves: set = set()  # methods whose curves shown are of a coarse map
-        self._sweep_fine = False
-        self._announced = False
-        self._refining = False  # everything was on screen: full-resolution maps, curves and sweep follow
         self.curve_steps = CURVE_STEPS
         self.sweep_sparsities = EXPLAIN_SWEEP
         self._setting = False  # the app, not the user, is moving the slider
@@ -132,18 +124,18 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
         ones count, labelled as such)."""
-        if (self._engine is None or self._live is None or self.masks.layer() is None
+        if (self._engine is None or self.shown.live is None or self.masks.layer() is None
                 or self._auto_search is not None):
             return False
         shown = self.heatmaps.shown_maps()
-        if not all(m in shown or m in self._unavailable for m in self._panel_names()):
+        if not all(m in shown or m in self.shown.unavailable for m in self._panel_names()):
             return False
         return self.curves.ready([m for m in self._curve_names() if m in shown])
 
     def is_refined(self) -> bool:
         """is_complete, and the curves and sweep are at full resolution."""
-        return (self.is_complete() and self._sweep_fine and not self._coarse_maps
-                and not self._coarse_curves & set(self.methods())
+        return (self.is_complete() and self.shown.sweep_fine and not self.shown.coarse_maps
+                and not self.shown.coarse_curves & set(self.methods())
                 and all(c.steps == self.curve_steps for c in self.curves.curves().values()))
 
     # -- a new engine: new image, model or class -----------------------------------------------
@@ -153,9 +145,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         if self.dissection is not None and self.dissection.mismatch(engine.model):
             self.set_dissection(None)
             self.status.emit("the dissection was of another model: its concepts are no longer shown")
-        self._maps, self._unavailable, self._live, self._curves = {}, {}, None, {}
-        self._coarse_maps, self._coarse_curves = {}, set()
-        self._announced = self._refining = self._sweep_fine = False
+        self.shown = Shown()
         prediction = self.context.current_prediction()
         predicted = prediction.top5[0][0] if prediction.top5 else prediction.target
         self.controls.set_prediction(prediction, predicted, engine.model.names_assumed)

@@ -9,6 +9,7 @@ steps (the job is paused, not restarted: its generator resumes where it was), an
 slider position stop the map being made for an older one, inside its step, while it still can.
 So this small scheduler is hand-written.
 """
+import enum
 import itertools
 import threading
 import time
@@ -27,6 +28,20 @@ PRIORITY_CURVES = 30
 PRIORITY_BACKGROUND = 40
 
 
+class State(enum.Enum):
+    """Where a job is in its life. QUEUED -> RUNNING when the worker picks it. RUNNING -> PAUSING
+    when a more urgent job is queued and it is preemptible; at its next step it goes back to
+    QUEUED, its generator kept, and resumes where it was. RUNNING -> DELIVERED once its generator
+    returned and its result is being delivered: no cancel or pre-emption reaches it then. Any state
+    but DELIVERED -> CANCELLED (a newer request with its key, Cancel, shutdown); a cancelled job's
+    generator is closed on the worker, where it ran."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
 @dataclass(eq=False)
 class Job:
     id: int
@@ -35,14 +50,17 @@ class Job:
     priority: int
     preemptible: bool
     keep_running: bool = False  # a newer request with its key waits for it instead of cancelling it
-    # ... and asks it to stop where it can (JobRunner.stop_requested), unless it took the place
-    # of one that did: then it finishes, so that requests faster than jobs still get answers.
+    # ... and asks it to stop where it can (JobRunner.stop_requested; interrupted), unless it took
+    # the place of one that did (protected): then it finishes, so that requests faster than jobs
+    # still get answers. Both are about the request, in any state.
     interrupted: bool = False
     protected: bool = False
-    cancelled: bool = False
-    paused: bool = False  # pre-empted: back in the queue at its next step, its generator kept
-    finished: bool = False  # its result is being delivered: no cancel or pre-emption reaches it
+    state: State = State.QUEUED
     gen: Generator | None = field(default=None, repr=False)  # made on the worker at its first run
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state is State.CANCELLED
 
 
 class JobRunner(QThread):
@@ -78,9 +96,9 @@ class JobRunner(QThread):
             if running is not None and running.key == key and running.keep_running and not running.protected:
                 running.interrupted = True
             self._queue.append(job)
-            if (running is not None and not running.cancelled and not running.finished
-                    and running.preemptible and priority < running.priority):
-                running.paused = True  # back in the queue at its next step
+            if running is not None and running.state is State.RUNNING and running.preemptible \
+                    and priority < running.priority:
+                running.state = State.PAUSING  # back in the queue at its next step
             self._cond.notify()
             return job.id
 
@@ -118,11 +136,11 @@ class JobRunner(QThread):
                 if job.gen is not None:
                     self._to_close.append(job.gen)  # closed on the worker, where it ran
         self._queue = [job for job in self._queue if not match(job)]
-        if self._running is not None and not self._running.finished and match(self._running):
-            self._running.cancelled = True
+        if self._running is not None and self._running.state is not State.DELIVERED and match(self._running):
+            self._running.state = State.CANCELLED
 
     def _emit_dropped(self, job: Job) -> None:
-        job.cancelled = True
+        job.state = State.CANCELLED
         self.ended.emit(job.id)
 
     def _next_job(self) -> Job | None:
@@ -135,6 +153,7 @@ class JobRunner(QThread):
                 return None
             job = min(self._queue, key=lambda j: (j.priority, j.id))
             self._queue.remove(job)
+            job.state = State.RUNNING
             self._running = job
             return job
 
@@ -153,7 +172,7 @@ class JobRunner(QThread):
                     self._running = None
                     requeued = paused and not job.cancelled
                     if requeued:
-                        job.paused = False
+                        job.state = State.QUEUED
                         self._queue.append(job)
                 if paused and not requeued:
                     job.gen.close()  # cancelled as it paused
@@ -170,7 +189,7 @@ class JobRunner(QThread):
                 if job.cancelled:
                     gen.close()  # runs the generator's finally/with exits here
                     return False
-                if job.paused:
+                if job.state is State.PAUSING:
                     return True  # resumed from here when it is picked again
                 began = time.perf_counter()
                 try:
@@ -181,7 +200,7 @@ class JobRunner(QThread):
                     with self._cond:
                         if job.cancelled:
                             return False
-                        job.finished = True
+                        job.state = State.DELIVERED
                         commit = getattr(stop.value, "commit", None)
                         if commit is not None:
                             commit()  # what the job changes takes effect exactly when it is delivered
