@@ -15,7 +15,6 @@ import main
 from core.errors import ModelError
 from core.io.images import load_image
 from core.methods import attribute
-from core.models.exported import PROGRAMS_SUPPORTED
 from core.models.loading import load_model, read_labels
 from core.models.sources import ModelCard, parse_spec, read_card, write_card
 from core.pathway.engine import Engine
@@ -224,20 +223,10 @@ def test_grayscale_factory_with_a_card(user_files, tmp_path):
     assert attribute("grad-cam", model, engine.x, engine.target).shape == (48, 48)
 
 
-@pytest.mark.skipif(PROGRAMS_SUPPORTED, reason="this torch runs programs: test_exported_program")
-def test_programs_are_refused_in_one_line_on_an_older_torch(tmp_path, capsys):
-    (tmp_path / "r18.pt2").write_bytes(b"PK")
-    with pytest.raises(ModelError, match=r"r18.pt2: a torch.export program needs torch 2.6 or newer"):
-        load_model(str(tmp_path / "r18.pt2"), device="cpu")
-    assert main.main(["prune", "--program", "--out", str(tmp_path / "p.pt"), "--quiet"]) == 2
-    assert "--program needs torch 2.6 or newer" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not PROGRAMS_SUPPORTED, reason="torch.export programs need torch 2.6")
 def test_exported_program(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=5).eval()
-    program = torch.export.export(net, (torch.randn(1, 3, 64, 64),))  # batch fixed at 1
+    program = torch.export.export(net, (torch.randn(1, 3, 64, 64),), strict=False)  # batch fixed at 1
     torch.export.save(program, tmp_path / "r18.pt2")
     model = load_model(str(tmp_path / "r18.pt2"), device="cpu", **SMALL)
     x = torch.randn(3, 3, 64, 64)

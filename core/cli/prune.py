@@ -155,7 +155,6 @@ def run_prune(args) -> int:
     from core.io.output import write_text
     from core.model_pruning import calibrate, prune_model, save_pruned
     from core.model_pruning.deploy import export_onnx, require_onnx
-    from core.models.exported import require_programs
     from core.progress import StderrBar, run
 
     out = Path(args.out)
@@ -163,8 +162,6 @@ def run_prune(args) -> int:
         raise OutputError(f"{out.parent}: output folder does not exist")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder, not a model file")
-    if args.program:
-        require_programs("--program")
     if args.onnx:
         require_onnx()
         if not Path(args.onnx).parent.is_dir():

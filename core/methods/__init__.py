@@ -7,7 +7,7 @@ Standard library only, so that `--help` and the window's first paint need no tor
 """
 from core.errors import UnsupportedMethod
 from core.methods import cams, gradients, perturbation
-from core.methods.base import PATHWAY, Method, Pathway
+from core.methods.base import PATHWAY, Method, Pathway  # noqa: F401 (PATHWAY: the prefix, read from here)
 
 PLAIN = (
     gradients.Gradient(), gradients.InputXGradient(), gradients.IntegratedGradients(),

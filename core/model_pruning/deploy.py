@@ -4,6 +4,7 @@ before it is kept, with its latency beside PyTorch's."""
 import copy
 import dataclasses
 import importlib.util
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from torch import nn
 from core.errors import OutputError, PruneScopeError
 from core.io.output import atomic_file
 from core.model_pruning import surgery
-from core.models.exported import PROGRAMS_SUPPORTED, require_programs
 
 TOLERANCE = 1e-4       # max |Δ| of the outputs, ONNX against PyTorch, on the check images
 ONNX_CHECK_IMAGES = 16  # calibration images the check runs on
 LATENCY_RUNS = 20      # batch-1 forwards timed per runtime (the median is reported)
 OPSET = 18
+# The exporter torch itself defaults to: torch.export-based from torch 2.9 (it needs onnxscript), the
+# TorchScript-based one before (the older torch.export-based one fails on batch norms there).
+_DYNAMO = inspect.signature(torch.onnx.export).parameters.get("dynamo")
+DYNAMO_EXPORTER = _DYNAMO is not None and _DYNAMO.default is True
 
 
 @dataclass
@@ -41,7 +45,7 @@ class OnnxExport:
 
 def require_onnx() -> None:
     """PruneScopeError naming the extra where onnx or onnxruntime is missing (before any work)."""
-    needed = ["onnx", "onnxruntime"] + (["onnxscript"] if PROGRAMS_SUPPORTED else [])
+    needed = ["onnx", "onnxruntime"] + (["onnxscript"] if DYNAMO_EXPORTER else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise PruneScopeError(f"ONNX export needs {', '.join(missing)}: pip install 'prunescope[onnx]'")
@@ -82,10 +86,10 @@ def export_onnx(module: nn.Module, path: str | Path, images: torch.Tensor) -> On
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     names = dict(input_names=["image"], output_names=["logits"])
-    if PROGRAMS_SUPPORTED:  # torch.export-based exporter (torch's default since 2.9)
+    if DYNAMO_EXPORTER:
         torch.onnx.export(module, (example,), str(path), dynamo=True, verbose=False, opset_version=OPSET,
                           external_data=False, dynamic_shapes=({0: torch.export.Dim.AUTO},), **names)
-    else:  # before torch 2.6: the TorchScript-based exporter
+    else:
         torch.onnx.export(module, (example,), str(path), opset_version=OPSET,
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
 
@@ -122,10 +126,12 @@ def save_pruned(report, path, program: bool = False) -> dict[str, int]:
         torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
     sizes = {str(path): path.stat().st_size}
     if program:
-        require_programs("a torch.export program")
         size = report.model.input_size
         example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
-        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        # Not strict: strict export traces Python through dynamo, which fails on import hooks (PySide6's
+        # in the app) before torch 2.9, where non-strict became the default.
+        exported = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},),
+                                       strict=False)
         program_path = path.with_suffix(".pt2")
         with atomic_file(program_path) as temp:
             torch.export.save(exported, temp)

@@ -6,17 +6,6 @@ from torch import nn
 
 from core.errors import ModelError
 
-# Programs are exported with automatic dynamic batch sizes (torch.export.Dim.AUTO, torch 2.6); the
-# older torch.export also traces through import hooks (PySide6's) and fails inside the app.
-PROGRAMS_SUPPORTED = hasattr(getattr(torch.export, "Dim", None), "AUTO")
-
-
-def require_programs(what: str) -> None:
-    """ModelError, in one line, where this torch cannot run or write torch.export programs."""
-    if not PROGRAMS_SUPPORTED:
-        raise ModelError(f"{what} needs torch 2.6 or newer (torch.export); this is torch {torch.__version__}")
-
-
 class ExportedModule(nn.Module):
     """An ExportedProgram's module as the engine needs it: eval()/train() are no-ops (the
     program was exported in the mode it runs in) and a program traced for batch 1 still takes
@@ -40,7 +29,6 @@ class ExportedModule(nn.Module):
 def exported_module(path: Path) -> ExportedModule:
     if not path.is_file():
         raise ModelError(f"{path}: no such torch.export program")
-    require_programs(f"{path}: a torch.export program")
     try:
         program = torch.export.load(str(path))
     except Exception as err:  # bad archives fail in the zip reader, the JSON schema or torch
