@@ -3,9 +3,11 @@ import sys
 from pathlib import Path
 
 from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list, model_from_args,
-                              out_path, sparsity_percent, tolerance_percent, top_percent)
+                              name_list, out_path, positive_int, sparsity_percent, tolerance_percent,
+                              top_percent)
 from core.io.display import AUTO, DEFAULT_TOP_PERCENT, MODES
 from core.methods import ALL_METHODS, DEFAULTS, unknown
+from core.pathway.graph import DEFAULT_LAYERS, DEFAULT_NODES
 
 DEFAULT_METHODS = DEFAULTS["explain"]
 
@@ -45,6 +47,13 @@ def register(subparsers) -> None:
                    help="how <method>.png and comparison.png draw each map: map (alone, on black), "
                         "blend (over the image), masked (the image's top pixels only), alpha "
                         "(the image faded by |map|); auto: map, and blend for grad-cam")
+    p.add_argument("--graph", action="store_true",
+                   help="also write the pathway graph: pathway_graph.json and .png (channels that carry the "
+                        "decision, and how they feed each other)")
+    p.add_argument("--graph-nodes", type=positive_int, default=DEFAULT_NODES, metavar="K",
+                   help=f"channels per layer in the graph (default {DEFAULT_NODES})")
+    p.add_argument("--graph-layers", type=name_list, metavar="NAME,...",
+                   help=f"activation layers of the graph (default {DEFAULT_LAYERS} spread from input to output)")
     p.add_argument("--display-top", type=top_percent, default=DEFAULT_TOP_PERCENT, metavar="P",
                    help=f"percent of pixels the masked image shows (default {DEFAULT_TOP_PERCENT:g})")
     p.set_defaults(run=run_explain)
@@ -56,8 +65,9 @@ def run_explain(args) -> int:
     from core.io.images import load_image
     from core.io.output import locked, output_folder, result_names, staged_folder
     from core.pathway.engine import Engine
+    from core.pathway.graph import pathway_graph
     from core.progress import StderrBar, run
-    from core.reporting.report import write_outputs
+    from core.reporting.report import write_graph, write_outputs
 
     if unknown(args.methods):
         return fail(f"unknown method(s) {', '.join(unknown(args.methods))}: choose from {', '.join(ALL_METHODS)}")
@@ -90,6 +100,9 @@ def run_explain(args) -> int:
                     if auto is not None:
                         settings["auto_search"] = auto.how
                     write_outputs(staging, engine, analysis, settings, image_path=path)
+                    if args.graph:
+                        write_graph(staging, pathway_graph(engine, sparsity, args.mode, args.selector,
+                                                           args.graph_layers, args.graph_nodes))
             except Exception as err:
                 bar.close()  # first, so that the line does not land inside the bar's
                 batch.item_failed(path, err)

@@ -131,6 +131,14 @@ def bounded_int(text: str, low: int, high: int | None = None) -> int:
     return value
 
 
+def name_list(text: str) -> list[str]:
+    """Comma-separated names, each once, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty name in {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def positive_int(text: str) -> int:
     return bounded_int(text, 1)
 

@@ -411,3 +411,58 @@ def concepts_under_pruning(sweep):
     axes[2].set_ylim(0, 1.02)
     axes[0].legend(fontsize=8, frameon=False)
     return fig
+
+
+# ---- the pathway graph ---------------------------------------------------------------------
+
+def pathway_graph(graph, width: float = 11.0) -> object:
+    """A layered drawing of a core.pathway.graph.PathwayGraph: a column per layer (input side on
+    the left), a node's area its share of the layer's kept score, an edge's width its |relevance|
+    (red where it excites, blue where it inhibits), each node labelled with its channel and, where a
+    dissection names it, its concept."""
+    fig = _figure(width, 6.0, 120)
+    ax = fig.add_subplot(1, 1, 1)
+    places = graph_positions(graph)
+    strengths = edge_strengths(graph)
+    for e, strength in sorted(zip(graph.edges, strengths), key=lambda pair: pair[1]):
+        (x0, y0), (x1, y1) = places[e.source], places[e.target]
+        ax.plot([x0, x1], [y0, y1], color="#c0392b" if e.weight > 0 else "#2e6fba",
+                linewidth=0.3 + 5.0 * strength, alpha=0.25 + 0.6 * strength, zorder=1, solid_capstyle="round")
+    for n in graph.nodes:
+        x, y = places[n.id]
+        ax.scatter([x], [y], s=60 + 1400 * n.share, color="#f39c12", edgecolors="black", linewidths=0.6,
+                   zorder=2)
+        label = f"{n.channel}" + (f"\n{graph.concepts[n.id]}" if n.id in graph.concepts else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, -14), ha="center", va="top",
+                    fontsize=7, zorder=3)
+    ax.set_xticks(range(len(graph.layers)), graph.layers, rotation=20, fontsize=7, ha="right")
+    ax.set_yticks([])
+    ax.set_xlim(-0.5, len(graph.layers) - 0.5)
+    ax.set_ylim(-1.2, max((places[n.id][1] for n in graph.nodes), default=0) + 0.8)
+    ax.invert_yaxis()
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"pathway graph · {graph.class_name} · {graph.sparsity:g} % pruned ({graph.mode}, "
+                 f"{graph.selector}) · node: share of its layer's kept score · edge: relevance, relative to "
+                 f"the strongest between the two layers (red excites, blue inhibits)", fontsize=8)
+    return fig
+
+
+def graph_positions(graph) -> dict:
+    """node id -> (layer column, rank in its layer by share): the layout the app draws too."""
+    places = {}
+    for depth, layer in enumerate(graph.layers):
+        ranked = sorted((n for n in graph.nodes if n.layer == layer), key=lambda n: -n.share)
+        places.update({n.id: (float(depth), float(rank)) for rank, n in enumerate(ranked)})
+    return places
+
+
+def edge_strengths(graph) -> list[float]:
+    """Each edge's |relevance| over the strongest between the same two layers, in [0, 1]: relevance
+    sums over a layer's map, so early layers' edges are larger in absolute terms."""
+    layer_of = {n.id: n.layer for n in graph.nodes}
+    strongest: dict = {}
+    for e in graph.edges:
+        key = layer_of[e.source]
+        strongest[key] = max(strongest.get(key, 0.0), abs(e.weight))
+    return [abs(e.weight) / (strongest[layer_of[e.source]] or 1.0) for e in graph.edges]

@@ -20,6 +20,13 @@ from core.methods import BY_NAME
 from core.reporting import figures
 
 
+def write_graph(out_dir, graph) -> list[Path]:
+    """pathway_graph.json and pathway_graph.png: a core.pathway.graph.PathwayGraph."""
+    out = Path(out_dir)
+    (out / "pathway_graph.json").write_text(json.dumps(graph.to_json(), indent=1))
+    return [out / "pathway_graph.json", *figures.save({"pathway_graph": figures.pathway_graph(graph)}, out)]
+
+
 def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,
                   cmap: str = display.DEFAULT_COLORMAP, alpha: float = display.DEFAULT_OPACITY) -> list[Path]:
     """Every file above. The PNGs are drawn as settings' "display" (a mode or auto) and
