@@ -432,6 +432,38 @@ def test_choosing_a_layer_shows_its_channels(window, qapp):
     assert list(layer.kept[layer.order]) == sorted(layer.kept, reverse=True)
 
 
+def test_the_pathway_graph_tab_follows_the_slider_opens_channels_and_exports(window, qapp, tmp_path):
+    import json
+
+    from core.pathway.graph import pathway_graph
+
+    tab, slider = window.explain, window.explain.controls.sparsity
+    graph_view = tab.masks.graph
+    tab.masks.views.setCurrentWidget(graph_view)
+    try:
+        for value in (70.0, 40.0):
+            slider.setValue(value)
+            wait_until(qapp, lambda: window.context.is_idle() and graph_view.graph is not None
+                       and graph_view.graph.sparsity == value)
+            shown = graph_view.graph
+            expected = as_on_worker(lambda: pathway_graph(window.context.current_engine(), value))
+            assert shown.nodes == expected.nodes and len(shown.layers) == 6
+            np.testing.assert_allclose([e.weight for e in shown.edges], [e.weight for e in expected.edges],
+                                       rtol=1e-4, atol=1e-3)
+        node = shown.nodes[0]
+        graph_view.node_clicked.emit(node.layer, node.channel)  # as a click on it does
+        wait_until(qapp, lambda: tab._channel_dialog is not None and tab._channel_dialog.isVisible())
+        tab._channel_dialog.close()
+        graph_view.export(tmp_path / "graph.json")
+        graph_view.export(tmp_path / "graph.png")
+        assert json.loads((tmp_path / "graph.json").read_text())["nodes"][0]["id"] == node.id
+        assert (tmp_path / "graph.png").stat().st_size > 20_000
+    finally:
+        tab.masks.views.setCurrentIndex(0)
+        slider.setValue(70.0)
+        wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete())
+
+
 def test_per_layer_threshold_and_intgrad_selector_reach_the_engine(window, qapp):
     from gui.explain.controls import select_data
 

@@ -132,3 +132,10 @@ def iter_reference_tops(model, folder, layer_name: str, cache_dir=None,
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(result.to_json()))
     return result.layers[0]
+
+
+def graph_concepts(dissection: Dissection, graph) -> dict[str, str]:
+    """node id -> the concept its unit detects, for the nodes of a pathway graph
+    (core.pathway.graph) whose layer was dissected and whose unit is a detector."""
+    detectors = {(layer.name, unit.unit): unit.concept for layer in dissection.layers for unit in layer.detectors()}
+    return {n.id: detectors[n.layer, n.channel] for n in graph.nodes if (n.layer, n.channel) in detectors}

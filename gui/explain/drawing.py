@@ -111,6 +111,10 @@ class ExplainDrawing:
             self.curves.set_note("of coarse maps, refining…" if self.shown.coarse_curves else "")
         self._check_complete()
 
+    def _show_graph(self, result: explain_jobs.GraphDone) -> None:
+        if result.engine is self._engine and result.params == self.params():
+            self.masks.graph.set_graph(result.graph)
+
     def _show_sweep(self, result: explain_jobs.SweepDone) -> None:
         params, sweep = result.params, result.sweep
         if result.engine is not self._engine:

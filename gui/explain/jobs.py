@@ -95,6 +95,13 @@ class SweepDone:
 
 
 @dataclass
+class GraphDone:
+    engine: object
+    params: Params
+    graph: object               # core.pathway.graph.PathwayGraph
+
+
+@dataclass
 class AutoDone:
     engine: object
     auto: object                # core.pathway.results.AutoSparsity
@@ -241,6 +248,20 @@ def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):
         sparsities, mode=params.mode, selector=params.selector, steps=steps,
         step_seconds=STEP_SECONDS)
     return SweepDone(engine, params, result)
+
+
+def graph(engine, params: Params, dissection):
+    """The pathway graph at params (core.pathway.graph), its nodes labelled with the dissection's
+    concepts where one is open."""
+    from core.pathway.graph import pathway_graph
+
+    yield Progress(0.0, "pathway graph")
+    done = pathway_graph(ruled(engine, params), params.sparsity, params.mode, params.selector)
+    if dissection is not None:
+        from core.dissection.units import graph_concepts
+
+        done.concepts = graph_concepts(dissection, done)
+    return GraphDone(engine, params, done)
 
 
 def concepts(engine, params: Params, dissection):

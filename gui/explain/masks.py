@@ -1,14 +1,16 @@
 """Neuron masks per layer: the percent of neurons kept along depth, and for the selected layer the
 spatial count of kept neurons over the image and a paged grid of its channels (the heir of the
-Deep Visualization Toolbox's layer grid). Keys: Left/Right pick the layer, PgUp/PgDn the page."""
+Deep Visualization Toolbox's layer grid); beside them, in a tab, the pathway graph. Keys:
+Left/Right pick the layer, PgUp/PgDn the page."""
 import math
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSplitter,
-                               QVBoxLayout, QWidget)
+                               QTabWidget, QVBoxLayout, QWidget)
 
+from gui.parts.graph_view import GraphView
 from gui.parts.layer_bars import LayerBars
 
 PAGE_SIZE = 64  # channel tiles per page: an 8 x 8 grid stays readable at ~250 px
@@ -22,6 +24,7 @@ class MaskView(QWidget):
 
     layer_selected = Signal(int)
     channel_clicked = Signal(int, int)  # layer index, channel
+    graph_wanted = Signal()  # the pathway graph's tab is shown: draw the current one
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -86,11 +89,20 @@ class MaskView(QWidget):
         for panel in (count_panel, tile_panel):
             panel.setMinimumWidth(200)
 
+        layer_views = QSplitter(Qt.Orientation.Horizontal)
+        layer_views.addWidget(count_panel)
+        layer_views.addWidget(tile_panel)
+        self.graph = GraphView()
+        self.graph.node_clicked.connect(self._graph_node)
+        self.views = QTabWidget()
+        self.views.setDocumentMode(True)
+        self.views.addTab(layer_views, "Layer")
+        self.views.addTab(self.graph, "Pathway graph")
+        self.views.currentChanged.connect(lambda _i: self.graph_visible() and self.graph_wanted.emit())
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.bars)
-        self.splitter.addWidget(count_panel)
-        self.splitter.addWidget(tile_panel)
-        for i, stretch in enumerate((4, 3, 3)):
+        self.splitter.addWidget(self.views)
+        for i, stretch in enumerate((4, 6)):
             self.splitter.setStretchFactor(i, stretch)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -138,12 +150,21 @@ class MaskView(QWidget):
     def set_concepts(self, text: str) -> None:
         self.concepts_label.setText(text)
 
+    def graph_visible(self) -> bool:
+        return self.views.currentWidget() is self.graph
+
+    def _graph_node(self, layer: str, channel: int) -> None:
+        names = [name for name, _, _ in self._kept]
+        if layer in names:
+            self.channel_clicked.emit(names.index(layer), channel)
+
     def set_colors(self, lut_rgb: np.ndarray) -> None:
         self._lut = lut_rgb
         self._draw_count()
         self._draw_tiles()
 
     def clear(self) -> None:
+        self.graph.clear()
         self._kept, self._layer = [], None
         self.bars.set_kept([], None)
         self.count_heat.clear()

@@ -133,11 +133,23 @@ class ExplainRequests:
                              lambda ranked: self.masks.set_concepts(concepts_line(ranked)),
                              key="concepts", priority=PRIORITY_CURVES, preemptible=True)
 
+    def _request_graph(self) -> None:
+        """The pathway graph at the slider's settings, while its tab is shown."""
+        engine, params, dissection = self._engine, self.params(), self.dissection
+        if engine is None or not self.masks.graph_visible():
+            return
+        if self.masks.graph.graph is None or self.masks.graph.graph.sparsity != params.sparsity:
+            self.masks.graph.note.setText("computing the graph…")
+        self.context.run_job(lambda: explain_jobs.graph(engine, params, dissection), self._show_graph,
+                             on_error=lambda error: self.masks.graph.clear(f"no graph: {error}"),
+                             key="graph", priority=PRIORITY_CURVES, preemptible=True)
+
     def _request_settled(self) -> None:
-        """What waits for the slider to settle: pathway curves, ↝ rows and concepts."""
+        """What waits for the slider to settle: pathway curves, ↝ rows, concepts and the graph."""
         self._request_pathway_curves()
         self._request_pathway_maps()
         self._request_concepts()
+        self._request_graph()
 
     def _auto(self, tolerance: float) -> None:
         engine, params, moves = self._engine, self.params(), self._user_moves

@@ -83,6 +83,8 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         c.target_clicked.connect(self._explain_class)
         self.masks.layer_selected.connect(self._request_layer)
         self.masks.channel_clicked.connect(self._open_channel)
+        self.masks.graph_wanted.connect(self._request_graph)
+        self.masks.graph.status.connect(self.status)
         self.dissection = None  # core.dissection.dissect.Dissection of the current model, when open
         self._channel_dialog = None
         context.engine_changed.connect(self._on_engine)
@@ -224,6 +226,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self.dissection = dissection
         self.masks.set_dissection(dissection)
         self._request_concepts()
+        self._request_graph()
 
     def _open_channel(self, layer: int, channel: int) -> None:
         from gui.parts.dissection import ChannelDialog
