@@ -6,7 +6,8 @@ import json
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from core.io.output import write_text
@@ -14,6 +15,7 @@ from core.reporting.figures import edge_strengths, graph_positions
 
 EXCITE, INHIBIT = (192, 57, 43), (46, 111, 186)
 NODE_BRUSH = (243, 156, 18)
+LABEL_POINTS = 7
 
 
 class GraphView(QWidget):
@@ -68,19 +70,23 @@ class GraphView(QWidget):
             colour = EXCITE if edge.weight > 0 else INHIBIT
             pen = pg.mkPen((*colour, int(60 + 160 * strength)), width=0.5 + 4.5 * strength)
             self.plot.addItem(pg.PlotCurveItem([x0, x1], [y0, y1], pen=pen))
-        spots = [{"pos": places[n.id], "size": 8 + 36 * math.sqrt(n.share), "data": (n.layer, n.channel),
+        # sized for the strip under the maps: 8 nodes in about 160 px
+        spots = [{"pos": places[n.id], "size": 5 + 16 * math.sqrt(n.share), "data": (n.layer, n.channel),
                   "brush": pg.mkBrush(NODE_BRUSH), "pen": pg.mkPen("k", width=0.8)} for n in graph.nodes]
         self.scatter.setData(spots)
         self.plot.addItem(self.scatter)
+        font = QFont()
+        font.setPointSize(LABEL_POINTS)
         for n in graph.nodes:
             concept = graph.concepts.get(n.id)
             label = pg.TextItem(f"{n.channel}" + (f" {concept}" if concept else ""), color=(40, 40, 40),
-                                anchor=(0.5, -0.4))
+                                anchor=(-0.25, 0.5))  # right of its node
+            label.setFont(font)
             label.setPos(*places[n.id])
             self.plot.addItem(label)
         axis = self.plot.getAxis("bottom")
         axis.setTicks([[(float(i), _short(name)) for i, name in enumerate(graph.layers)]])
-        self.plot.setXRange(-0.5, len(graph.layers) - 0.5, padding=0)
+        self.plot.setXRange(-0.3, len(graph.layers) - 0.4, padding=0)
         self.plot.setYRange(-0.8, max((y for _, y in places.values()), default=0) + 0.8, padding=0)
         self.note.setText(f"{graph.class_name} · {graph.sparsity:.1f} % pruned · node: share of its layer's "
                           f"kept score · edge: relevance (red excites, blue inhibits) · click a node")
