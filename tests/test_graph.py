@@ -115,3 +115,80 @@ def test_explain_writes_the_graph_of_a_real_photo(tmp_path, capsys):
     assert all(0 < n["share"] <= 1 for n in data["nodes"]) and data["passes"] == 5 * 4
     assert (tmp_path / "out" / "coffee" / "pathway_graph.png").stat().st_size > 20_000
     assert np.isfinite([e["weight"] for e in data["edges"]]).all()
+
+
+# --- across images: pathways ----------------------------------------------------------------------
+
+def mixer_model():
+    return LoadedModel("mixer", Mixer().eval().requires_grad_(False), torch.device("cpu"), list(MIXTURES), 8, 8,
+                       (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
+
+
+def mixture_source(per_class: int = 3):
+    """Images of one mixture each (its two colours at random strengths), labelled with it."""
+    from core.evaluation.sources import Item, Source
+
+    colours = {0: (0, 1), 1: (1, 2), 2: (0, 2)}
+
+    def load(i: int) -> Item:
+        label = i % 3
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        for channel, value in zip(colours[label], np.random.default_rng(i).uniform(120, 250, 2)):
+            rgb[..., channel] = int(value)
+        return Item(rgb, label, None, f"{MIXTURES[label]}/{i}")
+
+    return Source("mixtures", 3 * per_class, load, False, list(MIXTURES))
+
+
+def test_a_class_pathway_holds_exactly_its_units_and_classes_overlap_within():
+    from core.evaluation.pathways import PathwaySettings, iter_pathways
+    from core.progress import run
+
+    summary = run(iter_pathways(mixer_model(), mixture_source(), PathwaySettings(9, 50.0, target="label", nodes=3)))
+    assert summary["images"] == 9 and not summary["errors"]
+    for mixture, colours in (("yellow", (1, 1, 0)), ("cyan", (0, 1, 1)), ("magenta", (1, 0, 1))):
+        frequency = summary["classes"][mixture]["frequency"]
+        assert frequency["relu1"] == list(map(float, colours))  # its two colour units, in every image
+        assert frequency["relu2"] == [float(m == mixture) for m in MIXTURES]  # its own mixture unit alone
+        graph = summary["classes"][mixture]["graph"]
+        assert {e["target"] for e in graph["edges"]} == {f"relu2:{MIXTURES.index(mixture)}"}
+    overlap = summary["overlap"]
+    assert overlap["within_pairs"] == 9 and overlap["between_pairs"] == 27
+    # one class: the same units (shares vary with the strengths); two classes: one colour in common
+    assert overlap["within_class"] > 0.8 > 0.5 > overlap["between_class"] > 0.1
+
+
+def test_overlap_is_the_score_weighted_jaccard():
+    from core.evaluation.pathways import overlap_matrix
+
+    a = {"l1": np.array([0.5, 0.5, 0.0]), "l2": np.array([1.0, 0.0])}
+    b = {"l1": np.array([0.0, 0.5, 0.5]), "l2": np.array([1.0, 0.0])}
+    # halves of each layer: min sums 0.25 + 0.5, max sums 0.75 + 0.5
+    np.testing.assert_allclose(overlap_matrix([a, b, a]), [[1, 0.6, 1], [0.6, 1, 0.6], [1, 0.6, 1]])
+
+
+@pytest.mark.slow
+def test_pathways_cli_writes_its_files_goes_on_where_it_stopped_and_refuses_other_settings(tmp_path, capsys):
+    from main import main
+
+    folder = tmp_path / "photos"
+    for label, names in (("espresso", ("coffee.png",)), ("tabby", ("chelsea.png",)), ("missile", ("rocket.jpg",))):
+        (folder / label).mkdir(parents=True)
+        for name in names:
+            (folder / label / name).write_bytes(photo_path(name).read_bytes())
+    out = tmp_path / "out"
+    base = ["pathways", "--dataset", str(folder), "--out", str(out), "--graph-nodes", "4", "--quiet"]
+    assert main([*base, "--images", "2"]) == 0
+    assert len(list((out / "records").glob("*.npz"))) == 2
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.npz")}
+    assert main([*base, "--images", "3"]) == 0  # the first two are read back, not computed
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.npz") if p.name in first} == first
+    data = json.loads((out / "pathways.json").read_text())
+    assert data["images"] == 3 and set(data["classes"]) == {"espresso", "Egyptian cat", "missile"}  # predicted
+    layer = next(iter(data["classes"]["espresso"]["frequency"]))
+    assert len(data["classes"]["espresso"]["frequency"][layer]) == 32  # Lite0's stem: a value per channel
+    assert data["overlap"]["within_class"] is None and 0 < data["overlap"]["between_class"] < 1
+    assert np.load(out / "overlap.npy").shape == (3, 3) and (out / "pathways.png").stat().st_size > 20_000
+    capsys.readouterr()
+    assert main([*base, "--images", "3", "--sparsity", "50"]) == 2
+    assert "holds a run with another sparsity" in capsys.readouterr().err

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "core.cli.bench",
     "core.cli.sanity",
     "core.cli.evaluate",
+    "core.cli.pathways",
     "core.cli.prune",
     "core.cli.dissect",
 )

@@ -50,6 +50,9 @@ class PathwayGraph:
     class_name: str
     passes: int = 0       # batched forward+backward passes it took, counted in single images
     concepts: dict = field(default_factory=dict)  # node id -> concept label, where a dissection names one
+    # layer -> every channel's share of the layer's kept score (a numpy array): what pathways are
+    # compared by across images; not in the JSON (thousands of values)
+    shares: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"layers": self.layers, "sparsity": self.sparsity, "mode": self.mode, "selector": self.selector,
@@ -113,14 +116,14 @@ def pathway_graph(engine, sparsity: float, mode: str = "global", selector: str =
     chosen = graph_layers(layers) if layer_names is None else layer_indices(layers, layer_names)
     masks = engine.masks(sparsity, mode, selector)
     scores = engine.scores(selector)
-    picked, all_nodes = {}, []
+    picked, all_nodes, shares = {}, [], {}
     for depth, i in enumerate(chosen):
         kept = (scores[i].reshape(layers[i].shape) * masks[i]).reshape(layers[i].shape[0], -1).sum(1).double()
-        total = float(kept.sum())
-        order = [int(c) for c in torch.argsort(kept, descending=True)[:nodes] if kept[c] > 0]
+        share = kept / kept.sum() if kept.sum() > 0 else kept
+        shares[layers[i].name] = share.float().cpu().numpy()
+        order = [int(c) for c in torch.argsort(share, descending=True)[:nodes] if share[c] > 0]
         picked[i] = order
-        all_nodes += [Node(_node_id(layers[i].name, c), layers[i].name, c, float(kept[c]) / total, depth)
-                      for c in order]
+        all_nodes += [Node(_node_id(layers[i].name, c), layers[i].name, c, float(share[c]), depth) for c in order]
     factors = [m.to(engine.x.dtype) for m in masks]
     edges, passes = [], 0
     for u, d in zip(chosen, chosen[1:]):
@@ -130,7 +133,7 @@ def pathway_graph(engine, sparsity: float, mode: str = "global", selector: str =
             edges += [Edge(_node_id(layers[u].name, uc), _node_id(layers[d].name, dc), float(weights[j, uc]))
                       for j, dc in enumerate(picked[d]) for uc in picked[u]]
     return PathwayGraph([layers[i].name for i in chosen], all_nodes, edges, float(sparsity), mode, selector,
-                        engine.target, engine.model.class_names[engine.target], passes)
+                        engine.target, engine.model.class_names[engine.target], passes, shares=shares)
 
 
 class _Reached(BaseException):  # not Exception: a model's own `except Exception` must not catch it

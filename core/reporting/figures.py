@@ -466,3 +466,43 @@ def edge_strengths(graph) -> list[float]:
         key = layer_of[e.source]
         strongest[key] = max(strongest.get(key, 0.0), abs(e.weight))
     return [abs(e.weight) / (strongest[layer_of[e.source]] or 1.0) for e in graph.edges]
+
+
+# ---- pathways across a dataset ---------------------------------------------------------------
+
+def pathways(summary: dict, layer: str | None = None, channels: int = 40) -> object:
+    """Left: for one layer (default the graphs' last), how often each channel is in a class's
+    pathway graph, the `channels` most frequent in any class, channels x classes. Right: the
+    overlap of every two images' pathways, images ordered by class."""
+    classes = summary["classes"]
+    names = list(classes)
+    layers = list(next(iter(classes.values()))["frequency"]) if classes else []
+    layer = layer or (layers[-1] if layers else None)
+    fig = _figure(12.0, 5.2, 110)
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.15))
+    if layer is not None:
+        freq = np.array([classes[c]["frequency"][layer] for c in names])  # classes x channels
+        top = np.argsort(-freq.max(0), kind="stable")[:channels]
+        top = top[freq[:, top].max(0) > 0]
+        image = left.imshow(freq[:, top].T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        left.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
+        left.set_yticks(range(len(top)), [str(c) for c in top], fontsize=6)
+        left.set_ylabel(f"channel of {layer}")
+        fig.colorbar(image, ax=left, label="share of the class's images with it in their graph")
+    left.set_title("channels in each class's pathway", fontsize=9)
+    matrix = np.asarray(summary["matrix"])
+    order = np.argsort(summary["image_classes"], kind="stable")
+    shown = right.imshow(matrix[np.ix_(order, order)], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    sorted_classes = np.asarray(summary["image_classes"])[order]
+    edges = np.flatnonzero(np.diff(sorted_classes)) + 0.5
+    for edge in edges:
+        right.axhline(edge, color="white", linewidth=0.6)
+        right.axvline(edge, color="white", linewidth=0.6)
+    right.set_xticks([])
+    right.set_yticks([])
+    o = summary["overlap"]
+    within = "n/a" if o["within_class"] is None else f"{o['within_class']:.3f}"
+    between = "n/a" if o["between_class"] is None else f"{o['between_class']:.3f}"
+    right.set_title(f"pathway overlap, images by class (within {within}, between {between})", fontsize=9)
+    fig.colorbar(shown, ax=right, label="score-weighted Jaccard of the kept channels")
+    return fig
