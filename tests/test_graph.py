@@ -192,3 +192,18 @@ def test_pathways_cli_writes_its_files_goes_on_where_it_stopped_and_refuses_othe
     capsys.readouterr()
     assert main([*base, "--images", "3", "--sparsity", "50"]) == 2
     assert "holds a run with another sparsity" in capsys.readouterr().err
+
+
+def test_units_labelled_with_a_class_s_object_are_counted_in_its_pathway_and_the_others():
+    from types import SimpleNamespace
+
+    from core.evaluation.pathways import PathwaySettings, concept_alignment, iter_pathways
+    from core.progress import run
+
+    summary = run(iter_pathways(mixer_model(), mixture_source(), PathwaySettings(9, 50.0, target="label", nodes=3)))
+    units = [SimpleNamespace(unit=i, category="object", concept=m) for i, m in enumerate(MIXTURES)]
+    units.append(SimpleNamespace(unit=0, category="colour", concept="yellow"))  # not an object: left out
+    dissection = SimpleNamespace(layers=[SimpleNamespace(name="relu2", detectors=lambda: units),
+                                         SimpleNamespace(name="relu1", detectors=lambda: [])])
+    assert concept_alignment(summary, dissection) == {
+        "relu2": {"units": 3, "own_class": 1.0, "other_classes": 0.0}}

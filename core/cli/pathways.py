@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help=f"images: the first N in sorted order, or of --sample's (default {DEFAULT_IMAGES})")
     p.add_argument("--sample", type=positive_int, metavar="N", help="N images drawn at random, each class in proportion")
     p.add_argument("--layer", metavar="NAME", help="the layer of the channels x classes figure (default the last)")
+    p.add_argument("--dissection", metavar="FILE",
+                   help="a dissection.json of this model: whether the units it labels with a class's object "
+                        "are in that class's pathway more often than in the others'")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,7 +64,7 @@ def run_pathways(args) -> int:
     import numpy as np
 
     from core.errors import PruneScopeError
-    from core.evaluation.pathways import PathwaySettings, iter_pathways, run_settings
+    from core.evaluation.pathways import PathwaySettings, concept_alignment, iter_pathways, run_settings
     from core.evaluation.sources import folder_source, synthetic_source
     from core.io.output import output_folder, write_text
     from core.progress import StderrBar, run
@@ -70,6 +73,7 @@ def run_pathways(args) -> int:
     from core.runtime.distributed import setup, teardown
 
     _check_args(args)
+    dissection = _dissection(args.dissection) if args.dissection else None
     out = output_folder(args.out)
     target = args.target or ("label" if args.dataset == SYNTHETIC else "predicted")
     ctx = setup(args.device)
@@ -100,6 +104,8 @@ def run_pathways(args) -> int:
         layers = next(iter(summary["classes"].values()))["frequency"]
         if args.layer is not None and args.layer not in layers:
             raise PruneScopeError(f"--layer {args.layer}: not a layer of the graphs ({', '.join(layers)})")
+        if dissection is not None:
+            summary["concepts"] = concept_alignment(summary, dissection)
         matrix = summary.pop("matrix")
         np.save(out / "overlap.npy", matrix)
         figures.save({"pathways": figures.pathways({**summary, "matrix": matrix}, args.layer)}, out)
@@ -111,12 +117,34 @@ def run_pathways(args) -> int:
     if not args.quiet:
         print(f"{summary['images']} images, {len(summary['classes'])} classes: pathway overlap within a class "
               f"{_fmt(o['within_class'])}, between classes {_fmt(o['between_class'])}")
+        for layer, a in summary.get("concepts", {}).items():
+            print(f"{layer}: {a['units']} units labelled with a class's object: in their class's pathway "
+                  f"{a['own_class']:.0%} of the time, in the other classes' {_percent(a['other_classes'])}")
         print(f"results in {out}")
     for line in summary["errors"]:
         fail(line)
     if summary["errors"]:
         say(f"prunescope: {summary['images']} images done; {len(summary['errors'])} failed")
     return EXIT_BAD_INPUT if summary["errors"] else 0
+
+
+def _dissection(path: str):
+    import json
+    from pathlib import Path
+
+    from core.dissection.dissect import Dissection
+    from core.errors import PruneScopeError
+
+    try:
+        return Dissection.from_json(json.loads(Path(path).read_text()))
+    except OSError as err:
+        raise PruneScopeError(f"{path}: cannot read the dissection ({err.strerror or err})") from None
+    except ValueError as err:
+        raise PruneScopeError(f"{path}: not a dissection ({err})") from None
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def _fmt(value) -> str:

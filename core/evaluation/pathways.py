@@ -160,3 +160,26 @@ def _mean(values: np.ndarray) -> float | None:
 
 def _name(class_names, target: int) -> str:
     return class_names[target] if class_names and target < len(class_names) else f"class {target}"
+
+
+def concept_alignment(summary: dict, dissection) -> dict:
+    """Are the units that a dissection labels with a class's object in that class's pathway more
+    often than in the other classes'? Per dissected layer of the graphs: the mean frequency of such
+    units in their own class's graphs and in the other classes' (units whose object concept names
+    a class of the summary). Layers without such units are left out."""
+    classes = summary["classes"]
+    out = {}
+    for layer in dissection.layers:
+        own, other = [], []
+        for unit in layer.detectors():
+            if unit.category != "object" or unit.concept not in classes:
+                continue
+            for name, data in classes.items():
+                frequency = data["frequency"].get(layer.name)
+                if frequency is None or unit.unit >= len(frequency):
+                    continue
+                (own if name == unit.concept else other).append(frequency[unit.unit])
+        if own:
+            out[layer.name] = {"units": len(own), "own_class": float(np.mean(own)),
+                               "other_classes": float(np.mean(other)) if other else None}
+    return out
