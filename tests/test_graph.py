@@ -207,3 +207,64 @@ def test_units_labelled_with_a_class_s_object_are_counted_in_its_pathway_and_the
                                          SimpleNamespace(name="relu1", detectors=lambda: [])])
     assert concept_alignment(summary, dissection) == {
         "relu2": {"units": 3, "own_class": 1.0, "other_classes": 0.0}}
+
+
+MIXER_FILE = '''
+import torch
+from torch import nn
+
+
+class Mixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.colours, self.mixtures, self.head = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.Linear(3, 3)
+        with torch.no_grad():
+            self.colours.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.mixtures.weight.copy_(torch.tensor([[1.0, 1, 0], [0, 1, 1], [1, 0, 1]]).view(3, 3, 1, 1))
+            self.head.weight.copy_(torch.eye(3))
+            for layer in (self.colours, self.mixtures, self.head):
+                layer.bias.zero_()
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        return self.head(self.relu2(self.mixtures(self.relu1(self.colours(x)))).mean((2, 3)))
+
+
+def build():
+    return Mixer()
+'''
+
+
+def test_a_class_pathway_becomes_a_model_that_keeps_its_class_alone(tmp_path, capsys):
+    """pathways on a folder of mixtures, then prune --class-pathway: the yellow model keeps red, green
+    and yellow, and agrees with the original on yellow images only."""
+    from PIL import Image
+
+    from main import main
+
+    (tmp_path / "mixer.py").write_text(MIXER_FILE)
+    (tmp_path / "names.txt").write_text("\n".join(MIXTURES))
+    source = mixture_source(4)
+    for i in range(source.count):
+        item = source.load(i)
+        (tmp_path / "photos" / MIXTURES[item.label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(item.rgb).save(tmp_path / "photos" / f"{item.name}.png")
+    model = ["--model", f"{tmp_path / 'mixer.py'}:build", "--labels", str(tmp_path / "names.txt"),
+             "--input-size", "8", "--resize", "8", "--mean", "0,0,0", "--std", "1,1,1", "--device", "cpu"]
+    assert main(["pathways", "--dataset", str(tmp_path / "photos"), "--out", str(tmp_path / "pw"), "--target",
+                 "label", "--sparsity", "50", "--graph-nodes", "3", "--quiet", *model]) == 0
+    capsys.readouterr()
+    out = tmp_path / "yellow.pt"
+    assert main(["prune", "--class-pathway", "yellow", "--from", str(tmp_path / "pw" / "pathways.json"),
+                 "--out", str(out), "--json", str(tmp_path / "yellow.json"), "--quiet", *model]) == 0
+    printed = capsys.readouterr().out
+    assert "relu1 2/3, relu2 1/3" in printed
+    assert "100.0% on the class's 4 images, 0.0% on the other classes' 8" in printed
+    state = torch.load(out, weights_only=True)["state_dict"]  # physically smaller, as prune writes it
+    assert state["colours.weight"].shape == (2, 3, 1, 1) and state["mixtures.weight"].shape == (1, 2, 1, 1)
+    assert state["head.weight"].shape == (3, 1)
+    data = json.loads((tmp_path / "yellow.json").read_text())
+    assert data["agreement_own_class"] == 1.0 and data["after"]["params"] < data["before"]["params"]
+    assert main(["prune", "--class-pathway", "grey", "--from", str(tmp_path / "pw" / "pathways.json"),
+                 "--out", str(out), "--quiet", *model]) == 2
+    assert "no class 'grey'" in capsys.readouterr().err

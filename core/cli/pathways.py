@@ -109,7 +109,8 @@ def run_pathways(args) -> int:
         matrix = summary.pop("matrix")
         np.save(out / "overlap.npy", matrix)
         figures.save({"pathways": figures.pathways({**summary, "matrix": matrix}, args.layer)}, out)
-        summary.update(command="pathways", dataset=args.dataset, model=model_info(model, trained),
+        summary.update(command="pathways", dataset=args.dataset, source=source.name, model=model_info(model, trained),
+                       weights=model.weights_hash(), synthetic=_synthetic_options(args),
                        settings={"sparsity": args.sparsity, "tolerance_percent": args.tolerance, "mode": args.mode,
                                  "selector": args.selector, "target": target, "graph_nodes": args.graph_nodes})
         write_text(out / "pathways.json", json.dumps(summary, indent=1))
@@ -141,6 +142,12 @@ def _dissection(path: str):
         raise PruneScopeError(f"{path}: cannot read the dissection ({err.strerror or err})") from None
     except ValueError as err:
         raise PruneScopeError(f"{path}: not a dissection ({err})") from None
+
+
+def _synthetic_options(args) -> dict:
+    """What makes the synthetic run's model again (prune --class-pathway reads it)."""
+    return {k: getattr(args, k) for k in ("classes", "synthetic_train", "synthetic_test", "synthetic_epochs",
+                                          "cache_dir", "seed")}
 
 
 def _percent(value) -> str:

@@ -9,8 +9,8 @@ from core.cli import say
 from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
                               sparsity_percent)
 from core.methods import ALL_METHODS, unknown
-from core.model_pruning.names import (CRITERIA, DEFAULT_MODE, DEFAULT_RECOVERY, LOW_AGREEMENT, MODES,
-                                      SWEEP_METHODS, SWEEP_SPARSITIES, recovery_stages)
+from core.model_pruning.names import (CRITERIA, DEFAULT_COVERAGE, DEFAULT_MODE, DEFAULT_RECOVERY,
+                                      LOW_AGREEMENT, MODES, SWEEP_METHODS, SWEEP_SPARSITIES, recovery_stages)
 
 
 def percent_list(text: str) -> list[float]:
@@ -89,10 +89,12 @@ def register(subparsers) -> None:
         "prune", help="prune a whole model by an explainability-aware criterion and export it",
         description="Remove the least important channels (or weights, for magnitude) and write a "
                     "model file that --weights and Load model... read back.")
-    p.add_argument("--criterion", choices=CRITERIA, required=True,
-                   help="magnitude (unstructured), l1, taylor, lrp or pathway (structured)")
-    p.add_argument("--sparsity", type=sparsity_percent, required=True,
-                   help="percent of channels removed (of weights zeroed, for magnitude)")
+    p.add_argument("--criterion", choices=CRITERIA,
+                   help="magnitude (unstructured), l1, taylor, lrp or pathway (structured); required "
+                        "unless --class-pathway")
+    p.add_argument("--sparsity", type=sparsity_percent,
+                   help="percent of channels removed (of weights zeroed, for magnitude); required unless "
+                        "--class-pathway")
     p.add_argument("--out", required=True, type=out_path, metavar="FILE", help="the pruned model file (.pt)")
     _common(p, DEFAULT_RECOVERY)
     p.add_argument("--iterations", type=positive_int, default=1,
@@ -106,6 +108,14 @@ def register(subparsers) -> None:
                    help="also write the pruned model as ONNX, checked with onnxruntime on the calibration "
                         "images (needs pip install 'prunescope[onnx]')")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    g = p.add_argument_group("a class's pathway as a model")
+    g.add_argument("--class-pathway", metavar="CLASS",
+                   help="keep the channels of this class's pathway (from --from, a `pathways` run) and "
+                        "remove the rest; agreement is measured on the class's images and the others'")
+    g.add_argument("--from", dest="pathways", metavar="pathways.json", help="the `pathways` run's results")
+    g.add_argument("--coverage", type=coverage_percent, default=100 * DEFAULT_COVERAGE, metavar="P",
+                   help="each graph layer keeps the fewest channels that carry P %% of the class's kept "
+                        f"score (default {100 * DEFAULT_COVERAGE:g})")
     p.set_defaults(run=run_prune)
 
     s = subparsers.add_parser(
@@ -148,10 +158,17 @@ def _report_skipped(calib) -> int:
     return EXIT_BAD_INPUT if calib.skipped else 0
 
 
+def coverage_percent(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100], got {text}")
+    return value
+
+
 def run_prune(args) -> int:
     import dataclasses
 
-    from core.errors import OutputError
+    from core.errors import OutputError, PruneScopeError
     from core.io.output import write_text
     from core.model_pruning import calibrate, prune_model, save_pruned
     from core.model_pruning.deploy import export_onnx, require_onnx
@@ -162,6 +179,10 @@ def run_prune(args) -> int:
         raise OutputError(f"{out.parent}: output folder does not exist")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder, not a model file")
+    if args.class_pathway is not None:
+        return run_class_pathway(args, out)
+    if args.criterion is None or args.sparsity is None:
+        raise PruneScopeError("--criterion and --sparsity are required (or --class-pathway CLASS --from FILE)")
     if args.onnx:
         require_onnx()
         if not Path(args.onnx).parent.is_dir():
@@ -303,3 +324,77 @@ def run_sweep(args) -> int:
 
 def _pct(value) -> str:
     return "never" if value is None else f"{value:g} %"
+
+
+def run_class_pathway(args, out: Path) -> int:
+    """prune --class-pathway CLASS --from pathways.json: see core.model_pruning.class_pathway."""
+    import json
+
+    import torch
+
+    from core.errors import PruneScopeError
+    from core.io.output import write_text
+    from core.model_pruning.class_pathway import prune_class_pathway
+    from core.model_pruning.deploy import save_checkpoint
+    from core.progress import StderrBar, run
+
+    if args.pathways is None:
+        raise PruneScopeError("--class-pathway needs --from pathways.json (a `pathways` run's results)")
+    try:
+        summary = json.loads(Path(args.pathways).read_text())
+    except (OSError, ValueError) as err:
+        raise PruneScopeError(f"{args.pathways}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if summary.get("command") != "pathways":
+        raise PruneScopeError(f"{args.pathways}: not the results of a `pathways` run")
+    model, load = _pathways_model(args, summary)
+    if model.weights_hash() != summary.get("weights"):
+        raise PruneScopeError(f"{args.pathways} was computed with another model than {model.name}: give the "
+                              "same --model and --weights as for `pathways`")
+    target = summary["classes"].get(args.class_pathway, {}).get("id")
+    own, others = [], []
+    for name, cls in zip(summary["image_names"], summary["image_classes"]):
+        (own if cls == target else others).append(model.preprocess(load(name))[0])
+    if not own:
+        raise PruneScopeError(f"no class '{args.class_pathway}' in {args.pathways}: choose from "
+                              f"{', '.join(summary['classes'])}")
+    bar = StderrBar(f"class pathway {args.class_pathway}", quiet=args.quiet)
+    try:
+        report = run(prune_class_pathway(model, summary, args.class_pathway, torch.cat(own),
+                                         torch.cat(others) if others else None, args.coverage / 100), bar)
+    finally:
+        bar.close()
+    size = save_checkpoint(report.model, report.summary(), out)
+    print(f"{model.name}: the pathway of {args.class_pathway} ({args.coverage:g} % of its kept score in "
+          + ", ".join(f"{layer} {k}/{n}" for layer, (k, n) in report.kept.items()) + ")")
+    print(_stats_line("original", report.before, False))
+    print(_stats_line("pruned", report.after, False))
+    others_text = "n/a" if report.agreement_others is None else f"{report.agreement_others:.1%}"
+    print(f"top-1 agreement with the original: {report.agreement_own:.1%} on the class's {report.own_images} "
+          f"images, {others_text} on the other classes' {report.other_images}")
+    print(f"wrote {out} ({size / 1e6:.2f} MB)")
+    if args.json:
+        write_text(args.json, json.dumps({"model": model.name, **report.summary()}, indent=1))
+    return 0
+
+
+def _pathways_model(args, summary: dict):
+    """The model a pathways run used and a loader of its images by name: the synthetic CNN (as the
+    run made it) or the model options given, on the run's image folder."""
+    from core.cli.options import model_from_args, synthetic_model
+    from core.io.images import load_image
+    from core.progress import StderrBar
+    from core.runtime.distributed import SINGLE
+
+    if summary.get("dataset") == "synthetic":
+        from core.evaluation.synthetic import make_item
+
+        for key, value in summary.get("synthetic", {}).items():
+            setattr(args, key, value)
+        bar = StderrBar("synthetic model", quiet=args.quiet)
+        try:
+            data, trained = synthetic_model(args, SINGLE, bar)
+        finally:
+            bar.close()
+        return trained.model, lambda name: make_item(data, name.split("/")[0], int(name.split("/")[1]))[0]
+    root = Path(summary["source"])
+    return model_from_args(args), lambda name: load_image(root / name)

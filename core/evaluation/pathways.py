@@ -1,7 +1,8 @@
 """Pathways across a dataset: do images of one class run through the same channels?
 
 Each image gets its pathway graph (core.pathway.graph). Per class (the class explained): how often
-each channel is one of its graph's nodes (`frequency`, per layer a list indexed by channel), and the
+each channel is one of its graph's nodes (`frequency`, per layer a list indexed by channel), each
+channel's share of the layer's kept score averaged over the class's images (`mean_share`), and the
 class graph, its images' nodes and edges averaged. Between images: the overlap of their pathways,
 the score-weighted Jaccard index of their kept channels (each layer's channel shares, the layers
 weighted alike), with its mean over pairs of one class and over pairs of two classes. Each image is
@@ -100,8 +101,10 @@ def summarize(records: list[dict], class_names, nodes: int = DEFAULT_NODES) -> d
             for g in graphs:
                 counts[[n.channel for n in g.nodes if n.layer == layer]] += 1
             frequency[layer] = (counts / len(graphs)).round(4).tolist()
+        mean_share = {layer: np.mean([r["shares"][layer] for r in members], axis=0).round(6).tolist()
+                      for layer in graphs[0].layers}
         classes[_name(class_names, target)] = {"id": target, "images": len(members), "frequency": frequency,
-                                               "graph": mean_graph(graphs, nodes).to_json()}
+                                               "mean_share": mean_share, "graph": mean_graph(graphs, nodes).to_json()}
     matrix = overlap_matrix([r["shares"] for r in records])
     same = np.equal.outer([r["target"] for r in records], [r["target"] for r in records])
     upper = np.triu(np.ones_like(matrix, bool), 1)

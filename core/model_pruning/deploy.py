@@ -113,18 +113,9 @@ def save_pruned(report, path, program: bool = False) -> dict[str, int]:
     torch.load(weights_only=True) read it; with program=True also a torch.export program (.pt2)
     that runs without PruneScope. Returns {file: bytes on disk}."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path.parent}: folder does not exist")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, not a model file")
     module = report.model.module
     info = {k: v for k, v in report.summary().items() if k not in ("layers", "calibration_images")}
-    info["input_size"] = report.model.input_size  # load_pruned's trial forward uses it
-    info.update(source_record(report.model))
-    # Written under a temporary name and renamed: a full disk leaves an older model file intact.
-    with atomic_file(path) as temp:
-        torch.save(surgery.checkpoint(module, report.model.name, _plain(info)), temp)
-    sizes = {str(path): path.stat().st_size}
+    sizes = {str(path): save_checkpoint(report.model, info, path)}
     if program:
         size = report.model.input_size
         example = torch.zeros(2, 3, size, size, device=report.model.device)  # 2: batch stays dynamic
@@ -137,6 +128,21 @@ def save_pruned(report, path, program: bool = False) -> dict[str, int]:
             torch.export.save(exported, temp)
         sizes[str(program_path)] = program_path.stat().st_size
     return sizes
+
+
+def save_checkpoint(model, info: dict, path) -> int:
+    """The pruned model (a LoadedModel) as PruneScope's .pt, with `info` (how it was pruned) and
+    what opens it again; returns its bytes on disk."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: folder does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a model file")
+    info = {**info, "input_size": model.input_size, **source_record(model)}  # load_pruned's trial forward reads input_size
+    # Written under a temporary name and renamed: a full disk leaves an older model file intact.
+    with atomic_file(path) as temp:
+        torch.save(surgery.checkpoint(model.module, model.name, _plain(info)), temp)
+    return path.stat().st_size
 
 
 def source_record(model) -> dict:

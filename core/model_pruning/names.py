@@ -48,3 +48,6 @@ def recovery_stages(text: str) -> tuple[str, ...]:
         names.append("bn")
     return tuple(stage for stage in RECOVERIES if stage in names)
 LOW_AGREEMENT = 0.5  # below this agreement on held-out images, the CLI and the app warn
+
+# prune --class-pathway: each graph layer keeps the channels that carry this share of the class's kept score
+DEFAULT_COVERAGE = 0.9

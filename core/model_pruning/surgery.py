@@ -176,6 +176,18 @@ def prune_structured(module: nn.Module, x: torch.Tensor, scores: Scores, sparsit
         return _remove_channels(module, x, scores, float(sparsity), mode, protected, order, float(cap) / 100.0)
 
 
+def prune_unscored(module: nn.Module, x: torch.Tensor, scores: Scores, protected=frozenset()) -> Surgery:
+    """Remove, in place, every channel whose score is 0 from the groups that have scores, each
+    group keeping at least one: the channels a set of kept channels leaves out. Groups without a
+    score stay whole."""
+    order = forward_order(module, x)
+    with _grad_flags_kept(module):
+        return _remove_channels(module, x, scores, 0.0, ZEROS, protected, order)
+
+
+ZEROS = "zeros"  # _remove_channels' mode for prune_unscored
+
+
 def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, protected,
                      order: list[str], cap: float = 1.0) -> Surgery:
     names = {m: n for n, m in module.named_modules()}
@@ -209,7 +221,9 @@ def _remove_channels(module, x, scores: Scores, sparsity: float, mode: str, prot
             continue
         ranked.append((group, s))
     counts = None
-    if mode == "sensitivity":
+    if mode == ZEROS:
+        counts, mode = [int((s <= 0).sum()) for _, s in ranked], "per-layer"
+    elif mode == "sensitivity":
         from core.model_pruning.sensitivity import allocate, group_costs
 
         costs = group_costs(module, x, DG, ranked, names)
