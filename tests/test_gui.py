@@ -678,3 +678,24 @@ def test_the_evaluate_tab_runs_a_dataset_and_goes_on_where_it_stopped(window, qa
     assert second["images"] == 3 and second["timing"]["images_computed"] == 1
     assert second["items"][:2] == first["items"]
     assert "done" in box.message.text()
+
+
+def test_the_evaluate_tab_draws_pathways_across_the_open_folder(window, qapp, tmp_path):
+    from PIL import Image
+
+    from gui.evaluate.tab import EvaluateTab
+    from tests.conftest import photo_path
+
+    (tmp_path / "photos").mkdir()
+    for photo in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        Image.open(photo_path(photo)).convert("RGB").resize((96, 96)).save(tmp_path / "photos" / f"{photo}.png")
+    tab = next(w for w in map(window.tabs.widget, range(window.tabs.count())) if isinstance(w, EvaluateTab))
+    box = tab.pathways
+    box.folder.setText(str(tmp_path / "photos"))
+    box.run_button.click()
+    out = tmp_path / "photos-pathways"
+    wait_until(qapp, lambda: (out / "pathways.json").is_file() and box.run_button.isEnabled(), 300_000)
+    data = json.loads((out / "pathways.json").read_text())
+    assert data["images"] == 3 and len(data["image_names"]) == 3
+    assert tab.views.currentWidget() is tab.results and "pathways: 3 images" in tab.results.summary.text()
+    assert [p.name for p in tab.results.shown] == ["pathways.png"]

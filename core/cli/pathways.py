@@ -9,9 +9,6 @@ from core.cli.options import (MODEL_HELP, add_model_details, add_synthetic_optio
                               positive_int, sparsity_percent, synthetic_model, tolerance_percent)
 from core.pathway.graph import DEFAULT_LAYERS, DEFAULT_NODES
 
-FILES = ("pathways.json", "pathways.png", "overlap.npy")
-
-
 def sparsity_or_auto(text: str):
     return text if text == "auto" else sparsity_percent(text)
 
@@ -58,18 +55,14 @@ def register(subparsers) -> None:
 
 
 def run_pathways(args) -> int:
-    import json
     from contextlib import ExitStack
-
-    import numpy as np
 
     from core.errors import PruneScopeError
     from core.evaluation.pathways import PathwaySettings, concept_alignment, iter_pathways, run_settings
     from core.evaluation.sources import folder_source, synthetic_source
-    from core.io.output import output_folder, write_text
+    from core.io.output import output_folder
     from core.progress import StderrBar, run
-    from core.reporting import figures
-    from core.reporting.report import model_info
+    from core.reporting.report import PATHWAYS_FILES, model_info, save_pathways
     from core.runtime.distributed import setup, teardown
 
     _check_args(args)
@@ -92,7 +85,8 @@ def run_pathways(args) -> int:
             settings = PathwaySettings(args.images or args.sample or DEFAULT_IMAGES, args.sparsity,
                                        args.tolerance / 100, target, args.mode, args.selector, args.graph_nodes,
                                        tuple(args.graph_layers) if args.graph_layers else None)
-            store = _open_records(out, run_settings(model, source, settings), args.overwrite, FILES, ctx, stack)
+            store = _open_records(out, run_settings(model, source, settings), args.overwrite, PATHWAYS_FILES, ctx,
+                                  stack)
             summary = run(iter_pathways(model, source, settings, ctx, store), bar)
         finally:
             bar.close()
@@ -106,14 +100,11 @@ def run_pathways(args) -> int:
             raise PruneScopeError(f"--layer {args.layer}: not a layer of the graphs ({', '.join(layers)})")
         if dissection is not None:
             summary["concepts"] = concept_alignment(summary, dissection)
-        matrix = summary.pop("matrix")
-        np.save(out / "overlap.npy", matrix)
-        figures.save({"pathways": figures.pathways({**summary, "matrix": matrix}, args.layer)}, out)
-        summary.update(command="pathways", dataset=args.dataset, source=source.name, model=model_info(model, trained),
-                       weights=model.weights_hash(), synthetic=_synthetic_options(args),
-                       settings={"sparsity": args.sparsity, "tolerance_percent": args.tolerance, "mode": args.mode,
-                                 "selector": args.selector, "target": target, "graph_nodes": args.graph_nodes})
-        write_text(out / "pathways.json", json.dumps(summary, indent=1))
+        save_pathways(summary, out, args.layer, dataset=args.dataset, source=source.name,
+                      model=model_info(model, trained), weights=model.weights_hash(),
+                      synthetic=_synthetic_options(args),
+                      settings={"sparsity": args.sparsity, "tolerance_percent": args.tolerance, "mode": args.mode,
+                                "selector": args.selector, "target": target, "graph_nodes": args.graph_nodes})
     o = summary["overlap"]
     if not args.quiet:
         print(f"{summary['images']} images, {len(summary['classes'])} classes: pathway overlap within a class "

@@ -20,6 +20,23 @@ from core.methods import BY_NAME
 from core.reporting import figures
 
 
+PATHWAYS_FILES = ("pathways.json", "pathways.png", "overlap.npy")
+
+
+def save_pathways(summary: dict, folder, layer: str | None = None, **about) -> None:
+    """A `pathways` run's results (core.evaluation.pathways.summarize) in folder: the overlap
+    matrix as overlap.npy, the figure, and the rest with `about` (dataset, model, ...) as
+    pathways.json."""
+    from core.io.output import write_text
+
+    folder = Path(folder)
+    matrix = summary.pop("matrix")
+    np.save(folder / "overlap.npy", matrix)
+    figures.save({"pathways": figures.pathways({**summary, "matrix": matrix}, layer)}, folder)
+    summary.update(command="pathways", **about)
+    write_text(folder / "pathways.json", json.dumps(summary, indent=1))
+
+
 def write_graph(out_dir, graph) -> list[Path]:
     """pathway_graph.json and pathway_graph.png: a core.pathway.graph.PathwayGraph."""
     out = Path(out_dir)

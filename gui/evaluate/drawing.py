@@ -15,7 +15,7 @@ from gui.evaluate.leaderboard import LeaderboardTable
 from gui.parts.dissection import pixmap
 
 CELL = 104  # px of one map in the grid
-RESULT_FILES = ("results.json", "roar.json", "sanity.json")
+RESULT_FILES = ("results.json", "roar.json", "sanity.json", "pathways.json")
 MAX_FIGURES = 40  # PNGs shown from one results folder
 FIGURE_WIDTH = 960  # px: wider figures are scaled down to it
 
@@ -135,12 +135,18 @@ def summary_html(folder: Path) -> str:
         rows = [[m, *(_num(a) for a in e["accuracy"]), _num(e["auc"])] for m, e in methods.items()]
         title = (f"ROAR: test accuracy after retraining ({data.get('train_images')} training "
                  f"images; lower AUC = the method found the evidence)")
+    elif name == "pathways.json":
+        o = data.get("overlap", {})
+        heads = ("images", "nodes most often in its graph (last layer)")
+        rows = [[c, str(e.get("images")), _frequent(e)] for c, e in data.get("classes", {}).items()]
+        title = (f"pathways: {data.get('images')} images of {data.get('dataset')}; overlap within a class "
+                 f"{_num(o.get('within_class'))}, between classes {_num(o.get('between_class'))}")
     else:
         heads = ("Spearman, fully randomised", "SSIM, fully randomised")
         rows = [[m, _num(data["spearman"][m][-1]), _num(data["ssim"][m][-1])]
                 for m in data.get("methods", [])]
         title = f"sanity check of {data.get('image')}"
-    cells = "".join(f"<th>{h}</th>" for h in ("method", *heads))
+    cells = "".join(f"<th>{h}</th>" for h in ("class" if name == "pathways.json" else "method", *heads))
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<b>{title}</b><table cellspacing=6><tr>{cells}</tr>{body}</table>"
 
@@ -150,6 +156,16 @@ def _leaderboard(folder: Path) -> dict | None:
         return json.loads((folder / "results.json").read_text()).get("leaderboard")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _frequent(entry: dict, count: int = 5) -> str:
+    """A class's channels most often in its graphs, at the graphs' last layer: 'channel (share)'."""
+    frequency = entry.get("frequency", {})
+    if not frequency:
+        return "–"
+    values = list(frequency.values())[-1]
+    top = sorted(range(len(values)), key=lambda c: -values[c])[:count]
+    return ", ".join(f"{c} ({values[c]:.0%})" for c in top if values[c] > 0)
 
 
 def _num(value) -> str:
@@ -162,7 +178,7 @@ class ResultsView(QWidget):
     def __init__(self):
         super().__init__()
         self.folder: Path | None = None
-        self.summary = QLabel("Open a folder written by evaluate, roar or sanity.")
+        self.summary = QLabel("Open a folder written by evaluate, roar, sanity or pathways.")
         self.summary.setTextFormat(Qt.TextFormat.RichText)
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

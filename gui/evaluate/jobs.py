@@ -109,3 +109,42 @@ def dataset_job(request: DatasetRun):
                       seconds=time.perf_counter() - started)
         save_evaluation(result, examples, sanity_example, model.class_names, out)
     return out, result["errors"]
+
+
+@dataclass(frozen=True)
+class PathwaysRun:
+    """What the pathways box asks for; read on the GUI thread, so the job reads no widget."""
+    model: object  # core.models.loading.LoadedModel
+    folder: Path
+    out: Path
+    images: int
+    sparsity: float
+    overwrite: bool
+
+
+def pathways_job(request: PathwaysRun):
+    """Job: `pathways` of a folder's images (the predicted class), each finished image kept in
+    request.out/records, so that a cancelled run goes on where it stopped. Returns the results
+    folder and the lines of the images that failed."""
+    from core.errors import PruneScopeError
+    from core.evaluation.pathways import PathwaySettings, iter_pathways, run_settings
+    from core.evaluation.records import RecordStore
+    from core.evaluation.sources import folder_source
+    from core.io.output import locked, output_folder
+    from core.reporting.report import PATHWAYS_FILES, model_info, save_pathways
+
+    model, out = request.model, output_folder(request.out)
+    with locked(out):
+        yield Progress(0.0, "listing the images")
+        source = folder_source(request.folder, class_names=model.class_names)
+        settings = PathwaySettings(request.images, request.sparsity)
+        store = RecordStore(out, run_settings(model, source, settings), overwrite=request.overwrite)
+        if request.overwrite:
+            for name in PATHWAYS_FILES:
+                (out / name).unlink(missing_ok=True)
+        summary = yield from iter_pathways(model, source, settings, store=store)
+        if not summary["images"]:
+            raise PruneScopeError("no image gave a pathway graph: " + "; ".join(summary["errors"][:3]))
+        save_pathways(summary, out, dataset=str(request.folder), source=source.name, model=model_info(model),
+                      weights=model.weights_hash())
+    return out, summary["errors"]

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QFormLayout, QGroupB
 from core.methods import ALL_METHODS, DEFAULTS
 from core.reporting.figures import grid_steps
 from gui.evaluate.dataset import DatasetBox
+from gui.evaluate.pathways import PathwaysBox
 from gui.evaluate.drawing import MapGrid, ResultsView, SimilarityPlot
 from gui.evaluate.jobs import SanityShown, sanity_job
 from gui.parts.context import PRIORITY_BACKGROUND
@@ -55,6 +56,8 @@ class EvaluateTab(JobFeedback, QWidget):
         column = QVBoxLayout(controls)
         self.dataset = DatasetBox(context)
         column.addWidget(self.dataset)
+        self.pathways = PathwaysBox(context)
+        column.addWidget(self.pathways)
         column.addWidget(self._sanity_box())
         self.dissect = DissectBox(context)
         column.addWidget(self.dissect)
@@ -95,7 +98,9 @@ class EvaluateTab(JobFeedback, QWidget):
         context.model_changed.connect(self._model_changed)
         context.engine_changed.connect(self._engine_changed)
         self.dataset.leaderboard.connect(self._running_leaderboard)
-        self.dataset.finished.connect(self.open_results)
+        for box in (self.dataset, self.pathways):
+            box.finished.connect(self.open_results)
+            box.status.connect(self.status)
 
     # -- building ------------------------------------------------------------------------------
     def _sanity_box(self) -> QGroupBox:
