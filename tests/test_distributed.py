@@ -60,9 +60,10 @@ def test_two_gloo_ranks_equal_one_process(trained, tmp_path, tmp_path_factory): 
                 "--methods", "gradient,grad-cam,smoothgrad,random,oracle"]
     roar = ["roar", *common, "--methods", "gradient,oracle", "--fractions", "30,70",
             "--train-images", "96", "--test-images", "32", "--epochs", "1"]
+    pathways = ["pathways", *common, "--images", "6", "--graph-nodes", "4"]
     results = {}
     for nproc in (1, 2):
-        for name, args in (("evaluate", evaluate), ("roar", roar)):
+        for name, args in (("evaluate", evaluate), ("roar", roar), ("pathways", pathways)):
             out = tmp_path / f"{name}{nproc}"
             done = _launch(nproc, *map(str, args), "--out", str(out))
             assert done.returncode == 0, done.stderr[-3000:]
@@ -74,6 +75,8 @@ def test_two_gloo_ranks_equal_one_process(trained, tmp_path, tmp_path_factory): 
     one, two = (_stable(results["roar", n] / "roar.json") for n in (1, 2))
     assert len(one["jobs"]) == 1 + 3 * 2  # unchanged data + (gradient, oracle, random) x 2
     assert one == two
+    one, two = (_stable(results["pathways", n] / "pathways.json") for n in (1, 2))
+    assert one["images"] == 6 and one == two
     # each rank filled its own rows of the shared map cache: the files are identical too
     for split in ("train", "test"):
         a, b = ((results["roar", n] / "maps" / f"gradient.{split}.npy").read_bytes() for n in (1, 2))

@@ -268,3 +268,21 @@ def test_a_class_pathway_becomes_a_model_that_keeps_its_class_alone(tmp_path, ca
     assert main(["prune", "--class-pathway", "grey", "--from", str(tmp_path / "pw" / "pathways.json"),
                  "--out", str(out), "--quiet", *model]) == 2
     assert "no class 'grey'" in capsys.readouterr().err
+
+
+def test_graph_nodes_carry_the_concepts_of_a_dissection_and_auto_sparsity_stays_in_tolerance():
+    from types import SimpleNamespace
+
+    from core.dissection.units import graph_concepts
+    from core.evaluation.pathways import AUTO, PathwaySettings, iter_pathways
+    from core.progress import run
+
+    graph = pathway_graph(mixer_engine((1, 1, 0)), 50.0, nodes=3)
+    detectors = [SimpleNamespace(unit=0, concept="red paint"), SimpleNamespace(unit=2, concept="blue sky")]
+    dissection = SimpleNamespace(layers=[SimpleNamespace(name="relu1", detectors=lambda: detectors)])
+    assert graph_concepts(dissection, graph) == {"relu1:0": "red paint"}  # blue is not in the pathway
+    summary = run(iter_pathways(mixer_model(), mixture_source(1),
+                                PathwaySettings(3, AUTO, tolerance=0.05, target="label", nodes=3)))
+    for name in MIXTURES:
+        graph = summary["classes"][name]["graph"]
+        assert 0 < graph["sparsity"] < 100 and {n["layer"] for n in graph["nodes"]} == {"relu1", "relu2"}

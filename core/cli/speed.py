@@ -12,6 +12,7 @@ from core.methods.attribution import batch_size
 from core.methods.gradients import IG_STEPS
 from core.pathway.curves import baseline_image, default_batch, rank_image
 from core.pathway.engine import Engine
+from core.pathway.graph import pathway_graph
 from core.progress import run
 
 SLIDER_SPARSITIES = (35.0, 55.0, 75.0, 85.0, 95.0)
@@ -90,6 +91,12 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
                                      lambda: _curves_one_image_per_step(module, x, attr, target, steps),
                                      max(1, repeats // 2), device)
 
+    # The pathway graph (explain --graph, the app's graph tab), in plain passes of the folded module:
+    # it costs one batched pass per layer pair, a copy of the input per downstream node.
+    folded_again, graph = _timed_pair(lambda: plain_forward_backward(module), lambda: pathway_graph(engine, 70.0),
+                                      max(1, repeats // 2), device)
+    graph_images = pathway_graph(engine, 70.0).passes
+
     engine_memory = _peak_memory_mb(device)  # before evaluate's own: the goal is the engine's
     evaluation, its_forwards, rows = _evaluation_pair(model, image, device)
 
@@ -110,7 +117,9 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
             "curves_one_image_per_step_loop": loop,
             "evaluate_one_image": evaluation,
             "evaluate_one_image_its_forwards_batched": its_forwards,
+            "pathway_graph": graph,
         },
+        "pathway_graph_images_through_the_network": graph_images,
         "evaluate_rows": rows,
         "ratios": {
             "sparsity_change_vs_forward_backward": slider / plain,
@@ -120,6 +129,7 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
             "curves_vs_same_forwards_batched": curves / forwards,
             "one_image_per_step_loop_vs_our_batched_curves": loop / curves_again,
             "evaluate_image_vs_its_forwards": evaluation / its_forwards,
+            "pathway_graph_vs_folded_forward_backward": graph / folded_again,
         },
         "goals": {"sparsity_change_vs_folded_forward_backward": "<= 1.2",
                   "pathway_from_scratch_vs_forward_backward": "<= 3",
