@@ -91,13 +91,13 @@ def run_bench(model, repeats: int = 5, steps: int = 20) -> dict:
                                      lambda: _curves_one_image_per_step(module, x, attr, target, steps),
                                      max(1, repeats // 2), device)
 
+    engine_memory = _peak_memory_mb(device)  # before the graph's and evaluate's own: the goal is the engine's
     # The pathway graph (explain --graph, the app's graph tab), in plain passes of the folded module:
     # it costs one batched pass per layer pair, a copy of the input per downstream node.
     folded_again, graph = _timed_pair(lambda: plain_forward_backward(module), lambda: pathway_graph(engine, 70.0),
                                       max(1, repeats // 2), device)
     graph_images = pathway_graph(engine, 70.0).passes
 
-    engine_memory = _peak_memory_mb(device)  # before evaluate's own: the goal is the engine's
     evaluation, its_forwards, rows = _evaluation_pair(model, image, device)
 
     return {
