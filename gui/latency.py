@@ -14,6 +14,7 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 PACES_MS = (100, 350, 2000)
+SHUTDOWN_WAIT_MS = 60_000  # a torch step ends within seconds: wait for it rather than abort
 MOVES = {100: 30, 350: 20, 2000: 6}
 TIMEOUT_S = 300
 
@@ -44,7 +45,7 @@ def run_gui_bench(image: str, model=None) -> dict:
 
     window.context.image_changed.connect(image_open)
     try:
-        first = _wait(lambda: tab._live is not None, started)
+        first = _wait(lambda: tab.shown.live is not None, started)
         auto = _wait(lambda: tab._auto_search is None, started)  # Auto for the new image
         auto_sparsity = tab.controls.sparsity.value()
         complete = _wait(tab.is_complete, started)
@@ -53,6 +54,8 @@ def run_gui_bench(image: str, model=None) -> dict:
     finally:
         stalls.stop()
         window.close()
+        if not window.worker_stopped:  # a torch step was still running: no thread may outlive the bench
+            window.worker_stopped = window.context.shutdown(SHUTDOWN_WAIT_MS)
     steps = window.context.longest_steps()
     return {
         "model": window.context.current_model().name if window.context.current_model() else None,
