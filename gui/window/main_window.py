@@ -1,6 +1,7 @@
 """The main window: menus, the Explain tab (and extra tabs), the folder strip, a status bar with
 progress and Cancel. Settings persist between sessions. The model and device boxes, and loading a
 model, are gui.window.models'; the start-up job, gui.window.jobs'."""
+import gc
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -39,6 +40,7 @@ class MainWindow(ModelChoosing, QMainWindow):
         self._startup = None
         self._model_labels: dict[str, str] = {}  # built-in model name -> its entry in the model box
         self._pending_image: Path | None = None
+        self._frozen = False
         try:
             self._build(images, model)
         except BaseException:
@@ -71,6 +73,7 @@ class MainWindow(ModelChoosing, QMainWindow):
             if hasattr(widget, "dissect"):  # a dissection computed in the Evaluate tab
                 widget.dissect.status.connect(self.show_message)
                 widget.dissect.dissected.connect(self.explain.set_dissection)
+        self.explain.analysis_shown.connect(self._freeze_long_lived)
         self.context.job_error.connect(self._job_failed)
         self.context.busy_changed.connect(self._busy)
         self.context.progress.connect(self._progress)
@@ -84,6 +87,15 @@ class MainWindow(ModelChoosing, QMainWindow):
             first = ModelChoice(self._card_spec(model), None, self._saved_device)
         self.load_model(first, first=True)
         self.open_paths([Path(p) for p in images])
+
+    def _freeze_long_lived(self) -> None:
+        """Once the first analysis is on screen, what the app has imported and built so far (the
+        model, the libraries the first maps imported) goes out of the cyclic collector's sight, as
+        at start-up (gui.window.jobs.startup): full collections scanned it for 0.1-0.2 s each,
+        holding the GUI thread."""
+        if not self._frozen:
+            gc.freeze()
+            self._frozen = True
 
     # -- building ------------------------------------------------------------------------------
     def _build_menus(self) -> None:
