@@ -18,7 +18,7 @@ SSIM_LABEL = "SSIM of |map|"
 GRID_COLUMNS = 6  # sanity steps shown in a map grid, trained model and fully randomised included
 
 
-def _figure(width: float, height: float, dpi: int, layout: str | None = "constrained"):
+def new_figure(width: float, height: float, dpi: int, layout: str | None = "constrained"):
     # imported here, not at the top: the app imports this module (grid_steps) while it starts
     from matplotlib.figure import Figure
 
@@ -48,7 +48,7 @@ def explain(view: np.ndarray, analysis, look) -> dict:
     items = list(analysis.results.items())
     cols = min(4, len(items) + 1)
     rows = -(-(len(items) + 1) // cols)
-    fig = _figure(3.2 * cols, 3.6 * rows, dpi=100)
+    fig = new_figure(3.2 * cols, 3.6 * rows, dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -84,7 +84,7 @@ def _step_labels(result) -> list[str]:
 
 def similarity(result, values: dict, ylabel: str, title: str):
     """One line per method against the blocks randomised so far (output block first)."""
-    fig = _figure(max(6.0, 0.35 * len(result.steps) + 2), 4.5, dpi=120)
+    fig = new_figure(max(6.0, 0.35 * len(result.steps) + 2), 4.5, dpi=120)
     ax = fig.add_subplot()
     for method in result.methods:
         ax.plot(result.steps, values[method], marker="o", markersize=3, label=method)
@@ -110,7 +110,7 @@ def map_grid(result, view: np.ndarray):
     steps = grid_steps(len(result.steps))
     labels = _step_labels(result)
     rows, cols = len(result.methods), len(steps) + 1
-    fig = _figure(1.8 * cols, 1.9 * rows + 0.3, dpi=100)
+    fig = new_figure(1.8 * cols, 1.9 * rows + 0.3, dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False)
     for row, method in enumerate(result.methods):
         axes[row][0].imshow(view)
@@ -148,7 +148,7 @@ def leaderboard(metrics: list[str], rows: list[dict], title: str):
     names = [r["method"] for r in rows]
     cells = np.array([[r.get(m) if r.get(m) is not None else np.nan for m in metrics] for r in rows], float)
     colour = np.array([[r["ranks"][m] for m in metrics] for r in rows], float)
-    fig = _figure(1.1 * len(metrics) + 3.0, 0.32 * len(names) + 1.8, dpi=110)
+    fig = new_figure(1.1 * len(metrics) + 3.0, 0.32 * len(names) + 1.8, dpi=110)
     ax = fig.subplots()
     ax.imshow(colour, cmap="viridis", aspect="auto")
     for i in range(len(names)):
@@ -170,7 +170,7 @@ def bars(result: dict):
               ("insertion_auc", "insertion AUC (higher is better)")]
     panels = [p for p in panels if any(p[0] in e for e in result["methods"].values())]
     methods = list(result["methods"])
-    fig = _figure(4.2 * len(panels), 3.8, dpi=110)
+    fig = new_figure(4.2 * len(panels), 3.8, dpi=110)
     for ax, (key, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         values = [result["methods"][m].get(key, float("nan")) for m in methods]
         errors = [result["methods"][m].get(f"{key}_sem", 0.0) for m in methods]
@@ -189,7 +189,7 @@ def bars(result: dict):
 
 def curves(result: dict):
     """Mean deletion and insertion curves, a line per method."""
-    fig = _figure(10, 4, dpi=110)
+    fig = new_figure(10, 4, dpi=110)
     axes = fig.subplots(1, 2)
     for method, c in result["curves"].items():
         for ax, key in zip(axes, ("deletion", "insertion")):
@@ -222,7 +222,7 @@ def example_maps(examples: list, class_names):
     """Rows: images (ground truth outlined); columns: methods."""
     methods = list(examples[0]["maps"])
     rows, cols = len(examples), len(methods) + 1
-    fig = _figure(1.7 * cols, 1.8 * rows + 0.3, dpi=100)
+    fig = new_figure(1.7 * cols, 1.8 * rows + 0.3, dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False)
     for row, ex in enumerate(examples):
         axes[row][0].imshow(ex["view"])
@@ -244,7 +244,7 @@ def example_maps(examples: list, class_names):
 
 def roar(result: dict) -> dict:
     """roar: test accuracy against the share of pixels removed, a line per method."""
-    fig = _figure(6.5, 4.5, dpi=110)
+    fig = new_figure(6.5, 4.5, dpi=110)
     ax = fig.add_subplot()
     for method, entry in result["methods"].items():
         style = "--" if method in ("random", "oracle") else "-"
@@ -270,7 +270,7 @@ def sweep(result) -> dict:
     figures = {}
     quality = result.quality
 
-    fig = _figure(7.5, 4.2, dpi=100, layout=None)
+    fig = new_figure(7.5, 4.2, dpi=100, layout=None)
     ax = fig.add_subplot(1, 1, 1)
     for c in result.criteria:
         xs, ys = result.series(c, quality)
@@ -289,7 +289,7 @@ def sweep(result) -> dict:
     ax.legend(fontsize=7, ncol=2)
     figures["headline"] = fig
 
-    fig = _figure(12, 3.6, dpi=100, layout=None)
+    fig = new_figure(12, 3.6, dpi=100, layout=None)
     panels = (("params", "parameters (% of original)", lambda p: 100 * p.nonzero / result.baseline["nonzero"]),
               ("macs", "MACs (% of original)", lambda p: 100 * p.macs / result.baseline["macs"]),
               ("latency", "latency (% of original, timed in turns)",
@@ -306,7 +306,7 @@ def sweep(result) -> dict:
     figures["cost"] = fig
 
     drawn = [m for m in result.methods if m not in result.skipped_methods]
-    fig = _figure(9, 2.8 * max(len(drawn), 1), dpi=100, layout=None)
+    fig = new_figure(9, 2.8 * max(len(drawn), 1), dpi=100, layout=None)
     for row, method in enumerate(drawn):
         for col, key in enumerate(("spearman", "ssim")):
             ax = fig.add_subplot(max(len(drawn), 1), 2, 2 * row + col + 1)
@@ -321,7 +321,7 @@ def sweep(result) -> dict:
         fig.axes[0].legend(fontsize=7)
     figures["drift"] = fig
 
-    fig = _figure(6, 3.8, dpi=100, layout=None)
+    fig = new_figure(6, 3.8, dpi=100, layout=None)
     ax = fig.add_subplot(1, 1, 1)
     for c in result.criteria:
         xs, ys = result.series(c, "pathway_iou")
@@ -353,7 +353,7 @@ def dissect(result, units=None, concept_sweep=None) -> dict:
 def dissection_summary(result):
     """Per dissected layer: detector units stacked by concept category, and the unique concepts."""
     summary = result.summary()
-    fig = _figure(max(5.0, 1.6 * len(summary) + 2.5), 4.0, 110)
+    fig = new_figure(max(5.0, 1.6 * len(summary) + 2.5), 4.0, 110)
     ax = fig.add_subplot()
     x = np.arange(len(summary))
     bottom = np.zeros(len(summary))
@@ -377,7 +377,7 @@ def unit_montage(rows):
     crops as core.dissection.units.unit_crops gives them."""
     from skimage.util import montage
 
-    fig = _figure(9.0, 1.25 * len(rows), 110)
+    fig = new_figure(9.0, 1.25 * len(rows), 110)
     for i, (title, crops) in enumerate(rows):
         ax = fig.add_subplot(len(rows), 1, i + 1)
         images = np.stack([crop for crop, _, _ in crops])
@@ -391,7 +391,7 @@ def unit_montage(rows):
 def concepts_under_pruning(sweep):
     """Concept detectors, unique concepts and the model's accuracy (or agreement with the
     original) against sparsity, one curve per criterion (dashed: fine-tuned after pruning)."""
-    fig = _figure(12.0, 3.8, 110)
+    fig = new_figure(12.0, 3.8, 110)
     axes = fig.subplots(1, 3)
     labelled = all(p.accuracy is not None for p in sweep.points)
     panels = (("detectors", "units detecting a concept"), ("unique_concepts", "unique concepts"),
@@ -410,99 +410,4 @@ def concepts_under_pruning(sweep):
         ax.grid(alpha=0.3)
     axes[2].set_ylim(0, 1.02)
     axes[0].legend(fontsize=8, frameon=False)
-    return fig
-
-
-# ---- the pathway graph ---------------------------------------------------------------------
-
-def pathway_graph(graph, width: float = 11.0) -> object:
-    """A layered drawing of a core.pathway.graph.PathwayGraph: a column per layer (input side on
-    the left), a node's area its share of the layer's kept score, an edge's width its |relevance|
-    (red where it excites, blue where it inhibits), each node labelled with its channel and, where a
-    dissection names it, its concept."""
-    fig = _figure(width, 6.0, 120)
-    ax = fig.add_subplot(1, 1, 1)
-    places = graph_positions(graph)
-    strengths = edge_strengths(graph)
-    for e, strength in sorted(zip(graph.edges, strengths), key=lambda pair: pair[1]):
-        (x0, y0), (x1, y1) = places[e.source], places[e.target]
-        ax.plot([x0, x1], [y0, y1], color="#c0392b" if e.weight > 0 else "#2e6fba",
-                linewidth=0.3 + 5.0 * strength, alpha=0.25 + 0.6 * strength, zorder=1, solid_capstyle="round")
-    for n in graph.nodes:
-        x, y = places[n.id]
-        ax.scatter([x], [y], s=60 + 1400 * n.share, color="#f39c12", edgecolors="black", linewidths=0.6,
-                   zorder=2)
-        label = f"{n.channel}" + (f"\n{graph.concepts[n.id]}" if n.id in graph.concepts else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, -14), ha="center", va="top",
-                    fontsize=7, zorder=3)
-    ax.set_xticks(range(len(graph.layers)), graph.layers, rotation=20, fontsize=7, ha="right")
-    ax.set_yticks([])
-    ax.set_xlim(-0.5, len(graph.layers) - 0.5)
-    ax.set_ylim(-1.2, max((places[n.id][1] for n in graph.nodes), default=0) + 0.8)
-    ax.invert_yaxis()
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(f"pathway graph · {graph.class_name} · {graph.sparsity:g} % pruned ({graph.mode}, "
-                 f"{graph.selector}) · node: share of its layer's kept score · edge: relevance, relative to "
-                 f"the strongest between the two layers (red excites, blue inhibits)", fontsize=8)
-    return fig
-
-
-def graph_positions(graph) -> dict:
-    """node id -> (layer column, rank in its layer by share): the layout the app draws too."""
-    places = {}
-    for depth, layer in enumerate(graph.layers):
-        ranked = sorted((n for n in graph.nodes if n.layer == layer), key=lambda n: -n.share)
-        places.update({n.id: (float(depth), float(rank)) for rank, n in enumerate(ranked)})
-    return places
-
-
-def edge_strengths(graph) -> list[float]:
-    """Each edge's |relevance| over the strongest between the same two layers, in [0, 1]: relevance
-    sums over a layer's map, so early layers' edges are larger in absolute terms."""
-    layer_of = {n.id: n.layer for n in graph.nodes}
-    strongest: dict = {}
-    for e in graph.edges:
-        key = layer_of[e.source]
-        strongest[key] = max(strongest.get(key, 0.0), abs(e.weight))
-    return [abs(e.weight) / (strongest[layer_of[e.source]] or 1.0) for e in graph.edges]
-
-
-# ---- pathways across a dataset ---------------------------------------------------------------
-
-def pathways(summary: dict, layer: str | None = None, channels: int = 40) -> object:
-    """Left: for one layer (default the graphs' last), how often each channel is in a class's
-    pathway graph, the `channels` most frequent in any class, channels x classes. Right: the
-    overlap of every two images' pathways, images ordered by class."""
-    classes = summary["classes"]
-    names = list(classes)
-    layers = list(next(iter(classes.values()))["frequency"]) if classes else []
-    layer = layer or (layers[-1] if layers else None)
-    fig = _figure(12.0, 5.2, 110)
-    left, right = fig.subplots(1, 2, width_ratios=(1, 1.15))
-    if layer is not None:
-        freq = np.array([classes[c]["frequency"][layer] for c in names])  # classes x channels
-        top = np.argsort(-freq.max(0), kind="stable")[:channels]
-        top = top[freq[:, top].max(0) > 0]
-        image = left.imshow(freq[:, top].T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        left.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
-        left.set_yticks(range(len(top)), [str(c) for c in top], fontsize=6)
-        left.set_ylabel(f"channel of {layer}")
-        fig.colorbar(image, ax=left, label="share of the class's images with it in their graph")
-    left.set_title("channels in each class's pathway", fontsize=9)
-    matrix = np.asarray(summary["matrix"])
-    order = np.argsort(summary["image_classes"], kind="stable")
-    shown = right.imshow(matrix[np.ix_(order, order)], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-    sorted_classes = np.asarray(summary["image_classes"])[order]
-    edges = np.flatnonzero(np.diff(sorted_classes)) + 0.5
-    for edge in edges:
-        right.axhline(edge, color="white", linewidth=0.6)
-        right.axvline(edge, color="white", linewidth=0.6)
-    right.set_xticks([])
-    right.set_yticks([])
-    o = summary["overlap"]
-    within = "n/a" if o["within_class"] is None else f"{o['within_class']:.3f}"
-    between = "n/a" if o["between_class"] is None else f"{o['between_class']:.3f}"
-    right.set_title(f"pathway overlap, images by class (within {within}, between {between})", fontsize=9)
-    fig.colorbar(shown, ax=right, label="score-weighted Jaccard of the kept channels")
     return fig

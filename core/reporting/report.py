@@ -17,7 +17,7 @@ import numpy as np
 
 from core.io import display
 from core.methods import BY_NAME
-from core.reporting import figures
+from core.reporting import figures, graph_figures
 
 
 PATHWAYS_FILES = ("pathways.json", "pathways.png", "overlap.npy")
@@ -32,7 +32,7 @@ def save_pathways(summary: dict, folder, layer: str | None = None, **about) -> N
     folder = Path(folder)
     matrix = summary.pop("matrix")
     np.save(folder / "overlap.npy", matrix)
-    figures.save({"pathways": figures.pathways({**summary, "matrix": matrix}, layer)}, folder)
+    figures.save({"pathways": graph_figures.pathways({**summary, "matrix": matrix}, layer)}, folder)
     summary.update(command="pathways", **about)
     write_text(folder / "pathways.json", json.dumps(summary, indent=1))
 
@@ -41,7 +41,7 @@ def write_graph(out_dir, graph) -> list[Path]:
     """pathway_graph.json and pathway_graph.png: a core.pathway.graph.PathwayGraph."""
     out = Path(out_dir)
     (out / "pathway_graph.json").write_text(json.dumps(graph.to_json(), indent=1))
-    return [out / "pathway_graph.json", *figures.save({"pathway_graph": figures.pathway_graph(graph)}, out)]
+    return [out / "pathway_graph.json", *figures.save({"pathway_graph": graph_figures.pathway_graph(graph)}, out)]
 
 
 def write_outputs(out_dir, engine, analysis, settings: dict, image_path=None,

@@ -11,7 +11,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from core.io.output import write_text
-from core.reporting.figures import edge_strengths, graph_positions
+from core.reporting.graph_figures import edge_strengths, graph_positions
 
 EXCITE, INHIBIT = (192, 57, 43), (46, 111, 186)
 NODE_BRUSH = (243, 156, 18)
@@ -111,7 +111,7 @@ class GraphView(QWidget):
         from pathlib import Path
 
         from core.io.output import save_figure
-        from core.reporting.figures import pathway_graph
+        from core.reporting.graph_figures import pathway_graph
 
         path = Path(path)
         try:
