@@ -60,7 +60,7 @@ def test_the_registry_names_every_method_once_with_its_pathway():
     assert set(NEW) <= set(CLASSIC_METHODS)
     for name in CLASSIC_METHODS:
         spec = BY_NAME[name]
-        assert spec.family in ("gradient", "cam", "perturbation", "relevance")
+        assert spec.family in ("gradient", "cam", "perturbation", "relevance", "attention")
         assert (f"pathway-{name}" in PATHWAY_METHODS) == spec.through_network
     assert "pathway-lrp" not in ALL_METHODS and "pathway-deeplift" not in ALL_METHODS
     assert PATHWAY_METHODS["pathway-lime"] == "lime"
@@ -136,7 +136,8 @@ def test_deeplift_is_refused_where_captum_cannot_run_it(lite0, resnet, photo_x):
     assert "deeplift" in analysis.skipped and "gradient" in analysis.results
 
 
-@pytest.mark.parametrize("method", sorted(set(PATHWAY_METHODS.values())))
+@pytest.mark.parametrize("method", sorted(m for m in set(PATHWAY_METHODS.values())
+                                    if BY_NAME[m].family != "attention"))  # ViTs': tests/test_transformers.py
 def test_pathway_of_every_method_is_the_method_at_zero_and_differs_pruned(cnn, photo_x, method):
     engine = Engine.from_tensor(cnn, photo_x)
     plain = engine.attribution(method)

@@ -6,7 +6,7 @@ network also has a `pathway-<name>` version: the same method on the network prun
 Standard library only, so that `--help` and the window's first paint need no torch.
 """
 from core.errors import UnsupportedMethod
-from core.methods import cams, gradients, perturbation
+from core.methods import cams, gradients, perturbation, transformers
 from core.methods.base import PATHWAY, Method, Pathway  # noqa: F401 (PATHWAY: the prefix, read from here)
 
 PLAIN = (
@@ -16,6 +16,7 @@ PLAIN = (
     cams.GradCamPlusPlus(), cams.XGradCam(), cams.HiResCam(), cams.LayerCam(), cams.EigenCam(),
     cams.ScoreCam(), cams.AblationCam(),
     perturbation.Occlusion(), perturbation.Rise(), perturbation.KernelShap(), perturbation.Lime(),
+    transformers.AttentionRollout(), transformers.GradRollout(),
 )
 # The pathway versions of the three gradients the engine runs itself come first, as before.
 _FIRST = ("gradient", "input-x-gradient", "integrated-gradients")
