@@ -138,7 +138,13 @@ def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
             shown = tab.heatmaps.shown_maps()["pathway-grad-cam"]
             expected = as_on_worker(lambda: engine.pathway(value, method="grad-cam").map)
             np.testing.assert_allclose(shown, expected, rtol=1e-4, atol=1e-6)
-        assert "pathway-grad-cam" not in tab.curves.curves()  # rows through the pathway: maps only
+        # its curves too, of the map on screen, told apart from grad-cam's in the legend
+        wait_until(qapp, lambda: window.context.is_idle() and "pathway-grad-cam" in tab.curves.curves())
+        drawn = tab.curves.curves()["pathway-grad-cam"]  # of the map on screen, at the last position
+        expected = as_on_worker(lambda: run(engine.iter_curves("pathway-grad-cam", shown, drawn.steps, cache=False)))
+        assert drawn.deletion_auc == pytest.approx(expected.deletion_auc, abs=1e-6)
+        legend = tab.curves._legends[tab.curves._plots["deletion"]]
+        assert legend.getLabel(tab.curves._lines["deletion", "pathway-grad-cam"]).text.startswith("↝ grad-cam")
     finally:
         via.setChecked(False)
         slider.setValue(70.0)

@@ -6,6 +6,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QWidget
 
+from core.methods import PATHWAY
+
 PATHWAY_COLOR = "#d62728"
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
@@ -76,38 +78,52 @@ class CurvesView(QWidget):
         layout.addWidget(self.sweep, 1, 0, 1, 2)
         self._curves: dict = {}
         self._has_sweep = False
+        self._live: str | None = None
 
-    def set_methods(self, methods: list[str]) -> None:
-        """The methods whose curves are drawn, in legend order. Their lines are made here, so
-        that a result only updates data (making plot items is the slow part)."""
+    def set_methods(self, methods: list[str], live: str | None = None) -> None:
+        """The methods whose curves are drawn, in legend order; live: the pathway map the slider
+        makes. Their lines are made here, so that a result only updates data (making plot items is
+        the slow part)."""
+        self._live = live
         for key in [key for key in self._lines if key[1] not in methods]:
             plot = self._plots[key[0]]
             line = self._lines.pop(key)
             plot.removeItem(line)
             self._legends[plot].removeItem(line)
         for method in methods:
-            pathway = method.startswith("pathway")
-            color = PATHWAY_COLOR if pathway else self._colors.setdefault(
-                method, PALETTE[len(self._colors) % len(PALETTE)])
             for name, plot in self._plots.items():
                 if (name, method) not in self._lines:
-                    pen = pg.mkPen(color, width=3 if pathway else 1.6)
-                    self._lines[(name, method)] = plot.plot([], [], pen=pen, name=method)
+                    self._lines[(name, method)] = plot.plot([], [], pen=self._pen(method), name=method)
         self._curves = {m: c for m, c in self._curves.items() if m in methods}
+
+    def _pen(self, method: str):
+        """The live pathway map: thick red. A method through the pathway (a ↝ row): its plain
+        map's colour, dashed. Other methods: a colour of their own."""
+        if method == self._live:
+            return pg.mkPen(PATHWAY_COLOR, width=3)
+        through = method.removeprefix(PATHWAY)
+        color = self._colors.setdefault(through, PALETTE[len(self._colors) % len(PALETTE)])
+        if through != method:
+            return pg.mkPen(color, width=2.2, style=Qt.PenStyle.DashLine)
+        return pg.mkPen(color, width=1.6)
+
+    def _label(self, method: str) -> str:
+        return method if method == self._live else method.replace(PATHWAY, "↝ ", 1)
 
     def set_curves(self, curves: dict) -> None:
         """curves: method -> core.pathway.curves.Curves, for the methods of set_methods."""
         self._curves = dict(curves)
         for (name, method), line in self._lines.items():
             c = curves.get(method)
+            shown_as = self._label(method)
             if c is None:
                 line.setData([], [])
-                label = method
+                label = shown_as
             else:
                 values, auc = ((c.deletion, c.deletion_auc) if name == "deletion"
                                else (c.insertion, c.insertion_auc))
                 line.setData(np.asarray(c.fractions), np.asarray(values))
-                label = f"{method}  {auc:.3f}"
+                label = f"{shown_as}  {auc:.3f}"
             self._legends[self._plots[name]].getLabel(line).setText(label)
         for legend in self._legends.values():
             _refit(legend)

@@ -85,6 +85,11 @@ class ExplainDrawing:
             self.shown.unavailable[name] = "not available for this model" if name in skipped else "failed"
             self.heatmaps.set_note(name, self.shown.unavailable[name])
             self.status.emit(f"{name}: {why}")
+        if result.maps:
+            # the ↝ rows' curves of an earlier position go; theirs follow
+            self.shown.curves = {m: c for m, c in self.shown.curves.items() if m not in result.maps}
+            self.curves.set_curves(self.shown.curves)
+            self._request_through_curves(result)
         self._check_complete()
 
     def _draw_maps(self) -> None:
@@ -97,11 +102,10 @@ class ExplainDrawing:
 
     def _show_curves(self, result: explain_jobs.CurvesDone) -> None:
         curves = result.curves
-        if result.engine is not self._engine:
+        if result.engine is not self._engine or result.params not in (None, self.params()):
             return
         self.shown.coarse_curves = (self.shown.coarse_curves - set(curves)) | result.of_coarse
-        pathway = self.params().method_name
-        self.shown.curves = {m: c for m, c in self.shown.curves.items() if m in self.methods() or m == pathway}
+        self.shown.curves = {m: c for m, c in self.shown.curves.items() if m in self._curve_names()}
         self.shown.curves.update(curves)
         self.curves.set_curves(self.shown.curves)
         coarse = sorted({c.steps for c in self.shown.curves.values() if c.steps < self.curve_steps})

@@ -78,6 +78,7 @@ class CurvesDone:
     engine: object
     curves: dict                # method -> Curves
     of_coarse: set = field(default_factory=set)  # methods whose curves are of the coarse map shown
+    params: Params | None = None  # the slider position they belong to (the ↝ rows'), or None: any
 
 
 @dataclass
@@ -241,6 +242,18 @@ def pathway_curves(engine, params: Params, memo: LiveMemo, steps: int):
     curves = yield from scaled(engine.iter_curves(params.method_name, attr, steps, step_seconds=STEP_SECONDS),
                                0.1, 1.0)
     return CurvesDone(engine, {params.method_name: curves})
+
+
+def through_curves(engine, maps: Maps, steps: int):
+    """Deletion/insertion curves of pathway-<method> maps (a Maps of pathway_maps): not cached, as
+    they belong to one slider position."""
+    out = {}
+    for i, (name, path) in enumerate(maps.maps.items()):
+        start, end = i / len(maps.maps), (i + 1) / len(maps.maps)
+        yield Progress(start, f"curves: {name}")
+        out[name] = yield from scaled(engine.iter_curves(name, path.map, steps, step_seconds=STEP_SECONDS,
+                                                         cache=False), start, end)
+    return CurvesDone(engine, out, params=maps.params)
 
 
 def sweep(engine, params: Params, sparsities, steps: int = SWEEP_STEPS):

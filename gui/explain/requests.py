@@ -107,6 +107,12 @@ class ExplainRequests:
                              self._show_curves, key="pathway-curves", priority=priority,
                              preemptible=True)
 
+    def _request_through_curves(self, maps) -> None:
+        """Curves of the ↝ rows (methods through the pathway) just drawn, at their settings."""
+        engine, steps = self._engine, self._steps()
+        self.context.run_job(lambda: explain_jobs.through_curves(engine, maps, steps), self._show_curves,
+                             key="through-curves", priority=PRIORITY_CURVES, preemptible=True)
+
     def _request_sweep(self) -> None:
         """The sweep: coarse (fewer points, fewer curve steps) until everything is on screen,
         then at full resolution, as the lowest-priority job."""

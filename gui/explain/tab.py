@@ -116,12 +116,13 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         return [*self._curve_names(), *self.pathways()]
 
     def _curve_names(self) -> list[str]:
-        """The maps that get curves: the live pathway map and the classic ones."""
-        return [self.params().method_name, *self.methods()]
+        """The maps that get curves: the live pathway map, the classic ones and the ↝ rows."""
+        live = self.params().method_name
+        return [live, *self.methods(), *(p for p in self.pathways() if p != live)]
 
     def _show_panels(self) -> None:
         self.heatmaps.set_methods(self._panel_names())
-        self.curves.set_methods(self._curve_names())
+        self.curves.set_methods(self._curve_names(), live=self.params().method_name)
 
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
