@@ -153,6 +153,19 @@ def _check_args(args):
         raise PruneScopeError(f"{args.dataset}: not 'synthetic' and not a folder")
 
 
+def model_and_source(args, ctx, bar, target: str, masks=None):
+    """(model, source, trained): the synthetic set's test images and its trained CNN (trained: how),
+    or the image folder --dataset names (with masks) and the model the options name (trained: None)."""
+    from core.evaluation.sources import folder_source, synthetic_source
+
+    if args.dataset == SYNTHETIC:
+        data, trained = synthetic_model(args, ctx, bar)
+        return trained.model, synthetic_source(data, "test"), trained
+    model = _folder_model(args, ctx)
+    return model, folder_source(args.dataset, masks, class_names=model.class_names, labels_csv=args.labels_csv,
+                                strict=target == "label", sample=args.sample, seed=args.seed), None
+
+
 def _open_records(out: Path, identity: dict, overwrite: bool, finals, ctx, stack):
     """The run's kept records (core.evaluation.records). The first process holds the output folder
     for the rest of the run (`stack`), checks the folder's settings and, with overwrite, clears
@@ -193,7 +206,6 @@ def run_evaluate(args) -> int:
     from contextlib import ExitStack
 
     from core.evaluation.benchmark import BenchmarkSettings, iter_benchmark, run_settings
-    from core.evaluation.sources import folder_source, synthetic_source
     from core.io.output import output_folder
     from core.progress import StderrBar, run
     from core.reporting.report import EVALUATION_FILES, model_info, save_evaluation
@@ -207,16 +219,7 @@ def run_evaluate(args) -> int:
     started = time.perf_counter()
     with ExitStack() as stack:
         try:
-            trained = None
-            if args.dataset == SYNTHETIC:
-                data, trained = synthetic_model(args, ctx, bar)
-                model = trained.model
-                source = synthetic_source(data, "test")
-            else:
-                model = _folder_model(args, ctx)
-                source = folder_source(args.dataset, _masks_dir(args), class_names=model.class_names,
-                                       labels_csv=args.labels_csv, strict=target == "label",
-                                       sample=args.sample, seed=args.seed)
+            model, source, trained = model_and_source(args, ctx, bar, target, _masks_dir(args))
             settings = BenchmarkSettings(
                 methods=args.methods, images=args.images or args.sample or DEFAULT_IMAGES,
                 sanity_images=max(0, args.sanity_images), steps=args.steps, baseline=args.baseline,

@@ -3,17 +3,13 @@ import sys
 from pathlib import Path
 
 from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list, model_from_args,
-                              name_list, out_path, positive_int, sparsity_percent, tolerance_percent,
+                              name_list, out_path, positive_int, sparsity_or_auto, tolerance_percent,
                               top_percent)
 from core.io.display import AUTO, DEFAULT_TOP_PERCENT, MODES
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 from core.pathway.graph import DEFAULT_LAYERS, DEFAULT_NODES
 
 DEFAULT_METHODS = DEFAULTS["explain"]
-
-
-def sparsity_value(text: str):
-    return text if text == "auto" else sparsity_percent(text)
 
 
 def register(subparsers) -> None:
@@ -27,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}); any of "
                         f"{', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)}")
-    p.add_argument("--sparsity", type=sparsity_value, default=70.0,
+    p.add_argument("--sparsity", type=sparsity_or_auto, default=70.0,
                    help="percent of neurons pruned, or 'auto' (default 70)")
     p.add_argument("--tolerance", type=tolerance_percent, default=15.0,
                    help="output change in percent allowed by --sparsity auto (default 15)")

@@ -131,6 +131,11 @@ def bounded_int(text: str, low: int, high: int | None = None) -> int:
     return value
 
 
+def sparsity_or_auto(text: str):
+    """--sparsity: a percent, or 'auto' (the largest within --tolerance)."""
+    return text if text == "auto" else sparsity_percent(text)
+
+
 def name_list(text: str) -> list[str]:
     """Comma-separated names, each once, none empty."""
     names = [n.strip() for n in text.split(",")]

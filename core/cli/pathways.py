@@ -4,13 +4,10 @@ often each channel is in it and the class's mean graph, and how much images' pat
 Runs under `torchrun --nproc_per_node N main.py pathways ...` as `evaluate` does, and goes on where a
 stopped run left off (the same command; --overwrite starts again)."""
 from core.cli import EXIT_BAD_INPUT, fail, say
-from core.cli.evaluate import DEFAULT_IMAGES, SYNTHETIC, _check_args, _folder_model, _open_records
+from core.cli.evaluate import DEFAULT_IMAGES, SYNTHETIC, _check_args, _open_records, model_and_source
 from core.cli.options import (MODEL_HELP, add_model_details, add_synthetic_options, name_list, out_path,
-                              positive_int, sparsity_percent, synthetic_model, tolerance_percent)
+                              positive_int, sparsity_or_auto, tolerance_percent)
 from core.pathway.graph import DEFAULT_LAYERS, DEFAULT_NODES
-
-def sparsity_or_auto(text: str):
-    return text if text == "auto" else sparsity_percent(text)
 
 
 def register(subparsers) -> None:
@@ -59,7 +56,6 @@ def run_pathways(args) -> int:
 
     from core.errors import PruneScopeError
     from core.evaluation.pathways import PathwaySettings, concept_alignment, iter_pathways, run_settings
-    from core.evaluation.sources import folder_source, synthetic_source
     from core.io.output import output_folder
     from core.progress import StderrBar, run
     from core.reporting.report import PATHWAYS_FILES, model_info, save_pathways
@@ -73,15 +69,7 @@ def run_pathways(args) -> int:
     bar = StderrBar("pathways", quiet=args.quiet or not ctx.is_main)
     with ExitStack() as stack:
         try:
-            trained = None
-            if args.dataset == SYNTHETIC:
-                data, trained = synthetic_model(args, ctx, bar)
-                model, source = trained.model, synthetic_source(data, "test")
-            else:
-                model = _folder_model(args, ctx)
-                source = folder_source(args.dataset, None, class_names=model.class_names,
-                                       labels_csv=args.labels_csv, strict=target == "label",
-                                       sample=args.sample, seed=args.seed)
+            model, source, trained = model_and_source(args, ctx, bar, target)
             settings = PathwaySettings(args.images or args.sample or DEFAULT_IMAGES, args.sparsity,
                                        args.tolerance / 100, target, args.mode, args.selector, args.graph_nodes,
                                        tuple(args.graph_layers) if args.graph_layers else None)

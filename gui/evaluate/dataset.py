@@ -13,8 +13,7 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 from core.evaluation import EXTRA_METRICS
 from core.methods import ALL_METHODS, DEFAULTS
 from gui.evaluate.jobs import DatasetRun, dataset_job
-from gui.parts.context import PRIORITY_BACKGROUND
-from gui.parts.feedback import JobFeedback
+from gui.parts.feedback import KeptRunFeedback
 from gui.parts.forms import folder_row
 
 OUT_SUFFIX = "-prunescope"  # the default results folder: beside the dataset, named after it
@@ -25,11 +24,12 @@ def default_out(folder: Path) -> Path:
     return folder.parent / f"{folder.name}{OUT_SUFFIX}"
 
 
-class DatasetBox(JobFeedback, QGroupBox):
+class DatasetBox(KeptRunFeedback, QGroupBox):
     status = Signal(str)
     leaderboard = Signal(object)  # the running leaderboard: {"metrics", "rows", "images"}
     finished = Signal(object)  # the results folder, complete
     job_key = "evaluate-dataset"
+    done_status = "dataset evaluation done"
 
     def __init__(self, context, parent=None):
         super().__init__("Evaluate a dataset", parent)
@@ -95,25 +95,9 @@ class DatasetBox(JobFeedback, QGroupBox):
         request = self.request()
         if request is None:
             return
-        self._busy(True)
-        self.message.setText(f"evaluating {request.folder} into {request.out}")
-        self.context.run_job(lambda: dataset_job(request), self._done, self._progressed, self._failed,
-                             key=self.job_key, priority=PRIORITY_BACKGROUND)
+        self._start(lambda: dataset_job(request), f"evaluating {request.folder} into {request.out}")
 
     def _progressed(self, step) -> None:
         super()._progressed(step)
         if step.partial is not None:
             self.leaderboard.emit(step.partial)
-
-    def cancel(self) -> None:
-        super().cancel()
-        self.message.setText("cancelled: the finished images are kept; Run goes on from there")
-
-    def _done(self, done) -> None:
-        out, errors = done
-        self._busy(False)
-        self.overwrite.setChecked(False)
-        failed = f"; {len(errors)} images failed, first {errors[0]}" if errors else ""
-        self.message.setText(f"done: results in {out}{failed}")
-        self.status.emit("dataset evaluation done")
-        self.finished.emit(out)

@@ -7,17 +7,17 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
 from gui.evaluate.jobs import PathwaysRun, pathways_job
-from gui.parts.context import PRIORITY_BACKGROUND
-from gui.parts.feedback import JobFeedback
+from gui.parts.feedback import KeptRunFeedback
 from gui.parts.forms import folder_row
 
 OUT_SUFFIX = "-pathways"
 
 
-class PathwaysBox(JobFeedback, QGroupBox):
+class PathwaysBox(KeptRunFeedback, QGroupBox):
     status = Signal(str)
     finished = Signal(object)  # the results folder, complete
     job_key = "pathways"
+    done_status = "pathways done"
 
     def __init__(self, context, parent=None):
         super().__init__("Pathways across a folder", parent)
@@ -63,20 +63,4 @@ class PathwaysBox(JobFeedback, QGroupBox):
         request = self.request()
         if request is None:
             return
-        self._busy(True)
-        self.message.setText(f"pathways of {request.folder} into {request.out}")
-        self.context.run_job(lambda: pathways_job(request), self._done, self._progressed, self._failed,
-                             key=self.job_key, priority=PRIORITY_BACKGROUND)
-
-    def cancel(self) -> None:
-        super().cancel()
-        self.message.setText("cancelled: the finished images are kept; Run goes on from there")
-
-    def _done(self, done) -> None:
-        out, errors = done
-        self._busy(False)
-        self.overwrite.setChecked(False)
-        failed = f"; {len(errors)} images failed, first {errors[0]}" if errors else ""
-        self.message.setText(f"done: results in {out}{failed}")
-        self.status.emit("pathways done")
-        self.finished.emit(out)
+        self._start(lambda: pathways_job(request), f"pathways of {request.folder} into {request.out}")

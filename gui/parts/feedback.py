@@ -73,3 +73,33 @@ class JobFeedback:
         self.context.cancel(self.job_key)
         self._busy(False)
         self.message.setText("cancelled")
+
+
+class KeptRunFeedback(JobFeedback):
+    """JobFeedback for a run over a folder whose finished images are kept in its results folder
+    (core.evaluation.records): Cancel keeps them and Run goes on from there; at the end the results
+    folder is emitted with `finished`, and `overwrite` (start again) is unticked. The job returns
+    (results folder, lines of the images that failed)."""
+
+    done_status = ""  # the status bar's line when a run ends
+
+    def _start(self, job, text: str) -> None:
+        from gui.parts.worker import PRIORITY_BACKGROUND
+
+        self._busy(True)
+        self.message.setText(text)
+        self.context.run_job(job, self._done, self._progressed, self._failed, key=self.job_key,
+                             priority=PRIORITY_BACKGROUND)
+
+    def cancel(self) -> None:
+        super().cancel()
+        self.message.setText("cancelled: the finished images are kept; Run goes on from there")
+
+    def _done(self, done) -> None:
+        out, errors = done
+        self._busy(False)
+        self.overwrite.setChecked(False)
+        failed = f"; {len(errors)} images failed, first {errors[0]}" if errors else ""
+        self.message.setText(f"done: results in {out}{failed}")
+        self.status.emit(self.done_status)
+        self.finished.emit(out)
