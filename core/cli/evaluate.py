@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from core.cli import EXIT_BAD_INPUT, fail, say
-from core.cli.options import (MAX_STEPS, MODEL_HELP, add_model_details, add_synthetic_options, curve_steps,
-                              method_list, out_path, positive_int, sparsity_percent, synthetic_model)
+from core.cli.options import (MAX_STEPS, MODEL_HELP, add_method_params, add_model_details,
+                              add_synthetic_options, curve_steps, method_list, out_path, positive_int,
+                              sparsity_percent, synthetic_model)
 from core.evaluation import EXTRA_METRICS
 from core.methods import DEFAULTS
 
@@ -83,6 +84,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=method_list, default=[*EVALUATE_DEFAULT, "random"],
                    help=f"comma-separated; 'random' and 'oracle' (the ground truth) are reference "
                         f"maps (default: {','.join(EVALUATE_DEFAULT)},random)")
+    add_method_params(p)
     p.add_argument("--images", "--limit", type=positive_int, dest="images",
                    help=f"images scored: the first N, in sorted order, or of --sample's (default "
                         f"{DEFAULT_IMAGES}, or all of --sample's)")
@@ -223,7 +225,8 @@ def run_evaluate(args) -> int:
             settings = BenchmarkSettings(
                 methods=args.methods, images=args.images or args.sample or DEFAULT_IMAGES,
                 sanity_images=max(0, args.sanity_images), steps=args.steps, baseline=args.baseline,
-                sparsity=args.sparsity, target=target, seed=args.seed, metrics=tuple(args.metrics))
+                sparsity=args.sparsity, target=target, seed=args.seed, metrics=tuple(args.metrics),
+                method_params=args.method_params)
             store = _open_records(out, run_settings(model, source, settings), args.overwrite, EVALUATION_FILES,
                                   ctx, stack)
             result = run(iter_benchmark(model, source, settings, ctx, store), bar)

@@ -2,9 +2,9 @@
 import sys
 from pathlib import Path
 
-from core.cli.options import (MAX_STEPS, add_model_options, curve_steps, method_list, model_from_args,
-                              name_list, out_path, positive_int, sparsity_or_auto, tolerance_percent,
-                              top_percent)
+from core.cli.options import (MAX_STEPS, add_method_params, add_model_options, curve_steps, method_list,
+                              model_from_args, name_list, out_path, positive_int, sparsity_or_auto,
+                              tolerance_percent, top_percent)
 from core.io.display import AUTO, DEFAULT_TOP_PERCENT, MODES
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 from core.pathway.graph import DEFAULT_LAYERS, DEFAULT_NODES
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}); any of "
                         f"{', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)}")
+    add_method_params(p)
     p.add_argument("--sparsity", type=sparsity_or_auto, default=70.0,
                    help="percent of neurons pruned, or 'auto' (default 70)")
     p.add_argument("--tolerance", type=tolerance_percent, default=15.0,
@@ -77,7 +78,8 @@ def run_explain(args) -> int:
             out = out_dir / name
             try:
                 with staged_folder(out, args.overwrite) as staging:
-                    engine = Engine(model, load_image(path), target=args.target, ties=args.ties)
+                    engine = Engine(model, load_image(path), target=args.target, ties=args.ties,
+                                    settings=args.method_params)
                     sparsity, auto = args.sparsity, None
                     if sparsity == "auto":
                         auto = run(engine.iter_auto_sparsity(args.tolerance / 100, args.mode,
@@ -92,7 +94,7 @@ def run_explain(args) -> int:
                                 "mode": args.mode, "selector": args.selector, "ties": args.ties,
                                 "steps": args.steps, "baseline": args.baseline,
                                 "tolerance_percent": args.tolerance, "display": args.display,
-                                "display_top_percent": args.display_top}
+                                "display_top_percent": args.display_top, "method_params": args.method_params}
                     if auto is not None:
                         settings["auto_search"] = auto.how
                     write_outputs(staging, engine, analysis, settings, image_path=path)

@@ -112,6 +112,22 @@ def model_output(text: str) -> int | str:
 MAX_STEPS = 1000  # deletion/insertion steps: each is a forward pass, and 1000 already resolves 0.1 %
 
 
+def add_method_params(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method-params", type=method_params, default={}, metavar="NAME.KEY=VALUE,...",
+                        help="the methods' settings, e.g. integrated-gradients.steps=20,occlusion.window=48 "
+                             "(README lists each method's; a pathway-<method> takes its method's)")
+
+
+def method_params(text: str) -> dict:
+    from core.errors import PruneScopeError
+    from core.methods import parse_settings
+
+    try:
+        return parse_settings(text)
+    except PruneScopeError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def method_list(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:

@@ -38,6 +38,7 @@ class BenchmarkSettings:
     target: str = "label"  # or "predicted"
     seed: int = 0
     metrics: tuple = EXTRA_METRICS
+    method_params: dict = field(default_factory=dict)  # the methods' settings (core.methods.checked_settings)
 
 
 STAGES = ("maps", "curves", "road", "other metrics")
@@ -71,7 +72,7 @@ def evaluate_item(model, item: Item, methods, settings: BenchmarkSettings, keep_
         prepared = prepare(model, item, settings.target)
         seeds = [item_seed(settings.seed, "map", item.name, m) for m in methods]
         maps = method_maps(model, prepared.x, prepared.target, methods, prepared.mask, seeds,
-                           settings.sparsity)
+                           settings.sparsity, settings.method_params)
     record = {"name": item.name, "label": item.label, "target": prepared.target,
               "predicted": prepared.predicted,
               "mask_fraction": None if prepared.mask is None else float(prepared.mask.mean()),
@@ -152,7 +153,7 @@ def sanity_item(model, item: Item, methods, settings: BenchmarkSettings) -> dict
 
     def explain(module, x_in, t, method):
         return compute_map(replace(model, module=module), x_in, t, method,
-                           sparsity=settings.sparsity)
+                           sparsity=settings.sparsity, settings=settings.method_params)
 
     result = run(iter_cascading_randomization(model.module, prepared.x, prepared.target, methods, explain,
                                               seed=item_seed(settings.seed, "sanity", item.name)))
@@ -165,7 +166,7 @@ def run_settings(model, source: Source, settings: BenchmarkSettings) -> dict:
             "weights": model.weights_hash(), "dataset": source.name, "labels": source.labels_key,
             "seed": settings.seed,
             "target": settings.target, "sparsity": settings.sparsity, "steps": settings.steps,
-            "baseline": settings.baseline}
+            "baseline": settings.baseline, **({"method_params": settings.method_params} if settings.method_params else {})}
 
 
 def iter_benchmark(model, source: Source, settings: BenchmarkSettings, ctx: Context = SINGLE,

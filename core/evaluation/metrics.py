@@ -67,15 +67,17 @@ def reference_map(method: str, shape, mask: np.ndarray | None, seed: int) -> np.
     return _REFERENCE_MAPS[method](np.random.default_rng(seed).random(shape), mask)
 
 
-def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: float) -> np.ndarray:
+def method_map(model, x, target: int, method: str, mask, seed: int, sparsity: float,
+               settings: dict | None = None) -> np.ndarray:
+    """settings: the methods' (core.methods.checked_settings)."""
     if method in REFERENCE_METHODS:
         return reference_map(method, tuple(x.shape[-2:]), mask, seed)
     from core.pathway.engine import compute_map
 
-    return compute_map(model, x, target, method, sparsity=sparsity)
+    return compute_map(model, x, target, method, sparsity=sparsity, settings=settings)
 
 
-def method_maps(model, x, target: int, methods, mask, seeds, sparsity: float) -> dict:
+def method_maps(model, x, target: int, methods, mask, seeds, sparsity: float, settings: dict | None = None) -> dict:
     """Every method's map of one image, or the UnsupportedMethod saying why not. The pathway
     methods share one engine: the neuron scores are computed once for all of them."""
     from core.pathway.engine import Engine
@@ -84,9 +86,9 @@ def method_maps(model, x, target: int, methods, mask, seeds, sparsity: float) ->
     for method, seed in zip(methods, seeds):
         try:
             if method in REFERENCE_METHODS or method in CLASSIC_METHODS:
-                maps[method] = method_map(model, x, target, method, mask, seed, sparsity)
+                maps[method] = method_map(model, x, target, method, mask, seed, sparsity, settings)
                 continue
-            engine = engine or Engine.from_tensor(model, x, target, fold=False)
+            engine = engine or Engine.from_tensor(model, x, target, fold=False, settings=settings)
             maps[method] = engine.attribution(method, sparsity)
         except UnsupportedMethod as why:
             maps[method] = why

@@ -5,7 +5,7 @@ perturbation. Adding one is a class there and a line here. Every method computed
 network also has a `pathway-<name>` version: the same method on the network pruned for the input.
 Standard library only, so that `--help` and the window's first paint need no torch.
 """
-from core.errors import UnsupportedMethod
+from core.errors import PruneScopeError, UnsupportedMethod
 from core.methods import cams, gradients, perturbation, transformers
 from core.methods.base import PATHWAY, Method, Pathway  # noqa: F401 (PATHWAY: the prefix, read from here)
 
@@ -76,6 +76,44 @@ def _classic(method: str) -> Method:
     if method not in CLASSIC_METHODS:
         raise UnsupportedMethod(f"unknown method '{method}': choose one of {', '.join(CLASSIC_METHODS)}")
     return BY_NAME[method]
+
+
+def configured(name: str, settings: dict | None = None) -> Method:
+    """Method `name` under the user's settings, {method: {key: value}}; pathway-<m> takes m's."""
+    values = (settings or {}).get(PATHWAY_METHODS.get(name, name))
+    return BY_NAME[name].configured(values) if values else BY_NAME[name]
+
+
+def checked_settings(settings: dict | None) -> dict[str, dict]:
+    """The user's method settings, each value checked and typed, defaults dropped; PruneScopeError
+    naming what is allowed for an unknown method, key or value."""
+    out = {}
+    for name, values in (settings or {}).items():
+        plain = PATHWAY_METHODS.get(name, name)
+        if plain not in CLASSIC_METHODS:
+            raise PruneScopeError(f"unknown method '{name}' in the method settings: choose from "
+                                  f"{', '.join(m.name for m in PLAIN if m.options)}")
+        chosen = BY_NAME[plain].configured({**out.get(plain, {}), **values}).values
+        if chosen:
+            out[plain] = chosen
+        else:
+            out.pop(plain, None)
+    return out
+
+
+def parse_settings(text: str) -> dict[str, dict]:
+    """--method-params: "NAME.KEY=VALUE,..." (integrated-gradients.steps=20,occlusion.window=48),
+    checked (checked_settings)."""
+    settings: dict[str, dict] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        lhs, equals, value = item.partition("=")
+        name, dot, key = lhs.strip().rpartition(".")
+        if not (equals and dot and name and key and value.strip()):
+            raise PruneScopeError(f"expected NAME.KEY=VALUE, got {item!r} (e.g. integrated-gradients.steps=20)")
+        settings.setdefault(name, {})[key.strip()] = value.strip()
+    return checked_settings(settings)
 
 
 def supports(name: str, model) -> tuple[bool, str]:

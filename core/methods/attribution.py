@@ -103,25 +103,28 @@ class _SteppedRun:
 
 
 class IntegratedGradientsRun(_SteppedRun):
-    """Integrated gradients from the zero (dataset-mean) baseline, on Captum's default
-    Gauss-Legendre nodes, in steps."""
+    """Integrated gradients from the method's baseline, on Captum's default Gauss-Legendre
+    nodes, in steps."""
 
     label = "integrated gradients"
 
     def __init__(self, method, model, x: torch.Tensor, target: int, steps: int, module: nn.Module | None):
+        from core.io.baselines import baseline_image
+
         super().__init__(method, model, x, target, steps, module)
+        self.base = baseline_image(self.x, method.params["baseline"], model.mean, model.std)
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         self.alphas = torch.tensor((nodes + 1) / 2, dtype=self.x.dtype, device=self.x.device)
         self.weights = torch.tensor(weights / 2, dtype=self.x.dtype, device=self.x.device)
 
     def _inputs(self, rows: slice) -> torch.Tensor:
-        return self.alphas[rows].view(-1, 1, 1, 1) * self.x
+        return self.base + self.alphas[rows].view(-1, 1, 1, 1) * (self.x - self.base)
 
     def _summed(self, grads: torch.Tensor, rows: slice) -> torch.Tensor:
         return (grads * self.weights[rows].view(-1, 1, 1, 1)).sum(0, keepdim=True)
 
     def _result(self) -> torch.Tensor:
-        return self.total * self.x
+        return self.total * (self.x - self.base)
 
 
 class SmoothGradRun(_SteppedRun):
@@ -140,6 +143,38 @@ class SmoothGradRun(_SteppedRun):
 
     def _inputs(self, rows: slice) -> torch.Tensor:
         return self.x + self.noise[rows]
+
+    def _result(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+class GradientShapRun(_SteppedRun):
+    """GradientSHAP as Captum's GradientShap computes it, in steps: the same random draws, in the
+    same order from the same seed (the baseline's index and the interpolation points from numpy,
+    the noise from torch), then the gradients a few points at a time."""
+
+    label = "gradient-shap"
+
+    def __init__(self, method, model, x: torch.Tensor, target: int, module: nn.Module | None):
+        from core.io.baselines import baseline_image
+        from core.runtime.device import seeded
+
+        p = method.params
+        super().__init__(method, model, x, target, p["samples"], module)
+        self.base = baseline_image(self.x, p["baseline"], model.mean, model.std)
+        spread = p["noise"] * float(self.x.max() - self.x.min())
+        with seeded(p["seed"], self.x.device):
+            np.random.choice(1, size=self.count)  # Captum draws a baseline per sample (there is one)
+            self.noisy = self.x + torch.normal(0, torch.full((self.count, *self.x.shape[1:]), spread,
+                                                             device=self.x.device, dtype=self.x.dtype))
+            alphas = np.random.uniform(0.0, 1.0, self.count)
+        self.alphas = torch.tensor(alphas, device=self.x.device, dtype=self.x.dtype).view(-1, 1, 1, 1)
+
+    def _inputs(self, rows: slice) -> torch.Tensor:
+        return self.alphas[rows] * self.noisy[rows] + (1.0 - self.alphas[rows]) * self.base
+
+    def _summed(self, grads: torch.Tensor, rows: slice) -> torch.Tensor:
+        return ((self.noisy[rows] - self.base) * grads).sum(0, keepdim=True)
 
     def _result(self) -> torch.Tensor:
         return self.total / self.count

@@ -3,9 +3,60 @@
 Standard library only: the registry is read by `--help` and the window's first paint, before torch
 is imported. Each method imports its library (Captum, pytorch-grad-cam, ...) when it first runs.
 """
+import copy
+import math
+from dataclasses import dataclass
 from typing import Any
 
+from core.errors import PruneScopeError
+
 PATHWAY = "pathway-"
+BASELINES = ("mean", "blur", "black")  # core.io.baselines.BASELINES, without importing torch
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a method that the user may change (the app, --method-params): a whole
+    number or a number in [low, high], or one of `choices`. default None reads "auto" (the
+    method picks from the input, as occlusion's window does)."""
+    key: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def whole(self) -> bool:
+        return not self.choices and isinstance(self.low, int) and isinstance(self.high, int)
+
+    def allowed(self) -> str:
+        if self.choices:
+            return " or ".join(self.choices)
+        kind = "a whole number" if self.whole else "a number"
+        return f"{kind} from {self.low:g} to {self.high:g}" + (" or auto" if self.default is None else "")
+
+    def checked(self, method: str, value):
+        """value (a number, or text from the command line or the app's settings) as this
+        setting's type; PruneScopeError naming what is allowed when it is not."""
+        bad = PruneScopeError(f"{method}.{self.key} must be {self.allowed()}, got {value!r}")
+        if self.choices:
+            if str(value) not in self.choices:
+                raise bad
+            return str(value)
+        if self.default is None and str(value).strip().lower() in ("auto", "none"):
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if isinstance(value, bool) or not math.isfinite(number) or not self.low <= number <= self.high:
+            raise bad
+        if self.whole:
+            if number != int(number):
+                raise bad
+            return int(number)
+        return number
 
 
 class Method:
@@ -26,7 +77,37 @@ class Method:
     runs_on_loaded: bool = False    # reads a layer by name (CAMs, LRP): runs on the model as loaded,
                                     # not on the engine's batch-norm-folded copy
     nodes: int | None = None        # the passes its map sums, where it runs in steps (stepped())
-    params: dict[str, Any] = {}     # its settings, recorded in report.json
+    options: tuple[Setting, ...] = ()  # what the user may change (the app, --method-params)
+    fixed: dict[str, Any] = {}      # what else reproduces its map, recorded in report.json
+    values: dict[str, Any] = {}     # the user's settings, over the options' defaults (configured())
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Its settings as it runs: the options (defaults, or the user's), then the fixed ones."""
+        return {**{o.key: o.default for o in self.options}, **self.values, **self.fixed}
+
+    @property
+    def token(self) -> tuple:
+        """What tells its maps under different settings apart (cache keys)."""
+        return tuple(sorted(self.values.items()))
+
+    def configured(self, values: dict[str, Any]) -> "Method":
+        """A copy of it with these settings (text or numbers; unchecked keys are errors)."""
+        by_key = {o.key: o for o in self.options}
+        checked = {}
+        for key, value in values.items():
+            if key not in by_key:
+                allowed = f"choose from {', '.join(by_key)}" if by_key else "it has none"
+                raise PruneScopeError(f"{self.name} has no setting '{key}': {allowed}")
+            checked[key] = by_key[key].checked(self.name, value)
+        method = copy.copy(self)
+        method.values = {k: v for k, v in {**self.values, **checked}.items() if v != by_key[k].default}
+        return method
+
+    def summary(self) -> str:
+        """Its settings in a few words, for a map's title: "steps 50, baseline mean"."""
+        return ", ".join(f"{o.key} {'auto' if v is None else f'{v:g}' if isinstance(v, float) else v}"
+                         for o in self.options for v in [self.params[o.key]])
 
     def supports(self, model) -> tuple[bool, str]:
         """Whether it can run on this loaded model; if not, one line saying why."""
@@ -74,7 +155,18 @@ class Pathway(Method):
         self.interactive = of.interactive
         self.through_network = False
         self.runs_on_loaded = of.runs_on_loaded
-        self.params = of.params
+        self.options = of.options
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.of.params
+
+    @property
+    def token(self) -> tuple:
+        return self.of.token
+
+    def configured(self, values: dict[str, Any]) -> "Pathway":
+        return Pathway(self.of.configured(values))
 
     def supports(self, model) -> tuple[bool, str]:
         return self.of.supports(model)

@@ -7,10 +7,11 @@ through a reshape of the patch tokens onto their square grid.
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from core.methods.base import Method
+from core.methods.base import Method, Setting
 from core.methods.gradients import gradcam_support
 
 BATCH = 32  # perturbed forwards per batch for Score-CAM and Ablation-CAM
+BATCH_SETTING = Setting("batch", BATCH, 1, 1024, help="channels per forward: changes speed and memory, not the map")
 
 
 class _LibraryCam(Method):
@@ -39,7 +40,7 @@ class _LibraryCam(Method):
         prefix = getattr(model, "gradcam_tokens", None)
         cam = self._make(net, layer, None if prefix is None else _TokenGrid(prefix))
         cam.compute_input_gradient = True  # frozen parameters: the input puts the layer in the graph
-        cam.batch_size = BATCH
+        cam.batch_size = self.params.get("batch", BATCH)
         with cam, _silent_bars():
             maps = cam(x.detach().clone(), targets=[ClassifierOutputTarget(target)])
         return maps[0].astype("float32")
@@ -103,16 +104,16 @@ class ScoreCam(_LibraryCam):
     name, cam_class = "score-cam", "ScoreCAM"
     passes = "1 forward per channel of the layer"
     interactive = False
-    params = {"batch": BATCH}
+    options = (BATCH_SETTING,)
 
 
 class AblationCam(_LibraryCam):
     name, cam_class = "ablation-cam", "AblationCAM"
     passes = "1 forward per channel of the layer"
     interactive = False
-    params = {"batch": BATCH}
+    options = (BATCH_SETTING,)
 
     def _make(self, net, layer, reshape):
         from pytorch_grad_cam import AblationCAM
 
-        return AblationCAM(net, [layer], reshape_transform=reshape, batch_size=BATCH)
+        return AblationCAM(net, [layer], reshape_transform=reshape, batch_size=self.params["batch"])

@@ -1,13 +1,25 @@
 """Gradient-family methods, Grad-CAM and LRP: Captum's gradients, integrated gradients, SmoothGrad
 and DeepLIFT, PruneScope's guided backpropagation, zennit's LRP, and GradientSHAP and Guided
 Grad-CAM from Captum. Each method's body is its class; core.methods.attribution holds what they share."""
-from core.methods.base import Method
+from core.methods.base import BASELINES, Method, Setting
 
 IG_STEPS = 50
 SMOOTHGRAD_SAMPLES = 25
 SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
 SHAP_SAMPLES = 25
 SHAP_NOISE = 0.09  # baseline noise std as a fraction of the input's value range
+
+BASELINE = Setting("baseline", "mean", choices=BASELINES,
+                   help="what a missing pixel is: the dataset-mean image, the image blurred, or black")
+SEED = Setting("seed", 0, 0, 2**31 - 1, help="seeds the random draws: the same seed, the same map")
+
+
+def _samples(default: int) -> Setting:
+    return Setting("samples", default, 1, 1000, help="noisy copies averaged (each a forward+backward)")
+
+
+def _noise(default: float) -> Setting:
+    return Setting("noise", default, 0.0, 1.0, help="noise std, as a fraction of the input's value range")
 
 
 class GradientMethod(Method):
@@ -74,33 +86,44 @@ class InputXGradient(GradientMethod):
 class IntegratedGradients(GradientMethod):
     name = "integrated-gradients"
     passes = f"{IG_STEPS} forward+backward"
-    nodes = IG_STEPS
-    params = {"steps": IG_STEPS, "baseline": "zero (the dataset mean)"}
+    options = (Setting("steps", IG_STEPS, 1, 1000, help="points on the path (each a forward+backward)"),
+               BASELINE)
 
-    def _gradients(self, net, x, target, steps: int = IG_STEPS):
-        import torch
+    @property
+    def nodes(self) -> int:
+        return self.params["steps"]
+
+    def input_attribution(self, model, net, x, target, steps: int | None = None):
+        from core.io.baselines import baseline_image
+
+        base = baseline_image(x.detach(), self.params["baseline"], model.mean, model.std)
+        return super().input_attribution(model, net, x, target, steps=steps or self.params["steps"], base=base)
+
+    def _gradients(self, net, x, target, steps: int, base):
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
         from core.methods.attribution import batch_size
 
-        # The zero baseline in normalised space is the dataset-mean image.
         return CaptumIntegratedGradients(net).attribute(
-            x, baselines=torch.zeros_like(x), target=target, n_steps=steps,
+            x, baselines=base.to(x.device), target=target, n_steps=steps,
             internal_batch_size=batch_size(net, x, steps)).detach()
 
     def stepped(self, model, net, x, target, nodes=None):
         from core.methods.attribution import IntegratedGradientsRun
 
-        return IntegratedGradientsRun(self, model, x, target, nodes or IG_STEPS, net)
+        return IntegratedGradientsRun(self, model, x, target, nodes or self.nodes, net)
 
     def through(self, model, inner, forward, x, target):
         import torch
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
+        from core.io.baselines import baseline_image
         from core.methods.attribution import batch_size, collapse_channels
 
+        steps = self.params["steps"]
         grads = CaptumIntegratedGradients(forward).attribute(
-            x, target=target, n_steps=IG_STEPS, internal_batch_size=batch_size(inner, x, IG_STEPS))
+            x, baselines=baseline_image(x, self.params["baseline"], model.mean, model.std), target=target,
+            n_steps=steps, internal_batch_size=batch_size(inner, x, steps))
         with torch.no_grad():
             logits = forward(x)
         return collapse_channels(grads), logits
@@ -109,16 +132,22 @@ class IntegratedGradients(GradientMethod):
 class SmoothGrad(GradientMethod):
     name, magnitude_ranked = "smoothgrad", True
     passes = f"{SMOOTHGRAD_SAMPLES} forward+backward"
-    nodes = SMOOTHGRAD_SAMPLES
-    params = {"samples": SMOOTHGRAD_SAMPLES, "noise": SMOOTHGRAD_NOISE}
+    options = (_samples(SMOOTHGRAD_SAMPLES), _noise(SMOOTHGRAD_NOISE), SEED)
 
-    def _gradients(self, net, x, target, samples: int = SMOOTHGRAD_SAMPLES, noise: float = SMOOTHGRAD_NOISE,
-                   seed: int = 0):
+    @property
+    def nodes(self) -> int:
+        return self.params["samples"]
+
+    def _gradients(self, net, x, target, samples: int | None = None, noise: float | None = None,
+                   seed: int | None = None):
         from captum.attr import NoiseTunnel, Saliency
 
         from core.methods.attribution import batch_size
         from core.runtime.device import seeded
 
+        p = self.params
+        samples, noise, seed = samples or p["samples"], p["noise"] if noise is None else noise, \
+            p["seed"] if seed is None else seed
         spread = noise * float(x.detach().max() - x.detach().min())
         # A fixed seed makes the map repeatable (caches, tests) without touching the caller's RNG.
         with seeded(seed, x.device):
@@ -129,7 +158,8 @@ class SmoothGrad(GradientMethod):
     def stepped(self, model, net, x, target, nodes=None):
         from core.methods.attribution import SmoothGradRun
 
-        return SmoothGradRun(self, model, x, target, nodes or SMOOTHGRAD_SAMPLES, SMOOTHGRAD_NOISE, 0, net)
+        p = self.params
+        return SmoothGradRun(self, model, x, target, nodes or p["samples"], p["noise"], p["seed"], net)
 
 
 class GuidedBackprop(GradientMethod):
@@ -195,12 +225,6 @@ class Lrp(Method):
             return lrp(model, x, target)
 
 
-def _zero_baseline(x):
-    import torch
-
-    return torch.zeros_like(x)  # the dataset-mean image in normalised space
-
-
 class DeepLift(Method):
     """Captum's DeepLIFT (rescale rule) from the dataset-mean image. Captum overrides nn.ReLU
     and a few other activation modules; through others (ReLU6, SiLU, GELU, functional calls) it
@@ -212,7 +236,8 @@ class DeepLift(Method):
     # Its hooks sit on the same activation modules that carry the pathway's masks, and the two do
     # not compose: through all-kept masks its map differed from its own by up to 30 % (tested).
     through_network = False
-    params = {"baseline": "zero (the dataset mean)", "rule": "rescale"}
+    options = (BASELINE,)
+    fixed = {"rule": "rescale"}
 
     def supports(self, model):
         why = _deeplift_unsupported(model.module)
@@ -222,13 +247,15 @@ class DeepLift(Method):
         from captum.attr import DeepLift as CaptumDeepLift
 
         from core.errors import UnsupportedMethod
+        from core.io.baselines import baseline_image
         from core.methods.attribution import collapse_channels
 
         why = _unhookable_activation(net, x)
         if why:
             raise UnsupportedMethod(f"DeepLIFT does not support {model.name}: {why}")
         x = x.detach().clone().requires_grad_(True)
-        return collapse_channels(CaptumDeepLift(net).attribute(x, _zero_baseline(x), target=target).detach())
+        base = baseline_image(x.detach(), self.params["baseline"], model.mean, model.std)
+        return collapse_channels(CaptumDeepLift(net).attribute(x, base, target=target).detach())
 
 
 def _deeplift_unsupported(module) -> str:
@@ -260,21 +287,33 @@ class GradientShap(Method):
 
     name = "gradient-shap"
     passes = f"{SHAP_SAMPLES} forward+backward"
-    interactive = False  # 4.6 s on Lite0 in one Captum call the app's worker cannot split
-    params = {"samples": SHAP_SAMPLES, "noise": SHAP_NOISE, "seed": 0}
+    interactive = False  # 4.6 s on Lite0: the app runs it in steps (stepped())
+    options = (_samples(SHAP_SAMPLES), _noise(SHAP_NOISE), BASELINE, SEED)
+
+    @property
+    def nodes(self) -> int:
+        return self.params["samples"]
 
     def attribute(self, model, net, x, target):
         from captum.attr import GradientShap as CaptumGradientShap
 
+        from core.io.baselines import baseline_image
         from core.methods.attribution import collapse_channels
         from core.runtime.device import seeded
 
-        spread = SHAP_NOISE * float(x.max() - x.min())
+        p = self.params
+        spread = p["noise"] * float(x.max() - x.min())
         x = x.detach().clone().requires_grad_(True)
-        with seeded(0, x.device):
-            grads = CaptumGradientShap(net).attribute(x, _zero_baseline(x), n_samples=SHAP_SAMPLES,
-                                                      stdevs=spread, target=target)
+        base = baseline_image(x.detach(), p["baseline"], model.mean, model.std)
+        with seeded(p["seed"], x.device):
+            grads = CaptumGradientShap(net).attribute(x, base, n_samples=p["samples"], stdevs=spread,
+                                                      target=target)
         return collapse_channels(grads.detach())
+
+    def stepped(self, model, net, x, target, nodes=None):
+        from core.methods.attribution import GradientShapRun
+
+        return GradientShapRun(self, model, x, target, net)
 
 
 class GuidedGradCam(Method):

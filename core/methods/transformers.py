@@ -105,7 +105,7 @@ class AttentionRollout(_Rollout):
 
     name = "attention-rollout"
     passes = "1 forward"
-    params = {"heads": "mean", "residual": "0.5 A + 0.5 I"}
+    fixed = {"heads": "mean", "residual": "0.5 A + 0.5 I"}
 
     def rollout(self, attentions, gradients):
         import torch
@@ -125,7 +125,7 @@ class GradRollout(_Rollout):
 
     name = "grad-rollout"
     passes = "1 forward+backward"
-    params = {"heads": "mean of (dy/dA * A)+"}
+    fixed = {"heads": "mean of (dy/dA * A)+"}
     needs_gradient = True
 
     def rollout(self, attentions, gradients):

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError, UnsupportedMethod, reason
-from core.methods import ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution, ranked
+from core.methods import (ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution,
+                          checked_settings, configured, ranked)
 from core.network.neurons import (MaskedForward, Taps, intercept, intgrad_scores, layer_modules,
                                   taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
@@ -65,11 +66,12 @@ class Caches:
 
 class Engine:
     """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper".
-    trace, caches: another engine's, for from_tensor, with_target and with_ties."""
+    settings: the methods' settings, {method: {key: value}} (core.methods.checked_settings).
+    trace, caches: another engine's, for from_tensor, with_target, with_ties and with_settings."""
 
     def __init__(self, model, image_rgb: np.ndarray | None = None, target: int | None = None,
-                 ties: str = "exact", fold: bool = True, *, trace: Trace | None = None,
-                 caches: Caches | None = None, taps: tuple | None = None):
+                 ties: str = "exact", fold: bool = True, *, settings: dict | None = None,
+                 trace: Trace | None = None, caches: Caches | None = None, taps: tuple | None = None):
         if ties not in TIES:
             raise PruneScopeError(f"unknown tie rule '{ties}': choose {' or '.join(TIES)}")
         if trace is None:
@@ -84,26 +86,44 @@ class Engine:
         if not 0 <= self.target < n_classes:
             raise PruneScopeError(f"target class {self.target} is out of range (0..{n_classes - 1})")
         self._cache = Caches() if caches is None else caches
+        self.settings = checked_settings(settings)
 
     @classmethod
     def from_tensor(cls, model, x: torch.Tensor, target: int | None = None,
-                    ties: str = "exact", fold: bool = True) -> "Engine":
+                    ties: str = "exact", fold: bool = True, settings: dict | None = None) -> "Engine":
         """fold=False: the model's own module, for a single map of a model made for it (the
         folded copy is made once per model and costs about as much as a map)."""
         x = x.to(model.device)
         trace, taps = Trace.of(model, x, _view_of(model, x), fold)
-        return cls(model, target=target, ties=ties, trace=trace, taps=taps)
+        return cls(model, target=target, ties=ties, settings=settings, trace=trace, taps=taps)
 
     def with_target(self, target: int) -> "Engine":
         """The same image and model explained for another class; the forward is reused."""
-        return Engine(self.model, target=target, ties=self.ties, trace=self._trace)
+        return Engine(self.model, target=target, ties=self.ties, settings=self.settings, trace=self._trace)
 
     def with_ties(self, ties: str) -> "Engine":
         """The same explanation under another tie rule; scores, maps and curves are shared."""
-        other = Engine(self.model, target=self.target, ties=ties, trace=self._trace, caches=self._cache,
-                       taps=self._taps)
+        return self._sharing(ties, self.settings)
+
+    def with_settings(self, settings: dict | None) -> "Engine":
+        """The same explanation with other method settings; what they do not change is shared
+        (maps and curves are kept per setting)."""
+        return self._sharing(self.ties, settings)
+
+    def _sharing(self, ties: str, settings: dict | None) -> "Engine":
+        other = Engine(self.model, target=self.target, ties=ties, settings=settings, trace=self._trace,
+                       caches=self._cache, taps=self._taps)
         self._taps = None  # the same target: its scores may come from them, once
         return other
+
+    def spec(self, method: str):
+        """Method `method` (core.methods.base.Method) under this engine's settings."""
+        return configured(method, self.settings)
+
+    def _key(self, method: str):
+        """A method's cache key: its name, with its settings where they are not the defaults."""
+        token = self.spec(method).token if method in BY_NAME else ()
+        return (method, token) if token else method
 
     # -- prediction ------------------------------------------------------------------------
     @property
@@ -165,7 +185,7 @@ class Engine:
         newer position is asked for (the backward, once begun, runs to the end)."""
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
-        spec = _supported(method, self.model)
+        spec = _supported(self.spec(method), self.model)
         factors = self._factors(sparsity, mode, selector)
         counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
         if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
@@ -266,13 +286,14 @@ class Engine:
             return self.pathway(sparsity, mode, selector, PATHWAY_METHODS[method]).map
         if method not in CLASSIC_METHODS:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
-        if method not in self._cache.maps:
-            spec = _supported(method, self.model)
+        key = self._key(method)
+        if key not in self._cache.maps:
+            spec = _supported(self.spec(method), self.model)
             # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
             # folded copy (the same function, faster).
             net = self.model.module if spec.runs_on_loaded else self.module
-            self._cache.maps[method] = spec.attribute(self.model, net, self.x, self.target)
-        return self._cache.maps[method]
+            self._cache.maps[key] = spec.attribute(self.model, net, self.x, self.target)
+        return self._cache.maps[key]
 
     def iter_attribution(self, method: str, step_seconds: float | None = None,
                          nodes: int | None = None) -> Job[np.ndarray]:
@@ -281,23 +302,25 @@ class Engine:
         stopped run resumes where it was. nodes: such a method on fewer passes than its own, a
         coarser map for a first look, kept apart from its own (the finished full map is returned
         instead when there is one)."""
-        spec = BY_NAME.get(method)
-        if spec is None or spec.nodes is None or method in self._cache.maps:
+        key = self._key(method)
+        spec = self.spec(method) if method in CLASSIC_METHODS else None
+        if spec is None or spec.nodes is None or key in self._cache.maps:
             return self.attribution(method)
+        spec = _supported(spec, self.model)
         if nodes and nodes < spec.nodes:
-            if (method, nodes) not in self._cache.coarse:
+            if (key, nodes) not in self._cache.coarse:
                 coarse = spec.stepped(self.model, self.module, self.x, self.target, nodes)
                 grads = yield from coarse.steps(step_seconds or math.inf)
-                self._cache.coarse[method, nodes] = attribution.collapse_channels(grads)
-            return self._cache.coarse[method, nodes]
+                self._cache.coarse[key, nodes] = attribution.collapse_channels(grads)
+            return self._cache.coarse[key, nodes]
         if not step_seconds:
             return self.attribution(method)
-        if method not in self._cache.runs:
-            self._cache.runs[method] = spec.stepped(self.model, self.module, self.x, self.target)
-        grads = yield from self._cache.runs[method].steps(step_seconds)
-        self._cache.maps[method] = attribution.collapse_channels(grads)
-        del self._cache.runs[method]
-        return self._cache.maps[method]
+        if key not in self._cache.runs:
+            self._cache.runs[key] = spec.stepped(self.model, self.module, self.x, self.target)
+        grads = yield from self._cache.runs[key].steps(step_seconds)
+        self._cache.maps[key] = attribution.collapse_channels(grads)
+        del self._cache.runs[key]
+        return self._cache.maps[key]
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
                     baseline: str = "mean", step_seconds: float | None = None,
@@ -305,7 +328,7 @@ class Engine:
         """Deletion/insertion for a map; classic methods' curves are cached (cache=False: for a
         map that is not the method's own, e.g. a coarse one). step_seconds, insertion: see
         core.pathway.curves.iter_curves."""
-        key = (method, steps, baseline)
+        key = (self._key(method), steps, baseline)
         if cache and key in self._cache.curves:
             return self._cache.curves[key]
         if baseline not in self._cache.ends:  # the curves' first and last points, the same for every map
@@ -389,11 +412,14 @@ class Engine:
 
 
 def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: float = 70.0,
-                selector: str = "taylor", mode: str = "global") -> np.ndarray:
-    """One map, no caching kept: for sanity checks, evaluation and pruning drift."""
+                selector: str = "taylor", mode: str = "global", settings: dict | None = None) -> np.ndarray:
+    """One map, no caching kept: for sanity checks, evaluation and pruning drift. settings: the
+    methods' (see Engine)."""
     if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
-        return _supported(method, model).attribute(model, model.module, x.to(model.device), target)
-    return Engine.from_tensor(model, x, target, fold=False).attribution(method, sparsity, mode, selector)
+        spec = _supported(configured(method, checked_settings(settings)), model)
+        return spec.attribute(model, model.module, x.to(model.device), target)
+    return Engine.from_tensor(model, x, target, fold=False, settings=settings).attribution(method, sparsity, mode,
+                                                                                           selector)
 
 
 def _module_of(model, x: torch.Tensor, fold: bool):
@@ -402,9 +428,9 @@ def _module_of(model, x: torch.Tensor, fold: bool):
     return model.folded(x) if fold else model.module
 
 
-def _supported(method: str, model):
-    """The method's class, if it can run on this model; else UnsupportedMethod saying why."""
-    spec = BY_NAME[method]
+def _supported(spec, model):
+    """spec (a method, or its name), if it can run on this model; else UnsupportedMethod saying why."""
+    spec = BY_NAME[spec] if isinstance(spec, str) else spec
     ok, why = spec.supports(model)
     if not ok:
         raise UnsupportedMethod(why)

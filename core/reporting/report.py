@@ -99,7 +99,7 @@ def report_dict(engine, analysis, settings: dict, image_path=None) -> dict:
     for method, r in analysis.results.items():
         entry = {"seconds": round(r.seconds, 4)}
         if method in BY_NAME:  # what reproduces the map: the CAMs' layer, the others' settings
-            settings_of = dict(BY_NAME[method].settings(engine.model))
+            settings_of = dict(engine.spec(method).settings(engine.model))
             if "layer" in settings_of:
                 entry["layer"] = settings_of.pop("layer")
             entry["params"] = settings_of
