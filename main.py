@@ -49,7 +49,7 @@ def _run_gui_bench(args: argparse.Namespace) -> int:
     from gui.latency import run_gui_bench  # Qt only for --gui
 
     image = args.image or str(next(p for p in sample_images() if p.name == "chelsea.png"))
-    print(json.dumps(run_gui_bench(image, _card_of(args)), indent=2))
+    print(json.dumps(run_gui_bench(image, _card_of(args), args.all_methods), indent=2))
     return 0
 
 

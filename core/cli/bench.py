@@ -13,6 +13,9 @@ def register(subparsers) -> None:
                    help="drive the real window offscreen instead: time to the first map and to "
                         "everything on screen, slider-to-map latency at three paces, GUI stalls")
     p.add_argument("--image", metavar="FILE", help="the photo --gui opens (default: chelsea.png)")
+    p.add_argument("--all-methods", action="store_true",
+                   help="with --gui: every method and every pathway version ticked, the slider driven while "
+                        "the slow ones are computed")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="torch threads for the engine figures (default: torch's own; the app's worker "
                         "uses every core up to 4, one fewer above)")

@@ -30,7 +30,6 @@ ALL_METHODS = tuple(BY_NAME)
 CLASSIC_METHODS = tuple(m.name for m in PLAIN)
 PATHWAY_METHODS = {m.name: m.of.name for m in METHODS if isinstance(m, Pathway)}
 MAGNITUDE_RANKED = frozenset(m.name for m in METHODS if m.magnitude_ranked)
-INTERACTIVE = tuple(m.name for m in PLAIN if m.interactive)  # what the app's map job offers
 
 # What each command and tab computes when the user names no methods, in display order.
 DEFAULTS = {

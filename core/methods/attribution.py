@@ -13,7 +13,7 @@ from torch import nn
 
 from core.errors import ModelError, UnsupportedMethod
 from core.network.hooks import hooked
-from core.network.neurons import intercept
+from core.network.neurons import intercept, unwrapped
 from core.network.tokens import grid_side
 from core.progress import Progress
 
@@ -85,7 +85,7 @@ class _SteppedRun:
         raise NotImplementedError
 
     def steps(self, step_seconds: float):
-        """Job: advances in chunks of about step_seconds; returns the 1xCxHxW attribution."""
+        """Job: advances in chunks of about step_seconds; returns the HxW map."""
         while self.done < self.count:
             per = self._per_input
             size = 1 if per is None else int(max(1, min(self._most, step_seconds / per)))
@@ -99,7 +99,7 @@ class _SteppedRun:
             self._per_input = (time.perf_counter() - began) / (rows.stop - rows.start)
             self.done = rows.stop
             yield Progress(self.done / self.count, f"{self.label} {self.done}/{self.count}")
-        return self._result().detach()
+        return collapse_channels(self._result())
 
 
 class IntegratedGradientsRun(_SteppedRun):
@@ -239,7 +239,7 @@ def guided_backprop(forward: nn.Module, x: torch.Tensor, target: int) -> torch.T
 def grad_cam_layer(model, net: nn.Module) -> nn.Module:
     """The model's Grad-CAM layer inside net (the engine's pruned network wraps the module as
     `inner`, where the layer keeps its name)."""
-    return getattr(net, "inner", net).get_submodule(model.gradcam_layer)
+    return unwrapped(net).get_submodule(model.gradcam_layer)
 
 
 def layer_grad_cam(model, net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:

@@ -76,7 +76,8 @@ class Method:
     through_network: bool = True    # computed through the network, so it has a pathway version
     runs_on_loaded: bool = False    # reads a layer by name (CAMs, LRP): runs on the model as loaded,
                                     # not on the engine's batch-norm-folded copy
-    nodes: int | None = None        # the passes its map sums, where it runs in steps (stepped())
+    sums: bool = False              # a sum over passes that it runs in steps of its own (stepped())
+    coarse: dict[str, Any] = {}     # settings for the app's first, coarser map (fewer passes)
     options: tuple[Setting, ...] = ()  # what the user may change (the app, --method-params)
     fixed: dict[str, Any] = {}      # what else reproduces its map, recorded in report.json
     values: dict[str, Any] = {}     # the user's settings, over the options' defaults (configured())
@@ -124,10 +125,31 @@ class Method:
     def attribute(self, model, net, x, target: int):
         raise NotImplementedError
 
-    def stepped(self, model, net, x, target: int, nodes: int | None = None):
-        """Where `nodes` is set: its map as a run in resumable steps (core.methods.attribution's
-        SteppedRun), on `nodes` passes instead of its own for a coarser first map."""
-        raise NotImplementedError
+    @property
+    def in_steps(self) -> bool:
+        """Whether the app computes it in resumable steps (stepped()): the sums, and the methods
+        too slow for one step."""
+        return self.sums or not self.interactive
+
+    def forwards(self, model, x) -> int | None:
+        """The rows its map sends through the network (None: not known beforehand), for progress."""
+        return None
+
+    def stepped(self, model, net, x, target: int, step_seconds: float, private: bool | None = None):
+        """Its map as a run in resumable steps: .steps(step_seconds) is a job that returns the
+        map. By default the library's call in a thread of its own, stopped between forwards
+        (core.methods.library_run); private: on a copy of net (default: for the methods that hook
+        the model's layers, runs_on_loaded)."""
+        from core.methods.library_run import LibraryRun
+
+        batched = any(o.key == "batch" for o in self.options)
+
+        def call(gated):  # a batch the size of a step's chunk: a library that cannot have it cut
+            spec = self.configured({"batch": gated.chunk}) if batched else self
+            return spec.attribute(model, gated, x, target)
+
+        return LibraryRun(call, net, x, step_seconds, self.forwards(model, x), self.name,
+                          self.runs_on_loaded if private is None else private)
 
     def through(self, model, inner, forward, x, target: int):
         """Its pathway version: (its map on the network pruned for x, that network's logits on x).

@@ -26,6 +26,11 @@ class _LibraryCam(Method):
     def layer(self, model):
         return model.gradcam_layer
 
+    def forwards(self, model, x):
+        layer = model.module.get_submodule(model.gradcam_layer)
+        channels = getattr(layer, "out_channels", None)  # a convolution's; else unknown
+        return None if channels is None else channels + 1
+
     def _make(self, net, layer, reshape):
         import pytorch_grad_cam
 

@@ -89,9 +89,7 @@ class IntegratedGradients(GradientMethod):
     options = (Setting("steps", IG_STEPS, 1, 1000, help="points on the path (each a forward+backward)"),
                BASELINE)
 
-    @property
-    def nodes(self) -> int:
-        return self.params["steps"]
+    sums, coarse = True, {"steps": 16}  # the app's first map: 16 of the 50 nodes
 
     def input_attribution(self, model, net, x, target, steps: int | None = None):
         from core.io.baselines import baseline_image
@@ -108,10 +106,10 @@ class IntegratedGradients(GradientMethod):
             x, baselines=base.to(x.device), target=target, n_steps=steps,
             internal_batch_size=batch_size(net, x, steps)).detach()
 
-    def stepped(self, model, net, x, target, nodes=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None):
         from core.methods.attribution import IntegratedGradientsRun
 
-        return IntegratedGradientsRun(self, model, x, target, nodes or self.nodes, net)
+        return IntegratedGradientsRun(self, model, x, target, self.params["steps"], net)
 
     def through(self, model, inner, forward, x, target):
         import torch
@@ -134,9 +132,7 @@ class SmoothGrad(GradientMethod):
     passes = f"{SMOOTHGRAD_SAMPLES} forward+backward"
     options = (_samples(SMOOTHGRAD_SAMPLES), _noise(SMOOTHGRAD_NOISE), SEED)
 
-    @property
-    def nodes(self) -> int:
-        return self.params["samples"]
+    sums = True
 
     def _gradients(self, net, x, target, samples: int | None = None, noise: float | None = None,
                    seed: int | None = None):
@@ -155,11 +151,11 @@ class SmoothGrad(GradientMethod):
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=spread, target=target, abs=False,
                 nt_samples_batch_size=batch_size(net, x, samples)).detach()
 
-    def stepped(self, model, net, x, target, nodes=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None):
         from core.methods.attribution import SmoothGradRun
 
         p = self.params
-        return SmoothGradRun(self, model, x, target, nodes or p["samples"], p["noise"], p["seed"], net)
+        return SmoothGradRun(self, model, x, target, p["samples"], p["noise"], p["seed"], net)
 
 
 class GuidedBackprop(GradientMethod):
@@ -272,9 +268,9 @@ def _deeplift_unsupported(module) -> str:
 def _unhookable_activation(net, x) -> str:
     """Why Captum's module hooks would miss an activation of net, or '': one that is a function
     call rather than a module of its own, or a module called more than once."""
-    from core.network.neurons import layer_modules, trace_layers
+    from core.network.neurons import layer_modules, trace_layers, unwrapped
 
-    inner = getattr(net, "inner", net)
+    inner = unwrapped(net)
     layers, _ = trace_layers(inner, x)
     if layer_modules(inner, layers) is None:
         return "an activation is a function call or a module that runs more than once per forward"
@@ -290,9 +286,7 @@ class GradientShap(Method):
     interactive = False  # 4.6 s on Lite0: the app runs it in steps (stepped())
     options = (_samples(SHAP_SAMPLES), _noise(SHAP_NOISE), BASELINE, SEED)
 
-    @property
-    def nodes(self) -> int:
-        return self.params["samples"]
+    sums = True
 
     def attribute(self, model, net, x, target):
         from captum.attr import GradientShap as CaptumGradientShap
@@ -310,7 +304,7 @@ class GradientShap(Method):
                                                       target=target)
         return collapse_channels(grads.detach())
 
-    def stepped(self, model, net, x, target, nodes=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None):
         from core.methods.attribution import GradientShapRun
 
         return GradientShapRun(self, model, x, target, net)

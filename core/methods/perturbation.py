@@ -87,6 +87,7 @@ class _Superpixels(Method):
                Setting("samples", SHAP_SAMPLES, 10, 10000, help="perturbed images (each a forward)"),
                BASELINE, SEED)
     fixed = {"batch": BATCH}
+    coarse = {"samples": 50}  # the app's first map
     captum_class = ""
 
     def forwards(self, model, x) -> int:
@@ -131,6 +132,7 @@ class Rise(Method):
                Setting("keep", RISE_KEEP, 0.01, 0.99, help="probability that a cell is kept"),
                SEED)
     fixed = {"batch": BATCH}
+    coarse = {"masks": 100}  # the app's first map: the first 100 of the same masks
 
     def forwards(self, model, x) -> int:
         return self.params["masks"]

@@ -72,11 +72,12 @@ class _Rollout(Method):
         import torch.nn.functional as F
 
         from core.methods.attribution import prepared
+        from core.network.neurons import unwrapped
         from core.network.tokens import grid_side
 
         x, target = prepared(self, model, x, target)
         seen: list = []
-        inner = getattr(net, "inner", net)
+        inner = unwrapped(net)
         # the parameters are frozen: the input needing its gradient puts the attention in the graph
         with torch.set_grad_enabled(self.needs_gradient), explicit_attention(attention_modules(inner), seen):
             score = net(x.requires_grad_(self.needs_gradient))[0, target]

@@ -340,6 +340,8 @@ class MaskedNetwork(nn.Module):
     forward multiplies every activation by its mask (MaskedForward). The masks are one
     sample's, so a batch of perturbed inputs runs through the same pruned network."""
 
+    wraps_network = True  # unwrapped() looks through it
+
     def __init__(self, inner: nn.Module, forward: Callable):
         super().__init__()
         self.inner = inner
@@ -347,6 +349,14 @@ class MaskedNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._masked(x)
+
+
+def unwrapped(net: nn.Module) -> nn.Module:
+    """The network inside PruneScope's wrappers (MaskedNetwork, the app's gated network), whose
+    layers keep the model's names."""
+    while getattr(net, "wraps_network", False):
+        net = net.inner
+    return net
 
 
 def _alone(module: nn.Module) -> bool:

@@ -4,6 +4,7 @@ Neuron scores depend only on (model, input, target), so they are cached and rank
 sparsity then costs a threshold lookup and one masked forward and backward. Classic maps and
 their curves are cached too. The GUI and the CLI both drive this object.
 """
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from torch import nn
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import (ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution,
                           checked_settings, configured, ranked)
-from core.network.neurons import (MaskedForward, Taps, intercept, intgrad_scores, layer_modules,
-                                  taylor_scores, trace_layers)
+from core.network.neurons import (MaskedForward, MaskedNetwork, Taps, intercept, intgrad_scores,
+                                  layer_modules, taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
 from core.pathway.ranking import Ranking
 from core.pathway.results import Analysis, AutoSparsity, MethodResult, PathwayResult, Prediction, Sweep
@@ -61,7 +62,7 @@ class Caches:
     ends: dict = field(default_factory=dict)     # baseline -> end_probs
     sweep: dict = field(default_factory=dict)    # sweep points done: a restarted sweep skips them
     runs: dict = field(default_factory=dict)     # method -> its run under way in steps (Method.stepped)
-    coarse: dict = field(default_factory=dict)   # (method, nodes) -> a first, coarser map
+    coarse: dict = field(default_factory=dict)   # method -> a first, coarser map (Method.coarse)
 
 
 class Engine:
@@ -187,20 +188,29 @@ class Engine:
             raise PruneScopeError(f"no pathway version of '{method}'")
         spec = _supported(self.spec(method), self.model)
         factors = self._factors(sparsity, mode, selector)
-        counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
-        if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
-            counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
-                                  for f in factors]).tolist()
-        kept = [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
-        p = float(self.probs[self.target])
+        kept = self._kept(factors, sparsity, mode, selector)
         if all(k == n for _, k, n in kept):
             # Nothing pruned: the pruned network is the network, so this is the method's own
             # map. Computed again it could differ in the last bits: some CPU convolution
             # backwards are not deterministic across threads (Inception's 1x3 kernels on 1x1
             # maps), and then two runs of one gradient differ.
+            p = float(self.probs[self.target])
             return PathwayResult(self.attribution(method).copy(), 0.0, 0.0, p, kept, factors, float(sparsity))
         attr_map, logits = spec.through(self.model, self.module, self._scaled_forward(factors, stop), self.x,
                                         self.target)
+        return self._result(attr_map, logits, factors, sparsity, mode, selector, kept)
+
+    def _kept(self, factors, sparsity: float, mode: str, selector: str) -> list[tuple[str, int, int]]:
+        """(layer name, neurons kept, neurons) of each layer."""
+        counts = run(self.iter_scores(selector)).counts(sparsity, mode, self.ties)
+        if counts is None:  # sums: count_nonzero of floats is 30x slower; float32 is exact below 2^24
+            counts = torch.stack([f.sum(dtype=torch.float32 if f.numel() < 1 << 24 else torch.float64).double()
+                                  for f in factors]).tolist()
+        return [(layer.name, round(n), f.numel()) for layer, n, f in zip(self.layers, counts, factors)]
+
+    def _result(self, attr_map, logits, factors, sparsity, mode, selector, kept=None) -> PathwayResult:
+        kept = self._kept(factors, sparsity, mode, selector) if kept is None else kept
+        p = float(self.probs[self.target])
         prob = float(torch.softmax(logits.detach().float(), dim=1)[0, self.target])
         pruned = 100.0 * (1 - sum(k for _, k, _ in kept) / max(1, sum(n for _, _, n in kept)))
         return PathwayResult(attr_map, pruned, abs(prob - p) / p, prob, kept, factors, float(sparsity))
@@ -289,38 +299,71 @@ class Engine:
         key = self._key(method)
         if key not in self._cache.maps:
             spec = _supported(self.spec(method), self.model)
-            # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
-            # folded copy (the same function, faster).
-            net = self.model.module if spec.runs_on_loaded else self.module
-            self._cache.maps[key] = spec.attribute(self.model, net, self.x, self.target)
+            self._cache.maps[key] = spec.attribute(self.model, self._net_of(spec), self.x, self.target)
         return self._cache.maps[key]
 
+    def _net_of(self, spec):
+        # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
+        # folded copy (the same function, faster).
+        return self.model.module if spec.runs_on_loaded else self.module
+
     def iter_attribution(self, method: str, step_seconds: float | None = None,
-                         nodes: int | None = None) -> Job[np.ndarray]:
-        """attribution() of a classic method; with step_seconds, methods that run in steps
-        (integrated gradients, SmoothGrad: Method.nodes) do, in steps of about that long, and a
-        stopped run resumes where it was. nodes: such a method on fewer passes than its own, a
-        coarser map for a first look, kept apart from its own (the finished full map is returned
-        instead when there is one)."""
+                         coarse: bool = False) -> Job[np.ndarray]:
+        """attribution() of a classic method; with step_seconds, the methods that run in steps
+        (Method.in_steps: the gradient sums, and the slow perturbation methods) do, in steps of
+        about that long, and a stopped run resumes where it was. coarse: where the method has
+        a coarser first map (Method.coarse: fewer passes), that one, kept apart from its own (the
+        finished full map is returned instead when there is one)."""
         key = self._key(method)
         spec = self.spec(method) if method in CLASSIC_METHODS else None
-        if spec is None or spec.nodes is None or key in self._cache.maps:
+        if spec is None or key in self._cache.maps or not step_seconds or not spec.in_steps:
             return self.attribution(method)
         spec = _supported(spec, self.model)
-        if nodes and nodes < spec.nodes:
-            if (key, nodes) not in self._cache.coarse:
-                coarse = spec.stepped(self.model, self.module, self.x, self.target, nodes)
-                grads = yield from coarse.steps(step_seconds or math.inf)
-                self._cache.coarse[key, nodes] = attribution.collapse_channels(grads)
-            return self._cache.coarse[key, nodes]
-        if not step_seconds:
-            return self.attribution(method)
+        fewer = self._fewer(spec) if coarse else {}
+        if fewer:
+            if key not in self._cache.coarse:
+                first = spec.configured(fewer).stepped(self.model, self._net_of(spec), self.x, self.target,
+                                                       step_seconds)
+                self._cache.coarse[key] = yield from first.steps(step_seconds)
+            return self._cache.coarse[key]
         if key not in self._cache.runs:
-            self._cache.runs[key] = spec.stepped(self.model, self.module, self.x, self.target)
-        grads = yield from self._cache.runs[key].steps(step_seconds)
-        self._cache.maps[key] = attribution.collapse_channels(grads)
+            self._cache.runs[key] = spec.stepped(self.model, self._net_of(spec), self.x, self.target, step_seconds)
+        self._cache.maps[key] = yield from self._cache.runs[key].steps(step_seconds)
         del self._cache.runs[key]
         return self._cache.maps[key]
+
+    def has_coarse(self, method: str) -> bool:
+        """Whether iter_attribution(coarse=True) would give a coarser map than the method's own."""
+        return (method in CLASSIC_METHODS and self._key(method) not in self._cache.maps
+                and bool(self._fewer(self.spec(method))))
+
+    @staticmethod
+    def _fewer(spec) -> dict:
+        return {k: v for k, v in spec.coarse.items() if v < spec.params[k]}
+
+    def iter_pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
+                     method: str = "gradient", step_seconds: float | None = None) -> Job[PathwayResult]:
+        """pathway(); with step_seconds, a method that runs in steps (Method.in_steps, but the
+        gradient sums, which the pruned network runs in one) does, on a private copy of the
+        pruned network, so that other work goes on between its steps. Not kept: a new sparsity
+        starts again."""
+        if not step_seconds or method not in BY_NAME or self.spec(method).interactive:
+            return self.pathway(sparsity, mode, selector, method)
+        if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
+            raise PruneScopeError(f"no pathway version of '{method}'")
+        spec = _supported(self.spec(method), self.model)
+        yield from self.iter_scores(selector)
+        factors = self._factors(sparsity, mode, selector)
+        kept = self._kept(factors, sparsity, mode, selector)
+        if all(k == n for _, k, n in kept):
+            return self.pathway(sparsity, mode, selector, method)  # nothing pruned: the method's own map
+        module, modules = copy.deepcopy((self.module, self._layer_modules))
+        net = MaskedNetwork(module, MaskedForward(module, modules, factors))
+        attr_map = yield from spec.stepped(self.model, net, self.x, self.target, step_seconds, private=False).steps(
+            step_seconds)
+        with torch.no_grad():
+            logits = net(self.x)
+        return self._result(attr_map, logits, factors, sparsity, mode, selector, kept)
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
                     baseline: str = "mean", step_seconds: float | None = None,

@@ -6,7 +6,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from superqt import QLabeledDoubleSlider
 
 from core.io import display
-from core.methods import DEFAULTS, PATHWAY, PATHWAY_METHODS
+from core.methods import BY_NAME, DEFAULTS, PATHWAY, PATHWAY_METHODS
 
 PATHWAY_VARIANTS = (("gradient", "gradient"), ("input × gradient", "input-x-gradient"),
                     ("integrated gradients", "integrated-gradients"))
@@ -41,6 +41,7 @@ class ControlPanel(QWidget):
     methods_changed = Signal()
     display_changed = Signal()
     auto_requested = Signal(float)  # tolerance: the output change allowed, as a fraction
+    settings_requested = Signal()  # the methods' settings dialog
     target_clicked = Signal(int)  # a class id from the top-5
 
     def __init__(self, parent=None):
@@ -125,12 +126,19 @@ class ControlPanel(QWidget):
 
     def _methods_box(self) -> QGroupBox:
         box = QGroupBox("Compare with")
-        self._methods_layout = QGridLayout(box)
+        outer = QVBoxLayout(box)
+        self._methods_layout = QGridLayout()
         self._methods_layout.setVerticalSpacing(2)
         self.method_boxes: dict[str, QCheckBox] = {}
         self.pathway_boxes: dict[str, QCheckBox] = {}
         self._methods_note = QLabel("loading…")
         self._methods_layout.addWidget(self._methods_note)
+        self.method_settings = QPushButton("Method settings…")
+        self.method_settings.setToolTip("Occlusion's window, sample and mask counts, IG's steps, SmoothGrad's "
+                                        "noise, the baselines, ...: the same as explain's --method-params")
+        self.method_settings.clicked.connect(self.settings_requested.emit)
+        outer.addLayout(self._methods_layout)
+        outer.addWidget(self.method_settings)
         return box
 
     def _display_box(self) -> QGroupBox:
@@ -189,6 +197,9 @@ class ControlPanel(QWidget):
             if method in self.method_boxes:
                 continue
             box = QCheckBox(method)
+            spec = BY_NAME[method]
+            box.setToolTip(f"{spec.passes}" + ("" if spec.interactive else
+                                               ": computed in steps while you work, coarse first where it can be"))
             box.setChecked(method in checked)
             box.toggled.connect(lambda _on: self.methods_changed.emit())
             row = len(self.method_boxes)  # one per row: the ↝ boxes make two columns too wide

@@ -2,7 +2,13 @@
 the engine on screen, and once everything is on screen the tab announces it and refines."""
 from dataclasses import dataclass, field
 
+from core.methods import BY_NAME
 from gui.explain import jobs as explain_jobs
+
+
+def _coarse_note(method: str) -> str:
+    fewer = ", ".join(f"{key} {value}" for key, value in BY_NAME[method].coarse.items())
+    return f"coarse ({fewer}), refining…"
 
 
 @dataclass
@@ -59,7 +65,7 @@ class ExplainDrawing:
         for method, attr in maps.items():
             if self.shown.refining:
                 self.shown.coarse_maps.pop(method, None)
-            elif method == "integrated-gradients":
+            elif method in result.coarse:
                 self.shown.coarse_maps[method] = attr
         for method in maps:  # a retry that worked
             self.shown.unavailable.pop(method, None)
@@ -93,8 +99,7 @@ class ExplainDrawing:
         self._check_complete()
 
     def _draw_maps(self) -> None:
-        coarse = f"coarse ({explain_jobs.COARSE_IG_NODES} nodes), refining…"
-        self.heatmaps.set_maps({m: (self.shown.maps[m], coarse if m in self.shown.coarse_maps else "")
+        self.heatmaps.set_maps({m: (self.shown.maps[m], _coarse_note(m) if m in self.shown.coarse_maps else "")
                                 for m in self.methods() if m in self.shown.maps})
         for method in self.methods():
             if method in self.shown.unavailable:

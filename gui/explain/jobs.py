@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import UnsupportedMethod, reason
-from core.methods import PATHWAY
+from core.methods import BY_NAME, PATHWAY
 from core.network.tokens import grid_side
 from core.progress import Progress, scaled
 
@@ -71,6 +71,7 @@ class Maps:
     skipped: dict = field(default_factory=dict)
     failed: dict = field(default_factory=dict)
     params: Params | None = None
+    coarse: set = field(default_factory=set)  # methods whose map is a coarser first one (Method.coarse)
 
 
 @dataclass
@@ -173,15 +174,12 @@ def _as_channel_maps(values: np.ndarray) -> np.ndarray:
     return values.reshape(-1, 1, 1)
 
 
-# Maps that take many passes (tens of forwards and backwards) are computed after the others,
-# so that the cheap ones are on screen first.
-MANY_PASSES = ("integrated-gradients", "smoothgrad")
-# Integrated gradients is first shown on this many of its 50 nodes (labelled coarse), then refined.
-COARSE_IG_NODES = 16
-
-
 def cheap_first(methods) -> list[str]:
-    return sorted(methods, key=lambda method: method in MANY_PASSES)
+    """Maps that take many passes (tens of forwards and backwards, or hundreds of forwards) come
+    after the others, so that the cheap ones are on screen first; a forward per channel (Score-CAM,
+    Ablation-CAM: a minute on a CPU) last."""
+    return sorted(methods, key=lambda method: (BY_NAME[method].in_steps, not BY_NAME[method].interactive,
+                                               BY_NAME[method].family == "cam"))
 
 
 def maps(engine, methods):
@@ -191,13 +189,14 @@ def maps(engine, methods):
 
 
 def pathway_maps(engine, params: Params, names):
-    """pathway-<method> maps at params, one step each."""
+    """pathway-<method> maps at params: one step each, or in steps for the slow methods."""
     out, skipped, failed = {}, {}, {}
     for i, name in enumerate(names):
         yield Progress(i / len(names), name)
         try:
-            out[name] = ruled(engine, params).pathway(params.sparsity, params.mode, params.selector,
-                                                      name.removeprefix(PATHWAY))
+            out[name] = yield from scaled(ruled(engine, params).iter_pathway(
+                params.sparsity, params.mode, params.selector, name.removeprefix(PATHWAY), STEP_SECONDS),
+                i / len(names), (i + 1) / len(names))
         except UnsupportedMethod as why:
             skipped[name] = str(why)
         except Exception as error:
@@ -206,15 +205,16 @@ def pathway_maps(engine, params: Params, names):
 
 
 def coarse_map(engine, method: str):
-    """Integrated gradients on COARSE_IG_NODES nodes."""
+    """The method's coarser first map (core.methods.base.Method.coarse: fewer passes)."""
     yield Progress(0.0, f"{method} (coarse)")
+    coarse = engine.has_coarse(method)
     try:
-        attr = yield from engine.iter_attribution(method, STEP_SECONDS, nodes=COARSE_IG_NODES)
+        attr = yield from engine.iter_attribution(method, STEP_SECONDS, coarse=True)
     except UnsupportedMethod as why:
         return Maps(engine, {}, skipped={method: str(why)})
     except Exception as error:
         return Maps(engine, {}, failed={method: reason(error)})
-    return Maps(engine, {method: attr})
+    return Maps(engine, {method: attr}, coarse={method} if coarse else set())
 
 
 def classic_curves(engine, methods, steps: int, coarse_maps: dict):

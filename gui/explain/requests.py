@@ -8,9 +8,10 @@ so; the export keeps full resolution).
 """
 from pathlib import Path
 
+from core.methods import BY_NAME
 from gui.explain import jobs as explain_jobs
 from gui.explain.masks import default_layer
-from gui.parts.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_VIEW
+from gui.parts.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_SLOW, PRIORITY_VIEW
 
 COARSE_CURVE_STEPS = 10  # the first curves of an image (labelled coarse); 20 follow once all is shown
 COARSE_EVERY = 3  # the first sweep takes every third point and the last (labelled coarse)
@@ -69,12 +70,21 @@ class ExplainRequests:
         if engine is None:
             return
         for method in explain_jobs.cheap_first(self.methods() if methods is None else methods):
-            if method == "integrated-gradients" and not self.shown.refining:
+            if BY_NAME[method].coarse and not self.shown.refining:
                 job = lambda method=method: explain_jobs.coarse_map(engine, method)  # noqa: E731
             else:
                 job = lambda method=method: explain_jobs.maps(engine, [method])  # noqa: E731
-            self.context.run_job(job, self._show_maps, key=f"map:{method}", priority=priority,
-                                 preemptible=True)
+            slow = not BY_NAME[method].interactive
+            progress = (lambda p, method=method: self._map_progress(method, p)) if slow else None
+            self.context.run_job(job, self._show_maps, on_progress=progress, key=f"map:{method}",
+                                 priority=PRIORITY_SLOW if slow else priority, preemptible=True)
+
+    def _map_progress(self, method: str, progress) -> None:
+        """A slow map's progress in its panel: below its coarse map, or instead of a map."""
+        if self._engine is not None and method in self.methods():
+            coarse = self.shown.coarse_maps.get(method) is not None
+            self.heatmaps.set_detail(method, f"{'coarse, refining' if coarse else 'computing'}: "
+                                             f"{progress.message}")
 
     def _request_pathway_maps(self) -> None:
         """The ↝ rows at the current pruning settings, one job for all, after the live map: a
@@ -86,9 +96,15 @@ class ExplainRequests:
             if name not in self.heatmaps.shown_maps():
                 self.heatmaps.set_note(name, "computing…")
         params = self.params()
-        self.context.run_job(lambda: explain_jobs.pathway_maps(engine, params, names),
-                             self._show_pathway_maps, key="pathway-maps", priority=PRIORITY_CURVES,
-                             preemptible=True)
+        # the slow methods one job each, in steps, after the others: a cheap row waits for none of them
+        cheap = [n for n in names if BY_NAME[n].interactive]
+        groups = [("pathway-maps", cheap)] * bool(cheap) + [(f"pathway-maps:{n}", [n]) for n in names
+                                                           if n not in cheap]
+        for key, group in groups:
+            progress = None if group is cheap else lambda p, name=group[0]: self._map_progress(name, p)
+            self.context.run_job(lambda group=group: explain_jobs.pathway_maps(engine, params, group),
+                                 self._show_pathway_maps, on_progress=progress, key=key,
+                                 priority=PRIORITY_CURVES if group is cheap else PRIORITY_SLOW, preemptible=True)
 
     def _request_curves(self) -> None:
         """The classic maps' curves, of the maps on screen: the slider does not touch them."""
@@ -111,7 +127,8 @@ class ExplainRequests:
         """Curves of the ↝ rows (methods through the pathway) just drawn, at their settings."""
         engine, steps = self._engine, self._steps()
         self.context.run_job(lambda: explain_jobs.through_curves(engine, maps, steps), self._show_curves,
-                             key="through-curves", priority=PRIORITY_CURVES, preemptible=True)
+                             key=f"through-curves:{','.join(maps.maps)}", priority=PRIORITY_CURVES,
+                             preemptible=True)
 
     def _request_sweep(self) -> None:
         """The sweep: coarse (fewer points, fewer curve steps) until everything is on screen,
@@ -198,7 +215,8 @@ class ExplainRequests:
         c = self.controls
         methods, params = self.methods(), self.params()
         image_path, cmap, alpha = self.context.current_image_path(), c.lut_name(), c.opacity.value()
-        extra = {"tolerance_percent": c.tolerance.value(), "colormap": cmap, "opacity": alpha,
+        extra = {"method_params": self._engine.settings, "tolerance_percent": c.tolerance.value(),
+                 "colormap": cmap, "opacity": alpha,
                  "values": c.sign.currentText(), "shared_scale": c.scale.currentData(),
                  "display": c.display_mode.currentData(), "display_top_percent": c.top_percent.value()}
         self.context.run_job(

@@ -5,12 +5,15 @@ turns the user's actions into requests. What it asks the worker for, and when, i
 gui.explain.requests (the jobs themselves, which run on the worker, in gui.explain.jobs); how each
 result is drawn, in gui.explain.drawing.
 """
+import json
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QSplitter, QWidget
 from superqt.utils import qdebounced
 
+from core.errors import PruneScopeError
 from core.io import display
-from core.methods import PATHWAY
+from core.methods import PATHWAY, checked_settings, configured
 from gui.explain import jobs as explain_jobs
 from gui.explain.controls import DEFAULT_METHODS, ControlPanel, select_data
 from gui.explain.curves import CurvesView
@@ -47,6 +50,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._setting = False  # the app, not the user, is moving the slider
         self._user_moves = 0  # the user's own slider moves: an auto result older than the last is dropped
         self._auto_search = None  # the Auto search on opening under way (a token)
+        self.method_settings: dict = {}  # the methods' settings (core.methods.checked_settings)
 
         scroll = QScrollArea()
         scroll.setWidget(self.controls)
@@ -79,6 +83,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         c.methods_changed.connect(self._on_methods)
         c.display_changed.connect(self._redraw)
         c.auto_requested.connect(self._auto)
+        c.settings_requested.connect(self._edit_method_settings)
         c.auto_open.toggled.connect(self._on_auto_open)
         c.target_clicked.connect(self._explain_class)
         self.masks.layer_selected.connect(self._request_layer)
@@ -123,6 +128,9 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def _show_panels(self) -> None:
         self.heatmaps.set_methods(self._panel_names())
         self.curves.set_methods(self._curve_names(), live=self.params().method_name)
+        for name in self._panel_names():  # the settings a map was made with, beside its title
+            summary = configured(name, self.method_settings).summary()
+            self.heatmaps.set_title(name, f"{name} · {summary}" if summary else name)
 
     def is_complete(self) -> bool:
         """Everything of the current engine is on screen: maps, masks, curves and sweep (coarse
@@ -143,7 +151,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
 
     # -- a new engine: new image, model or class -----------------------------------------------
     def _on_engine(self, engine) -> None:
-        self._engine = engine
+        self._engine = engine = engine.with_settings(self.method_settings) if self.method_settings else engine
         self._auto_search = None  # a search for the engine before, if any, is of no use now
         if self.dissection is not None and self.dissection.mismatch(engine.model):
             self.set_dissection(None)
@@ -216,10 +224,44 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
             self._request_settled()
 
     def _on_methods(self) -> None:
+        for method in set(self.controls.method_boxes) - set(self.methods()):
+            self.context.cancel(f"map:{method}")  # a slow map's run is kept: ticked again, it resumes
+        for method in set(self.controls.pathway_boxes) - {p.removeprefix(PATHWAY) for p in self.pathways()}:
+            self.context.cancel(f"pathway-maps:{PATHWAY}{method}")
         self._show_panels()
         self._draw_maps()
         self._request_maps()  # their curves follow them
         self._request_pathway_maps()
+
+    # -- the methods' settings -----------------------------------------------------------------
+    def _edit_method_settings(self) -> None:
+        from gui.parts.method_settings import MethodSettingsDialog
+
+        dialog = MethodSettingsDialog(self.method_settings, self)
+        if dialog.exec():
+            self.set_method_settings(dialog.values())
+
+    def set_method_settings(self, settings: dict) -> None:
+        """New settings (checked): the maps they change are computed again, the others kept (the
+        engine's caches are shared, and keyed by each method's settings)."""
+        if settings == self.method_settings:
+            return
+        self.method_settings = settings
+        engine = self._engine
+        self._show_panels()
+        if engine is None:
+            return
+        self._engine = engine.with_settings(settings)
+        self.shown = Shown()
+        self.curves.clear()
+        for method in self._panel_names():
+            self.heatmaps.set_note(method, "computing…")
+        self._request_live()
+        self._request_maps()
+        self._request_sweep()
+        self._request_settled()
+        changed = ", ".join(sorted(settings)) or "none: every method at its defaults"
+        self.status.emit(f"method settings changed ({changed})")
 
     # -- concepts ------------------------------------------------------------------------------
     def set_dissection(self, dissection) -> None:
@@ -244,6 +286,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def save_settings(self, settings) -> None:
         c = self.controls
         settings.setValue("explain/methods", [*self.methods(), *self.controls.chosen_pathways()])
+        settings.setValue("explain/method_settings", json.dumps(self.method_settings))
         settings.setValue("explain/sparsity", c.sparsity.value())
         settings.setValue("explain/mode", c.mode.currentData())
         settings.setValue("explain/selector", c.selector.currentData())
@@ -263,6 +306,10 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
 
     def restore_settings(self, settings) -> None:
         c = self.controls
+        try:  # settings an older or newer version wrote may no longer be allowed: the defaults then
+            self.method_settings = checked_settings(json.loads(str(settings.value("explain/method_settings", "{}"))))
+        except (ValueError, TypeError, AttributeError, PruneScopeError):
+            self.method_settings = {}
         self._set_sparsity(float(settings.value("explain/sparsity", 70.0)))
         c.auto_open.setChecked(settings.value("explain/auto_open", "1") == "1")
         select_data(c.mode, settings.value("explain/mode", "global"))

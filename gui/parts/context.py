@@ -22,10 +22,10 @@ from PySide6.QtCore import QObject, Qt, Signal
 from core.progress import Progress
 from gui.parts.feedback import error_message
 from gui.parts.worker import (PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_ENGINE, PRIORITY_LIVE,
-                              PRIORITY_VIEW, JobRunner)
+                              PRIORITY_SLOW, PRIORITY_VIEW, JobRunner)
 
 __all__ = ["AppContext", "ModelChoice", "PRIORITY_BACKGROUND", "PRIORITY_CURVES",
-           "PRIORITY_ENGINE", "PRIORITY_LIVE", "PRIORITY_VIEW"]
+           "PRIORITY_ENGINE", "PRIORITY_LIVE", "PRIORITY_SLOW", "PRIORITY_VIEW"]
 
 _DETACHED: list = []  # runners still finishing a step after their window closed
 MODEL_CACHE_SIZE = 2  # loaded models kept, so switching back and forth is instant

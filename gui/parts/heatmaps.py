@@ -108,6 +108,18 @@ class HeatmapGrid(QWidget):
             panel.set_text(note)
             self._update_large()
 
+    def set_detail(self, name: str, text: str) -> None:
+        """The line under a panel's title (what set_map and set_note write), nothing else changed."""
+        panel = self._panels.get(name)
+        if panel is not None:
+            panel.set_text(text)
+
+    def set_title(self, name: str, title: str) -> None:
+        panel = self._panels.get(name)
+        if panel is not None:
+            panel.title.setText(title)
+            panel.title.setToolTip(title)
+
     def shown_maps(self) -> dict[str, np.ndarray]:
         return {name: self._panels[name].raw for name in self._order
                 if name != IMAGE_PANEL and self._panels[name].raw is not None}

@@ -26,6 +26,7 @@ PRIORITY_LIVE = 10
 PRIORITY_VIEW = 20
 PRIORITY_CURVES = 30
 PRIORITY_BACKGROUND = 40
+PRIORITY_SLOW = 50  # maps that take a minute (the slow methods): after everything else
 
 
 class State(enum.Enum):

@@ -42,14 +42,14 @@ def startup():
     # second, which would delay every start-up (measured: the first image 1.6 s later)
     from core.io import display
     from core.io.images import IMAGE_SUFFIXES
-    from core.methods import INTERACTIVE
+    from core.methods import CLASSIC_METHODS
     from core.models.loading import list_models
     from core.runtime.device import available_devices
 
     models = [(info.name, info.description, info.offline) for info in list_models()]
     ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)
     luts = {name: display.colorize(ramp, name) for name in display.COLORMAPS}
-    info = StartupInfo(models, available_devices(), luts, INTERACTIVE, tuple(IMAGE_SUFFIXES))
+    info = StartupInfo(models, available_devices(), luts, CLASSIC_METHODS, tuple(IMAGE_SUFFIXES))
     # What is alive now (the libraries just imported, the window) lives as long as the app: out of the
     # cyclic collector's sight, a full collection no longer scans it. Scanning it took 0.3 s on the
     # GUI thread, long enough to delay a slider move's map (bench --gui: p95 0.43 s at 350 ms).
