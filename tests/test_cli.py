@@ -199,3 +199,36 @@ def test_report_records_each_methods_layer_and_settings(tiny_cli, photo, tmp_pat
     assert "layer" not in entries["gradient"] and entries["pathway-grad-cam++"]["pathway"]["sparsity"] > 60
     # the tiny net calls torch.relu, which Captum's DeepLIFT cannot hook: skipped with its reason
     assert "deeplift" not in entries and "function call" in report["skipped"]["deeplift"]
+
+
+def test_method_params_set_each_methods_settings_and_are_recorded(tiny_cli, tiny, photo, tmp_path, capsys):
+    from core.methods import BY_NAME
+    from core.pathway.engine import Engine
+
+    argv = ["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--methods",
+            "occlusion,rise,integrated-gradients", "--steps", "2", "--quiet", "--method-params",
+            "occlusion.window=8,occlusion.stride=8,rise.masks=16,rise.seed=5,integrated-gradients.baseline=black"]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "coffee" / "report.json").read_text())
+    entries = report["methods"]
+    assert entries["occlusion"]["params"] == {"window": 8, "stride": 8, "baseline": "mean", "batch": 32}
+    assert entries["rise"]["params"]["masks"] == 16 and entries["rise"]["params"]["seed"] == 5
+    assert entries["integrated-gradients"]["params"]["baseline"] == "black"
+    assert report["settings"]["method_params"]["rise"] == {"masks": 16, "seed": 5}
+    # the map written is the one those settings give
+    engine = Engine(tiny, load_image(photo("coffee.png")), settings=report["settings"]["method_params"])
+    np.testing.assert_allclose(np.load(tmp_path / "coffee" / "rise.npy"), engine.attribution("rise"), rtol=1e-5)
+    assert BY_NAME["rise"].params["masks"] == 500  # the registry's method keeps its defaults
+
+
+@pytest.mark.parametrize("params, message", [
+    ("occlusion.size=3", "occlusion has no setting 'size': choose from window, stride, baseline"),
+    ("rise.masks=0", "rise.masks must be a whole number from 1 to 100000"),
+    ("smoothgrad.noise=2", "smoothgrad.noise must be a number from 0 to 1"),
+])
+def test_bad_method_params_are_one_line_naming_what_is_allowed(tiny_cli, photo, tmp_path, capsys, params, message):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--method-params", params], capsys)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_.value.code == 2 and len(errors) == 1 and message in errors[0]

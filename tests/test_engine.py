@@ -303,14 +303,16 @@ def test_coarse_integrated_gradients_is_kept_apart_from_the_full_map(resnet):
     named = LoadedModel("resnet18", resnet.module, torch.device("cpu"), [f"c{i}" for i in range(10)],
                         8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "")
     engine = Engine.from_tensor(named, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
-    coarse = run(engine.iter_attribution("integrated-gradients", 0.05, nodes=8))
+    coarse = run(engine.iter_attribution("integrated-gradients", 0.05, coarse=True))  # 16 nodes
     assert "integrated-gradients" not in engine._cache.maps  # not taken for the method's own map
+    np.testing.assert_allclose(coarse, engine.with_settings({"integrated-gradients": {"steps": 16}})
+                               .attribution("integrated-gradients"), rtol=1e-5, atol=1e-7)
     full = engine.attribution("integrated-gradients")
     expected = compute_map(engine.model, engine.x, engine.target, "integrated-gradients")
     np.testing.assert_allclose(full, expected, rtol=1e-5, atol=1e-7)
     assert coarse is not full and np.abs(coarse - full).max() <= 0.05 * np.abs(full).max()
     # once the full map exists, it is what a coarse request gets
-    assert run(engine.iter_attribution("integrated-gradients", 0.05, nodes=8)) is full
+    assert run(engine.iter_attribution("integrated-gradients", 0.05, coarse=True)) is full
 
 
 def test_another_target_reuses_the_forward_and_gives_another_map(resnet_engine):

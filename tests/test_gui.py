@@ -705,3 +705,51 @@ def test_the_evaluate_tab_draws_pathways_across_the_open_folder(window, qapp, tm
     assert data["images"] == 3 and len(data["image_names"]) == 3
     assert tab.views.currentWidget() is tab.results and "pathways: 3 images" in tab.results.summary.text()
     assert [p.name for p in tab.results.shown] == ["pathways.png"]
+
+
+def test_a_slow_method_runs_in_steps_with_the_settings_chosen_in_the_app(window, qapp, tmp_path):
+    from core.methods import checked_settings
+    from gui.parts.method_settings import MethodSettingsDialog
+
+    tab = window.explain
+    dialog = MethodSettingsDialog({})
+    assert dialog.values() == {}  # every method at its defaults
+    dialog._fields["occlusion", "window"][0].setValue(112)
+    dialog._fields["occlusion", "stride"][0].setValue(112)
+    dialog._fields["rise", "masks"][0].setValue(16)
+    chosen = dialog.values()
+    assert chosen == {"occlusion": {"window": 112, "stride": 112}, "rise": {"masks": 16}}
+    dialog.reset()
+    assert dialog.values() == {}
+    tab.set_method_settings(chosen)
+    boxes = [tab.controls.method_boxes["occlusion"], tab.controls.pathway_boxes["rise"]]
+    for box in boxes:
+        box.setChecked(True)
+    try:
+        wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete()
+                   and {"occlusion", "pathway-rise"} <= set(tab.heatmaps.shown_maps()))
+        engine = window.context.current_engine().with_settings(chosen)
+        np.testing.assert_allclose(tab.heatmaps.panel("occlusion").raw,
+                                   as_on_worker(lambda: engine.attribution("occlusion")), rtol=1e-4, atol=1e-6)
+        value = tab.params().sparsity
+        np.testing.assert_allclose(tab.heatmaps.panel("pathway-rise").raw,
+                                   as_on_worker(lambda: engine.pathway(value, method="rise").map), rtol=1e-4, atol=1e-6)
+        assert tab.heatmaps.panel("occlusion").title.text() == "occlusion · window 112, stride 112, baseline mean"
+        assert tab.heatmaps.panel("pathway-rise").title.text().startswith("pathway-rise · masks 16,")
+        # remembered, and written with the export
+        saved = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        tab.save_settings(saved)
+        tab.method_settings = {}
+        tab.restore_settings(saved)
+        assert tab.method_settings == checked_settings(chosen)
+        window.export_to(tmp_path / "export")
+        wait_until(qapp, lambda: window.statusBar().currentMessage().startswith("Exported"))
+        report = json.loads((tmp_path / "export" / window.context.current_image_path().stem / "report.json").read_text())
+        assert report["methods"]["occlusion"]["params"]["window"] == 112
+        assert report["settings"]["method_params"] == chosen
+    finally:
+        for box in boxes:
+            box.setChecked(False)
+        tab.set_method_settings({})
+        wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete())
+    assert tab.heatmaps.panel("pathway-gradient").title.text() == "pathway-gradient"

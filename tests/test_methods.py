@@ -62,7 +62,8 @@ def test_the_registry_names_every_method_once_with_its_pathway():
         spec = BY_NAME[name]
         assert spec.family in ("gradient", "cam", "perturbation", "relevance", "attention")
         assert (f"pathway-{name}" in PATHWAY_METHODS) == spec.through_network
-    assert "pathway-lrp" not in ALL_METHODS and "pathway-deeplift" not in ALL_METHODS
+    assert {"pathway-lrp", "pathway-deeplift"} <= set(ALL_METHODS)  # every method has its pathway version
+    assert all(m.through_network for m in BY_NAME.values() if m.name in CLASSIC_METHODS)
     assert PATHWAY_METHODS["pathway-lime"] == "lime"
     assert len(ALL_METHODS) == len(set(ALL_METHODS))
 
@@ -136,8 +137,8 @@ def test_deeplift_is_refused_where_captum_cannot_run_it(lite0, resnet, photo_x):
     assert "deeplift" in analysis.skipped and "gradient" in analysis.results
 
 
-@pytest.mark.parametrize("method", sorted(m for m in set(PATHWAY_METHODS.values())
-                                    if BY_NAME[m].family != "attention"))  # ViTs': tests/test_transformers.py
+@pytest.mark.parametrize("method", sorted(m for m in set(PATHWAY_METHODS.values())  # ViTs': test_transformers.py,
+                                    if BY_NAME[m].family != "attention" and m != "lrp"))  # LRP's: below
 def test_pathway_of_every_method_is_the_method_at_zero_and_differs_pruned(cnn, photo_x, method):
     engine = Engine.from_tensor(cnn, photo_x)
     plain = engine.attribution(method)
@@ -158,6 +159,24 @@ def test_pathway_of_every_method_is_the_method_at_zero_and_differs_pruned(cnn, p
     # pruned, the map changes by far more than rounding (1e-7): a thousandth of its range somewhere
     # (RISE averages the output over masks, which the pathway is chosen to keep: 1 % of its range)
     assert np.abs(pruned.map - plain).max() > 1e-3 * np.ptp(plain)
+
+
+def test_pathway_lrp_is_lrp_through_kept_masks_and_differs_pruned(lite0):
+    """zennit canonizes a copy of Lite0 with a mask module after each activation: all kept, it is
+    LRP's own map; pruned at 70 %, relevance stops at the pruned neurons."""
+    engine = Engine(lite0, load_image(photo_path("coffee.png")))
+    plain = engine.attribution("lrp")
+    kept = engine.pathway(0.0)
+    through, logits = BY_NAME["lrp"].through(lite0, engine.module, engine.masked_forward(kept.masks), engine.x,
+                                             engine.target)
+    np.testing.assert_allclose(through, plain, rtol=1e-4, atol=1e-5 * float(np.abs(plain).max()))
+    torch.testing.assert_close(logits, lite0.module(engine.x), rtol=1e-4, atol=1e-4)
+    pruned = engine.pathway(70.0, method="lrp")
+    assert pruned.sparsity > 60 and np.isfinite(pruned.map).all()
+    assert np.abs(pruned.map - plain).max() > 0.05 * np.ptp(plain)
+    with pytest.raises(UnsupportedMethod, match="more than once"):  # a ReLU module called twice per block
+        Engine.from_tensor(from_module(torchvision.models.resnet18(num_classes=10), input_size=SIZE),
+                           torch.zeros(1, 3, SIZE, SIZE)).pathway(50.0, method="lrp")
 
 
 def test_new_methods_on_the_embedded_model_and_a_photo(lite0):

@@ -33,8 +33,9 @@ class Setting:
     def allowed(self) -> str:
         if self.choices:
             return " or ".join(self.choices)
-        kind = "a whole number" if self.whole else "a number"
-        return f"{kind} from {self.low:g} to {self.high:g}" + (" or auto" if self.default is None else "")
+        kind, low, high = ("a whole number", f"{self.low}", f"{self.high}") if self.whole else \
+            ("a number", f"{self.low:g}", f"{self.high:g}")
+        return f"{kind} from {low} to {high}" + (" or auto" if self.default is None else "")
 
     def checked(self, method: str, value):
         """value (a number, or text from the command line or the app's settings) as this

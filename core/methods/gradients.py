@@ -202,7 +202,6 @@ class Lrp(Method):
     name, family = "lrp", "relevance"
     passes = "1 forward+backward on a canonized copy"
     runs_on_loaded = True
-    through_network = False  # zennit rewrites a private copy of the model: no masks reach it
 
     def supports(self, model):
         from core.methods.lrp import unsupported_reason
@@ -220,6 +219,23 @@ class Lrp(Method):
         with torch.enable_grad():
             return lrp(model, x, target)
 
+    def through(self, model, inner, forward, x, target):
+        """zennit canonizes a copy of the model as loaded in which each activation module is gated
+        by its mask (core.network.neurons.masked_copy): relevance passes a kept neuron and stops at
+        a pruned one."""
+        import torch
+
+        from core.methods.attribution import prepared
+        from core.methods.lrp import lrp
+        from core.network.neurons import masked_copy, masked_names
+
+        x, target = prepared(self, model, x, target)
+        pruned = masked_copy(model.module, masked_names(inner, forward), forward.masks)
+        with torch.enable_grad():
+            relevance = lrp(model, x, target, pruned)
+        with torch.no_grad():
+            return relevance, forward(x)
+
 
 class DeepLift(Method):
     """Captum's DeepLIFT (rescale rule) from the dataset-mean image. Captum overrides nn.ReLU
@@ -229,9 +245,6 @@ class DeepLift(Method):
 
     name = "deeplift"
     passes = "1 forward+backward"
-    # Its hooks sit on the same activation modules that carry the pathway's masks, and the two do
-    # not compose: through all-kept masks its map differed from its own by up to 30 % (tested).
-    through_network = False
     options = (BASELINE,)
     fixed = {"rule": "rescale"}
 
@@ -252,6 +265,21 @@ class DeepLift(Method):
         x = x.detach().clone().requires_grad_(True)
         base = baseline_image(x.detach(), self.params["baseline"], model.mean, model.std)
         return collapse_channels(CaptumDeepLift(net).attribute(x, base, target=target).detach())
+
+    def through(self, model, inner, forward, x, target):
+        """Captum's hooks sit on the activation modules, where the slider's masks are hooks too,
+        and the two do not compose (through all-kept masks the map moved by up to 30 %). So it
+        runs on a copy of the network in which each mask is a module of its own that gates its
+        activation's input (core.network.neurons.masked_copy): a linear step, which DeepLIFT's
+        rescale rule passes as its gradient."""
+        import torch
+
+        from core.network.neurons import masked_copy, masked_names
+
+        pruned = masked_copy(inner, masked_names(inner, forward), forward.masks)
+        attr_map = self.attribute(model, pruned, x, target)
+        with torch.no_grad():
+            return attr_map, forward(x)
 
 
 def _deeplift_unsupported(module) -> str:

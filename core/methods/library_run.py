@@ -93,6 +93,12 @@ def _work(gate: _Gate, call, net) -> None:
             gate.lock.notify_all()
 
 
+def _stop(gate: _Gate, thread: threading.Thread) -> None:
+    """A run no one holds: its thread, waiting between steps, raises Stopped there and ends."""
+    gate.cancel()
+    thread.join(timeout=10)
+
+
 class LibraryRun:
     """call(net) in steps: steps(step_seconds) is a job that returns call's result. net: the
     network the call runs on, gated; private: run on a copy of net, for libraries that hook or
@@ -108,9 +114,9 @@ class LibraryRun:
         self._gate = gate = _Gate()
         self._rng = None  # the library's generator states while it waits
         self._device = x.device
-        thread = threading.Thread(target=_work, args=(gate, call, GatedNet(net, gate, self.chunk)),
-                                  name=f"prunescope {label}", daemon=True)
-        weakref.finalize(self, gate.cancel)
+        self._thread = thread = threading.Thread(target=_work, args=(gate, call, GatedNet(net, gate, self.chunk)),
+                                                 name=f"prunescope {label}", daemon=True)
+        weakref.finalize(self, _stop, gate, thread)
         thread.start()
 
     def steps(self, step_seconds: float):
@@ -128,6 +134,7 @@ class LibraryRun:
             self._rng = _rng_state(self._device)
             _set_rng_state(outer, self._device)
             if gate.finished:
+                self._thread.join()  # it is returning: none may outlive the run (or the interpreter)
                 break
             done = f"{gate.rows}/{self.expected}" if self.expected else f"{gate.rows}"
             yield Progress(min(0.99, gate.rows / self.expected) if self.expected else 0.5,

@@ -36,13 +36,14 @@ def lrp_canonizers(module: nn.Module) -> list:
     return [ExactMergeBatchNorm(), MBConvResidualCanonizer()]
 
 
-def lrp(model, x: torch.Tensor, target: int) -> np.ndarray:
+def lrp(model, x: torch.Tensor, target: int, module: nn.Module | None = None) -> np.ndarray:
     """Relevance by LRP (zennit's EpsilonGammaBox: z-box at the input, gamma for convolutions,
     epsilon for dense layers), starting from the target logit; summed over the colour channels
-    because relevance is additive (the map's sum approximates the logit)."""
+    because relevance is additive (the map's sum approximates the logit). module: a private copy
+    of the model's module to run on (the pruned network's); by default a copy is made."""
     # zennit's canonizers rewrite weights in place while active; a private copy keeps the shared
     # model correct for anything else running on it meanwhile.
-    module = copy.deepcopy(model.module).eval()
+    module = (copy.deepcopy(model.module) if module is None else module).eval()
     mean = torch.tensor(model.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(model.std, device=x.device).view(1, -1, 1, 1)
     low = ((0 - mean) / std).expand_as(x)
