@@ -19,21 +19,23 @@ import torch
 from torch import nn
 
 from core.errors import PruneScopeError
-from core.methods import ALL_METHODS, PATHWAY_METHODS
+from core.methods import ALL_METHODS, PATHWAY_METHODS, checked_settings
 from core.models.loading import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, from_module
 from core.pathway.engine import Engine
 
 
 class Attribution:
-    """One method, batched over inputs: attribute(x, target) -> N x H x W float32 tensor."""
+    """One method, batched over inputs: attribute(x, target) -> N x H x W float32 tensor.
+    settings: the method's, {key: value} (README's table; e.g. {"steps": 20})."""
 
     method = ""
 
     def __init__(self, model, method: str | None = None, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 gradcam_layer: str | None = None):
+                 gradcam_layer: str | None = None, settings: dict | None = None):
         self.method = method or self.method
         if self.method not in ALL_METHODS:
             raise PruneScopeError(f"unknown method '{self.method}': choose from {', '.join(ALL_METHODS)}")
+        self.settings = checked_settings({self.method: settings} if settings else {})
         if not isinstance(model, (LoadedModel, nn.Module)):
             raise PruneScopeError(f"expected a LoadedModel or an nn.Module, got {type(model).__name__}")
         self._given, self._setup = model, {"mean": mean, "std": std, "gradcam_layer": gradcam_layer}
@@ -52,7 +54,7 @@ class Attribution:
             self.model = from_module(self._given, input_size=inputs.shape[-1], **self._setup)
         maps = []
         for x, t in zip(inputs, targets):
-            engine = Engine.from_tensor(self.model, x[None].to(self.model.device), target=t)
+            engine = Engine.from_tensor(self.model, x[None].to(self.model.device), target=t, settings=self.settings)
             if self.method in PATHWAY_METHODS:
                 result = engine.pathway(sparsity, mode, selector, PATHWAY_METHODS[self.method])
                 maps.append(result.map)
@@ -64,8 +66,8 @@ class Attribution:
 def explain_func(model, inputs, targets, method: str = "pathway-gradient", **kwargs) -> np.ndarray:
     """Quantus's explain_func: numpy N x C x H x W inputs (or a tensor) and N targets in, numpy
     N x 1 x H x W maps out. kwargs: sparsity, mode, selector, and Attribution's mean, std and
-    gradcam_layer; anything else Quantus passes along (device, ...) is ignored."""
-    setup = {k: kwargs[k] for k in ("mean", "std", "gradcam_layer") if k in kwargs}
+    gradcam_layer and settings; anything else Quantus passes along (device, ...) is ignored."""
+    setup = {k: kwargs[k] for k in ("mean", "std", "gradcam_layer", "settings") if k in kwargs}
     pathway = {k: kwargs[k] for k in ("sparsity", "mode", "selector") if k in kwargs}
     device = next(iter(model.parameters()), torch.zeros(())).device if isinstance(model, nn.Module) \
         else model.device

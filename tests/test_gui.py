@@ -742,6 +742,7 @@ def test_a_slow_method_runs_in_steps_with_the_settings_chosen_in_the_app(window,
         tab.method_settings = {}
         tab.restore_settings(saved)
         assert tab.method_settings == checked_settings(chosen)
+        (tmp_path / "export").mkdir()
         window.export_to(tmp_path / "export")
         wait_until(qapp, lambda: window.statusBar().currentMessage().startswith("Exported"))
         report = json.loads((tmp_path / "export" / window.context.current_image_path().stem / "report.json").read_text())

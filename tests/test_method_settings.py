@@ -150,3 +150,16 @@ def test_checked_settings_merge_a_methods_keys_and_drop_defaults():
     assert checked_settings({"pathway-rise": {"masks": "64"}, "rise": {"keep": 0.3}}) == {
         "rise": {"masks": 64, "keep": 0.3}}
     assert checked_settings({"rise": {"masks": 500}}) == {}
+
+
+def test_the_python_api_takes_a_methods_settings(tiny_model, image):
+    from core.api import Attribution, IntegratedGradients
+
+    x = Engine(tiny_model, image).x
+    few = Attribution(tiny_model, "integrated-gradients", settings={"steps": 4, "baseline": "black"}).attribute(
+        x, target=1)
+    expected = Engine.from_tensor(tiny_model, x, 1, settings={"integrated-gradients": {"steps": 4, "baseline": "black"}})
+    np.testing.assert_allclose(few[0].numpy(), expected.attribution("integrated-gradients"), rtol=1e-6)
+    assert not torch.allclose(few, IntegratedGradients(tiny_model).attribute(x, target=1))
+    with pytest.raises(PruneScopeError, match="integrated-gradients has no setting 'stpes'"):
+        Attribution(tiny_model, "integrated-gradients", settings={"stpes": 4})

@@ -392,7 +392,7 @@ def masked_names(inner: nn.Module, forward) -> list[str]:
     where its masks are not on modules (function calls, or a module called twice)."""
     if forward.modules is None:
         raise UnsupportedMethod("an activation is a function call or a module that runs more than once per "
-                                "forward: no module of its own to put its mask after")
+                                "forward: no module of its own for its mask to gate")
     names = {id(m): n for n, m in inner.named_modules()}
     return [names[id(m)] for m in forward.modules]
 
