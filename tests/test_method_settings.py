@@ -163,3 +163,22 @@ def test_the_python_api_takes_a_methods_settings(tiny_model, image):
     assert not torch.allclose(few, IntegratedGradients(tiny_model).attribute(x, target=1))
     with pytest.raises(PruneScopeError, match="integrated-gradients has no setting 'stpes'"):
         Attribution(tiny_model, "integrated-gradients", settings={"stpes": 4})
+
+
+@pytest.mark.parametrize("method", ["integrated-gradients", "grad-cam++", "guided-grad-cam", "deeplift"])
+def test_every_pathway_version_in_steps_equals_its_one_call(image, method):
+    """The app's ↝ rows: the sums in steps of the pruned network, the others as their pathway
+    version's call on a copy of it (DeepLIFT's on its masks as modules)."""
+    from torch import nn
+
+    from core.models.loading import from_module
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    model = from_module(net, input_size=32, gradcam_layer="2")
+    engine = Engine(model, image, target=1)
+    stepped = run(engine.iter_pathway(60.0, method=method, step_seconds=1e-9))
+    whole = engine.pathway(60.0, method=method)
+    np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-4, atol=1e-6 * float(np.abs(whole.map).max()))
+    assert stepped.prob == pytest.approx(whole.prob, rel=1e-5)

@@ -79,6 +79,8 @@ class Method:
                                     # not on the engine's batch-norm-folded copy
     sums: bool = False              # a sum over passes that it runs in steps of its own (stepped())
     coarse: dict[str, Any] = {}     # settings for the app's first, coarser map (fewer passes)
+    random_draws: bool = False      # draws from torch's or numpy's global generators as it runs
+    one_pass: bool = False          # one forward and backward: its pathway version fits one app step
     options: tuple[Setting, ...] = ()  # what the user may change (the app, --method-params)
     fixed: dict[str, Any] = {}      # what else reproduces its map, recorded in report.json
     values: dict[str, Any] = {}     # the user's settings, over the options' defaults (configured())
@@ -136,12 +138,16 @@ class Method:
         """The rows its map sends through the network (None: not known beforehand), for progress."""
         return None
 
-    def stepped(self, model, net, x, target: int, step_seconds: float, private: bool | None = None):
+    def stepped(self, model, net, x, target: int, step_seconds: float, private: bool | None = None,
+                detach: bool = False):
         """Its map as a run in resumable steps: .steps(step_seconds) is a job that returns the
         map. By default the library's call in a thread of its own, stopped between forwards
         (core.methods.library_run); private: on a copy of net (default: for the methods that hook
-        the model's layers, runs_on_loaded)."""
+        the model's layers, runs_on_loaded); detach: net is the run's own, and a forward longer
+        than a step may go on beside the worker (not for methods with random_draws)."""
         from core.methods.library_run import LibraryRun
+
+        import copy
 
         batched = any(o.key == "batch" for o in self.options)
 
@@ -149,8 +155,9 @@ class Method:
             spec = self.configured({"batch": gated.chunk}) if batched else self
             return spec.attribute(model, gated, x, target)
 
-        return LibraryRun(call, net, x, step_seconds, self.forwards(model, x), self.name,
-                          self.runs_on_loaded if private is None else private)
+        private = self.runs_on_loaded if private is None else private
+        return LibraryRun(call, (lambda: copy.deepcopy(net)) if private else (lambda: net), x, step_seconds,
+                          self.forwards(model, x), self.name, (detach or private) and not self.random_draws)
 
     def through(self, model, inner, forward, x, target: int):
         """Its pathway version: (its map on the network pruned for x, that network's logits on x).

@@ -60,7 +60,7 @@ def _plain_gradient_through(forward, x, target, times_input: bool):
 
 
 class Gradient(GradientMethod):
-    name, magnitude_ranked = "gradient", True
+    name, magnitude_ranked, one_pass = "gradient", True, True
 
     def _gradients(self, net, x, target):
         from captum.attr import Saliency
@@ -72,7 +72,7 @@ class Gradient(GradientMethod):
 
 
 class InputXGradient(GradientMethod):
-    name = "input-x-gradient"
+    name, one_pass = "input-x-gradient", True
 
     def _gradients(self, net, x, target):
         from captum.attr import InputXGradient as CaptumInputXGradient
@@ -106,7 +106,8 @@ class IntegratedGradients(GradientMethod):
             x, baselines=base.to(x.device), target=target, n_steps=steps,
             internal_batch_size=batch_size(net, x, steps)).detach()
 
-    def stepped(self, model, net, x, target, step_seconds=None, private=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None, detach=False):
+        # on the worker, in steps of its own: the network needs no copy, nothing runs beside it
         from core.methods.attribution import IntegratedGradientsRun
 
         return IntegratedGradientsRun(self, model, x, target, self.params["steps"], net)
@@ -151,7 +152,8 @@ class SmoothGrad(GradientMethod):
                 x, nt_type="smoothgrad", nt_samples=samples, stdevs=spread, target=target, abs=False,
                 nt_samples_batch_size=batch_size(net, x, samples)).detach()
 
-    def stepped(self, model, net, x, target, step_seconds=None, private=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None, detach=False):
+        # on the worker, in steps of its own: the network needs no copy, nothing runs beside it
         from core.methods.attribution import SmoothGradRun
 
         p = self.params
@@ -159,7 +161,7 @@ class SmoothGrad(GradientMethod):
 
 
 class GuidedBackprop(GradientMethod):
-    name, magnitude_ranked = "guided-backprop", True
+    name, magnitude_ranked, one_pass = "guided-backprop", True, True
 
     def _gradients(self, net, x, target):
         from core.methods.attribution import guided_backprop
@@ -180,7 +182,7 @@ def gradcam_support(model) -> tuple[bool, str]:
 
 class GradCam(Method):
     name, family = "grad-cam", "cam"
-    runs_on_loaded = True
+    runs_on_loaded, one_pass = True, True
 
     def supports(self, model):
         return gradcam_support(model)
@@ -230,7 +232,8 @@ class Lrp(Method):
         from core.network.neurons import masked_copy, masked_names
 
         x, target = prepared(self, model, x, target)
-        pruned = masked_copy(model.module, masked_names(inner, forward), forward.masks)
+        masked = getattr(forward, "masked_forward", forward)  # the app's run wraps it (library_run)
+        pruned = masked_copy(model.module, masked_names(inner, masked), masked.masks)
         with torch.enable_grad():
             relevance = lrp(model, x, target, pruned)
         with torch.no_grad():
@@ -276,7 +279,8 @@ class DeepLift(Method):
 
         from core.network.neurons import masked_copy, masked_names
 
-        pruned = masked_copy(inner, masked_names(inner, forward), forward.masks)
+        masked = getattr(forward, "masked_forward", forward)  # the app's run wraps it (library_run)
+        pruned = masked_copy(inner, masked_names(inner, masked), masked.masks)
         attr_map = self.attribute(model, pruned, x, target)
         with torch.no_grad():
             return attr_map, forward(x)
@@ -332,7 +336,8 @@ class GradientShap(Method):
                                                       target=target)
         return collapse_channels(grads.detach())
 
-    def stepped(self, model, net, x, target, step_seconds=None, private=None):
+    def stepped(self, model, net, x, target, step_seconds=None, private=None, detach=False):
+        # on the worker, in steps of its own: the network needs no copy, nothing runs beside it
         from core.methods.attribution import GradientShapRun
 
         return GradientShapRun(self, model, x, target, net)

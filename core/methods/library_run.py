@@ -11,7 +11,6 @@ mode, so cutting a batch changes nothing but the last bits (the maps equal expla
 Only one side runs at a time, and the random generators' states are swapped with the steps, so
 that the library draws the same numbers as in one call whatever the worker does between steps.
 """
-import copy
 import threading
 import time
 import weakref
@@ -21,6 +20,8 @@ import torch
 from torch import nn
 
 from core.progress import Progress, Stopped
+
+DETACH_AFTER = 0.05  # seconds a step waits at least before the call goes on beside the worker
 
 
 class _Gate:
@@ -65,6 +66,12 @@ class GatedNet(nn.Module):
         super().__init__()
         self.inner, self._gate, self.chunk = inner, gate, chunk
 
+    @property
+    def masked_forward(self):
+        """The pruned network's MaskedForward inside (pathway versions that rebuild the network
+        from its masks: DeepLIFT's, LRP's)."""
+        return self.inner.masked_forward
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = []
         for start in range(0, x.shape[0], self.chunk):
@@ -76,15 +83,17 @@ class GatedNet(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _work(gate: _Gate, call, net) -> None:
-    """The library thread: call(net) once. It holds no reference to its LibraryRun, so that a
-    run no one holds is collected and its finaliser cancels the gate."""
+def _work(gate: _Gate, call, build, x: torch.Tensor, step_seconds: float) -> None:
+    """The library thread: the network (build()), gated, then call(it) once; the first step
+    pays for both. It holds no reference to its LibraryRun, so that a run no one holds is
+    collected and its finaliser cancels the gate."""
     try:
         with gate.lock:
             while not (gate.running or gate.cancelled):
                 gate.lock.wait()
         if not gate.cancelled:
-            gate.result = call(net)
+            net = build()
+            gate.result = call(GatedNet(net, gate, _rows_per_step(net, x, step_seconds)))
     except BaseException as error:  # handed to the worker, which raises it
         gate.error = error
     finally:
@@ -100,21 +109,23 @@ def _stop(gate: _Gate, thread: threading.Thread) -> None:
 
 
 class LibraryRun:
-    """call(net) in steps: steps(step_seconds) is a job that returns call's result. net: the
-    network the call runs on, gated; private: run on a copy of net, for libraries that hook or
-    replace its layers for the whole call (pytorch-grad-cam), which other work must not see
-    while the run waits. expected: the rows the call sends through net, for the progress;
-    label: what the progress says."""
+    """call(net) in steps: steps(step_seconds) is a job that returns call's result. build: makes
+    the network the call runs on (in the run's thread, which then gates it), e.g. a copy for
+    libraries that hook or replace its layers for the whole call (pytorch-grad-cam), which other
+    work must not see while the run waits. expected: the rows the call sends through the
+    network, for the progress; label: what the progress says. detach: a step may end while the
+    call is inside a forward that takes longer, which then goes on beside the worker (only on a
+    network of the run's own, and only for calls that draw no random numbers from the global
+    generators)."""
 
-    def __init__(self, call, net: nn.Module, x: torch.Tensor, step_seconds: float, expected: int | None,
-                 label: str, private: bool = False):
-        net = copy.deepcopy(net) if private else net
+    def __init__(self, call, build, x: torch.Tensor, step_seconds: float, expected: int | None,
+                 label: str, detach: bool = False):
         self.label, self.expected = label, expected
-        self.chunk = _rows_per_step(net, x, step_seconds)
+        self._detach = detach
         self._gate = gate = _Gate()
         self._rng = None  # the library's generator states while it waits
         self._device = x.device
-        self._thread = thread = threading.Thread(target=_work, args=(gate, call, GatedNet(net, gate, self.chunk)),
+        self._thread = thread = threading.Thread(target=_work, args=(gate, call, build, x, step_seconds),
                                                  name=f"prunescope {label}", daemon=True)
         weakref.finalize(self, _stop, gate, thread)
         thread.start()
@@ -126,13 +137,18 @@ class LibraryRun:
             if self._rng is not None:
                 _set_rng_state(self._rng, self._device)
             with gate.lock:
-                if not gate.finished:
+                if not gate.finished and not gate.running:
                     gate.deadline, gate.fresh, gate.running = time.perf_counter() + step_seconds, True, True
                     gate.lock.notify_all()
-                    while gate.running:
-                        gate.lock.wait()
-            self._rng = _rng_state(self._device)
-            _set_rng_state(outer, self._device)
+                # detach: a forward that cannot be cut (one pass of LRP) runs on beside the worker
+                # after a step's time, on the run's own copy of the network; it pauses at its next one
+                give_up = time.perf_counter() + max(step_seconds, DETACH_AFTER) if self._detach else None
+                while gate.running and (give_up is None or time.perf_counter() < give_up):
+                    gate.lock.wait(None if give_up is None else max(0.0, give_up - time.perf_counter()))
+                detached = gate.running
+            if not detached:
+                self._rng = _rng_state(self._device)
+                _set_rng_state(outer, self._device)
             if gate.finished:
                 self._thread.join()  # it is returning: none may outlive the run (or the interpreter)
                 break

@@ -88,6 +88,7 @@ class _Superpixels(Method):
                BASELINE, SEED)
     fixed = {"batch": BATCH}
     coarse = {"samples": 50}  # the app's first map
+    random_draws = True  # Captum samples each perturbation between forwards
     captum_class = ""
 
     def forwards(self, model, x) -> int:

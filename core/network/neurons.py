@@ -346,10 +346,10 @@ class MaskedNetwork(nn.Module):
     def __init__(self, inner: nn.Module, forward: Callable):
         super().__init__()
         self.inner = inner
-        self._masked = forward
+        self.masked_forward = forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._masked(x)
+        return self.masked_forward(x)
 
 
 class MaskModule(nn.Module):

@@ -17,8 +17,9 @@ from torch import nn
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import (ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution,
                           checked_settings, configured, ranked)
+from core.methods.library_run import LibraryRun
 from core.network.neurons import (MaskedForward, MaskedNetwork, Taps, intercept, intgrad_scores,
-                                  layer_modules, taylor_scores, trace_layers)
+                                  layer_modules, taylor_scores, trace_layers, unwrapped)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
 from core.pathway.ranking import Ranking
 from core.pathway.results import Analysis, AutoSparsity, MethodResult, PathwayResult, Prediction, Sweep
@@ -343,11 +344,11 @@ class Engine:
 
     def iter_pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
                      method: str = "gradient", step_seconds: float | None = None) -> Job[PathwayResult]:
-        """pathway(); with step_seconds, a method that runs in steps (Method.in_steps, but the
-        gradient sums, which the pruned network runs in one) does, on a private copy of the
-        pruned network, so that other work goes on between its steps. Not kept: a new sparsity
-        starts again."""
-        if not step_seconds or method not in BY_NAME or self.spec(method).interactive:
+        """pathway(), in steps of about step_seconds where given, so that other work (the
+        slider's live map) goes on between them: the gradient sums a few passes of the pruned
+        network at a time, every other method as its library's call on a private copy of the
+        pruned network (core.methods.library_run). Not kept: a new sparsity starts again."""
+        if not step_seconds or method not in BY_NAME or BY_NAME[method].one_pass:
             return self.pathway(sparsity, mode, selector, method)
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
@@ -357,12 +358,22 @@ class Engine:
         kept = self._kept(factors, sparsity, mode, selector)
         if all(k == n for _, k, n in kept):
             return self.pathway(sparsity, mode, selector, method)  # nothing pruned: the method's own map
-        module, modules = copy.deepcopy((self.module, self._layer_modules))
-        net = MaskedNetwork(module, MaskedForward(module, modules, factors))
-        attr_map = yield from spec.stepped(self.model, net, self.x, self.target, step_seconds, private=False).steps(
-            step_seconds)
-        with torch.no_grad():
-            logits = net(self.x)
+        if spec.sums:
+            net = MaskedNetwork(self.module, self._scaled_forward(factors))
+            attr_map = yield from spec.stepped(self.model, net, self.x, self.target, step_seconds).steps(step_seconds)
+            with torch.no_grad():
+                logits = net(self.x)
+        else:  # its own pathway version (Method.through), on its own copy of the network
+            module, model, x, target = self.module, self.model, self.x, self.target
+            layer_modules = self._layer_modules
+
+            def build():
+                inner, modules = copy.deepcopy((module, layer_modules))
+                return MaskedNetwork(inner, MaskedForward(inner, modules, factors))
+
+            run_ = LibraryRun(lambda gated: spec.through(model, unwrapped(gated), gated, x, target), build, x,
+                              step_seconds, spec.forwards(model, x), spec.name, detach=not spec.random_draws)
+            attr_map, logits = yield from run_.steps(step_seconds)
         return self._result(attr_map, logits, factors, sparsity, mode, selector, kept)
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,

@@ -3,7 +3,7 @@ beside the image (gui.parts.heatmaps lays them out in a grid)."""
 import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtGui
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QPainter, QTextDocumentFragment
 from PySide6.QtWidgets import QDialog, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
@@ -44,10 +44,22 @@ class Fit:
     def __init__(self, lead: pg.ViewBox):
         self.lead = lead
         self.on = True
+        self._due = False  # a refit is queued for this turn of the event loop
 
     def watch(self, view: pg.ViewBox) -> None:
-        view.sigResized.connect(self.refit)
+        view.sigResized.connect(self.refit_soon)
         view.sigRangeChangedManually.connect(self.stop)
+
+    def refit_soon(self, *_args) -> None:
+        """Once per turn of the event loop, however many views were resized in it: each refit
+        moves every linked view, and a relayout resizes them all (46 panels: 2.5 s a tick)."""
+        if not self._due:
+            self._due = True
+            QTimer.singleShot(0, self._refit_due)
+
+    def _refit_due(self) -> None:
+        self._due = False
+        self.refit()
 
     def reset(self) -> None:
         self.on = True

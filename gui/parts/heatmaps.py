@@ -208,6 +208,11 @@ class HeatmapGrid(QWidget):
         if columns == self._columns and not force:
             return
         self._columns = columns
+        lead = self._panels[IMAGE_PANEL].view
+        followers = [panel.view for name, panel in self._panels.items() if name != IMAGE_PANEL]
+        for view in followers:  # unlinked while they move: each move would move every other (n² moves)
+            view.setXLink(None)
+            view.setYLink(None)
         for panel in self._panels.values():
             self._grid.removeWidget(panel)
             panel.hide()
@@ -225,6 +230,9 @@ class HeatmapGrid(QWidget):
         for r in range(rows):
             self._grid.setRowStretch(r, 1)
         self._grid.addWidget(self.colorbar_canvas, 0, columns, rows, 1)
+        for view in followers:
+            view.setXLink(lead)
+            view.setYLink(lead)
 
     def reset_zoom(self) -> None:
         """The whole image again, in every (linked) panel, and after every resize until a zoom."""
