@@ -728,6 +728,7 @@ def test_a_slow_method_runs_in_steps_with_the_settings_chosen_in_the_app(window,
     try:
         wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete()
                    and {"occlusion", "pathway-rise"} <= set(tab.heatmaps.shown_maps()))
+        assert len(tab.heatmaps._order) == len(set(tab.heatmaps._order))  # each map one panel
         engine = window.context.current_engine().with_settings(chosen)
         np.testing.assert_allclose(tab.heatmaps.panel("occlusion").raw,
                                    as_on_worker(lambda: engine.attribution("occlusion")), rtol=1e-4, atol=1e-6)

@@ -118,7 +118,8 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self._redraw()
 
     def _panel_names(self) -> list[str]:
-        return [*self._curve_names(), *self.pathways()]
+        """Every map on screen: every map has its curves."""
+        return self._curve_names()
 
     def _curve_names(self) -> list[str]:
         """The maps that get curves: the live pathway map, the classic ones and the ↝ rows."""
