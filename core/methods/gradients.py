@@ -223,13 +223,13 @@ class Lrp(Method):
 
     def through(self, model, inner, forward, x, target):
         """zennit canonizes a copy of the model as loaded in which each activation module is gated
-        by its mask (core.network.neurons.masked_copy): relevance passes a kept neuron and stops at
+        by its mask (core.network.mask_modules.masked_copy): relevance passes a kept neuron and stops at
         a pruned one."""
         import torch
 
         from core.methods.attribution import prepared
         from core.methods.lrp import lrp
-        from core.network.neurons import masked_copy, masked_names
+        from core.network.mask_modules import masked_copy, masked_names
 
         x, target = prepared(self, model, x, target)
         masked = getattr(forward, "masked_forward", forward)  # the app's run wraps it (library_run)
@@ -273,11 +273,11 @@ class DeepLift(Method):
         """Captum's hooks sit on the activation modules, where the slider's masks are hooks too,
         and the two do not compose (through all-kept masks the map moved by up to 30 %). So it
         runs on a copy of the network in which each mask is a module of its own that gates its
-        activation's input (core.network.neurons.masked_copy): a linear step, which DeepLIFT's
+        activation's input (core.network.mask_modules.masked_copy): a linear step, which DeepLIFT's
         rescale rule passes as its gradient."""
         import torch
 
-        from core.network.neurons import masked_copy, masked_names
+        from core.network.mask_modules import masked_copy, masked_names
 
         masked = getattr(forward, "masked_forward", forward)  # the app's run wraps it (library_run)
         pruned = masked_copy(inner, masked_names(inner, masked), masked.masks)

@@ -4,7 +4,6 @@ Neuron scores depend only on (model, input, target), so they are cached and rank
 sparsity then costs a threshold lookup and one masked forward and backward. Classic maps and
 their curves are cached too. The GUI and the CLI both drive this object.
 """
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from torch import nn
 from core.errors import PruneScopeError, UnsupportedMethod, reason
 from core.methods import (ALL_METHODS, BY_NAME, CLASSIC_METHODS, PATHWAY_METHODS, attribution,
                           checked_settings, configured, ranked)
-from core.methods.library_run import LibraryRun
-from core.network.neurons import (MaskedForward, MaskedNetwork, Taps, intercept, intgrad_scores,
-                                  layer_modules, taylor_scores, trace_layers, unwrapped)
+from core.network.neurons import (MaskedForward, Taps, intercept, intgrad_scores, layer_modules,
+                                  taylor_scores, trace_layers)
 from core.pathway.curves import Curves, end_probs, iter_curves, output_change
+from core.pathway.in_steps import InSteps, supported
 from core.pathway.ranking import Ranking
 from core.pathway.results import Analysis, AutoSparsity, MethodResult, PathwayResult, Prediction, Sweep
 from core.progress import Job, Progress, run, scaled
@@ -66,7 +65,7 @@ class Caches:
     coarse: dict = field(default_factory=dict)   # method -> a first, coarser map (Method.coarse)
 
 
-class Engine:
+class Engine(InSteps):
     """ties: how equal neuron scores are pruned, "exact" (p % of the neurons) or "paper".
     settings: the methods' settings, {method: {key: value}} (core.methods.checked_settings).
     trace, caches: another engine's, for from_tensor, with_target, with_ties and with_settings."""
@@ -187,7 +186,7 @@ class Engine:
         newer position is asked for (the backward, once begun, runs to the end)."""
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
-        spec = _supported(self.spec(method), self.model)
+        spec = supported(self.spec(method), self.model)
         factors = self._factors(sparsity, mode, selector)
         kept = self._kept(factors, sparsity, mode, selector)
         if all(k == n for _, k, n in kept):
@@ -299,7 +298,7 @@ class Engine:
             raise PruneScopeError(f"unknown method '{method}': choose from {', '.join(ALL_METHODS)}")
         key = self._key(method)
         if key not in self._cache.maps:
-            spec = _supported(self.spec(method), self.model)
+            spec = supported(self.spec(method), self.model)
             self._cache.maps[key] = spec.attribute(self.model, self._net_of(spec), self.x, self.target)
         return self._cache.maps[key]
 
@@ -307,74 +306,6 @@ class Engine:
         # Methods that read a layer (CAMs, LRP) run on the model as loaded, the others on the
         # folded copy (the same function, faster).
         return self.model.module if spec.runs_on_loaded else self.module
-
-    def iter_attribution(self, method: str, step_seconds: float | None = None,
-                         coarse: bool = False) -> Job[np.ndarray]:
-        """attribution() of a classic method; with step_seconds, the methods that run in steps
-        (Method.in_steps: the gradient sums, and the slow perturbation methods) do, in steps of
-        about that long, and a stopped run resumes where it was. coarse: where the method has
-        a coarser first map (Method.coarse: fewer passes), that one, kept apart from its own (the
-        finished full map is returned instead when there is one)."""
-        key = self._key(method)
-        spec = self.spec(method) if method in CLASSIC_METHODS else None
-        if spec is None or key in self._cache.maps or not step_seconds or not spec.in_steps:
-            return self.attribution(method)
-        spec = _supported(spec, self.model)
-        fewer = self._fewer(spec) if coarse else {}
-        if fewer:
-            if key not in self._cache.coarse:
-                first = spec.configured(fewer).stepped(self.model, self._net_of(spec), self.x, self.target,
-                                                       step_seconds)
-                self._cache.coarse[key] = yield from first.steps(step_seconds)
-            return self._cache.coarse[key]
-        if key not in self._cache.runs:
-            self._cache.runs[key] = spec.stepped(self.model, self._net_of(spec), self.x, self.target, step_seconds)
-        self._cache.maps[key] = yield from self._cache.runs[key].steps(step_seconds)
-        del self._cache.runs[key]
-        return self._cache.maps[key]
-
-    def has_coarse(self, method: str) -> bool:
-        """Whether iter_attribution(coarse=True) would give a coarser map than the method's own."""
-        return (method in CLASSIC_METHODS and self._key(method) not in self._cache.maps
-                and bool(self._fewer(self.spec(method))))
-
-    @staticmethod
-    def _fewer(spec) -> dict:
-        return {k: v for k, v in spec.coarse.items() if v < spec.params[k]}
-
-    def iter_pathway(self, sparsity: float, mode: str = "global", selector: str = "taylor",
-                     method: str = "gradient", step_seconds: float | None = None) -> Job[PathwayResult]:
-        """pathway(), in steps of about step_seconds where given, so that other work (the
-        slider's live map) goes on between them: the gradient sums a few passes of the pruned
-        network at a time, every other method as its library's call on a private copy of the
-        pruned network (core.methods.library_run). Not kept: a new sparsity starts again."""
-        if not step_seconds or method not in BY_NAME or BY_NAME[method].one_pass:
-            return self.pathway(sparsity, mode, selector, method)
-        if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
-            raise PruneScopeError(f"no pathway version of '{method}'")
-        spec = _supported(self.spec(method), self.model)
-        yield from self.iter_scores(selector)
-        factors = self._factors(sparsity, mode, selector)
-        kept = self._kept(factors, sparsity, mode, selector)
-        if all(k == n for _, k, n in kept):
-            return self.pathway(sparsity, mode, selector, method)  # nothing pruned: the method's own map
-        if spec.sums:
-            net = MaskedNetwork(self.module, self._scaled_forward(factors))
-            attr_map = yield from spec.stepped(self.model, net, self.x, self.target, step_seconds).steps(step_seconds)
-            with torch.no_grad():
-                logits = net(self.x)
-        else:  # its own pathway version (Method.through), on its own copy of the network
-            module, model, x, target = self.module, self.model, self.x, self.target
-            layer_modules = self._layer_modules
-
-            def build():
-                inner, modules = copy.deepcopy((module, layer_modules))
-                return MaskedNetwork(inner, MaskedForward(inner, modules, factors))
-
-            run_ = LibraryRun(lambda gated: spec.through(model, unwrapped(gated), gated, x, target), build, x,
-                              step_seconds, spec.forwards(model, x), spec.name, detach=not spec.random_draws)
-            attr_map, logits = yield from run_.steps(step_seconds)
-        return self._result(attr_map, logits, factors, sparsity, mode, selector, kept)
 
     def iter_curves(self, method: str, attr_map: np.ndarray, steps: int = 20,
                     baseline: str = "mean", step_seconds: float | None = None,
@@ -470,7 +401,7 @@ def compute_map(model, x: torch.Tensor, target: int, method: str, *, sparsity: f
     """One map, no caching kept: for sanity checks, evaluation and pruning drift. settings: the
     methods' (see Engine)."""
     if method in CLASSIC_METHODS:  # no Engine: its forward and layer discovery are not needed
-        spec = _supported(configured(method, checked_settings(settings)), model)
+        spec = supported(configured(method, checked_settings(settings)), model)
         return spec.attribute(model, model.module, x.to(model.device), target)
     return Engine.from_tensor(model, x, target, fold=False, settings=settings).attribution(method, sparsity, mode,
                                                                                            selector)
@@ -480,15 +411,6 @@ def _module_of(model, x: torch.Tensor, fold: bool):
     # Every pass of the engine's own runs on the batch-norm-folded module: the same function,
     # faster (core.network.folding). Classic maps that read layers (Grad-CAM, LRP) keep the model's.
     return model.folded(x) if fold else model.module
-
-
-def _supported(spec, model):
-    """spec (a method, or its name), if it can run on this model; else UnsupportedMethod saying why."""
-    spec = BY_NAME[spec] if isinstance(spec, str) else spec
-    ok, why = spec.supports(model)
-    if not ok:
-        raise UnsupportedMethod(why)
-    return spec
 
 
 def _check(sparsity: float, mode: str) -> None:

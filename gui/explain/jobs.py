@@ -303,7 +303,8 @@ def export(engine, methods, params: Params, steps: int, out_dir, image_path, cma
 
     analysis = yield from scaled(
         ruled(engine, params).iter_analysis([params.method_name, *methods], params.sparsity,
-                                            params.mode, params.selector, steps), 0.0, 0.9)
+                                            params.mode, params.selector, steps,
+                                            step_seconds=STEP_SECONDS), 0.0, 0.9)  # a slow map resumes
     yield Progress(0.9, "writing files")
     settings = {"sparsity": params.sparsity, "mode": params.mode, "selector": params.selector,
                 "ties": params.ties, "steps": steps, "baseline": "mean", **extra_settings}

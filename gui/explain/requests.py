@@ -222,4 +222,5 @@ class ExplainRequests:
         self.context.run_job(
             lambda: explain_jobs.export(engine, methods, params, self.curve_steps, out_dir, image_path,
                                         cmap, alpha, extra),
-            on_done, on_error=on_error, key="export", priority=PRIORITY_VIEW)
+            on_done, on_error=on_error, key="export", priority=PRIORITY_VIEW,
+            preemptible=True)  # a slow map it waits for is computed in steps
