@@ -5,7 +5,7 @@ that cannot yield may take a `stop` check instead and raise Stopped when it says
 """
 import sys
 from dataclasses import dataclass
-from typing import Generator, TypeVar
+from typing import Callable, Generator, TypeVar
 
 T = TypeVar("T")
 
@@ -22,6 +22,15 @@ Job = Generator[Progress, None, T]
 
 class Stopped(Exception):
     """A step abandoned half-way because its caller's stop check asked: nothing was changed."""
+
+
+def _never() -> bool:
+    return False
+
+
+# Set by the app's worker: whether a more urgent job (a slider move) waits for the step under way.
+# A step that waits on work it need not watch (core.methods.library_run) then ends at once.
+hurry: Callable[[], bool] = _never
 
 
 def run(job: "Job[T]", on_progress=None) -> T:

@@ -182,3 +182,28 @@ def test_every_pathway_version_in_steps_equals_its_one_call(image, method):
     whole = engine.pathway(60.0, method=method)
     np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-4, atol=1e-6 * float(np.abs(whole.map).max()))
     assert stepped.prob == pytest.approx(whole.prob, rel=1e-5)
+
+
+def test_a_step_waiting_on_a_long_forward_ends_at_once_when_the_worker_is_wanted(monkeypatch):
+    """A forward that cannot be cut (detach: on the run's own network) goes on beside the worker
+    as soon as a more urgent job waits (core.progress.hurry), and the run still ends with its result."""
+    import time
+
+    from torch import nn
+
+    from core import progress
+    from core.methods.library_run import LibraryRun
+
+    class Slow(nn.Module):
+        def forward(self, x):
+            time.sleep(0.3)
+            return x * 2
+
+    x = torch.ones(1, 3)
+    monkeypatch.setattr(progress, "hurry", lambda: True)
+    run_ = LibraryRun(lambda gated: gated(x), Slow, x, 0.5, None, "slow", detach=True)
+    steps = run_.steps(0.5)
+    began = time.perf_counter()
+    next(steps)  # building and timing the network: its own forwards, then the call's
+    assert time.perf_counter() - began < 0.25  # not the 0.5 s step, nor the 0.3 s forward
+    torch.testing.assert_close(run(steps), x * 2)

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from core import progress
 from core.progress import Progress, Stopped
 
 DETACH_AFTER = 0.05  # seconds a step waits at least before the call goes on beside the worker
+POLL = 0.005  # how often a waiting step asks whether it is wanted elsewhere (core.progress.hurry)
 
 
 class _Gate:
@@ -143,8 +145,8 @@ class LibraryRun:
                 # detach: a forward that cannot be cut (one pass of LRP) runs on beside the worker
                 # after a step's time, on the run's own copy of the network; it pauses at its next one
                 give_up = time.perf_counter() + max(step_seconds, DETACH_AFTER) if self._detach else None
-                while gate.running and (give_up is None or time.perf_counter() < give_up):
-                    gate.lock.wait(None if give_up is None else max(0.0, give_up - time.perf_counter()))
+                while gate.running and (give_up is None or (time.perf_counter() < give_up and not progress.hurry())):
+                    gate.lock.wait(None if give_up is None else POLL)
                 detached = gate.running
             if not detached:
                 self._rng = _rng_state(self._device)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 
+from core import progress
 from core.progress import Progress
 from gui.parts.feedback import error_message
 from gui.parts.worker import (PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_ENGINE, PRIORITY_LIVE,
@@ -96,6 +97,7 @@ class AppContext(QObject):
         self._latest: dict[str, int] = {}
         self._busy = False
         self._runner = JobRunner(self)
+        progress.hurry = self._runner.pause_requested  # a slider move cuts a slow map's wait short
         # Queued even when emitted on the GUI thread (a cancel inside submit), so that callbacks
         # never run inside the runner's lock and always arrive in emission order.
         queued = Qt.ConnectionType.QueuedConnection

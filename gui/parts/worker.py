@@ -114,6 +114,11 @@ class JobRunner(QThread):
         running = self._running
         return running is not None and (running.cancelled or running.interrupted)
 
+    def pause_requested(self) -> bool:
+        """On the worker, inside a step: whether a more urgent job waits for this step to end."""
+        running = self._running
+        return running is not None and running.state is State.PAUSING
+
     def running_key(self) -> str | None:
         running = self._running
         return None if running is None else running.key
