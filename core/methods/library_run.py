@@ -7,9 +7,12 @@ the call runs in a thread of its own, on a network that lets it through one forw
 rows of its batch) at a time: the worker lets it run for a step, then the next forward waits
 until the worker asks for the next step. A run left waiting resumes where it was; a run no one
 holds any more is stopped at its next forward. The rows of a batch are independent in eval
-mode, so cutting a batch changes nothing but the last bits (the maps equal explain's to 1e-5).
-Only one side runs at a time, and the random generators' states are swapped with the steps, so
-that the library draws the same numbers as in one call whatever the worker does between steps.
+mode, so cutting a batch changes nothing but the last bits (the maps equal explain's to float
+rounding). Only one side runs at a time, and the random generators' states are swapped with the
+steps, so that the library draws the same numbers as in one call whatever the worker does between
+steps. The exception, `detach`: a forward that cannot be cut (one pass of LRP) on a network of the
+run's own, in a call that draws no random numbers, goes on beside the worker once a step's time is
+up or a slider move waits.
 """
 import threading
 import time
