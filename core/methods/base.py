@@ -60,6 +60,12 @@ class Setting:
         return number
 
 
+
+# The settings several methods share.
+BASELINE = Setting("baseline", "mean", choices=BASELINES,
+                   help="what a removed or missing pixel becomes: the dataset-mean image, the image blurred, or black")
+SEED = Setting("seed", 0, 0, 2**31 - 1, help="seeds the random draws: the same seed, the same map")
+
 class Method:
     """One attribution method.
 
@@ -146,8 +152,6 @@ class Method:
         the model's layers, runs_on_loaded); detach: net is the run's own, and a forward longer
         than a step may go on beside the worker (not for methods with random_draws)."""
         from core.methods.library_run import LibraryRun
-
-        import copy
 
         batched = any(o.key == "batch" for o in self.options)
 

@@ -1,17 +1,13 @@
 """Gradient-family methods, Grad-CAM and LRP: Captum's gradients, integrated gradients, SmoothGrad
 and DeepLIFT, PruneScope's guided backpropagation, zennit's LRP, and GradientSHAP and Guided
 Grad-CAM from Captum. Each method's body is its class; core.methods.attribution holds what they share."""
-from core.methods.base import BASELINES, Method, Setting
+from core.methods.base import BASELINE, SEED, Method, Setting
 
 IG_STEPS = 50
 SMOOTHGRAD_SAMPLES = 25
 SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the input's value range (Smilkov et al. 2017)
 SHAP_SAMPLES = 25
 SHAP_NOISE = 0.09  # baseline noise std as a fraction of the input's value range
-
-BASELINE = Setting("baseline", "mean", choices=BASELINES,
-                   help="what a missing pixel is: the dataset-mean image, the image blurred, or black")
-SEED = Setting("seed", 0, 0, 2**31 - 1, help="seeds the random draws: the same seed, the same map")
 
 
 def _samples(default: int) -> Setting:

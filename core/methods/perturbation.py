@@ -3,7 +3,7 @@
 Each runs many forwards, batched. What is removed becomes 0 in normalised space, the dataset-mean
 image. KernelSHAP and LIME perturb scikit-image SLIC superpixels of the image.
 """
-from core.methods.base import BASELINES, Method, Setting
+from core.methods.base import BASELINE, SEED, Method, Setting
 
 BATCH = 32         # perturbed inputs per forward
 SEGMENTS = 50      # SLIC superpixels asked for (KernelSHAP, LIME)
@@ -11,11 +11,6 @@ SHAP_SAMPLES = 200
 RISE_MASKS = 500
 RISE_CELLS = 7     # each RISE mask is a random 7x7 grid, upsampled with a random shift
 RISE_KEEP = 0.5    # probability that a cell is kept
-
-
-BASELINE = Setting("baseline", "mean", choices=BASELINES,
-                   help="what removed pixels become: the dataset-mean image, the image blurred, or black")
-SEED = Setting("seed", 0, 0, 2**31 - 1, help="seeds the random draws: the same seed, the same map")
 
 
 def occlusion_window(side: int, window: int | None = None, stride: int | None = None) -> tuple[int, int]:

@@ -16,6 +16,8 @@ from core.progress import Job
 
 
 class InSteps:
+    """Engine's methods that run in steps (the module's docstring)."""
+
     def iter_attribution(self, method: str, step_seconds: float | None = None,
                          coarse: bool = False) -> Job[np.ndarray]:
         """attribution() of a classic method; with step_seconds, the methods that run in steps
@@ -86,8 +88,7 @@ class InSteps:
 
 
 def supported(spec, model):
-    """spec (a method, or its name), if it can run on this model; else UnsupportedMethod saying why."""
-    spec = BY_NAME[spec] if isinstance(spec, str) else spec
+    """spec (a core.methods.base.Method), if it can run on this model; else UnsupportedMethod saying why."""
     ok, why = spec.supports(model)
     if not ok:
         raise UnsupportedMethod(why)

@@ -164,13 +164,18 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         self.heatmaps.set_image(engine.view, prediction.name, f"p = {prediction.prob:.3f}")
         self.masks.set_image(engine.view)
         self.masks.clear()
+        self._analyse(search=self.controls.auto_open.isChecked())
+
+    def _analyse(self, search: bool) -> None:
+        """Everything of the current engine asked for anew, each panel saying so until its map
+        comes. search: Auto first (what depends on the sparsity follows its result)."""
         self.curves.clear()
         self._show_panels()
         for method in self._panel_names():
             self.heatmaps.set_note(method, "computing…")
         self._request_live()  # at the sparsity shown until Auto has found this image's
-        if self.controls.auto_open.isChecked():
-            self._search_on_open(engine)  # what depends on the sparsity follows its result
+        if search:
+            self._search_on_open(self._engine)
         self._request_maps()  # their curves follow them
         self._request_sweep()
         if self._auto_search is None:
@@ -248,19 +253,15 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
         if settings == self.method_settings:
             return
         self.method_settings = settings
-        engine = self._engine
-        self._show_panels()
-        if engine is None:
+        if self._engine is None:
+            self._show_panels()
             return
-        self._engine = engine.with_settings(settings)
+        self._engine = self._engine.with_settings(settings)
         self.shown = Shown()
-        self.curves.clear()
-        for method in self._panel_names():
-            self.heatmaps.set_note(method, "computing…")
-        self._request_live()
-        self._request_maps()
-        self._request_sweep()
-        self._request_settled()
+        if self._auto_search is not None:  # it was for the engine before: its result is not shown
+            self._auto_search = None
+            self.controls.auto_note.setText("")
+        self._analyse(search=False)
         changed = ", ".join(sorted(settings)) or "none: every method at its defaults"
         self.status.emit(f"method settings changed ({changed})")
 
