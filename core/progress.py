@@ -24,6 +24,10 @@ class Stopped(Exception):
     """A step abandoned half-way because its caller's stop check asked: nothing was changed."""
 
 
+class Paused(Stopped):
+    """A step abandoned half-way because more urgent work waits (hurry): it can be run again."""
+
+
 def _never() -> bool:
     return False
 
@@ -31,6 +35,14 @@ def _never() -> bool:
 # Set by the app's worker: whether a more urgent job (a slider move) waits for the step under way.
 # A step that waits on work it need not watch (core.methods.library_run) then ends at once.
 hurry: Callable[[], bool] = _never
+
+
+def pause_if_hurried() -> bool:
+    """A stop check for a step that can be run again: raises Paused when hurry() says so, so that
+    a slider move waits for no more of the step than what cannot be cut (a backward)."""
+    if hurry():
+        raise Paused("more urgent work waits")
+    return False
 
 
 def run(job: "Job[T]", on_progress=None) -> T:

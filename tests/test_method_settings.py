@@ -169,19 +169,29 @@ def test_the_python_api_takes_a_methods_settings(tiny_model, image):
 def test_every_pathway_version_in_steps_equals_its_one_call(image, method):
     """The app's ↝ rows: the sums in steps of the pruned network, the others as their pathway
     version's call on a copy of it (DeepLIFT's on its masks as modules)."""
-    from torch import nn
-
-    from core.models.loading import from_module
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    model = from_module(net, input_size=32, gradcam_layer="2")
-    engine = Engine(model, image, target=1)
+    engine = Engine(tiny_model_for_steps(), image, target=1)
     stepped = run(engine.iter_pathway(60.0, method=method, step_seconds=1e-9))
     whole = engine.pathway(60.0, method=method)
     np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-4, atol=1e-6 * float(np.abs(whole.map).max()))
     assert stepped.prob == pytest.approx(whole.prob, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated-gradients"])
+def test_a_pathway_step_gives_up_its_forward_for_a_slider_move_and_runs_again(image, method, monkeypatch):
+    """A ↝ row's forward asks core.progress.hurry at each layer: wanted elsewhere, it gives up
+    and the step ends; the next step runs it again, and the map equals the one call's."""
+    from core import progress
+
+    engine = Engine(tiny_model_for_steps(), image, target=1)
+    whole = engine.pathway(60.0, method=method)
+    answers = iter([False, True])  # the first forward's second layer: wanted elsewhere
+    monkeypatch.setattr(progress, "hurry", lambda: next(answers, False))
+    steps = engine.iter_pathway(60.0, method=method, step_seconds=10.0)
+    given_up = next(steps)
+    assert next(answers, "spent") == "spent" and given_up.done == 0.0
+    stepped = run(steps)
+    np.testing.assert_allclose(stepped.map, whole.map, rtol=1e-5, atol=1e-7 * float(np.abs(whole.map).max()))
+    assert stepped.prob == pytest.approx(whole.prob, rel=1e-6)
 
 
 def test_a_step_waiting_on_a_long_forward_ends_at_once_when_the_worker_is_wanted(monkeypatch):
@@ -207,3 +217,15 @@ def test_a_step_waiting_on_a_long_forward_ends_at_once_when_the_worker_is_wanted
     next(steps)  # building and timing the network: its own forwards, then the call's
     assert time.perf_counter() - began < 0.25  # not the 0.5 s step, nor the 0.3 s forward
     torch.testing.assert_close(run(steps), x * 2)
+
+
+def tiny_model_for_steps():
+    """A CNN of ReLU modules, which every pathway version supports (DeepLIFT's included)."""
+    from torch import nn
+
+    from core.models.loading import from_module
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return from_module(net, input_size=32, gradcam_layer="2")

@@ -15,7 +15,7 @@ from core.errors import ModelError, UnsupportedMethod
 from core.network.hooks import hooked
 from core.network.neurons import intercept, unwrapped
 from core.network.tokens import grid_side
-from core.progress import Progress
+from core.progress import Paused, Progress
 
 # Captum is imported inside the functions: it takes about a second to import. LRP (core.methods.lrp) too:
 # zennit brings torchvision, 170 MB resident.
@@ -85,16 +85,21 @@ class _SteppedRun:
         raise NotImplementedError
 
     def steps(self, step_seconds: float):
-        """Job: advances in chunks of about step_seconds; returns the HxW map."""
+        """Job: advances in chunks of about step_seconds; returns the HxW map. A chunk whose
+        network gives up for more urgent work (Paused) is run again at the next step."""
         while self.done < self.count:
             per = self._per_input
             size = 1 if per is None else int(max(1, min(self._most, step_seconds / per)))
             rows = slice(self.done, min(self.done + size, self.count))
             began = time.perf_counter()
             inputs = self._inputs(rows).requires_grad_(True)
-            with torch.enable_grad():
-                out = self.module(inputs)[:, self.target].sum()
-                (grads,) = torch.autograd.grad(out, inputs)
+            try:
+                with torch.enable_grad():
+                    out = self.module(inputs)[:, self.target].sum()
+                    (grads,) = torch.autograd.grad(out, inputs)
+            except Paused:
+                yield Progress(self.done / self.count, f"{self.label} {self.done}/{self.count}")
+                continue
             self.total += self._summed(grads, rows)
             self._per_input = (time.perf_counter() - began) / (rows.stop - rows.start)
             self.done = rows.stop

@@ -108,6 +108,8 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     probs = [torch.zeros(0)]
     n_inputs = keep_input.shape[0]
     done, size = 0, 1 if step_seconds else batch
+    if step_seconds:  # the ranking and the masks above are a step of their own
+        yield Progress(0.0, f"perturbation curves 0/{n_inputs}")
     while done < n_inputs:
         chunk = keep_input[done:done + size]
         began = time.perf_counter()

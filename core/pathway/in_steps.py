@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from core.errors import PruneScopeError, UnsupportedMethod
-from core.methods import BY_NAME, CLASSIC_METHODS
+from core.methods import BY_NAME, CLASSIC_METHODS, PATHWAY
 from core.methods.library_run import LibraryRun
 from core.network.neurons import MaskedForward, MaskedNetwork, unwrapped
 from core.pathway.results import PathwayResult
-from core.progress import Job
+from core.progress import Job, Paused, Progress, pause_if_hurried
 
 
 class InSteps:
@@ -58,8 +58,14 @@ class InSteps:
         slider's live map) goes on between them: the gradient sums a few passes of the pruned
         network at a time, every other method as its library's call on a private copy of the
         pruned network (core.methods.library_run). Not kept: a new sparsity starts again."""
-        if not step_seconds or method not in BY_NAME or BY_NAME[method].one_pass:
+        if not step_seconds or method not in BY_NAME:
             return self.pathway(sparsity, mode, selector, method)
+        if BY_NAME[method].one_pass:  # one step, given up in its forward for a slider move
+            while True:
+                try:
+                    return self.pathway(sparsity, mode, selector, method, stop=pause_if_hurried)
+                except Paused:
+                    yield Progress(0.0, f"{PATHWAY}{method}")
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
         spec = supported(self.spec(method), self.model)
@@ -69,8 +75,12 @@ class InSteps:
         if all(k == n for _, k, n in kept):
             return self.pathway(sparsity, mode, selector, method)  # nothing pruned: the method's own map
         if spec.sums:
-            net = MaskedNetwork(self.module, self._scaled_forward(factors))
-            attr_map = yield from spec.stepped(self.model, net, self.x, self.target, step_seconds).steps(step_seconds)
+            forward = self._scaled_forward(factors)
+            net = MaskedNetwork(self.module, forward)
+            sums = spec.stepped(self.model, net, self.x, self.target, step_seconds)
+            forward.stop = pause_if_hurried  # the steps' forwards give up for a slider move (run again)
+            attr_map = yield from sums.steps(step_seconds)
+            forward.stop = None
             with torch.no_grad():
                 logits = net(self.x)
         else:  # its own pathway version (Method.through), on its own copy of the network

@@ -11,11 +11,14 @@ from pathlib import Path
 from core.methods import BY_NAME
 from gui.explain import jobs as explain_jobs
 from gui.explain.masks import default_layer
-from gui.parts.context import PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_SLOW, PRIORITY_VIEW
+from gui.parts.context import (PRIORITY_BACKGROUND, PRIORITY_CURVES, PRIORITY_LIVE, PRIORITY_SLOW,
+                               PRIORITY_VIEW)
 
 COARSE_CURVE_STEPS = 10  # the first curves of an image (labelled coarse); 20 follow once all is shown
 COARSE_EVERY = 3  # the first sweep takes every third point and the last (labelled coarse)
 COARSE_SWEEP_STEPS = 5  # curve steps per point of the coarse sweep (SWEEP_STEPS when refined)
+# After a slider move's map the other work waits this long: a drag's next move comes sooner
+DRAG_QUIET_S = 0.3
 OPEN_AUTO_STEP = 5.0  # points of sparsity between Auto's probes on opening (the button: 1)
 
 
@@ -38,13 +41,14 @@ class ExplainRequests:
     def _steps(self) -> int:
         return self.curve_steps if self.shown.refining else min(COARSE_CURVE_STEPS, self.curve_steps)
 
-    def _request_live(self) -> None:
+    def _request_live(self, moving: bool = False) -> None:
         """A running live job still in its masked forward gives up for this newer request;
         one in its backward (which cannot be interrupted, and whose map is newer than the one
         shown) is kept, and this request waits behind it, replacing any request that waited
         before it, and starts the moment it ends. A job that took the place of one that gave up
         is always finished. So a drag shows a new map as fast as they can be computed, each for
-        the latest value asked when it started."""
+        the latest value asked when it started. moving: a move of the user's; the other work waits
+        DRAG_QUIET_S after its map, so that a drag's next move finds the worker free."""
         engine = self._engine
         if engine is None:
             return
@@ -53,7 +57,8 @@ class ExplainRequests:
         if layer is None or layer >= len(engine.layers):  # none yet, or the last model had more
             layer = default_layer(len(engine.layers))
         self.context.run_job(lambda: explain_jobs.live(engine, params, layer, memo, stop),
-                             self._show_live, key="live", priority=PRIORITY_LIVE, keep_running=True)
+                             self._show_live, key="live", priority=PRIORITY_LIVE, keep_running=True,
+                             quiet_s=DRAG_QUIET_S if moving else 0.0)
 
     def _request_layer(self, index: int) -> None:
         engine = self._engine

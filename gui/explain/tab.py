@@ -191,7 +191,7 @@ class ExplainTab(ExplainRequests, ExplainDrawing, QWidget):
     def _on_sparsity(self, value: float) -> None:
         self.curves.set_marker(value)
         self.context.cancel("pathway-curves")  # of a sparsity being left behind: not wanted
-        self._request_live()  # not throttled: a request only replaces the one waiting
+        self._request_live(moving=not self._setting)  # not throttled: a request only replaces the one waiting
         if self._setting:  # Auto's result: nothing to wait for
             self._request_settled()
             return

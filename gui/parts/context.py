@@ -141,7 +141,8 @@ class AppContext(QObject):
                 on_progress: Callable[[Progress], None] | None = None,
                 on_error: Callable[[Exception], None] | None = None, key: str = "default",
                 priority: int = PRIORITY_BACKGROUND, preemptible: bool = False,
-                on_end: Callable[[], None] | None = None, keep_running: bool = False) -> int:
+                on_end: Callable[[], None] | None = None, keep_running: bool = False,
+                quiet_s: float = 0.0) -> int:
         """Run a job on the single background worker; returns its request id.
 
         job_factory: called on the worker with no arguments; returns a generator that yields
@@ -158,8 +159,10 @@ class AppContext(QObject):
         keep_running: once it runs, a newer request with this key queues behind it instead of
             cancelling it, and its result is still delivered (a computation that cannot be
             interrupted is not thrown away, and the next one starts the moment it ends).
+        quiet_s: once it ends, less urgent jobs start or resume only after that long: the worker
+            stays free for the next of a series of requests (a drag's next slider move).
         """
-        job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible, keep_running)
+        job_id = self._runner.submit(_as_job(job_factory), key, priority, preemptible, keep_running, quiet_s)
         self._requests[job_id] = _Request(key, on_result, on_progress, on_error, on_end, keep_running)
         self._latest[key] = job_id
         return job_id

@@ -56,6 +56,7 @@ class Job:
     # still get answers. Both are about the request, in any state.
     interrupted: bool = False
     protected: bool = False
+    quiet_s: float = 0.0  # once it ends, less urgent jobs wait this long (a drag's next move comes first)
     state: State = State.QUEUED
     gen: Generator | None = field(default=None, repr=False)  # made on the worker at its first run
 
@@ -81,15 +82,17 @@ class JobRunner(QThread):
         self._cond = threading.Condition()
         self._stopping = False
         self._to_close: list[Generator] = []  # generators of paused jobs since cancelled
+        self._quiet = (PRIORITY_ENGINE, 0.0)  # jobs less urgent than this priority wait until this time
         self.longest_steps: dict[str, float] = {}  # job key -> seconds of its longest step
 
     def submit(self, factory, key: str, priority: int, preemptible: bool,
-               keep_running: bool = False) -> int:
+               keep_running: bool = False, quiet_s: float = 0.0) -> int:
         """Queue a job; an older job with the same key is cancelled (the latest request wins),
         except a running one submitted with keep_running: that one finishes and delivers first,
-        or stops inside its step where it can (stop_requested), unless it is protected."""
+        or stops inside its step where it can (stop_requested), unless it is protected. quiet_s:
+        once this job ends, jobs less urgent than it start or resume only after that long."""
         with self._cond:
-            job = Job(next(self._ids), key, factory, priority, preemptible, keep_running)
+            job = Job(next(self._ids), key, factory, priority, preemptible, keep_running, quiet_s=quiet_s)
             # replacing a waiting request that a stopped job gave up for, it inherits its right to finish
             job.protected = any(other.protected for other in self._queue if other.key == key)
             running = self._running
@@ -151,13 +154,15 @@ class JobRunner(QThread):
 
     def _next_job(self) -> Job | None:
         with self._cond:
-            while not self._queue and not self._stopping:
+            while True:
                 self._close_dropped()
-                self._cond.wait()
-            self._close_dropped()
-            if self._stopping:
-                return None
-            job = min(self._queue, key=lambda j: (j.priority, j.id))
+                if self._stopping:
+                    return None
+                job = min(self._queue, key=lambda j: (j.priority, j.id), default=None)
+                quiet = self._quiet[1] - time.perf_counter() if job and job.priority > self._quiet[0] else 0
+                if job is not None and quiet <= 0:
+                    break
+                self._cond.wait(quiet or None)  # a submit wakes it
             self._queue.remove(job)
             job.state = State.RUNNING
             self._running = job
@@ -176,6 +181,8 @@ class JobRunner(QThread):
             finally:
                 with self._cond:
                     self._running = None
+                    if job.quiet_s:
+                        self._quiet = (job.priority, time.perf_counter() + job.quiet_s)
                     requeued = paused and not job.cancelled
                     if requeued:
                         job.state = State.QUEUED
