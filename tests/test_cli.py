@@ -232,3 +232,33 @@ def test_bad_method_params_are_one_line_naming_what_is_allowed(tiny_cli, photo, 
         run_main(["explain", str(photo("coffee.png")), "--out", str(tmp_path), "--method-params", params], capsys)
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert exit_.value.code == 2 and len(errors) == 1 and message in errors[0]
+
+
+@pytest.mark.parametrize("command", ["sanity", "prune-sweep"])
+def test_sanity_and_the_sweep_explain_with_the_methods_settings(tiny_cli, photo, tmp_path, capsys, monkeypatch,
+                                                                command):
+    import core.pathway.engine
+
+    asked, real = [], core.pathway.engine.compute_map
+    monkeypatch.setattr(core.pathway.engine, "compute_map",
+                        lambda *a, settings=None, **k: asked.append(settings) or real(*a, settings=settings, **k))
+    params = {"integrated-gradients": {"steps": 2, "baseline": "black"}}
+    argv = {"sanity": ["sanity", str(photo("coffee.png")), "--out", str(tmp_path)],
+            "prune-sweep": ["prune-sweep", "--criteria", "l1", "--sparsities", "50", "--calib", str(tiny_cli),
+                            "--out", str(tmp_path), "--no-latency", "--protect", "none"]}[command]
+    code, err = run_main([*argv, "--methods", "integrated-gradients", "--quiet",
+                          "--method-params", "integrated-gradients.steps=2,integrated-gradients.baseline=black"],
+                         capsys)
+    assert code == 0, err
+    assert asked and all(settings == params for settings in asked)
+    written = next(tmp_path.rglob("sanity.json" if command == "sanity" else "sweep.json"))
+    assert json.loads(written.read_text())["method_params"] == params
+
+
+@pytest.mark.parametrize("command", ["sanity", "roar", "prune-sweep"])
+def test_every_command_that_explains_refuses_bad_method_params(tmp_path, capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        run_main([command, *(["x.png"] if command == "sanity" else ["--dataset", "synthetic"] * (command == "roar")),
+                  "--out", str(tmp_path), "--method-params", "occlusion.size=3"], capsys)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_.value.code == 2 and len(errors) == 1 and "occlusion has no setting 'size'" in errors[0]

@@ -241,6 +241,31 @@ def test_a_sweep_reads_its_finished_points_back(tiny_cli, tmp_path, capsys, monk
     assert "another mode" in capsys.readouterr().err
 
 
+def test_roar_maps_follow_the_methods_settings(tiny, tmp_path, monkeypatch):
+    import core.evaluation.roar as roar
+    from core.evaluation.records import RecordStore
+    from core.evaluation.synthetic import Dataset
+    from core.progress import run
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), np.arange(4) % 4, None, ["a"] * 4)
+    monkeypatch.setattr(roar, "roar_job", lambda *a, **k: 0.5)
+
+    def maps(folder, params):
+        settings = roar.RoarSettings(methods=["integrated-gradients"], fractions=[0.3], epochs=1,
+                                     method_params=params)
+        store = RecordStore(folder, roar.run_settings(tiny, settings, "data"))
+        result = run(roar.iter_roar(tiny, None, data, data, settings, folder / "maps", "data", store=store))
+        assert result["settings"]["method_params"] == params
+        return np.load(folder / "maps" / "integrated-gradients.train.npy")
+
+    default = maps(tmp_path / "a", {})
+    few = maps(tmp_path / "b", {"integrated-gradients": {"steps": 2, "baseline": "black"}})
+    assert not np.allclose(default, few)
+    with pytest.raises(PruneScopeError, match="another method_params"):  # the run in a was made without
+        maps(tmp_path / "a", {"integrated-gradients": {"steps": 2}})
+
+
 def test_roar_reads_its_finished_jobs_back(tiny, tmp_path, monkeypatch):
     import core.evaluation.roar as roar
     from core.evaluation.records import RecordStore

@@ -115,6 +115,7 @@ def register(subparsers) -> None:
     r.add_argument("--methods", type=method_list, default=list(ROAR_DEFAULT),
                    help=f"comma-separated; 'random' is always added, 'oracle' (ground truth) is "
                         f"allowed with masks (default: {','.join(ROAR_DEFAULT)})")
+    add_method_params(r)
     r.add_argument("--fractions", type=percent_list, default=[0.1, 0.3, 0.5, 0.7, 0.9],
                    help="percent of pixels removed (default 10,30,50,70,90)")
     r.add_argument("--train-images", type=positive_int, default=1000,
@@ -322,7 +323,8 @@ def run_roar(args) -> int:
             data_key = fingerprint(train.images, train.labels, test.images, test.labels)
             settings = RoarSettings(methods=args.methods, fractions=args.fractions,
                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                    sparsity=args.sparsity, target=target, seed=args.seed)
+                                    sparsity=args.sparsity, target=target, seed=args.seed,
+                                    method_params=args.method_params)
             store = _open_records(out, run_settings(model, settings, data_key), args.overwrite, ["roar.json"],
                                  ctx, stack)
             result = run(iter_roar(model, make_fresh, train, test, settings, out / "maps", data_key,

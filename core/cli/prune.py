@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from core.cli import say
-from core.cli.options import (add_model_options, method_list, model_from_args, out_path, positive_int,
-                              sparsity_percent)
+from core.cli.options import (add_method_params, add_model_options, method_list, model_from_args, out_path,
+                              positive_int, sparsity_percent)
 from core.methods import ALL_METHODS, unknown
 from core.model_pruning.names import (CRITERIA, DEFAULT_COVERAGE, DEFAULT_MODE, DEFAULT_RECOVERY,
                                       LOW_AGREEMENT, MODES, SWEEP_METHODS, SWEEP_SPARSITIES, recovery_stages)
@@ -129,6 +129,7 @@ def register(subparsers) -> None:
                    help=f"comma-separated percents (default: {','.join(map(str, SWEEP_SPARSITIES))})")
     s.add_argument("--methods", type=method_list, default=list(SWEEP_METHODS),
                    help=f"maps compared before/after, comma-separated (default: {','.join(SWEEP_METHODS)})")
+    add_method_params(s)
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     s.add_argument("--overwrite", action="store_true",
                    help="start again in an --out folder that holds a sweep with other settings (without "
@@ -282,13 +283,14 @@ def run_sweep(args) -> int:
                         "protect": args.protect, "recovery": dataclasses.asdict(settings),
                         "calibration": [str(p) for p in calib.paths],
                         "held_out": [str(p) for p in held.paths] if held else None,
-                        "methods": list(args.methods), "cap": args.max_layer_sparsity, "timed": not args.no_latency}
+                        "methods": list(args.methods), "cap": args.max_layer_sparsity, "timed": not args.no_latency,
+                        **({"method_params": args.method_params} if args.method_params else {})}
             store = RecordStore(out, identity, overwrite=args.overwrite)
             if args.overwrite:
                 (out / "sweep.json").unlink(missing_ok=True)
             result = run(sweep(model, calib, args.criteria, args.sparsities, args.methods, args.mode,
                                args.protect, timed=not args.no_latency, settings=settings, held_out=held,
-                               cap=args.max_layer_sparsity, store=store), bar)
+                               cap=args.max_layer_sparsity, store=store, method_params=args.method_params), bar)
         finally:
             bar.close()
         written = save_sweep(result, out)

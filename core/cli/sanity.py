@@ -6,7 +6,8 @@ map against the blocks randomised, one line per method) and maps.png (maps at a 
 import sys
 from pathlib import Path
 
-from core.cli.options import add_model_options, method_list, model_from_args, out_path, sparsity_percent
+from core.cli.options import (add_method_params, add_model_options, method_list, model_from_args, out_path,
+                              sparsity_percent)
 from core.methods import ALL_METHODS, DEFAULTS, unknown
 
 DEFAULT_METHODS = DEFAULTS["sanity"]
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--methods", type=method_list, default=list(DEFAULT_METHODS),
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
+    add_method_params(p)
     p.add_argument("--target", type=int, help="class id to explain (default: the predicted class)")
     p.add_argument("--sparsity", type=sparsity_percent, default=70.0,
                    help="percent of neurons pruned by the pathway methods (default 70)")
@@ -58,7 +60,8 @@ def run_sanity(args) -> int:
         return fail(f"none of the methods can run on {model.name}")
 
     def explain(module, x, target, method):
-        return compute_map(replace(model, module=module), x, target, method, sparsity=args.sparsity)
+        return compute_map(replace(model, module=module), x, target, method, sparsity=args.sparsity,
+                           settings=args.method_params)
 
     paths = list(dict.fromkeys(args.images))
     batch = Batch(len(paths), "images", "checked")
@@ -71,7 +74,7 @@ def run_sanity(args) -> int:
                     engine = Engine(model, load_image(path), target=args.target)
                     result = run(iter_cascading_randomization(model.module, engine.x, engine.target,
                                                               methods, explain, seed=args.seed), bar)
-                    write_results(staging, result, engine, model.name, path, args.sparsity)
+                    write_results(staging, result, engine, model.name, path, args.sparsity, args.method_params)
             except Exception as err:
                 bar.close()  # first, so that the line does not land inside the bar's
                 batch.item_failed(path, err)
@@ -85,14 +88,15 @@ def run_sanity(args) -> int:
     return batch.finish(args.quiet)
 
 
-def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float) -> None:
+def write_results(out: Path, result, engine, model_name: str, image_path, sparsity: float,
+                  method_params: dict) -> None:
     import json
 
     from core.reporting import figures
 
     data = {"image": str(image_path), "source": str(Path(image_path).resolve()), "model": model_name,
             "class_name": engine.prediction.name, "probability": engine.prediction.prob,
-            "sparsity": sparsity, **result.to_json()}
+            "sparsity": sparsity, "method_params": method_params, **result.to_json()}
     title = f"{Path(image_path).name}, {model_name}, class {engine.prediction.name}"
     figures.save(figures.sanity(result, engine.view, title), out)
     (out / "sanity.json").write_text(json.dumps(data, indent=2))  # last: the mark of a complete result

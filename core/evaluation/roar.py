@@ -28,6 +28,7 @@ class RoarSettings:
     sparsity: float = 70.0
     target: str = "label"
     seed: int = 0
+    method_params: dict = field(default_factory=dict)  # the methods' settings (core.methods.checked_settings)
 
 
 def iter_cached_maps(model, images: np.ndarray, labels: np.ndarray, masks, split: str, method: str,
@@ -54,7 +55,8 @@ def iter_cached_maps(model, images: np.ndarray, labels: np.ndarray, masks, split
         target = int(labels[i]) if settings.target == "label" else _predicted(model, x)
         mask = None if masks is None else masks[i]
         attr = method_map(model, x, target, method, mask,
-                          item_seed(settings.seed, "roar-map", split, i, method), settings.sparsity)
+                          item_seed(settings.seed, "roar-map", split, i, method), settings.sparsity,
+                          settings.method_params)
         values = ranking(method, attr)
         top = np.abs(values).max()
         out[i] = values / top if top > 0 else values
@@ -116,7 +118,8 @@ def run_settings(model, settings: RoarSettings, data_key: str) -> dict:
     and fractions are not among them: new ones add jobs beside the finished ones."""
     return {"model": model.name, "weights": model_fingerprint(model.module), "data": data_key,
             "sparsity": settings.sparsity, "target": settings.target, "seed": settings.seed,
-            "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr}
+            "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
+            **({"method_params": settings.method_params} if settings.method_params else {})}
 
 
 def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Path,
@@ -139,7 +142,8 @@ def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Pa
         raise PruneScopeError("ROAR needs at least 2 training and 1 test image")
     key = json.dumps({"model": model_fingerprint(model.module), "data": data_key,
                       "sparsity": settings.sparsity, "target": settings.target,
-                      "seed": settings.seed})
+                      "seed": settings.seed, **({"method_params": settings.method_params}
+                                                if settings.method_params else {})})
     values = {}
     map_methods = [m for m in methods if m not in REFERENCE_METHODS]
     n_stages = 2 * len(map_methods) + 1

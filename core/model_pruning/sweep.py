@@ -71,6 +71,7 @@ class SweepResult:
     points: list = field(default_factory=list)
     errors: dict = field(default_factory=dict)    # criterion -> why it could not run
     skipped_methods: dict = field(default_factory=dict)  # method -> why
+    method_params: dict = field(default_factory=dict)  # the methods' settings (core.methods.checked_settings)
 
     def series(self, criterion: str, key) -> tuple[list, list]:
         """(sparsities, values) of one criterion; key is a field name or a function of a point."""
@@ -161,8 +162,9 @@ def pathway_iou(original: list[torch.Tensor], pruned: list[torch.Tensor], owners
 
 # --- the sweep ------------------------------------------------------------------------------------
 
-def _maps(model, x, targets, methods, skipped: dict) -> dict:
-    """method -> list of maps, one per image; methods this model cannot run go to `skipped`."""
+def _maps(model, x, targets, methods, skipped: dict, settings: dict) -> dict:
+    """method -> list of maps, one per image, under the methods' settings; methods this model
+    cannot run go to `skipped`."""
     from core.errors import UnsupportedMethod
     from core.pathway.engine import compute_map
 
@@ -175,7 +177,7 @@ def _maps(model, x, targets, methods, skipped: dict) -> dict:
             for i in range(x.shape[0]):
                 with seeded(SEED, x.device):
                     maps.append(compute_map(model, x[i:i + 1], int(targets[i]), method,
-                                            sparsity=EXPLAIN_SPARSITY))
+                                            sparsity=EXPLAIN_SPARSITY, settings=settings))
             out[method] = maps
         except UnsupportedMethod as why:
             skipped[method] = str(why)
@@ -187,12 +189,14 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
           protect=DEFAULT_PROTECT, timed: bool = True,
           settings: pipeline.Recovery = pipeline.Recovery("none"),
           held_out: pipeline.Calibration | None = None, cap: float = 100.0,
-          store: RecordStore | None = None) -> Job[SweepResult]:
+          store: RecordStore | None = None, method_params: dict | None = None) -> Job[SweepResult]:
     """Prune a copy of the model at each sparsity by each criterion, recover it and measure what
     changed, on images held out from calibration and recovery (`held_out`, or a share of calib).
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
-    `errors`. Each finished point is kept in `store`, and a rerun reads it back."""
+    `errors`. Each finished point is kept in `store`, and a rerun reads it back. method_params:
+    the methods' settings, {method: {key: value}}."""
     from core.model_pruning.recovery import held_out_split, without
+    from core.methods import checked_settings
     from core.pathway.engine import ALL_METHODS
 
     for c in criteria_names:
@@ -200,6 +204,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
     for m in methods:
         if m not in ALL_METHODS:
             raise PruneScopeError(f"unknown method '{m}': choose from {', '.join(ALL_METHODS)}")
+    method_params = checked_settings(method_params)
     settings.check()
     sparsities = sorted(float(s) for s in sparsities)
     used, held = held_out_split(calib) if held_out is None else (without(calib, held_out), held_out)
@@ -210,11 +215,12 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
     base = measures.measure(model.module, calib.x)
     result = SweepResult(model.name, mode, list(criteria_names), sparsities, list(methods),
                          dataclasses.asdict(base), measures.accuracy(model.module, held),
-                         [str(p) for p in used.paths], [str(p) for p in held.paths], settings.method)
+                         [str(p) for p in used.paths], [str(p) for p in held.paths], settings.method,
+                         method_params=method_params)
     x, targets = held.x, held.targets
     reference = measures.logits(model.module, x)
     yield Progress(0.02, "explaining with the original model")
-    original_maps = _maps(model, x, targets, methods, result.skipped_methods)
+    original_maps = _maps(model, x, targets, methods, result.skipped_methods, method_params)
     original_paths = pathway_masks(model, x, targets)
     owners = criteria.activation_producers(model.module, x)
     share = 0.95 / len(criteria_names)  # of the progress bar, per criterion
@@ -243,7 +249,7 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
                 recovery_s = time.perf_counter() - began
                 original, stats = measures.measure_pair(model.module, module, x, timed)
                 yield Progress(at + 0.5 * step, f"{name} {s:g} %: explanations")
-                maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {})
+                maps = _maps(pruned, x, targets, [m for m in methods if m in original_maps], {}, method_params)
                 drift = {m: _mean_similarity(original_maps[m], maps[m]) for m in maps}
                 ious = [pathway_iou(a, b, owners, done.removed)
                         for a, b in zip(original_paths, pathway_masks(pruned, x, targets))]
