@@ -209,3 +209,23 @@ def test_deletion_only_with_known_ends_forwards_only_the_inner_steps():
     np.testing.assert_allclose(only.deletion, full.deletion, rtol=1e-6, atol=1e-7)
     assert only.insertion is None and only.insertion_auc is None
     assert only.to_json()["insertion"] is None
+
+
+def test_a_batch_gives_way_to_a_slider_move_and_is_run_again(monkeypatch):
+    """In steps (the app), each layer of a batch's forward asks core.progress.hurry: wanted
+    elsewhere, the batch ends there and the next step runs it again; the curves do not change."""
+    from core import progress
+
+    net, x = small_cnn(), image()
+    attr = np.random.default_rng(2).normal(size=(SIDE, SIDE))
+    whole = curves(net, x, attr, target=1, steps=6)
+    answers = iter([False, False, True])  # the first batch's third layer: wanted elsewhere
+    monkeypatch.setattr(progress, "hurry", lambda: next(answers, False))
+    steps = iter_curves(net, x, attr, target=1, steps=6, step_seconds=10.0)
+    assert next(steps).done == 0.0  # the ranking and the masks
+    given_up = next(steps)
+    assert next(answers, "spent") == "spent" and given_up.done == 0.0
+    stepped = run(steps)
+    np.testing.assert_allclose(stepped.deletion, whole.deletion, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stepped.insertion, whole.insertion, rtol=1e-6, atol=1e-7)
+    assert not any(m._forward_pre_hooks for m in net.modules())  # none left behind

@@ -195,8 +195,8 @@ def sweep(model, calib: pipeline.Calibration, criteria_names=CRITERIA,
     A criterion that cannot run on this model (LRP on some architectures) is recorded in
     `errors`. Each finished point is kept in `store`, and a rerun reads it back. method_params:
     the methods' settings, {method: {key: value}}."""
-    from core.model_pruning.recovery import held_out_split, without
     from core.methods import checked_settings
+    from core.model_pruning.recovery import held_out_split, without
     from core.pathway.engine import ALL_METHODS
 
     for c in criteria_names:

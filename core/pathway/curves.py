@@ -11,6 +11,7 @@ probability of the target class. Every perturbed input is a per-pixel choice bet
 input and the baseline image, built from one rank image (rank < k) for all steps at once.
 """
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 from core.errors import PruneScopeError
 from core.io.baselines import (BASELINES, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401 (read from here)
                                baseline_image)
-from core.progress import Job, Progress, run
+from core.network.hooks import giving_way
+from core.progress import Job, Paused, Progress, run
 
 OUTPUT_CHANGE_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 11))
 ORDERS = ("lerf", "morf")  # least / most relevant first
@@ -113,7 +115,12 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
     while done < n_inputs:
         chunk = keep_input[done:done + size]
         began = time.perf_counter()
-        probs.append(_target_probs(module, torch.where(chunk, x, base), target).cpu())
+        try:
+            with giving_way(module) if step_seconds else nullcontext():
+                probs.append(_target_probs(module, torch.where(chunk, x, base), target).cpu())
+        except Paused:  # a slider move waits: this batch again at the next step
+            yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
+            continue
         done += len(chunk)
         if step_seconds:
             per_input = (time.perf_counter() - began) / len(chunk)
