@@ -139,6 +139,8 @@ def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
     tab, slider = window.explain, window.explain.controls.sparsity
     via = tab.controls.pathway_boxes["grad-cam"]
     engine = window.context.current_engine()
+    details, set_detail = [], tab.heatmaps.set_detail
+    tab.heatmaps.set_detail = lambda name, text: details.append((name, text)) or set_detail(name, text)
     via.setChecked(True)
     try:
         for value in (70.0, 40.0):
@@ -149,6 +151,8 @@ def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
             shown = tab.heatmaps.shown_maps()["pathway-grad-cam"]
             expected = as_on_worker(lambda: engine.pathway(value, method="grad-cam").map)
             np.testing.assert_allclose(shown, expected, rtol=1e-4, atol=1e-6)
+        # until the new position's map comes, the panel says which position the one shown is of
+        assert ("pathway-grad-cam", "computing 40.0 %… (shown: 70.0 %)") in details
         # its curves too, of the map on screen, told apart from grad-cam's in the legend
         wait_until(qapp, lambda: window.context.is_idle() and "pathway-grad-cam" in tab.curves.curves())
         drawn = tab.curves.curves()["pathway-grad-cam"]  # of the map on screen, at the last position
@@ -157,6 +161,7 @@ def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
         legend = tab.curves._legends[tab.curves._plots["deletion"]]
         assert legend.getLabel(tab.curves._lines["deletion", "pathway-grad-cam"]).text.startswith("↝ grad-cam")
     finally:
+        tab.heatmaps.set_detail = set_detail
         via.setChecked(False)
         slider.setValue(70.0)
         wait_until(qapp, lambda: window.context.is_idle() and tab.is_complete())

@@ -517,7 +517,7 @@ def test_sweep_and_synthetic_weights_leave_torch_s_random_state_alone(tiny):
     x = torch.rand(2, 3, 32, 32)
     nets = [SmallResNet(2), SmallResNet(2)]  # built (and so randomly initialised) beforehand
     state = torch.random.get_rng_state()
-    _maps(tiny, x, predict(tiny.module, x), ["gradient", "smoothgrad"], {})
+    _maps(tiny, x, predict(tiny.module, x), ["gradient", "smoothgrad"], {}, {})
     first, second = (reinitialise(net, 0).fc.weight for net in nets)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(first, second)  # still repeatable

@@ -21,6 +21,7 @@ class Shown:
     curves: dict = field(default_factory=dict)       # method -> Curves drawn: classic and pathway come from two jobs
     coarse_maps: dict = field(default_factory=dict)  # method -> a map shown for now, coarser than its own
     coarse_curves: set = field(default_factory=set)  # methods whose curves shown are of a coarse map
+    pathway_at: dict = field(default_factory=dict)   # ↝ row -> the sparsity its map on screen was made at
     announced: bool = False                          # the first complete analysis was announced
     refining: bool = False     # everything was on screen: full-resolution maps, curves and sweep follow
     sweep_fine: bool = False   # the sweep shown has every sparsity of the fine grid
@@ -85,6 +86,7 @@ class ExplainDrawing:
         if result.engine is not self._engine or result.params != self.params():
             return  # the slider moved on: the newer request is on its way
         for name, path in result.maps.items():
+            self.shown.pathway_at[name] = path.sparsity
             self.heatmaps.set_map(name, path.map,
                                   f"{path.sparsity:.1f} % pruned · Δp {100 * path.output_change:.1f} %")
         for name, why in {**skipped, **result.failed}.items():

@@ -85,11 +85,19 @@ class ExplainRequests:
                                  priority=PRIORITY_SLOW if slow else priority, preemptible=True)
 
     def _map_progress(self, method: str, progress) -> None:
-        """A slow map's progress in its panel: below its coarse map, or instead of a map."""
-        if self._engine is not None and method in self.methods():
-            coarse = self.shown.coarse_maps.get(method) is not None
-            self.heatmaps.set_detail(method, f"{'coarse, refining' if coarse else 'computing'}: "
-                                             f"{progress.message}")
+        """A slow map's progress in its panel: below its coarse map, or a ↝ row's map of an
+        earlier position, or instead of a map."""
+        if self._engine is None or method not in (*self.methods(), *self.pathways()):
+            return
+        if method in self.shown.coarse_maps:
+            self.heatmaps.set_detail(method, f"coarse, refining: {progress.message}")
+        else:
+            self.heatmaps.set_detail(method, f"computing: {progress.message}{self._earlier(method)}")
+
+    def _earlier(self, name: str) -> str:
+        """What a ↝ row's panel shows while its map is made for another position."""
+        at = self.shown.pathway_at.get(name)
+        return "" if at is None else f" (shown: {at:.1f} %)"
 
     def _request_pathway_maps(self) -> None:
         """The ↝ rows at the current pruning settings, one job for all, after the live map: a
@@ -97,10 +105,12 @@ class ExplainRequests:
         engine, names = self._engine, self.pathways()
         if engine is None or not names:
             return
+        params = self.params()
         for name in names:
             if name not in self.heatmaps.shown_maps():
                 self.heatmaps.set_note(name, "computing…")
-        params = self.params()
+            else:  # its map stays until the new one comes
+                self.heatmaps.set_detail(name, f"computing {params.sparsity:.1f} %…{self._earlier(name)}")
         # the slow methods one job each, in steps, after the others: a cheap row waits for none of them
         cheap = [n for n in names if BY_NAME[n].interactive]
         groups = [("pathway-maps", cheap)] * bool(cheap) + [(f"pathway-maps:{n}", [n]) for n in names
