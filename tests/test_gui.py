@@ -152,7 +152,7 @@ def test_a_method_through_the_pathway_follows_the_slider(window, qapp):
             expected = as_on_worker(lambda: engine.pathway(value, method="grad-cam").map)
             np.testing.assert_allclose(shown, expected, rtol=1e-4, atol=1e-6)
         # until the new position's map comes, the panel says which position the one shown is of
-        assert ("pathway-grad-cam", "computing 40.0 %… (shown: 70.0 %)") in details
+        assert ("pathway-grad-cam", "computing 40.0 % · shown 70.0 %") in details
         # its curves too, of the map on screen, told apart from grad-cam's in the legend
         wait_until(qapp, lambda: window.context.is_idle() and "pathway-grad-cam" in tab.curves.curves())
         drawn = tab.curves.curves()["pathway-grad-cam"]  # of the map on screen, at the last position

@@ -97,7 +97,7 @@ class ExplainRequests:
     def _earlier(self, name: str) -> str:
         """What a ↝ row's panel shows while its map is made for another position."""
         at = self.shown.pathway_at.get(name)
-        return "" if at is None else f" (shown: {at:.1f} %)"
+        return "" if at is None else f" · shown {at:.1f} %"
 
     def _request_pathway_maps(self) -> None:
         """The ↝ rows at the current pruning settings, one job for all, after the live map: a
@@ -110,7 +110,7 @@ class ExplainRequests:
             if name not in self.heatmaps.shown_maps():
                 self.heatmaps.set_note(name, "computing…")
             else:  # its map stays until the new one comes
-                self.heatmaps.set_detail(name, f"computing {params.sparsity:.1f} %…{self._earlier(name)}")
+                self.heatmaps.set_detail(name, f"computing {params.sparsity:.1f} %{self._earlier(name)}")
         # the slow methods one job each, in steps, after the others: a cheap row waits for none of them
         cheap = [n for n in names if BY_NAME[n].interactive]
         groups = [("pathway-maps", cheap)] * bool(cheap) + [(f"pathway-maps:{n}", [n]) for n in names

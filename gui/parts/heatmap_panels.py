@@ -101,6 +101,7 @@ class Panel(QWidget):
     def set_text(self, note: str) -> None:
         self.note = note
         self.detail.setText(note)
+        self.detail.setToolTip(note)  # the whole of it where the panel is too narrow
 
     def set_picture(self, rgb: np.ndarray | None) -> None:
         if rgb is None:
