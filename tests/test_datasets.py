@@ -264,6 +264,8 @@ def test_roar_maps_follow_the_methods_settings(tiny, tmp_path, monkeypatch):
     assert not np.allclose(default, few)
     with pytest.raises(PruneScopeError, match="another method_params"):  # the run in a was made without
         maps(tmp_path / "a", {"integrated-gradients": {"steps": 2}})
+    with pytest.raises(PruneScopeError, match="another method_params"):  # ... and the one in b with them
+        maps(tmp_path / "b", {})
 
 
 def test_roar_reads_its_finished_jobs_back(tiny, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from core.errors import PruneScopeError, UnsupportedMethod
 from core.evaluation.metrics import (REFERENCE_METHODS, check_methods, item_seed, method_map, ranking,
                                      reference_map, unsupported)
 from core.evaluation.records import RecordStore
-from core.methods import DEFAULTS
+from core.methods import DEFAULTS, PATHWAY_METHODS
 from core.models.weights import model_fingerprint
 from core.progress import Job, Progress, run, scaled
 from core.runtime.distributed import SINGLE, Context, barrier, broadcast, gather_indexed, shard
@@ -39,6 +39,9 @@ def iter_cached_maps(model, images: np.ndarray, labels: np.ndarray, masks, split
     the key (model, data, settings) matches. Ranks fill their rows of one shared file."""
     path = folder / f"{method}.{split}.npy"
     meta = path.with_suffix(".json")
+    own = settings.method_params.get(PATHWAY_METHODS.get(method, method))
+    if own:  # maps made under other settings of this method are not these
+        key = json.dumps([key, own], sort_keys=True)
     cached = meta.is_file() and path.is_file() and json.loads(meta.read_text()).get("key") == key
     if broadcast(cached, ctx):  # rank 0 decides, so no rank computes while others read
         return np.load(path)
@@ -142,8 +145,7 @@ def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Pa
         raise PruneScopeError("ROAR needs at least 2 training and 1 test image")
     key = json.dumps({"model": model_fingerprint(model.module), "data": data_key,
                       "sparsity": settings.sparsity, "target": settings.target,
-                      "seed": settings.seed, **({"method_params": settings.method_params}
-                                                if settings.method_params else {})})
+                      "seed": settings.seed})
     values = {}
     map_methods = [m for m in methods if m not in REFERENCE_METHODS]
     n_stages = 2 * len(map_methods) + 1

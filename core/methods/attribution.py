@@ -97,7 +97,10 @@ class _SteppedRun:
                 with torch.enable_grad():
                     out = self.module(inputs)[:, self.target].sum()
                     (grads,) = torch.autograd.grad(out, inputs)
-            except Paused:
+                gave_way = False
+            except Paused:  # more urgent work waits: this chunk again at the next step
+                gave_way = True
+            if gave_way:  # yielded outside the handler, whose traceback would keep the forward's tensors
                 yield Progress(self.done / self.count, f"{self.label} {self.done}/{self.count}")
                 continue
             self.total += self._summed(grads, rows)

@@ -1,4 +1,6 @@
 """Hooks that live for one block only."""
+import math
+import threading
 from contextlib import contextmanager
 
 CHECKPOINTS = 16  # how often giving_way's forwards ask whether they are wanted elsewhere
@@ -22,9 +24,13 @@ def giving_way(module):
     slider move waits for a few layers of it, not all."""
     from core.progress import pause_if_hurried
 
+    owner = threading.get_ident()
+
     def ask(_module, _inputs):
-        pause_if_hurried()
+        if threading.get_ident() == owner:  # not in a copy of the module a library run made meanwhile
+            pause_if_hurried()
 
     weighted = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
-    asking = weighted[::max(1, len(weighted) // CHECKPOINTS)]  # a hook on every layer costs 5 % of a forward
+    # a hook on every layer costs 5 % of a forward
+    asking = weighted[::max(1, math.ceil(len(weighted) / CHECKPOINTS))]
     return hooked([layer.register_forward_pre_hook(ask) for layer in asking])

@@ -118,7 +118,10 @@ def iter_curves(module: torch.nn.Module, x: torch.Tensor, attr_map, target: int,
         try:
             with giving_way(module) if step_seconds else nullcontext():
                 probs.append(_target_probs(module, torch.where(chunk, x, base), target).cpu())
+            gave_way = False
         except Paused:  # a slider move waits: this batch again at the next step
+            gave_way = True
+        if gave_way:  # yielded outside the handler, whose traceback would keep the forward's tensors
             yield Progress(done / n_inputs, f"perturbation curves {done}/{n_inputs}")
             continue
         done += len(chunk)

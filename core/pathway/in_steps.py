@@ -64,8 +64,9 @@ class InSteps:
             while True:
                 try:
                     return self.pathway(sparsity, mode, selector, method, stop=pause_if_hurried)
-                except Paused:
-                    yield Progress(0.0, f"{PATHWAY}{method}")
+                except Paused:  # yielded below: the handler's traceback would keep the forward's tensors
+                    pass
+                yield Progress(0.0, f"{PATHWAY}{method}")
         if method not in CLASSIC_METHODS or not BY_NAME[method].through_network:
             raise PruneScopeError(f"no pathway version of '{method}'")
         spec = supported(self.spec(method), self.model)

@@ -97,7 +97,7 @@ class ExplainRequests:
     def _earlier(self, name: str) -> str:
         """What a ↝ row's panel shows while its map is made for another position."""
         at = self.shown.pathway_at.get(name)
-        return "" if at is None else f" · shown {at:.1f} %"
+        return "" if at is None or name not in self.heatmaps.shown_maps() else f" · shown {at:.1f} %"
 
     def _request_pathway_maps(self) -> None:
         """The ↝ rows at the current pruning settings, one job for all, after the live map: a
