@@ -284,7 +284,7 @@ def run_sweep(args) -> int:
                         "calibration": [str(p) for p in calib.paths],
                         "held_out": [str(p) for p in held.paths] if held else None,
                         "methods": list(args.methods), "cap": args.max_layer_sparsity, "timed": not args.no_latency,
-                        **({"method_params": args.method_params} if args.method_params else {})}
+                        "method_params": args.method_params}
             store = RecordStore(out, identity, overwrite=args.overwrite)
             if args.overwrite:
                 (out / "sweep.json").unlink(missing_ok=True)

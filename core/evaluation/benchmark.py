@@ -166,8 +166,7 @@ def run_settings(model, source: Source, settings: BenchmarkSettings) -> dict:
             "weights": model.weights_hash(), "dataset": source.name, "labels": source.labels_key,
             "seed": settings.seed,
             "target": settings.target, "sparsity": settings.sparsity, "steps": settings.steps,
-            "baseline": settings.baseline,
-            **({"method_params": settings.method_params} if settings.method_params else {})}
+            "baseline": settings.baseline, "method_params": settings.method_params}
 
 
 def iter_benchmark(model, source: Source, settings: BenchmarkSettings, ctx: Context = SINGLE,

@@ -20,7 +20,7 @@ from core.io.output import PARTIAL_PREFIX, atomic_file
 
 FOLDER = "records"
 SETTINGS_FILE = "run.json"
-UNLESS_SET = {"method_params": {}}  # settings written only when set: absent, they hold this
+ADDED_LATER = {"method_params": {}}  # settings older runs do not record: what they ran with
 
 
 class RecordStore:
@@ -46,9 +46,8 @@ class RecordStore:
                 held = None
             if not isinstance(held, dict):
                 raise PruneScopeError(f"{path}: unreadable; --overwrite starts the run again")
-            for key in [*self.settings, *(k for k in UNLESS_SET if k not in self.settings)]:
-                value = self.settings.get(key, UNLESS_SET.get(key))
-                if held.get(key, UNLESS_SET.get(key)) != value:
+            for key, value in self.settings.items():
+                if held.get(key, ADDED_LATER.get(key)) != value:
                     raise PruneScopeError(
                         f"{self.folder.parent} holds a run with another {key} ({_short(held.get(key))}, now "
                         f"{_short(value)}): run it with the same settings to go on, or start again "

@@ -122,7 +122,7 @@ def run_settings(model, settings: RoarSettings, data_key: str) -> dict:
     return {"model": model.name, "weights": model_fingerprint(model.module), "data": data_key,
             "sparsity": settings.sparsity, "target": settings.target, "seed": settings.seed,
             "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
-            **({"method_params": settings.method_params} if settings.method_params else {})}
+            "method_params": settings.method_params}
 
 
 def iter_roar(model, make_fresh, train, test, settings: RoarSettings, folder: Path,

@@ -60,11 +60,11 @@ class Setting:
         return number
 
 
-
 # The settings several methods share.
 BASELINE = Setting("baseline", "mean", choices=BASELINES,
                    help="what a removed or missing pixel becomes: the dataset-mean image, the image blurred, or black")
 SEED = Setting("seed", 0, 0, 2**31 - 1, help="seeds the random draws: the same seed, the same map")
+
 
 class Method:
     """One attribution method.
